@@ -1,0 +1,507 @@
+//! The kubelet + kube-proxy loop: one task owns all state and reacts to pod and service events.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    time::Duration,
+};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{watcher, WatchStreamExt},
+    Api, Client, ResourceExt,
+};
+use serde_json::{json, Value};
+use tokio::{sync::mpsc, task::AbortHandle};
+
+use crate::{
+    behaviour::{self, Mode},
+    status::{self, Container},
+    stubs::{self, Stub},
+    Args,
+};
+
+type Labels = BTreeMap<String, String>;
+
+/// Namespace and name of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    namespace: String,
+    name: String,
+}
+
+impl Key {
+    fn of(obj: &impl ResourceExt) -> Key {
+        Key {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+        }
+    }
+}
+
+/// A pod bound to our node whose life the simulator is playing.
+struct Tracked {
+    key: Key,
+    labels: Labels,
+    ready: bool,
+    task: Option<AbortHandle>,
+}
+
+struct NodePortService {
+    selector: Labels,
+    node_ports: Vec<u16>,
+}
+
+/// Messages from the per-pod tasks back to the loop that owns the state.
+enum Internal {
+    /// The pod's (simulated) container started and passes its probe.
+    Started { uid: String },
+}
+
+enum Input {
+    Pod(Result<watcher::Event<Pod>, watcher::Error>),
+    Service(Result<watcher::Event<Service>, watcher::Error>),
+    Internal(Internal),
+}
+
+struct Sim {
+    args: Args,
+    client: Client,
+    tracked: HashMap<String, Tracked>,
+    binding: HashSet<String>,
+    services: HashMap<Key, NodePortService>,
+    ready_pods: HashMap<String, HashMap<String, Labels>>,
+    stubs: HashMap<Key, (Vec<u16>, Vec<Stub>)>,
+    pods_seen_in_relist: Option<HashSet<String>>,
+    services_seen_in_relist: Option<HashSet<Key>>,
+    tx: mpsc::UnboundedSender<Internal>,
+}
+
+/// Watches pods and services cluster-wide until the streams end (they do not, normally).
+pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(Input::Pod);
+    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(Input::Service);
+    let internal = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|m| (Input::Internal(m), rx))
+    });
+    let mut inputs = std::pin::pin!(stream::select(
+        stream::select(pod_events, svc_events),
+        internal
+    ));
+    let mut sim = Sim {
+        args,
+        client,
+        tracked: HashMap::new(),
+        binding: HashSet::new(),
+        services: HashMap::new(),
+        ready_pods: HashMap::new(),
+        stubs: HashMap::new(),
+        pods_seen_in_relist: None,
+        services_seen_in_relist: None,
+        tx,
+    };
+    while let Some(input) = inputs.next().await {
+        match input {
+            Input::Pod(Ok(event)) => sim.on_pod_event(event),
+            Input::Service(Ok(event)) => sim.on_service_event(event),
+            Input::Pod(Err(e)) | Input::Service(Err(e)) => {
+                tracing::warn!(error = %e, "watch failed; retrying with backoff")
+            }
+            Input::Internal(Internal::Started { uid }) => sim.on_started(&uid),
+        }
+    }
+    anyhow::bail!("watch streams ended")
+}
+
+impl Sim {
+    fn on_pod_event(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Init => self.pods_seen_in_relist = Some(HashSet::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(seen) = self.pods_seen_in_relist.as_mut() {
+                    seen.insert(pod.uid().unwrap_or_default());
+                }
+                self.on_pod(pod);
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.pods_seen_in_relist.take() {
+                    let gone: Vec<String> = self
+                        .tracked
+                        .keys()
+                        .filter(|uid| !seen.contains(*uid))
+                        .cloned()
+                        .collect();
+                    gone.iter().for_each(|uid| self.forget(uid));
+                }
+            }
+            watcher::Event::Apply(pod) => self.on_pod(pod),
+            watcher::Event::Delete(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                self.binding.remove(&uid);
+                self.forget(&uid);
+            }
+        }
+    }
+
+    fn on_pod(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let key = Key::of(&pod);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let ours = node.as_deref() == Some(self.args.node_name.as_str());
+        if pod.metadata.deletion_timestamp.is_some() {
+            if ours {
+                self.forget(&uid);
+                self.spawn(finish_deletion(self.pods(&key.namespace), key, uid));
+            }
+            return;
+        }
+        match node {
+            None if behaviour::mode_of(&pod) == Mode::Unschedulable => {
+                if !is_marked_unschedulable(&pod) {
+                    let patch = status::unschedulable(&self.args.node_name);
+                    self.spawn(patch_status(self.pods(&key.namespace), key, patch));
+                }
+            }
+            None => {
+                if self.binding.insert(uid) {
+                    let node = self.args.node_name.clone();
+                    self.spawn(bind(self.pods(&key.namespace), key, node));
+                }
+            }
+            Some(_) if ours && !self.tracked.contains_key(&uid) => self.start_lifecycle(pod),
+            Some(_) => {}
+        }
+    }
+
+    /// Begins playing a newly bound pod's life according to its simulated behaviour.
+    fn start_lifecycle(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let key = Key::of(&pod);
+        let labels = pod.labels().clone();
+        self.binding.remove(&uid);
+        let mode = behaviour::mode_of(&pod);
+        self.tracked.insert(
+            uid.clone(),
+            Tracked {
+                key: key.clone(),
+                labels,
+                ready: false,
+                task: None,
+            },
+        );
+        if mode == Mode::Ready && is_ready(&pod) {
+            // Already Ready (the simulator restarted): only the stubs need to come back.
+            self.on_started(&uid);
+            return;
+        }
+        let delay = behaviour::start_delay(
+            pod.metadata.annotations.as_ref(),
+            Duration::from_millis(self.args.start_delay_ms),
+        );
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let image = behaviour::first_image(&pod).unwrap_or_default().to_string();
+        let ip = self.args.node_ip.to_string();
+        let pods = self.pods(&key.namespace);
+        let crash_interval = Duration::from_millis(self.args.crash_interval_ms);
+        let tx = self.tx.clone();
+        let task_uid = uid.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let doc = |phase: &str, c: Container<'_>, restarts: i32| {
+                status::pod_status(phase, &ip, &container, &image, c, restarts)
+            };
+            match mode {
+                Mode::Ready | Mode::Unschedulable => {
+                    let _ = tx.send(Internal::Started { uid });
+                }
+                Mode::NeverReady => {
+                    let s = doc("Running", Container::Running { ready: false }, 0);
+                    patch_status(pods, key, s).await;
+                }
+                Mode::ImagePullFailure => {
+                    let message = format!("Back-off pulling image \"{image}\"");
+                    let s = doc(
+                        "Pending",
+                        Container::Waiting { reason: "ImagePullBackOff", message: &message },
+                        0,
+                    );
+                    patch_status(pods, key, s).await;
+                }
+                Mode::CrashLoop => {
+                    let message = format!("back-off restarting failed container {container}");
+                    for restarts in 1.. {
+                        let s = doc(
+                            "Running",
+                            Container::Waiting { reason: "CrashLoopBackOff", message: &message },
+                            restarts,
+                        );
+                        patch_status(pods.clone(), key.clone(), s).await;
+                        tokio::time::sleep(crash_interval).await;
+                    }
+                }
+            }
+        });
+        if let Some(t) = self.tracked.get_mut(&task_uid) {
+            t.task = Some(task.abort_handle());
+        }
+    }
+
+    /// A pod's container is up: open its node ports first, then report it Ready, so that a
+    /// client who sees Ready can reach the sandbox at once.
+    fn on_started(&mut self, uid: &str) {
+        let Some(t) = self.tracked.get_mut(uid) else { return };
+        if t.ready {
+            return;
+        }
+        t.ready = true;
+        let (key, labels) = (t.key.clone(), t.labels.clone());
+        self.ready_pods
+            .entry(key.namespace.clone())
+            .or_default()
+            .insert(key.name.clone(), labels.clone());
+        self.refresh_services_selecting(&key.namespace, &labels);
+        let pods = self.pods(&key.namespace);
+        let ip = self.args.node_ip.to_string();
+        let client_pods = pods.clone();
+        let k = key.clone();
+        let uid = uid.to_string();
+        self.spawn(async move {
+            let Ok(Ok(pod)) = with_timeout(client_pods.get(&k.name)).await else { return };
+            if pod.uid().as_deref() != Some(uid.as_str()) || is_ready(&pod) {
+                return;
+            }
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            let image = behaviour::first_image(&pod).unwrap_or_default().to_string();
+            let s = status::pod_status(
+                "Running",
+                &ip,
+                &container,
+                &image,
+                Container::Running { ready: true },
+                0,
+            );
+            patch_status(pods, k, s).await;
+        });
+    }
+
+    /// Stops playing a pod: cancels its task and closes ports that no longer have a ready pod.
+    fn forget(&mut self, uid: &str) {
+        let Some(t) = self.tracked.remove(uid) else { return };
+        if let Some(task) = t.task {
+            task.abort();
+        }
+        if t.ready {
+            if let Some(ns) = self.ready_pods.get_mut(&t.key.namespace) {
+                ns.remove(&t.key.name);
+                if ns.is_empty() {
+                    self.ready_pods.remove(&t.key.namespace);
+                }
+            }
+            self.refresh_services_selecting(&t.key.namespace, &t.labels);
+        }
+    }
+
+    fn on_service_event(&mut self, event: watcher::Event<Service>) {
+        match event {
+            watcher::Event::Init => self.services_seen_in_relist = Some(HashSet::new()),
+            watcher::Event::InitApply(svc) => {
+                if let Some(seen) = self.services_seen_in_relist.as_mut() {
+                    seen.insert(Key::of(&svc));
+                }
+                self.on_service(svc);
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.services_seen_in_relist.take() {
+                    let gone: Vec<Key> = self
+                        .services
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for key in gone {
+                        self.services.remove(&key);
+                        self.refresh_service(&key);
+                    }
+                }
+            }
+            watcher::Event::Apply(svc) => self.on_service(svc),
+            watcher::Event::Delete(svc) => {
+                let key = Key::of(&svc);
+                self.services.remove(&key);
+                self.refresh_service(&key);
+            }
+        }
+    }
+
+    fn on_service(&mut self, svc: Service) {
+        let key = Key::of(&svc);
+        let spec = svc.spec.unwrap_or_default();
+        let selector = spec.selector.unwrap_or_default();
+        let node_ports: Vec<u16> = spec
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.node_port)
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
+        if spec.type_.as_deref() == Some("NodePort") && !selector.is_empty() && !node_ports.is_empty()
+        {
+            self.services.insert(key.clone(), NodePortService { selector, node_ports });
+        } else {
+            self.services.remove(&key);
+        }
+        self.refresh_service(&key);
+    }
+
+    fn refresh_services_selecting(&mut self, namespace: &str, labels: &Labels) {
+        let keys: Vec<Key> = self
+            .services
+            .iter()
+            .filter(|(k, s)| k.namespace == namespace && selects(&s.selector, labels))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().for_each(|k| self.refresh_service(k));
+    }
+
+    /// Serves the service's node ports exactly while it selects at least one ready pod.
+    fn refresh_service(&mut self, key: &Key) {
+        let wanted = self.services.get(key).filter(|svc| {
+            self.ready_pods
+                .get(&key.namespace)
+                .is_some_and(|pods| pods.values().any(|l| selects(&svc.selector, l)))
+        });
+        let Some(svc) = wanted else {
+            if self.stubs.remove(key).is_some() {
+                tracing::info!(service = %key.name, namespace = %key.namespace, "node ports closed");
+            }
+            return;
+        };
+        if self.stubs.get(key).is_some_and(|(ports, _)| *ports == svc.node_ports) {
+            return;
+        }
+        self.stubs.remove(key);
+        let mut running = Vec::new();
+        for &port in &svc.node_ports {
+            match stubs::start(self.args.node_ip, port, &key.namespace, &key.name) {
+                Ok(stub) => running.push(stub),
+                Err(e) => tracing::warn!(port, error = %e, "cannot serve node port"),
+            }
+        }
+        tracing::info!(service = %key.name, namespace = %key.namespace, ports = ?svc.node_ports, "node ports open");
+        self.stubs.insert(key.clone(), (svc.node_ports.clone(), running));
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        tokio::spawn(fut);
+    }
+}
+
+fn selects(selector: &Labels, labels: &Labels) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn condition_is(pod: &Pod, type_: &str, status: &str, reason: Option<&str>) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == type_
+                    && c.status == status
+                    && reason.is_none_or(|r| c.reason.as_deref() == Some(r))
+            })
+        })
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    condition_is(pod, "Ready", "True", None)
+}
+
+fn is_marked_unschedulable(pod: &Pod) -> bool {
+    condition_is(pod, "PodScheduled", "False", Some("Unschedulable"))
+}
+
+async fn with_timeout<T>(fut: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), fut).await
+}
+
+async fn bind(pods: Api<Pod>, key: Key, node: String) {
+    let binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": { "name": key.name, "namespace": key.namespace },
+        "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+    });
+    let params = PostParams::default();
+    let call = pods.create_subresource::<_, Value>("binding", &key.name, &params, &binding);
+    match with_timeout(call).await {
+        Ok(Ok(_)) => tracing::info!(pod = %key.name, namespace = %key.namespace, "bound"),
+        Ok(Err(e)) => tracing::warn!(pod = %key.name, error = %e, "binding failed"),
+        Err(_) => tracing::warn!(pod = %key.name, "binding timed out"),
+    }
+}
+
+async fn patch_status(pods: Api<Pod>, key: Key, status: Value) {
+    let (params, patch) = (PatchParams::default(), Patch::Merge(&status));
+    match with_timeout(pods.patch_status(&key.name, &params, &patch)).await {
+        Ok(Ok(_)) => {
+            let phase = status["status"]["phase"].as_str().unwrap_or_default();
+            tracing::info!(pod = %key.name, namespace = %key.namespace, phase, "status reported");
+        }
+        Ok(Err(e)) => tracing::debug!(pod = %key.name, error = %e, "status patch failed"),
+        Err(_) => tracing::warn!(pod = %key.name, "status patch timed out"),
+    }
+}
+
+/// What a kubelet does once the containers are gone: remove the pod for good.
+async fn finish_deletion(pods: Api<Pod>, key: Key, uid: String) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match with_timeout(pods.delete(&key.name, &params)).await {
+        Ok(Ok(_)) => tracing::info!(pod = %key.name, namespace = %key.namespace, "deleted"),
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 || e.code == 409 => {}
+        Ok(Err(e)) => tracing::warn!(pod = %key.name, error = %e, "finishing deletion failed"),
+        Err(_) => tracing::warn!(pod = %key.name, "finishing deletion timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn selector_must_be_subset_and_non_empty() {
+        let l = labels(&[("app", "x"), ("sandbox-id", "a")]);
+        assert!(selects(&labels(&[("sandbox-id", "a")]), &l));
+        assert!(!selects(&labels(&[("sandbox-id", "b")]), &l));
+        assert!(!selects(&labels(&[]), &l));
+    }
+}
