@@ -1,0 +1,32 @@
+//! The command line: `sandbox-provisioner [serve] [FLAGS]`.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeArgs;
+
+/// Isolated code-execution sandboxes for AI agents on Kubernetes, behind a small REST API.
+#[derive(Debug, Parser)]
+#[command(name = "sandbox-provisioner", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, accepted without the subcommand too (it is the default).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST API (the default).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The serve flags, whether given with or without the subcommand.
+    pub fn serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}

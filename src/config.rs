@@ -1,0 +1,277 @@
+//! Configuration: every flag and environment variable, parsed once and validated at start.
+//!
+//! The environment variable names and defaults are those of DeerFlow's provisioner, so an
+//! existing deployment keeps working unchanged.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+/// The seed's default sandbox image.
+pub const DEFAULT_IMAGE: &str =
+    "enterprise-public-cn-beijing.cr.volces.com/vefaas-public/all-in-one-sandbox:latest";
+
+/// Flags of `sandbox-provisioner serve`; each can also be given as the named environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address and port the HTTP API listens on.
+    #[arg(long, env = "PROVISIONER_LISTEN", default_value = "0.0.0.0:8002")]
+    pub listen: String,
+
+    /// Namespace that holds the sandboxes' Pods and Services (created when missing).
+    #[arg(long, env = "K8S_NAMESPACE", default_value = "deer-flow")]
+    pub namespace: String,
+
+    /// Container image of every sandbox.
+    #[arg(long, env = "SANDBOX_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub sandbox_image: String,
+
+    /// Host directory of shared skills, mounted read-only at /mnt/skills (absolute path).
+    #[arg(long, env = "SKILLS_HOST_PATH")]
+    pub skills_host_path: Option<String>,
+
+    /// Host directory of per-thread data; `{path}/{thread_id}/user-data` is mounted at
+    /// /mnt/user-data (absolute path). Unset: an emptyDir that lives as long as the pod.
+    #[arg(long, env = "THREADS_HOST_PATH")]
+    pub threads_host_path: Option<String>,
+
+    /// Kubeconfig file; when it does not exist, KUBECONFIG and then the in-cluster service
+    /// account are tried.
+    #[arg(long, env = "KUBECONFIG_PATH", default_value = "/root/.kube/config")]
+    pub kubeconfig_path: PathBuf,
+
+    /// Host name the backend uses to reach node ports; sandbox URLs are `http://NODE_HOST:port`.
+    #[arg(long, env = "NODE_HOST", default_value = "host.docker.internal")]
+    pub node_host: String,
+
+    /// Replaces the kubeconfig's API server address (e.g. https://host.docker.internal:6443).
+    /// The certificate is still verified against the kubeconfig's own host name.
+    #[arg(long, env = "K8S_API_SERVER")]
+    pub k8s_api_server: Option<String>,
+
+    /// Turns off TLS verification of the API server. Unsafe: only for throw-away clusters.
+    #[arg(long, env = "K8S_INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
+    pub k8s_insecure_skip_tls_verify: bool,
+
+    /// Time limit of every Kubernetes API call, in seconds.
+    #[arg(long, env = "K8S_API_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub k8s_api_timeout_seconds: f64,
+}
+
+/// Validated configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub namespace: String,
+    pub sandbox_image: String,
+    pub skills_host_path: Option<String>,
+    pub threads_host_path: Option<String>,
+    pub kubeconfig_path: PathBuf,
+    pub node_host: String,
+    pub k8s_api_server: Option<http::Uri>,
+    pub k8s_insecure_skip_tls_verify: bool,
+    pub k8s_api_timeout: Duration,
+}
+
+/// A setting that stops the service at start; the message names the variable and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {variable}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            value: value.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let listen = args.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "PROVISIONER_LISTEN",
+                &args.listen,
+                "must be ADDRESS:PORT, for example 0.0.0.0:8002",
+            )
+        })?;
+        validate_namespace(&args.namespace)?;
+        if args.sandbox_image.trim().is_empty() {
+            return Err(ConfigError::new(
+                "SANDBOX_IMAGE",
+                &args.sandbox_image,
+                "must name a container image, for example python:3.12-slim",
+            ));
+        }
+        let skills_host_path = host_path("SKILLS_HOST_PATH", args.skills_host_path)?;
+        let threads_host_path = host_path("THREADS_HOST_PATH", args.threads_host_path)?;
+        if args.node_host.trim().is_empty() || args.node_host.contains(['/', ' ', '@']) {
+            return Err(ConfigError::new(
+                "NODE_HOST",
+                &args.node_host,
+                "must be a bare host name or IP address, for example host.docker.internal",
+            ));
+        }
+        let k8s_api_server = match args.k8s_api_server.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(s) => Some(api_server_uri(&s)?),
+        };
+        let timeout = args.k8s_api_timeout_seconds;
+        if !(timeout.is_finite() && timeout > 0.0 && timeout <= 300.0) {
+            return Err(ConfigError::new(
+                "K8S_API_TIMEOUT_SECONDS",
+                timeout.to_string(),
+                "must be a number of seconds above 0 and at most 300, for example 10",
+            ));
+        }
+        Ok(Config {
+            listen,
+            namespace: args.namespace,
+            sandbox_image: args.sandbox_image.trim().to_string(),
+            skills_host_path,
+            threads_host_path,
+            kubeconfig_path: args.kubeconfig_path,
+            node_host: args.node_host.trim().to_string(),
+            k8s_api_server,
+            k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
+            k8s_api_timeout: Duration::from_secs_f64(timeout),
+        })
+    }
+}
+
+fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "K8S_NAMESPACE",
+            ns,
+            "must be a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+        ))
+    }
+}
+
+/// Host paths become hostPath volumes: they must be absolute and must not climb with `..`.
+fn host_path(variable: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !raw.starts_with('/') {
+        return Err(ConfigError::new(
+            variable,
+            &raw,
+            "must be an absolute path on the Kubernetes node's host, for example /srv/deer-flow/skills",
+        ));
+    }
+    if raw.split('/').any(|part| part == "..") {
+        return Err(ConfigError::new(
+            variable,
+            &raw,
+            "must not contain '..': give the resolved absolute path (for example from `realpath`)",
+        ));
+    }
+    if raw.contains('\0') {
+        return Err(ConfigError::new(variable, &raw, "must not contain NUL bytes"));
+    }
+    let trimmed = raw.trim_end_matches('/');
+    Ok(Some(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+}
+
+fn api_server_uri(s: &str) -> Result<http::Uri, ConfigError> {
+    let problem = "must be an absolute URL such as https://host.docker.internal:6443";
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new("K8S_API_SERVER", s, problem))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(_)) => Ok(uri),
+        _ => Err(ConfigError::new("K8S_API_SERVER", s, problem)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        Config::try_from(TestCli::try_parse_from(argv).unwrap().serve)
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8002");
+        assert_eq!(c.namespace, "deer-flow");
+        assert_eq!(c.sandbox_image, DEFAULT_IMAGE);
+        assert_eq!(c.node_host, "host.docker.internal");
+        assert_eq!(c.kubeconfig_path, PathBuf::from("/root/.kube/config"));
+        assert_eq!(c.k8s_api_server, None);
+        assert!(!c.k8s_insecure_skip_tls_verify);
+    }
+
+    #[test]
+    fn relative_host_path_names_the_variable() {
+        let e = parse(&["--skills-host-path", "skills"]).unwrap_err();
+        assert_eq!(e.variable, "SKILLS_HOST_PATH");
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn dotdot_host_path_is_refused() {
+        let e = parse(&["--threads-host-path", "/srv/../etc"]).unwrap_err();
+        assert_eq!(e.variable, "THREADS_HOST_PATH");
+        assert!(e.to_string().contains(".."), "{e}");
+        assert!(parse(&["--threads-host-path", "/srv/..data"]).is_ok());
+    }
+
+    #[test]
+    fn host_paths_lose_trailing_slashes() {
+        let c = parse(&["--threads-host-path", "/srv/threads/"]).unwrap();
+        assert_eq!(c.threads_host_path.as_deref(), Some("/srv/threads"));
+    }
+
+    #[test]
+    fn bad_namespace_listen_server_and_timeout_are_refused() {
+        assert_eq!(parse(&["--namespace", "Deer_Flow"]).unwrap_err().variable, "K8S_NAMESPACE");
+        assert_eq!(parse(&["--listen", "8002"]).unwrap_err().variable, "PROVISIONER_LISTEN");
+        assert_eq!(
+            parse(&["--k8s-api-server", "host.docker.internal"]).unwrap_err().variable,
+            "K8S_API_SERVER"
+        );
+        assert_eq!(
+            parse(&["--k8s-api-timeout-seconds", "0"]).unwrap_err().variable,
+            "K8S_API_TIMEOUT_SECONDS"
+        );
+        assert_eq!(parse(&["--node-host", "http://x"]).unwrap_err().variable, "NODE_HOST");
+    }
+
+    #[test]
+    fn api_server_override_is_parsed() {
+        let c = parse(&["--k8s-api-server", "https://host.docker.internal:26443"]).unwrap();
+        assert_eq!(c.k8s_api_server.unwrap().host(), Some("host.docker.internal"));
+    }
+}

@@ -1,0 +1,280 @@
+//! Cluster operations on sandbox objects: each one bounded by a timeout, each failure typed.
+
+use std::{future::Future, time::Duration};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::{
+    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+    Api, Client,
+};
+
+/// A Kubernetes call that did not succeed, classified by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Kubernetes API did not answer within {timeout:?} while trying to {action}; check that the API server is up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)")]
+    Timeout { action: String, timeout: Duration },
+    #[error("cannot reach the Kubernetes API to {action}: {cause}; check that the API server is up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)")]
+    Unreachable { action: String, cause: String },
+    #[error("Kubernetes refused to {action}: {message} (HTTP {code} {reason})")]
+    Refused {
+        action: String,
+        code: u16,
+        reason: String,
+        message: String,
+        /// Kind of the object the refusal is about (`namespaces` when the namespace is missing).
+        kind: Option<String>,
+    },
+}
+
+impl Error {
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::Refused { code: 409, reason, .. } if reason == "AlreadyExists")
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Refused { code: 404, .. })
+    }
+
+    /// A 404 about the namespace itself rather than the object.
+    pub fn is_namespace_missing(&self) -> bool {
+        matches!(self, Error::Refused { code: 404, kind: Some(k), .. } if k == "namespaces")
+    }
+
+    /// The cluster is (perhaps briefly) unable to serve: worth a retry later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::Unreachable { .. } => true,
+            Error::Refused { code, .. } => *code == 429 || *code >= 500,
+        }
+    }
+
+    fn from_kube(action: String, e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(status) => Error::Refused {
+                action,
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                kind: status.details.as_ref().map(|d| d.kind.clone()),
+            },
+            kube::Error::SerdeError(e) => Error::Refused {
+                action,
+                code: 502,
+                reason: "InvalidResponse".into(),
+                message: format!("the API server's answer could not be read: {e}"),
+                kind: None,
+            },
+            other => Error::Unreachable {
+                action,
+                cause: error_chain(&other),
+            },
+        }
+    }
+}
+
+/// "outer: inner: innermost", skipping repeats, so the root cause (connection refused,
+/// certificate invalid, ...) is visible.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Access to the sandbox namespace's Pods and Services.
+#[derive(Clone)]
+pub struct Cluster {
+    namespace: String,
+    pods: Api<Pod>,
+    services: Api<Service>,
+    namespaces: Api<Namespace>,
+    timeout: Duration,
+}
+
+impl Cluster {
+    pub fn new(client: Client, namespace: &str, timeout: Duration) -> Self {
+        Cluster {
+            namespace: namespace.to_string(),
+            pods: Api::namespaced(client.clone(), namespace),
+            services: Api::namespaced(client.clone(), namespace),
+            namespaces: Api::all(client),
+            timeout,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    async fn call<T>(
+        &self,
+        action: impl FnOnce() -> String,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::from_kube(action(), e)),
+            Err(_) => Err(Error::Timeout {
+                action: action(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Creates the namespace when it does not exist. Returns whether it was created.
+    pub async fn ensure_namespace(&self, namespace: &Namespace) -> Result<bool> {
+        let name = &self.namespace;
+        let found = self
+            .call(|| format!("read namespace {name}"), self.namespaces.get_opt(name))
+            .await?;
+        if found.is_some() {
+            return Ok(false);
+        }
+        match self
+            .call(
+                || format!("create namespace {name}"),
+                self.namespaces.create(&PostParams::default(), namespace),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_already_exists() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create_pod(&self, pod: &Pod) -> Result<Pod> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        self.call(
+            || format!("create pod {name} in namespace {}", self.namespace),
+            self.pods.create(&PostParams::default(), pod),
+        )
+        .await
+    }
+
+    pub async fn create_service(&self, service: &Service) -> Result<Service> {
+        let name = service.metadata.name.as_deref().unwrap_or_default();
+        self.call(
+            || format!("create service {name} in namespace {}", self.namespace),
+            self.services.create(&PostParams::default(), service),
+        )
+        .await
+    }
+
+    pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>> {
+        self.call(
+            || format!("read pod {name} in namespace {}", self.namespace),
+            self.pods.get_opt(name),
+        )
+        .await
+    }
+
+    pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
+        self.call(
+            || format!("read service {name} in namespace {}", self.namespace),
+            self.services.get_opt(name),
+        )
+        .await
+    }
+
+    pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {
+        let params = ListParams::default().labels(selector);
+        self.call(
+            || format!("list pods in namespace {}", self.namespace),
+            self.pods.list(&params),
+        )
+        .await
+        .map(|l| l.items)
+    }
+
+    pub async fn list_services(&self, selector: &str) -> Result<Vec<Service>> {
+        let params = ListParams::default().labels(selector);
+        self.call(
+            || format!("list services in namespace {}", self.namespace),
+            self.services.list(&params),
+        )
+        .await
+        .map(|l| l.items)
+    }
+
+    /// Deletes a pod at once (grace period 0): sandboxes keep nothing worth a graceful stop
+    /// (user data lives on the host path) and the name becomes free for re-creation.
+    /// Returns whether it existed.
+    pub async fn delete_pod(&self, name: &str) -> Result<bool> {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        let deleted = self
+            .call(
+                || format!("delete pod {name} in namespace {}", self.namespace),
+                self.pods.delete(name, &params),
+            )
+            .await;
+        absent_is_ok(deleted)
+    }
+
+    /// Deletes a service. Returns whether it existed.
+    pub async fn delete_service(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .call(
+                || format!("delete service {name} in namespace {}", self.namespace),
+                self.services.delete(name, &DeleteParams::default()),
+            )
+            .await;
+        absent_is_ok(deleted)
+    }
+}
+
+fn absent_is_ok<T>(result: Result<T>) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: u16, reason: &str, kind: Option<&str>) -> Error {
+        Error::Refused {
+            action: "x".into(),
+            code,
+            reason: reason.into(),
+            message: "m".into(),
+            kind: kind.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn classification() {
+        assert!(refused(409, "AlreadyExists", None).is_already_exists());
+        assert!(!refused(409, "Conflict", None).is_already_exists());
+        assert!(refused(404, "NotFound", Some("namespaces")).is_namespace_missing());
+        assert!(!refused(404, "NotFound", Some("pods")).is_namespace_missing());
+        assert!(refused(503, "ServiceUnavailable", None).is_unavailable());
+        assert!(refused(429, "TooManyRequests", None).is_unavailable());
+        assert!(!refused(403, "Forbidden", None).is_unavailable());
+        let t = Error::Timeout { action: "a".into(), timeout: Duration::from_secs(1) };
+        assert!(t.is_unavailable());
+    }
+
+    #[test]
+    fn error_chain_shows_the_root_cause() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = kube::Error::ReadEvents(inner);
+        let text = error_chain(&outer);
+        assert!(text.contains("connection refused"), "{text}");
+    }
+}

@@ -1,0 +1,410 @@
+//! The objects of a sandbox, built as pure functions, and read back into the API's view.
+//!
+//! Names, labels, mounts, resources and probes follow DeerFlow's provisioner so that existing
+//! tooling (`kubectl get pod -l sandbox-id=...`) keeps working.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource,
+        Namespace, Pod, PodSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec,
+        Volume, VolumeMount,
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+    jiff::Timestamp,
+};
+
+use crate::{
+    config::Config,
+    sandbox::{Sandbox, SandboxId, SandboxStatus, ThreadId},
+};
+
+/// Port the sandbox image serves its API on.
+pub const SANDBOX_PORT: i32 = 8080;
+/// Label every sandbox object carries with its id (the seed's selector).
+pub const SANDBOX_ID_LABEL: &str = "sandbox-id";
+/// Marks objects this service manages; nothing without it is ever touched.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "sandbox-provisioner";
+/// The thread the sandbox was created for (annotation: thread ids need not be label-safe).
+pub const THREAD_ANNOTATION: &str = "sandbox-provisioner.dev/thread-id";
+/// When the provisioner created the sandbox (RFC 3339).
+pub const CREATED_ANNOTATION: &str = "sandbox-provisioner.dev/created-at";
+
+/// What every sandbox shares, taken from the configuration once.
+#[derive(Debug, Clone)]
+pub struct SandboxTemplate {
+    pub namespace: String,
+    pub image: String,
+    pub skills_host_path: Option<String>,
+    pub threads_host_path: Option<String>,
+}
+
+impl SandboxTemplate {
+    pub fn from_config(config: &Config) -> Self {
+        SandboxTemplate {
+            namespace: config.namespace.clone(),
+            image: config.sandbox_image.clone(),
+            skills_host_path: config.skills_host_path.clone(),
+            threads_host_path: config.threads_host_path.clone(),
+        }
+    }
+}
+
+pub fn pod_name(id: &SandboxId) -> String {
+    format!("sandbox-{id}")
+}
+
+pub fn service_name(id: &SandboxId) -> String {
+    format!("sandbox-{id}-svc")
+}
+
+/// Label selector matching every object this service manages.
+pub fn managed_selector() -> String {
+    format!("app=deer-flow-sandbox,{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+fn labels(id: &SandboxId) -> BTreeMap<String, String> {
+    [
+        ("app", "deer-flow-sandbox"),
+        (SANDBOX_ID_LABEL, id.as_str()),
+        ("app.kubernetes.io/name", "deer-flow"),
+        ("app.kubernetes.io/component", "sandbox"),
+        (MANAGED_BY_LABEL, MANAGED_BY),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn metadata(name: String, t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Timestamp) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(t.namespace.clone()),
+        labels: Some(labels(id)),
+        annotations: Some(BTreeMap::from([
+            (THREAD_ANNOTATION.to_string(), thread.to_string()),
+            (CREATED_ANNOTATION.to_string(), created.to_string()),
+        ])),
+        ..ObjectMeta::default()
+    }
+}
+
+fn quantities(cpu: &str, memory: &str, storage: &str) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity(cpu.to_string())),
+        ("memory".to_string(), Quantity(memory.to_string())),
+        ("ephemeral-storage".to_string(), Quantity(storage.to_string())),
+    ])
+}
+
+fn probe(initial_delay: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/v1/sandbox".into()),
+            port: IntOrString::Int(SANDBOX_PORT),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn host_path(path: String, type_: &str) -> Option<HostPathVolumeSource> {
+    Some(HostPathVolumeSource {
+        path,
+        type_: Some(type_.to_string()),
+    })
+}
+
+/// The sandbox Pod. Host paths are joined only from validated parts: the configured (absolute,
+/// `..`-free) directory and a thread id that cannot contain `/` or `.`.
+pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Timestamp) -> Pod {
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(skills) = &t.skills_host_path {
+        volumes.push(Volume {
+            name: "skills".into(),
+            host_path: host_path(skills.clone(), "Directory"),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "skills".into(),
+            mount_path: "/mnt/skills".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    volumes.push(match &t.threads_host_path {
+        Some(threads) => Volume {
+            name: "user-data".into(),
+            host_path: host_path(format!("{threads}/{thread}/user-data"), "DirectoryOrCreate"),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "user-data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    });
+    mounts.push(VolumeMount {
+        name: "user-data".into(),
+        mount_path: "/mnt/user-data".into(),
+        read_only: Some(false),
+        ..VolumeMount::default()
+    });
+    Pod {
+        metadata: metadata(pod_name(id), t, id, thread, created),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "sandbox".into(),
+                image: Some(t.image.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: SANDBOX_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                }]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities("100m", "256Mi", "500Mi")),
+                    limits: Some(quantities("1000m", "1Gi", "500Mi")),
+                    ..ResourceRequirements::default()
+                }),
+                readiness_probe: Some(probe(5, 5)),
+                liveness_probe: Some(probe(10, 10)),
+                volume_mounts: Some(mounts),
+                ..Container::default()
+            }],
+            volumes: Some(volumes),
+            restart_policy: Some("Always".into()),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The NodePort Service of a sandbox, owned by its Pod so that the Pod's deletion removes it.
+pub fn service(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, owner: &Pod) -> Service {
+    let mut metadata = metadata(service_name(id), t, id, thread, Timestamp::now());
+    metadata.annotations = owner.metadata.annotations.clone();
+    metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: owner.metadata.name.clone().unwrap_or_default(),
+        uid: owner.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    }]);
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            selector: Some(BTreeMap::from([
+                ("app".to_string(), "deer-flow-sandbox".to_string()),
+                (SANDBOX_ID_LABEL.to_string(), id.to_string()),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SANDBOX_PORT,
+                target_port: Some(IntOrString::Int(SANDBOX_PORT)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The sandbox namespace, labelled as DeerFlow's.
+pub fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), "deer-flow".to_string()),
+                ("app.kubernetes.io/component".to_string(), "sandbox".to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// The thread a sandbox object was created for.
+pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref()?.get(THREAD_ANNOTATION).map(String::as_str)
+}
+
+/// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
+pub fn owned_by(service: &Service, pod: &Pod) -> bool {
+    let uid = pod.metadata.uid.as_deref();
+    service
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.kind == "Pod" && Some(r.uid.as_str()) == uid)
+}
+
+/// The node port the backend reaches the sandbox on.
+pub fn node_port(service: &Service) -> Option<i32> {
+    service
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.port == SANDBOX_PORT || p.name.as_deref() == Some("http"))?
+        .node_port
+}
+
+/// The API's view of a sandbox, from its Pod and (when present) its Service.
+pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, node_host: &str) -> Sandbox {
+    let mut status = SandboxStatus::of(pod);
+    let port = service.filter(|s| owned_by(s, pod)).and_then(node_port);
+    if port.is_none() && status.reason.is_none() {
+        status.reason = Some("ServiceMissing".into());
+        status.message =
+            Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());
+    }
+    Sandbox {
+        sandbox_id: id.to_string(),
+        sandbox_url: port
+            .map(|p| format!("http://{node_host}:{p}"))
+            .unwrap_or_default(),
+        status: status.phase,
+        ready: status.ready,
+        reason: status.reason,
+        message: status.message,
+        thread_id: thread_of(&pod.metadata).map(str::to_string),
+        created_at: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CREATED_ANNOTATION).cloned())
+            .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(threads: Option<&str>, skills: Option<&str>) -> SandboxTemplate {
+        SandboxTemplate {
+            namespace: "deer-flow".into(),
+            image: "img:1".into(),
+            skills_host_path: skills.map(Into::into),
+            threads_host_path: threads.map(Into::into),
+        }
+    }
+
+    fn ids() -> (SandboxId, ThreadId) {
+        (SandboxId::parse("abc-123").unwrap(), ThreadId::parse("thread-456").unwrap())
+    }
+
+    #[test]
+    fn pod_matches_the_seed() {
+        let (id, thread) = ids();
+        let t = template(Some("/srv/threads"), Some("/srv/skills"));
+        let p = serde_json::to_value(pod(&t, &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
+        assert_eq!(p["metadata"]["name"], "sandbox-abc-123");
+        assert_eq!(p["metadata"]["namespace"], "deer-flow");
+        assert_eq!(p["metadata"]["labels"]["app"], "deer-flow-sandbox");
+        assert_eq!(p["metadata"]["labels"]["sandbox-id"], "abc-123");
+        assert_eq!(p["metadata"]["labels"]["app.kubernetes.io/name"], "deer-flow");
+        assert_eq!(p["metadata"]["labels"]["app.kubernetes.io/component"], "sandbox");
+        assert_eq!(p["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(p["metadata"]["annotations"][THREAD_ANNOTATION], "thread-456");
+        assert_eq!(p["metadata"]["annotations"][CREATED_ANNOTATION], "1970-01-01T00:00:00Z");
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(c["name"], "sandbox");
+        assert_eq!(c["image"], "img:1");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["ports"][0], json!({"name": "http", "containerPort": 8080, "protocol": "TCP"}));
+        assert_eq!(
+            c["resources"],
+            json!({
+                "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "500Mi"},
+                "limits": {"cpu": "1000m", "memory": "1Gi", "ephemeral-storage": "500Mi"},
+            })
+        );
+        let probe = |d: i64, p: i64| {
+            json!({"httpGet": {"path": "/v1/sandbox", "port": 8080}, "initialDelaySeconds": d,
+                   "periodSeconds": p, "timeoutSeconds": 3, "failureThreshold": 3})
+        };
+        assert_eq!(c["readinessProbe"], probe(5, 5));
+        assert_eq!(c["livenessProbe"], probe(10, 10));
+        assert_eq!(
+            c["volumeMounts"],
+            json!([
+                {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true},
+                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false},
+            ])
+        );
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([
+                {"name": "skills", "hostPath": {"path": "/srv/skills", "type": "Directory"}},
+                {"name": "user-data", "hostPath": {"path": "/srv/threads/thread-456/user-data", "type": "DirectoryOrCreate"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn without_host_paths_user_data_is_an_empty_dir() {
+        let (id, thread) = ids();
+        let p = serde_json::to_value(pod(&template(None, None), &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
+        assert_eq!(p["spec"]["volumes"], json!([{"name": "user-data", "emptyDir": {}}]));
+    }
+
+    #[test]
+    fn service_is_nodeport_owned_by_the_pod() {
+        let (id, thread) = ids();
+        let t = template(None, None);
+        let mut owner = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        owner.metadata.uid = Some("uid-1".into());
+        let s = service(&t, &id, &thread, &owner);
+        assert!(owned_by(&s, &owner));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["metadata"]["name"], "sandbox-abc-123-svc");
+        assert_eq!(v["spec"]["type"], "NodePort");
+        assert_eq!(v["spec"]["selector"], json!({"app": "deer-flow-sandbox", "sandbox-id": "abc-123"}));
+        assert_eq!(
+            v["spec"]["ports"],
+            json!([{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}])
+        );
+        assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(v["metadata"]["labels"]["sandbox-id"], "abc-123");
+        owner.metadata.uid = Some("uid-2".into());
+        assert!(!owned_by(&s, &owner));
+    }
+
+    #[test]
+    fn view_builds_the_url_from_the_node_port() {
+        let (id, thread) = ids();
+        let t = template(None, None);
+        let mut p = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        p.metadata.uid = Some("u".into());
+        let mut s = service(&t, &id, &thread, &p);
+        s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
+        let v = sandbox_view("abc-123", &p, Some(&s), "host.docker.internal");
+        assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
+        assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
+        assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
+        let missing = sandbox_view("abc-123", &p, None, "h");
+        assert_eq!(missing.sandbox_url, "");
+        assert_eq!(missing.reason.as_deref(), Some("ServiceMissing"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Kubernetes access: building the client, manifest builders (pure), and cluster operations.
+
+pub mod client;
+pub mod cluster;
+pub mod manifests;

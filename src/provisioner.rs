@@ -1,0 +1,217 @@
+//! Creating, reading, listing and deleting sandboxes: the rules the API promises (idempotent
+//! creates, no half-made sandboxes, repair of a pod left without its service), on top of the
+//! cluster operations.
+
+use std::collections::HashMap;
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
+
+use crate::{
+    k8s::{
+        cluster::{self, Cluster},
+        manifests::{self, SandboxTemplate},
+    },
+    sandbox::{InvalidId, Sandbox, SandboxId, ThreadId},
+};
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] InvalidId),
+    #[error("sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("sandbox {id:?} already exists for thread {existing:?}, but this request names thread {requested:?}; use another sandbox_id, or delete the existing sandbox first")]
+    ThreadConflict {
+        id: String,
+        existing: String,
+        requested: String,
+    },
+    #[error("sandbox {0:?} is being deleted; retry in a moment")]
+    Terminating(String),
+    #[error(transparent)]
+    Kubernetes(#[from] cluster::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The sandbox service: one per process, shared by all requests.
+#[derive(Clone)]
+pub struct Provisioner {
+    cluster: Cluster,
+    template: SandboxTemplate,
+    node_host: String,
+}
+
+/// A created or found sandbox, and whether this call created it.
+pub struct Provisioned {
+    pub sandbox: Sandbox,
+    pub created: bool,
+}
+
+impl Provisioner {
+    pub fn new(cluster: Cluster, template: SandboxTemplate, node_host: String) -> Self {
+        Provisioner {
+            cluster,
+            template,
+            node_host,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.cluster.namespace()
+    }
+
+    /// Creates the sandbox namespace when missing. Returns whether it was created.
+    pub async fn ensure_namespace(&self) -> Result<bool> {
+        Ok(self
+            .cluster
+            .ensure_namespace(&manifests::namespace(self.namespace()))
+            .await?)
+    }
+
+    /// Creates the sandbox, or returns the existing one when it belongs to the same thread.
+    ///
+    /// Callers should not cancel this future half-way (run it in its own task): a cancelled
+    /// create could leave a Pod without its Service until the next POST repairs it.
+    pub async fn create(&self, id: &SandboxId, thread: &ThreadId) -> Result<Provisioned> {
+        let wanted = manifests::pod(&self.template, id, thread, Timestamp::now());
+        let (pod, created) = match self.cluster.create_pod(&wanted).await {
+            Ok(pod) => (pod, true),
+            Err(e) if e.is_namespace_missing() => {
+                tracing::info!(namespace = self.namespace(), "namespace is missing; creating it");
+                self.ensure_namespace().await?;
+                (self.cluster.create_pod(&wanted).await?, true)
+            }
+            Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
+            Err(e) => return Err(e.into()),
+        };
+        let service = match self.ensure_service(id, thread, &pod).await {
+            Ok(service) => service,
+            Err(e) if created => {
+                self.roll_back(id).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.node_host);
+        if created {
+            tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
+        }
+        Ok(Provisioned { sandbox, created })
+    }
+
+    /// The pod that a create collided with, if it is this thread's and not on its way out.
+    async fn existing_pod(&self, id: &SandboxId, thread: &ThreadId) -> Result<Pod> {
+        let pod = self
+            .cluster
+            .get_pod(&manifests::pod_name(id))
+            .await?
+            // Deleted between our create and this read: it is on its way out.
+            .ok_or_else(|| Error::Terminating(id.to_string()))?;
+        let existing = manifests::thread_of(&pod.metadata).unwrap_or_default();
+        if existing != thread.as_str() {
+            return Err(Error::ThreadConflict {
+                id: id.to_string(),
+                existing: existing.to_string(),
+                requested: thread.to_string(),
+            });
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Err(Error::Terminating(id.to_string()));
+        }
+        Ok(pod)
+    }
+
+    /// Returns the pod's Service, creating it when missing and replacing one left over from an
+    /// earlier pod of the same name.
+    async fn ensure_service(&self, id: &SandboxId, thread: &ThreadId, pod: &Pod) -> Result<Service> {
+        let name = manifests::service_name(id);
+        let wanted = manifests::service(&self.template, id, thread, pod);
+        for _ in 0..3 {
+            match self.cluster.create_service(&wanted).await {
+                Ok(service) => return Ok(service),
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.cluster.get_service(&name).await? {
+                Some(service) if manifests::owned_by(&service, pod) => return Ok(service),
+                Some(_) => {
+                    tracing::info!(sandbox_id = %id, "replacing a Service left over from an earlier pod");
+                    self.cluster.delete_service(&name).await?;
+                }
+                None => {}
+            }
+        }
+        Err(cluster::Error::Refused {
+            action: format!("create service {name}"),
+            code: 409,
+            reason: "Conflict".into(),
+            message: "another Service of that name kept reappearing".into(),
+            kind: Some("services".into()),
+        }
+        .into())
+    }
+
+    /// Removes a pod this call created when its service could not be made.
+    async fn roll_back(&self, id: &SandboxId) {
+        match self.cluster.delete_pod(&manifests::pod_name(id)).await {
+            Ok(_) => tracing::warn!(sandbox_id = %id, "service creation failed; pod removed again"),
+            Err(e) => tracing::error!(sandbox_id = %id, error = %e, "service creation failed and the pod could not be removed; the next POST for this id repairs it"),
+        }
+    }
+
+    pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
+        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        let (pod, service) = tokio::join!(
+            self.cluster.get_pod(&pod_name),
+            self.cluster.get_service(&service_name),
+        );
+        let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let service = service?;
+        Ok(manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.node_host))
+    }
+
+    /// All managed sandboxes, from one pod list and one service list.
+    pub async fn list(&self) -> Result<Vec<Sandbox>> {
+        let selector = manifests::managed_selector();
+        let (pods, services) = tokio::join!(
+            self.cluster.list_pods(&selector),
+            self.cluster.list_services(&selector),
+        );
+        let services: HashMap<String, Service> = services?
+            .into_iter()
+            .filter_map(|s| Some((sandbox_id_of(&s.metadata)?, s)))
+            .collect();
+        let mut sandboxes: Vec<Sandbox> = pods?
+            .iter()
+            .filter_map(|pod| {
+                let id = sandbox_id_of(&pod.metadata)?;
+                Some(manifests::sandbox_view(&id, pod, services.get(&id), &self.node_host))
+            })
+            .collect();
+        sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        Ok(sandboxes)
+    }
+
+    /// Deletes the sandbox's Service and Pod. Returns whether anything existed.
+    pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
+        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        let (service, pod) = tokio::join!(
+            self.cluster.delete_service(&service_name),
+            self.cluster.delete_pod(&pod_name),
+        );
+        let existed = service? | pod?;
+        if existed {
+            tracing::info!(sandbox_id = %id, "sandbox deleted");
+        }
+        Ok(existed)
+    }
+}
+
+fn sandbox_id_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(manifests::SANDBOX_ID_LABEL).cloned()
+}

@@ -1,0 +1,28 @@
+//! The sandbox domain: identifiers, status and the view callers get. Pure: no Kubernetes calls.
+
+mod id;
+mod status;
+
+pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
+pub use status::{Phase, SandboxStatus};
+
+use serde::Serialize;
+
+/// One sandbox as the API reports it. The first three fields are the seed's contract; the rest
+/// help callers see why a sandbox is not (yet) usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sandbox {
+    pub sandbox_id: String,
+    /// Where the backend reaches the sandbox; empty while its Service is missing.
+    pub sandbox_url: String,
+    pub status: Phase,
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}

@@ -1,0 +1,89 @@
+//! Start-up and shutdown: connect, prepare the namespace, serve until SIGTERM or Ctrl-C.
+
+use crate::{
+    api::{self, AppState},
+    config::Config,
+    k8s::{client, cluster::Cluster, manifests::SandboxTemplate},
+    provisioner::Provisioner,
+};
+
+/// What stops the service from starting; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error("cannot listen on {addr}: {cause}; choose another address with PROVISIONER_LISTEN (or --listen)")]
+    Listen { addr: String, cause: String },
+    #[error("the HTTP server failed: {0}")]
+    Serve(String),
+}
+
+/// Builds the provisioner from validated configuration. Makes no request.
+pub async fn provisioner(config: &Config) -> Result<Provisioner, StartError> {
+    let connected = client::connect(config).await?;
+    tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
+    let cluster = Cluster::new(connected.client, &config.namespace, config.k8s_api_timeout);
+    Ok(Provisioner::new(
+        cluster,
+        SandboxTemplate::from_config(config),
+        config.node_host.clone(),
+    ))
+}
+
+/// Runs the service until a shutdown signal arrives.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let provisioner = provisioner(&config).await?;
+    warn_about_defaults(&config);
+    match provisioner.ensure_namespace().await {
+        Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
+        Ok(false) => tracing::info!(namespace = provisioner.namespace(), "namespace present"),
+        Err(e) => tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable"),
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: config.listen.to_string(),
+            cause: e.to_string(),
+        })?;
+    tracing::info!(listen = %config.listen, namespace = %config.namespace, image = %config.sandbox_image, node_host = %config.node_host, "serving");
+    axum::serve(listener, api::router(AppState { provisioner }))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn warn_about_defaults(config: &Config) {
+    if config.skills_host_path.is_none() {
+        tracing::warn!("SKILLS_HOST_PATH is not set: sandboxes get no /mnt/skills");
+    }
+    if config.threads_host_path.is_none() {
+        tracing::warn!("THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost with the sandbox");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
