@@ -6,7 +6,12 @@ use crate::config::ServeArgs;
 
 /// Isolated code-execution sandboxes for AI agents on Kubernetes, behind a small REST API.
 #[derive(Debug, Parser)]
-#[command(name = "sandbox-provisioner", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "sandbox-provisioner",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -186,10 +186,18 @@ fn host_path(variable: &'static str, value: Option<String>) -> Result<Option<Str
         ));
     }
     if raw.contains('\0') {
-        return Err(ConfigError::new(variable, &raw, "must not contain NUL bytes"));
+        return Err(ConfigError::new(
+            variable,
+            &raw,
+            "must not contain NUL bytes",
+        ));
     }
     let trimmed = raw.trim_end_matches('/');
-    Ok(Some(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+    Ok(Some(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }))
 }
 
 fn api_server_uri(s: &str) -> Result<http::Uri, ConfigError> {
@@ -256,22 +264,38 @@ mod tests {
 
     #[test]
     fn bad_namespace_listen_server_and_timeout_are_refused() {
-        assert_eq!(parse(&["--namespace", "Deer_Flow"]).unwrap_err().variable, "K8S_NAMESPACE");
-        assert_eq!(parse(&["--listen", "8002"]).unwrap_err().variable, "PROVISIONER_LISTEN");
         assert_eq!(
-            parse(&["--k8s-api-server", "host.docker.internal"]).unwrap_err().variable,
+            parse(&["--namespace", "Deer_Flow"]).unwrap_err().variable,
+            "K8S_NAMESPACE"
+        );
+        assert_eq!(
+            parse(&["--listen", "8002"]).unwrap_err().variable,
+            "PROVISIONER_LISTEN"
+        );
+        assert_eq!(
+            parse(&["--k8s-api-server", "host.docker.internal"])
+                .unwrap_err()
+                .variable,
             "K8S_API_SERVER"
         );
         assert_eq!(
-            parse(&["--k8s-api-timeout-seconds", "0"]).unwrap_err().variable,
+            parse(&["--k8s-api-timeout-seconds", "0"])
+                .unwrap_err()
+                .variable,
             "K8S_API_TIMEOUT_SECONDS"
         );
-        assert_eq!(parse(&["--node-host", "http://x"]).unwrap_err().variable, "NODE_HOST");
+        assert_eq!(
+            parse(&["--node-host", "http://x"]).unwrap_err().variable,
+            "NODE_HOST"
+        );
     }
 
     #[test]
     fn api_server_override_is_parsed() {
         let c = parse(&["--k8s-api-server", "https://host.docker.internal:26443"]).unwrap();
-        assert_eq!(c.k8s_api_server.unwrap().host(), Some("host.docker.internal"));
+        assert_eq!(
+            c.k8s_api_server.unwrap().host(),
+            Some("host.docker.internal")
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! creates, no half-made sandboxes, repair of a pod left without its service), on top of the
 //! cluster operations.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::core::v1::{Pod, Service},
@@ -79,13 +82,8 @@ impl Provisioner {
     /// create could leave a Pod without its Service until the next POST repairs it.
     pub async fn create(&self, id: &SandboxId, thread: &ThreadId) -> Result<Provisioned> {
         let wanted = manifests::pod(&self.template, id, thread, Timestamp::now());
-        let (pod, created) = match self.cluster.create_pod(&wanted).await {
+        let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
-            Err(e) if e.is_namespace_missing() => {
-                tracing::info!(namespace = self.namespace(), "namespace is missing; creating it");
-                self.ensure_namespace().await?;
-                (self.cluster.create_pod(&wanted).await?, true)
-            }
             Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
             Err(e) => return Err(e.into()),
         };
@@ -102,6 +100,33 @@ impl Provisioner {
             tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
         }
         Ok(Provisioned { sandbox, created })
+    }
+
+    /// Creates the pod, creating a missing namespace first and waiting out the moment after a
+    /// namespace is created when its default ServiceAccount does not exist yet.
+    async fn create_pod(&self, pod: &Pod) -> Result<Pod, cluster::Error> {
+        const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
+        let started = Instant::now();
+        loop {
+            match self.cluster.create_pod(pod).await {
+                Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
+                    tracing::info!(
+                        namespace = self.namespace(),
+                        "namespace is missing; creating it"
+                    );
+                    self.cluster
+                        .ensure_namespace(&manifests::namespace(self.namespace()))
+                        .await?;
+                }
+                Err(e)
+                    if e.is_service_account_pending()
+                        && started.elapsed() < SERVICE_ACCOUNT_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The pod that a create collided with, if it is this thread's and not on its way out.
@@ -128,7 +153,12 @@ impl Provisioner {
 
     /// Returns the pod's Service, creating it when missing and replacing one left over from an
     /// earlier pod of the same name.
-    async fn ensure_service(&self, id: &SandboxId, thread: &ThreadId, pod: &Pod) -> Result<Service> {
+    async fn ensure_service(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        pod: &Pod,
+    ) -> Result<Service> {
         let name = manifests::service_name(id);
         let wanted = manifests::service(&self.template, id, thread, pod);
         for _ in 0..3 {
@@ -160,7 +190,9 @@ impl Provisioner {
     async fn roll_back(&self, id: &SandboxId) {
         match self.cluster.delete_pod(&manifests::pod_name(id)).await {
             Ok(_) => tracing::warn!(sandbox_id = %id, "service creation failed; pod removed again"),
-            Err(e) => tracing::error!(sandbox_id = %id, error = %e, "service creation failed and the pod could not be removed; the next POST for this id repairs it"),
+            Err(e) => {
+                tracing::error!(sandbox_id = %id, error = %e, "service creation failed and the pod could not be removed; the next POST for this id repairs it")
+            }
         }
     }
 
@@ -172,7 +204,12 @@ impl Provisioner {
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         let service = service?;
-        Ok(manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.node_host))
+        Ok(manifests::sandbox_view(
+            id.as_str(),
+            &pod,
+            service.as_ref(),
+            &self.node_host,
+        ))
     }
 
     /// All managed sandboxes, from one pod list and one service list.
@@ -190,7 +227,12 @@ impl Provisioner {
             .iter()
             .filter_map(|pod| {
                 let id = sandbox_id_of(&pod.metadata)?;
-                Some(manifests::sandbox_view(&id, pod, services.get(&id), &self.node_host))
+                Some(manifests::sandbox_view(
+                    &id,
+                    pod,
+                    services.get(&id),
+                    &self.node_host,
+                ))
             })
             .collect();
         sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
@@ -212,6 +254,11 @@ impl Provisioner {
     }
 }
 
-fn sandbox_id_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
-    meta.labels.as_ref()?.get(manifests::SANDBOX_ID_LABEL).cloned()
+fn sandbox_id_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.labels
+        .as_ref()?
+        .get(manifests::SANDBOX_ID_LABEL)
+        .cloned()
 }

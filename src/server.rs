@@ -37,7 +37,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     match provisioner.ensure_namespace().await {
         Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
         Ok(false) => tracing::info!(namespace = provisioner.namespace(), "namespace present"),
-        Err(e) => tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -66,12 +66,7 @@ pub fn start_delay(annotations: Option<&BTreeMap<String, String>>, default: Dura
 }
 
 pub fn first_image(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .first()?
-        .image
-        .as_deref()
+    pod.spec.as_ref()?.containers.first()?.image.as_deref()
 }
 
 fn image_tag(image: &str) -> Option<&str> {
@@ -111,21 +106,30 @@ mod tests {
 
     #[test]
     fn image_tag_selects_mode() {
-        assert_eq!(mode_of(&pod(&[], "reg:5000/a/img:sim-crash-loop")), Mode::CrashLoop);
+        assert_eq!(
+            mode_of(&pod(&[], "reg:5000/a/img:sim-crash-loop")),
+            Mode::CrashLoop
+        );
         assert_eq!(mode_of(&pod(&[], "reg:5000/a/img")), Mode::Ready);
         assert_eq!(mode_of(&pod(&[], "img:latest")), Mode::Ready);
     }
 
     #[test]
     fn unknown_mode_means_ready() {
-        assert_eq!(mode_of(&pod(&[(MODE_ANNOTATION, "bogus")], "i")), Mode::Ready);
+        assert_eq!(
+            mode_of(&pod(&[(MODE_ANNOTATION, "bogus")], "i")),
+            Mode::Ready
+        );
     }
 
     #[test]
     fn delay_from_annotation_or_default() {
         let p = pod(&[(DELAY_ANNOTATION, "250")], "i");
         let d = Duration::from_millis(7);
-        assert_eq!(start_delay(p.metadata.annotations.as_ref(), d), Duration::from_millis(250));
+        assert_eq!(
+            start_delay(p.metadata.annotations.as_ref(), d),
+            Duration::from_millis(250)
+        );
         assert_eq!(start_delay(None, d), d);
     }
 }

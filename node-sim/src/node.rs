@@ -2,11 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::{
-    api::core::v1::Node,
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{Patch, PatchParams, PostParams},
     Api, Client,
@@ -86,7 +82,11 @@ async fn patch_status(nodes: &Api<Node>, args: &Args) -> anyhow::Result<()> {
     });
     tokio::time::timeout(
         Duration::from_secs(args.api_timeout_secs),
-        nodes.patch_status(&args.node_name, &PatchParams::default(), &Patch::Merge(&status)),
+        nodes.patch_status(
+            &args.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        ),
     )
     .await??;
     Ok(())

@@ -60,6 +60,7 @@ enum Internal {
     Started { uid: String },
 }
 
+#[allow(clippy::large_enum_variant)] // one value at a time, moved straight into the handler
 enum Input {
     Pod(Result<watcher::Event<Pod>, watcher::Error>),
     Service(Result<watcher::Event<Service>, watcher::Error>),
@@ -85,9 +86,12 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(Input::Pod);
-    let svc_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .map(Input::Service);
+    let svc_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(Input::Service);
     let internal = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|m| (Input::Internal(m), rx))
     });
@@ -234,7 +238,10 @@ impl Sim {
                     let message = format!("Back-off pulling image \"{image}\"");
                     let s = doc(
                         "Pending",
-                        Container::Waiting { reason: "ImagePullBackOff", message: &message },
+                        Container::Waiting {
+                            reason: "ImagePullBackOff",
+                            message: &message,
+                        },
                         0,
                     );
                     patch_status(pods, key, s).await;
@@ -244,7 +251,10 @@ impl Sim {
                     for restarts in 1.. {
                         let s = doc(
                             "Running",
-                            Container::Waiting { reason: "CrashLoopBackOff", message: &message },
+                            Container::Waiting {
+                                reason: "CrashLoopBackOff",
+                                message: &message,
+                            },
                             restarts,
                         );
                         patch_status(pods.clone(), key.clone(), s).await;
@@ -261,7 +271,9 @@ impl Sim {
     /// A pod's container is up: open its node ports first, then report it Ready, so that a
     /// client who sees Ready can reach the sandbox at once.
     fn on_started(&mut self, uid: &str) {
-        let Some(t) = self.tracked.get_mut(uid) else { return };
+        let Some(t) = self.tracked.get_mut(uid) else {
+            return;
+        };
         if t.ready {
             return;
         }
@@ -278,7 +290,9 @@ impl Sim {
         let k = key.clone();
         let uid = uid.to_string();
         self.spawn(async move {
-            let Ok(Ok(pod)) = with_timeout(client_pods.get(&k.name)).await else { return };
+            let Ok(Ok(pod)) = with_timeout(client_pods.get(&k.name)).await else {
+                return;
+            };
             if pod.uid().as_deref() != Some(uid.as_str()) || is_ready(&pod) {
                 return;
             }
@@ -303,7 +317,9 @@ impl Sim {
 
     /// Stops playing a pod: cancels its task and closes ports that no longer have a ready pod.
     fn forget(&mut self, uid: &str) {
-        let Some(t) = self.tracked.remove(uid) else { return };
+        let Some(t) = self.tracked.remove(uid) else {
+            return;
+        };
         if let Some(task) = t.task {
             task.abort();
         }
@@ -361,9 +377,17 @@ impl Sim {
             .filter_map(|p| p.node_port)
             .filter_map(|p| u16::try_from(p).ok())
             .collect();
-        if spec.type_.as_deref() == Some("NodePort") && !selector.is_empty() && !node_ports.is_empty()
+        if spec.type_.as_deref() == Some("NodePort")
+            && !selector.is_empty()
+            && !node_ports.is_empty()
         {
-            self.services.insert(key.clone(), NodePortService { selector, node_ports });
+            self.services.insert(
+                key.clone(),
+                NodePortService {
+                    selector,
+                    node_ports,
+                },
+            );
         } else {
             self.services.remove(&key);
         }
@@ -393,7 +417,11 @@ impl Sim {
             }
             return;
         };
-        if self.stubs.get(key).is_some_and(|(ports, _)| *ports == svc.node_ports) {
+        if self
+            .stubs
+            .get(key)
+            .is_some_and(|(ports, _)| *ports == svc.node_ports)
+        {
             return;
         }
         self.stubs.remove(key);
@@ -405,7 +433,8 @@ impl Sim {
             }
         }
         tracing::info!(service = %key.name, namespace = %key.namespace, ports = ?svc.node_ports, "node ports open");
-        self.stubs.insert(key.clone(), (svc.node_ports.clone(), running));
+        self.stubs
+            .insert(key.clone(), (svc.node_ports.clone(), running));
     }
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
@@ -478,7 +507,10 @@ async fn patch_status(pods: Api<Pod>, key: Key, status: Value) {
 async fn finish_deletion(pods: Api<Pod>, key: Key, uid: String) {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
     match with_timeout(pods.delete(&key.name, &params)).await {
@@ -494,7 +526,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -22,9 +22,10 @@ pub fn pod_status(
     let ready = matches!(container, Container::Running { ready: true });
     let (state, started) = match &container {
         Container::Running { .. } => (json!({"running": {"startedAt": now}}), true),
-        Container::Waiting { reason, message } => {
-            (json!({"waiting": {"reason": reason, "message": message}}), false)
-        }
+        Container::Waiting { reason, message } => (
+            json!({"waiting": {"reason": reason, "message": message}}),
+            false,
+        ),
     };
     let last_state = if restart_count > 0 {
         json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}})
@@ -38,7 +39,9 @@ pub fn pod_status(
         });
         if let Some(r) = reason {
             c["reason"] = json!(r);
-            c["message"] = json!(format!("containers with unready status: [{container_name}]"));
+            c["message"] = json!(format!(
+                "containers with unready status: [{container_name}]"
+            ));
         }
         c
     };
@@ -100,7 +103,14 @@ mod tests {
 
     #[test]
     fn ready_pod_is_running_and_ready() {
-        let s = pod_status("Running", "127.0.0.1", "sandbox", "img", Container::Running { ready: true }, 0);
+        let s = pod_status(
+            "Running",
+            "127.0.0.1",
+            "sandbox",
+            "img",
+            Container::Running { ready: true },
+            0,
+        );
         assert_eq!(s["status"]["phase"], "Running");
         assert_eq!(condition(&s, "Ready")["status"], "True");
         assert_eq!(s["status"]["containerStatuses"][0]["ready"], true);
@@ -114,7 +124,10 @@ mod tests {
             "127.0.0.1",
             "sandbox",
             "img",
-            Container::Waiting { reason: "ImagePullBackOff", message: "m" },
+            Container::Waiting {
+                reason: "ImagePullBackOff",
+                message: "m",
+            },
             0,
         );
         assert_eq!(condition(&s, "Ready")["status"], "False");
@@ -132,11 +145,17 @@ mod tests {
             "127.0.0.1",
             "sandbox",
             "img",
-            Container::Waiting { reason: "CrashLoopBackOff", message: "m" },
+            Container::Waiting {
+                reason: "CrashLoopBackOff",
+                message: "m",
+            },
             3,
         );
         assert_eq!(s["status"]["containerStatuses"][0]["restartCount"], 3);
-        assert_eq!(s["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(
+            s["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+            1
+        );
     }
 
     #[test]

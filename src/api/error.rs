@@ -41,7 +41,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Provision(P::NotFound(_)) | ApiError::NoSuchRoute => StatusCode::NOT_FOUND,
-            ApiError::Provision(P::ThreadConflict { .. } | P::Terminating(_)) => StatusCode::CONFLICT,
+            ApiError::Provision(P::ThreadConflict { .. } | P::Terminating(_)) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -57,7 +59,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Internal(cause) => tracing::error!(cause, "internal error"),
-            _ if status.is_server_error() => tracing::warn!(status = status.as_u16(), error = %self, "request failed"),
+            _ if status.is_server_error() => {
+                tracing::warn!(status = status.as_u16(), error = %self, "request failed")
+            }
             _ => {}
         }
         (status, Json(json!({ "detail": self.to_string() }))).into_response()
@@ -82,13 +86,22 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(ApiError::InvalidRequest("x".into()).status(), 422);
-        assert_eq!(ApiError::Provision(provisioner::Error::NotFound("a".into())).status(), 404);
-        assert_eq!(ApiError::Provision(provisioner::Error::Terminating("a".into())).status(), 409);
+        assert_eq!(
+            ApiError::Provision(provisioner::Error::NotFound("a".into())).status(),
+            404
+        );
+        assert_eq!(
+            ApiError::Provision(provisioner::Error::Terminating("a".into())).status(),
+            409
+        );
         assert_eq!(kube(403).status(), 502);
         assert_eq!(kube(422).status(), 502);
         assert_eq!(kube(500).status(), 503);
         assert_eq!(kube(429).status(), 503);
-        let timeout = cluster::Error::Timeout { action: "a".into(), timeout: std::time::Duration::from_secs(1) };
+        let timeout = cluster::Error::Timeout {
+            action: "a".into(),
+            timeout: std::time::Duration::from_secs(1),
+        };
         assert_eq!(ApiError::Provision(timeout.into()).status(), 503);
     }
 }

@@ -28,15 +28,21 @@ pub async fn health() -> Json<Value> {
 }
 
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Sandbox>, ApiError> {
-    let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
+    let invalid = |e: &dyn std::fmt::Display| {
         ApiError::InvalidRequest(format!(
             "the body must be a JSON object with string fields \"sandbox_id\" and \"thread_id\": {e}"
         ))
-    })?;
+    };
+    let value: Value = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
+    if !value.is_object() {
+        return Err(invalid(&"got something other than an object"));
+    }
+    let request: CreateRequest = serde_json::from_value(value).map_err(|e| invalid(&e))?;
     let id = SandboxId::parse(&request.sandbox_id)?;
     let thread = ThreadId::parse(&request.thread_id)?;
     let provisioner = state.provisioner.clone();
-    let provisioned = run_to_completion(async move { provisioner.create(&id, &thread).await }).await?;
+    let provisioned =
+        run_to_completion(async move { provisioner.create(&id, &thread).await }).await?;
     Ok(Json(provisioned.sandbox))
 }
 
@@ -50,7 +56,9 @@ pub async fn get(
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let sandboxes = state.provisioner.list().await?;
-    Ok(Json(json!({"count": sandboxes.len(), "sandboxes": sandboxes})))
+    Ok(Json(
+        json!({"count": sandboxes.len(), "sandboxes": sandboxes}),
+    ))
 }
 
 pub async fn delete(
@@ -73,7 +81,8 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 fn sandbox_id(path: Result<Path<String>, PathRejection>) -> Result<SandboxId, ApiError> {
-    let Path(raw) = path.map_err(|e| ApiError::InvalidRequest(format!("invalid sandbox id in the path: {e}")))?;
+    let Path(raw) =
+        path.map_err(|e| ApiError::InvalidRequest(format!("invalid sandbox id in the path: {e}")))?;
     Ok(SandboxId::parse(&raw)?)
 }
 

@@ -41,7 +41,8 @@ pub async fn connect(config: &Config) -> Result<Connected, ClientError> {
     }
     set_timeouts(&mut kube_config, config.k8s_api_timeout);
     let server = kube_config.cluster_url.to_string();
-    let client = kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;
+    let client =
+        kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;
     Ok(Connected {
         client,
         source,
@@ -60,28 +61,36 @@ async fn load(path: &Path) -> Result<(kube::Config, String), ClientError> {
             cause,
         };
         let kubeconfig = Kubeconfig::read_from(path).map_err(|e| unreadable(e.to_string()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| unreadable(e.to_string()))?;
         return Ok((config, format!("kubeconfig file {shown} (KUBECONFIG_PATH)")));
     }
     tracing::info!(path = %shown, "KUBECONFIG_PATH does not exist; trying KUBECONFIG and the in-cluster service account");
     let source = match std::env::var("KUBECONFIG") {
         Ok(v) if !v.is_empty() => format!("KUBECONFIG={v}"),
-        _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => "in-cluster service account".to_string(),
+        _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            "in-cluster service account".to_string()
+        }
         _ => "default kubeconfig location".to_string(),
     };
-    let config = kube::Config::infer().await.map_err(|e| ClientError::NotFound {
-        path: shown,
-        cause: e.to_string(),
-    })?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ClientError::NotFound {
+            path: shown,
+            cause: e.to_string(),
+        })?;
     Ok((config, source))
 }
 
 /// Points the client at another address while still verifying the certificate against the
 /// host name the kubeconfig names (what the certificate was issued for).
 pub fn override_server(config: &mut kube::Config, server: http::Uri) {
-    let original = config.cluster_url.host().map(|h| h.trim_matches(['[', ']']).to_string());
+    let original = config
+        .cluster_url
+        .host()
+        .map(|h| h.trim_matches(['[', ']']).to_string());
     if config.tls_server_name.is_none() && original.as_deref() != server.host() {
         config.tls_server_name = original;
     }
@@ -111,7 +120,10 @@ mod tests {
     fn override_keeps_verifying_the_original_name() {
         let mut c = config("https://127.0.0.1:6443");
         override_server(&mut c, "https://host.docker.internal:6443".parse().unwrap());
-        assert_eq!(c.cluster_url.to_string(), "https://host.docker.internal:6443/");
+        assert_eq!(
+            c.cluster_url.to_string(),
+            "https://host.docker.internal:6443/"
+        );
         assert_eq!(c.tls_server_name.as_deref(), Some("127.0.0.1"));
         assert!(!c.accept_invalid_certs);
     }
@@ -134,7 +146,9 @@ mod tests {
     #[tokio::test]
     async fn directory_kubeconfig_is_named() {
         let dir = std::env::temp_dir();
-        let Err(e) = load(&dir).await else { panic!("a directory must be refused") };
+        let Err(e) = load(&dir).await else {
+            panic!("a directory must be refused")
+        };
         assert!(matches!(e, ClientError::KubeconfigIsDirectory(_)));
         assert!(e.to_string().contains("is a directory"));
     }
@@ -145,6 +159,9 @@ mod tests {
         std::fs::write(&path, "{{{ not yaml").unwrap();
         let result = load(&path).await;
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(result, Err(ClientError::KubeconfigUnreadable { .. })));
+        assert!(matches!(
+            result,
+            Err(ClientError::KubeconfigUnreadable { .. })
+        ));
     }
 }

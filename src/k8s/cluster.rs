@@ -40,6 +40,14 @@ impl Error {
         matches!(self, Error::Refused { code: 404, kind: Some(k), .. } if k == "namespaces")
     }
 
+    /// A pod refused because the namespace's default ServiceAccount does not exist yet: the
+    /// namespace was created moments ago and its controller has not caught up.
+    pub fn is_service_account_pending(&self) -> bool {
+        matches!(self, Error::Refused { code: 403 | 500, message, .. }
+            if (message.contains("serviceaccount") && message.contains("not found"))
+                || message.contains("No API token found for service account"))
+    }
+
     /// The cluster is (perhaps briefly) unable to serve: worth a retry later.
     pub fn is_unavailable(&self) -> bool {
         match self {
@@ -48,7 +56,7 @@ impl Error {
         }
     }
 
-    fn from_kube(action: String, e: kube::Error) -> Error {
+    fn from_kube(action: String, e: kube::Error, timeout: Duration) -> Error {
         match e {
             kube::Error::Api(status) => Error::Refused {
                 action,
@@ -64,10 +72,14 @@ impl Error {
                 message: format!("the API server's answer could not be read: {e}"),
                 kind: None,
             },
-            other => Error::Unreachable {
-                action,
-                cause: error_chain(&other),
-            },
+            other => {
+                let cause = error_chain(&other);
+                if cause.contains("deadline has elapsed") || cause.contains("timed out") {
+                    Error::Timeout { action, timeout }
+                } else {
+                    Error::Unreachable { action, cause }
+                }
+            }
         }
     }
 }
@@ -121,7 +133,7 @@ impl Cluster {
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::from_kube(action(), e)),
+            Ok(Err(e)) => Err(Error::from_kube(action(), e, self.timeout)),
             Err(_) => Err(Error::Timeout {
                 action: action(),
                 timeout: self.timeout,
@@ -133,7 +145,10 @@ impl Cluster {
     pub async fn ensure_namespace(&self, namespace: &Namespace) -> Result<bool> {
         let name = &self.namespace;
         let found = self
-            .call(|| format!("read namespace {name}"), self.namespaces.get_opt(name))
+            .call(
+                || format!("read namespace {name}"),
+                self.namespaces.get_opt(name),
+            )
             .await?;
         if found.is_some() {
             return Ok(false);
@@ -264,15 +279,28 @@ mod tests {
         assert!(refused(404, "NotFound", Some("namespaces")).is_namespace_missing());
         assert!(!refused(404, "NotFound", Some("pods")).is_namespace_missing());
         assert!(refused(503, "ServiceUnavailable", None).is_unavailable());
+        let sa = Error::Refused {
+            action: "x".into(),
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "pods \"p\" is forbidden: error looking up service account ns/default: serviceaccount \"default\" not found".into(),
+            kind: Some("pods".into()),
+        };
+        assert!(sa.is_service_account_pending());
+        assert!(!refused(403, "Forbidden", None).is_service_account_pending());
         assert!(refused(429, "TooManyRequests", None).is_unavailable());
         assert!(!refused(403, "Forbidden", None).is_unavailable());
-        let t = Error::Timeout { action: "a".into(), timeout: Duration::from_secs(1) };
+        let t = Error::Timeout {
+            action: "a".into(),
+            timeout: Duration::from_secs(1),
+        };
         assert!(t.is_unavailable());
     }
 
     #[test]
     fn error_chain_shows_the_root_cause() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let outer = kube::Error::ReadEvents(inner);
         let text = error_chain(&outer);
         assert!(text.contains("connection refused"), "{text}");

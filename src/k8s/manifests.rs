@@ -82,7 +82,13 @@ fn labels(id: &SandboxId) -> BTreeMap<String, String> {
     .collect()
 }
 
-fn metadata(name: String, t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Timestamp) -> ObjectMeta {
+fn metadata(
+    name: String,
+    t: &SandboxTemplate,
+    id: &SandboxId,
+    thread: &ThreadId,
+    created: Timestamp,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(t.namespace.clone()),
@@ -99,7 +105,10 @@ fn quantities(cpu: &str, memory: &str, storage: &str) -> BTreeMap<String, Quanti
     BTreeMap::from([
         ("cpu".to_string(), Quantity(cpu.to_string())),
         ("memory".to_string(), Quantity(memory.to_string())),
-        ("ephemeral-storage".to_string(), Quantity(storage.to_string())),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(storage.to_string()),
+        ),
     ])
 }
 
@@ -231,8 +240,14 @@ pub fn namespace(name: &str) -> Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_string(), "deer-flow".to_string()),
-                ("app.kubernetes.io/component".to_string(), "sandbox".to_string()),
+                (
+                    "app.kubernetes.io/name".to_string(),
+                    "deer-flow".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "sandbox".to_string(),
+                ),
             ])),
             ..ObjectMeta::default()
         },
@@ -242,7 +257,10 @@ pub fn namespace(name: &str) -> Namespace {
 
 /// The thread a sandbox object was created for.
 pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
-    meta.annotations.as_ref()?.get(THREAD_ANNOTATION).map(String::as_str)
+    meta.annotations
+        .as_ref()?
+        .get(THREAD_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
@@ -292,7 +310,12 @@ pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, node_host: &
             .annotations
             .as_ref()
             .and_then(|a| a.get(CREATED_ANNOTATION).cloned())
-            .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string())),
+            .or_else(|| {
+                pod.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+            }),
     }
 }
 
@@ -311,7 +334,10 @@ mod tests {
     }
 
     fn ids() -> (SandboxId, ThreadId) {
-        (SandboxId::parse("abc-123").unwrap(), ThreadId::parse("thread-456").unwrap())
+        (
+            SandboxId::parse("abc-123").unwrap(),
+            ThreadId::parse("thread-456").unwrap(),
+        )
     }
 
     #[test]
@@ -323,16 +349,31 @@ mod tests {
         assert_eq!(p["metadata"]["namespace"], "deer-flow");
         assert_eq!(p["metadata"]["labels"]["app"], "deer-flow-sandbox");
         assert_eq!(p["metadata"]["labels"]["sandbox-id"], "abc-123");
-        assert_eq!(p["metadata"]["labels"]["app.kubernetes.io/name"], "deer-flow");
-        assert_eq!(p["metadata"]["labels"]["app.kubernetes.io/component"], "sandbox");
+        assert_eq!(
+            p["metadata"]["labels"]["app.kubernetes.io/name"],
+            "deer-flow"
+        );
+        assert_eq!(
+            p["metadata"]["labels"]["app.kubernetes.io/component"],
+            "sandbox"
+        );
         assert_eq!(p["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
-        assert_eq!(p["metadata"]["annotations"][THREAD_ANNOTATION], "thread-456");
-        assert_eq!(p["metadata"]["annotations"][CREATED_ANNOTATION], "1970-01-01T00:00:00Z");
+        assert_eq!(
+            p["metadata"]["annotations"][THREAD_ANNOTATION],
+            "thread-456"
+        );
+        assert_eq!(
+            p["metadata"]["annotations"][CREATED_ANNOTATION],
+            "1970-01-01T00:00:00Z"
+        );
         let c = &p["spec"]["containers"][0];
         assert_eq!(c["name"], "sandbox");
         assert_eq!(c["image"], "img:1");
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(c["ports"][0], json!({"name": "http", "containerPort": 8080, "protocol": "TCP"}));
+        assert_eq!(
+            c["ports"][0],
+            json!({"name": "http", "containerPort": 8080, "protocol": "TCP"})
+        );
         assert_eq!(
             c["resources"],
             json!({
@@ -365,8 +406,17 @@ mod tests {
     #[test]
     fn without_host_paths_user_data_is_an_empty_dir() {
         let (id, thread) = ids();
-        let p = serde_json::to_value(pod(&template(None, None), &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
-        assert_eq!(p["spec"]["volumes"], json!([{"name": "user-data", "emptyDir": {}}]));
+        let p = serde_json::to_value(pod(
+            &template(None, None),
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+        ))
+        .unwrap();
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([{"name": "user-data", "emptyDir": {}}])
+        );
     }
 
     #[test]
@@ -380,7 +430,10 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["metadata"]["name"], "sandbox-abc-123-svc");
         assert_eq!(v["spec"]["type"], "NodePort");
-        assert_eq!(v["spec"]["selector"], json!({"app": "deer-flow-sandbox", "sandbox-id": "abc-123"}));
+        assert_eq!(
+            v["spec"]["selector"],
+            json!({"app": "deer-flow-sandbox", "sandbox-id": "abc-123"})
+        );
         assert_eq!(
             v["spec"]["ports"],
             json!([{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}])

@@ -14,9 +14,15 @@ pub const MAX_THREAD_ID_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidId {
     #[error("sandbox_id {value} is invalid: {problem}; a sandbox_id is 1-{max} characters of lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes part of Kubernetes object names)", max = MAX_SANDBOX_ID_LEN)]
-    SandboxId { value: String, problem: &'static str },
+    SandboxId {
+        value: String,
+        problem: &'static str,
+    },
     #[error("thread_id {value} is invalid: {problem}; a thread_id is 1-{max} characters of letters, digits, '_' and '-' (it becomes part of a host path)", max = MAX_THREAD_ID_LEN)]
-    ThreadId { value: String, problem: &'static str },
+    ThreadId {
+        value: String,
+        problem: &'static str,
+    },
 }
 
 /// A DNS-1123 label short enough for every object name derived from it.
@@ -72,7 +78,9 @@ impl ThreadId {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(fail("it contains a character other than letters, digits, '_' and '-'"));
+            return Err(fail(
+                "it contains a character other than letters, digits, '_' and '-'",
+            ));
         }
         Ok(ThreadId(value.to_string()))
     }
@@ -120,7 +128,9 @@ mod tests {
         for ok in ["abc-123", "a", "0", "a-b-c", "9z"] {
             assert!(SandboxId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "ABC", "a_b", "a.b", "a/b", "../x", "a b", "a\0b", "é"] {
+        for bad in [
+            "", "-a", "a-", "ABC", "a_b", "a.b", "a/b", "../x", "a b", "a\0b", "é",
+        ] {
             assert!(SandboxId::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -130,7 +140,17 @@ mod tests {
         for ok in ["thread-456", "T_1", "_", "-", &"x".repeat(64)] {
             assert!(ThreadId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../../etc", "a/b", "a\0b", "a.b", "..", &"x".repeat(65), "a b", "ü"] {
+        for bad in [
+            "",
+            "../../etc",
+            "a/b",
+            "a\0b",
+            "a.b",
+            "..",
+            &"x".repeat(65),
+            "a b",
+            "ü",
+        ] {
             assert!(ThreadId::parse(bad).is_err(), "{bad:?}");
         }
     }

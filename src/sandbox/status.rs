@@ -93,10 +93,12 @@ fn cause(pod: &Pod, phase: Phase, conditions: &[PodCondition]) -> (Option<String
     for c in &containers {
         if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref()) {
             let reason = t.reason.clone().unwrap_or_else(|| "Terminated".into());
-            let message = t
-                .message
-                .clone()
-                .or_else(|| Some(format!("container {} exited with code {}", c.name, t.exit_code)));
+            let message = t.message.clone().or_else(|| {
+                Some(format!(
+                    "container {} exited with code {}",
+                    c.name, t.exit_code
+                ))
+            });
             return (Some(reason), message);
         }
     }
@@ -131,7 +133,15 @@ mod tests {
     #[test]
     fn fresh_pod_is_pending_without_reason() {
         let s = SandboxStatus::of(&pod(json!({})));
-        assert_eq!(s, SandboxStatus { phase: Phase::Pending, ready: false, reason: None, message: None });
+        assert_eq!(
+            s,
+            SandboxStatus {
+                phase: Phase::Pending,
+                ready: false,
+                reason: None,
+                message: None
+            }
+        );
     }
 
     #[test]
@@ -199,8 +209,13 @@ mod tests {
 
     #[test]
     fn evicted_and_terminated_and_unknown_phase() {
-        let s = SandboxStatus::of(&pod(json!({"phase": "Failed", "reason": "Evicted", "message": "low memory"})));
-        assert_eq!((s.phase, s.reason.as_deref()), (Phase::Failed, Some("Evicted")));
+        let s = SandboxStatus::of(&pod(
+            json!({"phase": "Failed", "reason": "Evicted", "message": "low memory"}),
+        ));
+        assert_eq!(
+            (s.phase, s.reason.as_deref()),
+            (Phase::Failed, Some("Evicted"))
+        );
         let s = SandboxStatus::of(&pod(json!({
             "phase": "Failed",
             "containerStatuses": [{
@@ -209,13 +224,20 @@ mod tests {
             }],
         })));
         assert_eq!(s.reason.as_deref(), Some("OOMKilled"));
-        assert_eq!(s.message.as_deref(), Some("container sandbox exited with code 137"));
-        assert_eq!(SandboxStatus::of(&pod(json!({"phase": "Weird"}))).phase, Phase::Unknown);
+        assert_eq!(
+            s.message.as_deref(),
+            Some("container sandbox exited with code 137")
+        );
+        assert_eq!(
+            SandboxStatus::of(&pod(json!({"phase": "Weird"}))).phase,
+            Phase::Unknown
+        );
     }
 
     #[test]
     fn terminating_pod_says_so() {
-        let mut p = pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}));
+        let mut p =
+            pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}));
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         ));

@@ -1,0 +1,359 @@
+//! The local test ground behaves like a cluster: the real apiserver validates and allocates,
+//! the garbage collector cascades, and the node simulator plays kubelet and kube-proxy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, TestNamespace};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{
+    api::{DeleteParams, PostParams},
+    Api,
+};
+use serde_json::json;
+
+const MODE: &str = "node-sim.sandbox-provisioner.dev/mode";
+const DELAY: &str = "node-sim.sandbox-provisioner.dev/start-delay-ms";
+
+fn pod(name: &str, annotations: serde_json::Value, host_path: Option<&str>) -> Pod {
+    let mut spec = json!({
+        "containers": [{"name": "sandbox", "image": "sandbox:test", "ports": [{"containerPort": 8080}]}],
+    });
+    if let Some(path) = host_path {
+        spec["volumes"] =
+            json!([{"name": "data", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}]);
+        spec["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn node_port_service(name: &str, selector_app: &str, owner: Option<&Pod>) -> Service {
+    let mut svc = json!({
+        "metadata": {"name": name},
+        "spec": {"type": "NodePort", "selector": {"app": selector_app}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    });
+    if let Some(p) = owner {
+        svc["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "v1", "kind": "Pod",
+            "name": p.metadata.name, "uid": p.metadata.uid,
+        }]);
+    }
+    serde_json::from_value(svc).unwrap()
+}
+
+async fn wait_for_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Pod) -> bool,
+) -> Pod {
+    eventually(Duration::from_secs(30), what, || async {
+        pods.get_opt(name).await.ok().flatten().filter(|p| check(p))
+    })
+    .await
+}
+
+fn condition(p: &Pod, type_: &str) -> Option<(String, Option<String>)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn is_ready(p: &Pod) -> bool {
+    condition(p, "Ready").is_some_and(|(s, _)| s == "True")
+}
+
+fn waiting_reason(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+#[tokio::test]
+async fn apiserver_rejects_a_host_path_with_dotdot() {
+    let ns = TestNamespace::new("hostpath").await;
+    let err = ns
+        .pods()
+        .create(
+            &PostParams::default(),
+            &pod("bad", json!({}), Some("/srv/threads/../../etc")),
+        )
+        .await
+        .expect_err("a hostPath with '..' must be refused");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains(".."), "{}", status.message);
+        }
+        other => panic!("expected a 422 from the apiserver, got {other}"),
+    }
+    assert!(ns.leftovers().await.is_empty());
+}
+
+#[tokio::test]
+async fn nodeport_service_gets_a_port_in_range() {
+    let ns = TestNamespace::new("nodeport").await;
+    let svc = ns
+        .services()
+        .create(
+            &PostParams::default(),
+            &node_port_service("np", "none", None),
+        )
+        .await
+        .unwrap();
+    let port = svc.spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("a node port is allocated in the create reply");
+    assert!((30000..=32767).contains(&port), "{port}");
+}
+
+#[tokio::test]
+async fn simulated_pod_becomes_ready_and_its_stub_answers() {
+    let ns = TestNamespace::new("ready").await;
+    let pods = ns.pods();
+    pods.create(&PostParams::default(), &pod("web", json!({}), None))
+        .await
+        .unwrap();
+    let svc = ns
+        .services()
+        .create(
+            &PostParams::default(),
+            &node_port_service("web", "web", None),
+        )
+        .await
+        .unwrap();
+    let port = svc.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    let p = wait_for_pod(&pods, "web", "pod Ready", is_ready).await;
+    let status = p.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("local-node"));
+    for c in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        let conditions = status.conditions.as_ref().unwrap();
+        assert!(
+            conditions
+                .iter()
+                .any(|x| x.type_ == c && x.status == "True"),
+            "{c} must be True"
+        );
+    }
+    let cs = &status.container_statuses.unwrap()[0];
+    assert!(cs.ready && cs.started == Some(true) && cs.state.as_ref().unwrap().running.is_some());
+
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let info: serde_json::Value =
+        eventually(Duration::from_secs(10), "the stub to answer", || async {
+            let r = http.get(format!("{url}/v1/sandbox")).send().await.ok()?;
+            (r.status() == 200).then_some(r.json().await.ok()?)
+        })
+        .await;
+    assert_eq!(info["namespace"], ns.name.as_str());
+    let exec: serde_json::Value = http
+        .post(format!("{url}/v1/shell/exec"))
+        .json(&json!({"command": "echo hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exec["data"]["output"], "hello\n");
+}
+
+#[tokio::test]
+async fn deleting_a_pod_removes_it_and_cascades_to_its_service() {
+    let ns = TestNamespace::new("cascade").await;
+    let pods = ns.pods();
+    let created = pods
+        .create(&PostParams::default(), &pod("owner", json!({}), None))
+        .await
+        .unwrap();
+    let svc = ns
+        .services()
+        .create(
+            &PostParams::default(),
+            &node_port_service("owned", "owner", Some(&created)),
+        )
+        .await
+        .unwrap();
+    let port = svc.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    wait_for_pod(&pods, "owner", "pod Ready", is_ready).await;
+    // A normal (graceful) delete: the simulated kubelet finishes it.
+    pods.delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the pod to be gone", || async {
+        pods.get_opt("owner").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the garbage collector to remove the owned service",
+        || async {
+            ns.services()
+                .get_opt("owned")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the node port to close",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn image_pull_failure_is_reported() {
+    let ns = TestNamespace::new("pull").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod("p", json!({MODE: "image-pull-failure"}), None),
+    )
+    .await
+    .unwrap();
+    let p = wait_for_pod(&pods, "p", "ImagePullBackOff", |p| {
+        waiting_reason(p).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+    assert!(!is_ready(&p));
+}
+
+#[tokio::test]
+async fn crash_loop_is_reported_with_rising_restarts() {
+    let ns = TestNamespace::new("crash").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod("p", json!({MODE: "crash-loop"}), None),
+    )
+    .await
+    .unwrap();
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |c| c[0].restart_count)
+    };
+    let first = wait_for_pod(&pods, "p", "CrashLoopBackOff", |p| {
+        waiting_reason(p).as_deref() == Some("CrashLoopBackOff")
+    })
+    .await;
+    let seen = restarts(&first);
+    assert!(seen >= 1);
+    wait_for_pod(&pods, "p", "the restart count to rise", |p| {
+        restarts(p) > seen
+    })
+    .await;
+    assert!(!is_ready(&first));
+}
+
+#[tokio::test]
+async fn never_ready_pod_runs_but_is_not_ready() {
+    let ns = TestNamespace::new("never").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod("p", json!({MODE: "never-ready"}), None),
+    )
+    .await
+    .unwrap();
+    let p = wait_for_pod(&pods, "p", "phase Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert_eq!(
+        condition(&p, "Ready"),
+        Some(("False".into(), Some("ContainersNotReady".into())))
+    );
+}
+
+#[tokio::test]
+async fn unschedulable_pod_stays_pending() {
+    let ns = TestNamespace::new("unsched").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod("p", json!({MODE: "unschedulable"}), None),
+    )
+    .await
+    .unwrap();
+    let p = wait_for_pod(&pods, "p", "PodScheduled=False", |p| {
+        condition(p, "PodScheduled").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&p, "PodScheduled"),
+        Some(("False".into(), Some("Unschedulable".into())))
+    );
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        p.spec.unwrap().node_name,
+        None,
+        "an unschedulable pod is never bound"
+    );
+}
+
+#[tokio::test]
+async fn start_delay_postpones_readiness() {
+    let ns = TestNamespace::new("delay").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &pod("p", json!({DELAY: "2500"}), None),
+    )
+    .await
+    .unwrap();
+    let bound = wait_for_pod(&pods, "p", "the pod to be bound", |p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+    })
+    .await;
+    let p = wait_for_pod(&pods, "p", "pod Ready", is_ready).await;
+    let created = bound.metadata.creation_timestamp.unwrap().0;
+    let ready_at = p
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .last_transition_time
+        .unwrap()
+        .0;
+    let waited = ready_at.duration_since(created).as_secs_f64();
+    // Timestamps have one-second resolution: 2.5 s of delay shows as at least 2 s.
+    assert!(
+        waited >= 2.0,
+        "ready {waited}s after creation, expected the 2.5 s delay"
+    );
+}
