@@ -24,14 +24,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve the REST API (the default).
     Serve(ServeArgs),
+    /// Print the OpenAPI document of the REST API (as committed in openapi.json).
+    Openapi,
 }
 
 impl Cli {
-    /// The serve flags, whether given with or without the subcommand.
-    pub fn serve_args(self) -> ServeArgs {
+    /// The serve flags, whether given with or without the subcommand; None for other commands.
+    pub fn serve_args(self) -> Option<ServeArgs> {
         match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
+            Some(Command::Serve(args)) => Some(args),
+            None => Some(self.serve),
+            Some(Command::Openapi) => None,
         }
     }
 }

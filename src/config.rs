@@ -56,6 +56,113 @@ pub struct ServeArgs {
     /// Time limit of every Kubernetes API call, in seconds.
     #[arg(long, env = "K8S_API_TIMEOUT_SECONDS", default_value_t = 10.0)]
     pub k8s_api_timeout_seconds: f64,
+
+    /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
+    /// Unset: the API is open (a warning is logged).
+    #[arg(long, env = "PROVISIONER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Refuse to start without PROVISIONER_API_KEY.
+    #[arg(long, env = "PROVISIONER_REQUIRE_API_KEY", default_value_t = false)]
+    pub require_api_key: bool,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "PROVISIONER_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+
+    /// Time limit of a whole API request, in seconds (503 after it).
+    #[arg(
+        long,
+        env = "PROVISIONER_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub request_timeout_seconds: f64,
+
+    /// Requests served at once; more are refused at once with 503 and Retry-After.
+    #[arg(
+        long,
+        env = "PROVISIONER_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// After SIGTERM or Ctrl-C, how long in-flight requests may take before the process exits.
+    #[arg(
+        long,
+        env = "PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 20.0
+    )]
+    pub shutdown_timeout_seconds: f64,
+
+    /// Mount a Kubernetes API token into sandboxes (off: sandboxed code gets no cluster credential).
+    #[arg(
+        long,
+        env = "SANDBOX_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN",
+        default_value_t = false
+    )]
+    pub sandbox_automount_service_account_token: bool,
+
+    /// Inject environment variables for every Service in the namespace (off: sandboxes do not
+    /// learn about each other).
+    #[arg(long, env = "SANDBOX_ENABLE_SERVICE_LINKS", default_value_t = false)]
+    pub sandbox_enable_service_links: bool,
+
+    /// Seccomp profile of sandboxes: RuntimeDefault, Unconfined, or Localhost/<profile path>.
+    #[arg(
+        long,
+        env = "SANDBOX_SECCOMP_PROFILE",
+        default_value = "RuntimeDefault"
+    )]
+    pub sandbox_seccomp_profile: String,
+
+    /// Let sandbox processes gain privileges (setuid binaries such as sudo).
+    #[arg(
+        long,
+        env = "SANDBOX_ALLOW_PRIVILEGE_ESCALATION",
+        default_value_t = false
+    )]
+    pub sandbox_allow_privilege_escalation: bool,
+
+    /// Linux capabilities dropped from the sandbox container (comma-separated; empty for none).
+    #[arg(long, env = "SANDBOX_CAPABILITIES_DROP", default_value = "ALL")]
+    pub sandbox_capabilities_drop: String,
+
+    /// Linux capabilities added back (comma-separated; empty for none). The default is what a
+    /// root-based image usually needs, without NET_RAW, MKNOD, SETFCAP, SYS_CHROOT, AUDIT_WRITE.
+    #[arg(
+        long,
+        env = "SANDBOX_CAPABILITIES_ADD",
+        default_value = "CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SETPCAP"
+    )]
+    pub sandbox_capabilities_add: String,
+}
+
+/// Security settings of every sandbox pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSecurity {
+    pub automount_service_account_token: bool,
+    pub enable_service_links: bool,
+    pub seccomp: Seccomp,
+    pub allow_privilege_escalation: bool,
+    pub capabilities_drop: Vec<String>,
+    pub capabilities_add: Vec<String>,
+}
+
+/// The pod's seccomp profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    RuntimeDefault,
+    Unconfined,
+    Localhost(String),
+}
+
+/// Limits that keep the HTTP API responsive under abuse.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_timeout: Duration,
 }
 
 /// Validated configuration of the service.
@@ -71,6 +178,9 @@ pub struct Config {
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
+    pub api_key: Option<String>,
+    pub limits: HttpLimits,
+    pub pod_security: PodSecurity,
 }
 
 /// A setting that stops the service at start; the message names the variable and the fix.
@@ -124,14 +234,58 @@ impl TryFrom<ServeArgs> for Config {
             None => None,
             Some(s) => Some(api_server_uri(&s)?),
         };
-        let timeout = args.k8s_api_timeout_seconds;
-        if !(timeout.is_finite() && timeout > 0.0 && timeout <= 300.0) {
+        let k8s_api_timeout = seconds(
+            "K8S_API_TIMEOUT_SECONDS",
+            args.k8s_api_timeout_seconds,
+            300.0,
+        )?;
+        let api_key = args.api_key.filter(|k| !k.is_empty());
+        if let Some(key) = &api_key {
+            if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(
+                    "PROVISIONER_API_KEY",
+                    "(hidden)",
+                    "must be at least 16 characters without spaces or control characters, for example from `openssl rand -hex 32`",
+                ));
+            }
+        } else if args.require_api_key {
             return Err(ConfigError::new(
-                "K8S_API_TIMEOUT_SECONDS",
-                timeout.to_string(),
-                "must be a number of seconds above 0 and at most 300, for example 10",
+                "PROVISIONER_API_KEY",
+                "",
+                "is required because PROVISIONER_REQUIRE_API_KEY is set: set a key (for example from `openssl rand -hex 32`) or unset PROVISIONER_REQUIRE_API_KEY",
             ));
         }
+        let limits = HttpLimits {
+            max_body_bytes: positive("PROVISIONER_MAX_BODY_BYTES", args.max_body_bytes)?,
+            request_timeout: seconds(
+                "PROVISIONER_REQUEST_TIMEOUT_SECONDS",
+                args.request_timeout_seconds,
+                3600.0,
+            )?,
+            max_concurrent_requests: positive(
+                "PROVISIONER_MAX_CONCURRENT_REQUESTS",
+                args.max_concurrent_requests,
+            )?,
+            shutdown_timeout: seconds(
+                "PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS",
+                args.shutdown_timeout_seconds,
+                3600.0,
+            )?,
+        };
+        let pod_security = PodSecurity {
+            automount_service_account_token: args.sandbox_automount_service_account_token,
+            enable_service_links: args.sandbox_enable_service_links,
+            seccomp: seccomp(&args.sandbox_seccomp_profile)?,
+            allow_privilege_escalation: args.sandbox_allow_privilege_escalation,
+            capabilities_drop: capabilities(
+                "SANDBOX_CAPABILITIES_DROP",
+                &args.sandbox_capabilities_drop,
+            )?,
+            capabilities_add: capabilities(
+                "SANDBOX_CAPABILITIES_ADD",
+                &args.sandbox_capabilities_add,
+            )?,
+        };
         Ok(Config {
             listen,
             namespace: args.namespace,
@@ -142,9 +296,75 @@ impl TryFrom<ServeArgs> for Config {
             node_host: args.node_host.trim().to_string(),
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
-            k8s_api_timeout: Duration::from_secs_f64(timeout),
+            k8s_api_timeout,
+            api_key,
+            limits,
+            pod_security,
         })
     }
+}
+
+fn seconds(variable: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::new(
+            variable,
+            value.to_string(),
+            format!("must be a number of seconds above 0 and at most {max}"),
+        ))
+    }
+}
+
+fn positive(variable: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value > 0 {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            variable,
+            value.to_string(),
+            "must be at least 1",
+        ))
+    }
+}
+
+fn seccomp(value: &str) -> Result<Seccomp, ConfigError> {
+    match value.trim() {
+        "RuntimeDefault" => Ok(Seccomp::RuntimeDefault),
+        "Unconfined" => Ok(Seccomp::Unconfined),
+        other => match other.strip_prefix("Localhost/") {
+            Some(path) if !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|p| p == "..") => {
+                Ok(Seccomp::Localhost(path.to_string()))
+            }
+            _ => Err(ConfigError::new(
+                "SANDBOX_SECCOMP_PROFILE",
+                value,
+                "must be RuntimeDefault, Unconfined, or Localhost/<path relative to the kubelet's seccomp directory>",
+            )),
+        },
+    }
+}
+
+/// A comma-separated list of capability names, upper-cased, with any `CAP_` prefix removed.
+fn capabilities(variable: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let name = c.to_ascii_uppercase();
+            let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()) {
+                Ok(name)
+            } else {
+                Err(ConfigError::new(
+                    variable,
+                    value,
+                    "must be a comma-separated list of capability names such as NET_ADMIN,SYS_PTRACE (or ALL)",
+                ))
+            }
+        })
+        .collect()
 }
 
 fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
@@ -287,6 +507,72 @@ mod tests {
         assert_eq!(
             parse(&["--node-host", "http://x"]).unwrap_err().variable,
             "NODE_HOST"
+        );
+    }
+
+    #[test]
+    fn security_defaults_are_strict() {
+        let c = parse(&[]).unwrap();
+        let s = c.pod_security;
+        assert!(
+            !s.automount_service_account_token
+                && !s.enable_service_links
+                && !s.allow_privilege_escalation
+        );
+        assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
+        assert_eq!(s.capabilities_drop, ["ALL"]);
+        assert!(!s.capabilities_add.contains(&"NET_RAW".to_string()));
+        assert!(s.capabilities_add.contains(&"SETUID".to_string()));
+        assert_eq!(c.api_key, None);
+    }
+
+    #[test]
+    fn security_settings_are_parsed_and_checked() {
+        let c = parse(&[
+            "--sandbox-seccomp-profile",
+            "Localhost/profiles/sandbox.json",
+            "--sandbox-capabilities-add",
+            "cap_sys_ptrace, NET_ADMIN",
+            "--sandbox-capabilities-drop",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.pod_security.seccomp,
+            Seccomp::Localhost("profiles/sandbox.json".into())
+        );
+        assert_eq!(c.pod_security.capabilities_add, ["SYS_PTRACE", "NET_ADMIN"]);
+        assert!(c.pod_security.capabilities_drop.is_empty());
+        assert_eq!(
+            parse(&["--sandbox-seccomp-profile", "Bogus"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_SECCOMP_PROFILE"
+        );
+        assert_eq!(
+            parse(&["--sandbox-capabilities-add", "NET ADMIN"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_CAPABILITIES_ADD"
+        );
+    }
+
+    #[test]
+    fn api_key_rules() {
+        let e = parse(&["--require-api-key"]).unwrap_err();
+        assert_eq!(e.variable, "PROVISIONER_API_KEY");
+        let short = parse(&["--api-key", "short"]).unwrap_err();
+        assert!(
+            !short.to_string().contains("short"),
+            "the key is never echoed: {short}"
+        );
+        let c = parse(&["--api-key", "0123456789abcdef0123", "--require-api-key"]).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(
+            parse(&["--max-concurrent-requests", "0"])
+                .unwrap_err()
+                .variable,
+            "PROVISIONER_MAX_CONCURRENT_REQUESTS"
         );
     }
 

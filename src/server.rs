@@ -1,7 +1,7 @@
 //! Start-up and shutdown: connect, prepare the namespace, serve until SIGTERM or Ctrl-C.
 
 use crate::{
-    api::{self, AppState},
+    api::{self, ApiKey, ApiSettings},
     config::Config,
     k8s::{client, cluster::Cluster, manifests::SandboxTemplate},
     provisioner::Provisioner,
@@ -48,15 +48,37 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             cause: e.to_string(),
         })?;
     tracing::info!(listen = %config.listen, namespace = %config.namespace, image = %config.sandbox_image, node_host = %config.node_host, "serving");
-    axum::serve(listener, api::router(AppState { provisioner }))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let app = api::router(provisioner, api_settings(&config));
+    let (signalled, mut signal) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    });
+    let grace = config.limits.shutdown_timeout;
+    let deadline = async move {
+        let _ = signal.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
+        _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// The router's settings from the configuration.
+pub fn api_settings(config: &Config) -> ApiSettings {
+    ApiSettings {
+        api_key: config.api_key.as_deref().map(ApiKey::new),
+        limits: config.limits.clone(),
+    }
+}
+
 fn warn_about_defaults(config: &Config) {
+    if config.api_key.is_none() {
+        tracing::warn!("PROVISIONER_API_KEY is not set: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key (and PROVISIONER_REQUIRE_API_KEY=true to enforce it) unless the port is reachable only by the backend");
+    }
     if config.skills_host_path.is_none() {
         tracing::warn!("SKILLS_HOST_PATH is not set: sandboxes get no /mnt/skills");
     }

@@ -4,13 +4,12 @@
 mod common;
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{eventually, kubeconfig_path, serve_args, TestNamespace, TestService};
+use common::{kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 use reqwest::Method;
 
 fn provisioner() -> Command {
@@ -31,14 +30,6 @@ fn run_to_exit(cmd: &mut Command) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -97,72 +88,23 @@ fn help_names_every_setting() {
     }
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn missing_kubeconfig_path_falls_back_to_kubeconfig_and_stops_on_sigterm() {
     let ns = TestNamespace::uncreated("fallback").await;
-    let port = free_port();
-    let child = provisioner()
-        .env("KUBECONFIG_PATH", "/nonexistent/kubeconfig")
-        .env("KUBECONFIG", kubeconfig_path())
-        .env("K8S_NAMESPACE", &ns.name)
-        .env("NODE_HOST", "127.0.0.1")
-        .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
-        .spawn()
-        .unwrap();
-    let mut running = Running(child);
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}");
-    eventually(
-        Duration::from_secs(30),
-        "the service to answer /health",
-        || async {
-            let r = http.get(format!("{url}/health")).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        },
-    )
+    let mut running = RunningBinary::start(&[
+        ("KUBECONFIG_PATH", "/nonexistent/kubeconfig".into()),
+        ("KUBECONFIG", kubeconfig_path().display().to_string()),
+        ("K8S_NAMESPACE", ns.name.clone()),
+        ("NODE_HOST", "127.0.0.1".into()),
+    ])
     .await;
-    let list = http
-        .get(format!("{url}/api/sandboxes"))
-        .send()
+    let list = reqwest::get(format!("{}/api/sandboxes", running.base))
         .await
         .unwrap();
     assert_eq!(list.status(), 200);
-
-    let pid = running.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not exit within 15 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    running.sigterm();
+    let (status, log) = running.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status:?}");
-    let mut log = String::new();
-    running
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
     assert!(
         log.contains("KUBECONFIG="),
         "the log names the configuration source:\n{log}"

@@ -1,14 +1,23 @@
 //! The one place where failures become HTTP answers: `{"detail": "..."}` with the right status,
 //! the shape FastAPI clients of the original provisioner already read.
 
+use std::time::Duration;
+
 use axum::{
-    http::StatusCode,
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::provisioner;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and what to do about it.
+    pub detail: String,
+}
 
 /// Every failure an API handler can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +31,18 @@ pub enum ApiError {
     NoSuchRoute,
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("missing or invalid API key: send it in the X-API-Key header or as Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("the request body is larger than {0} bytes (PROVISIONER_MAX_BODY_BYTES)")]
+    PayloadTooLarge(usize),
+    #[error("the request body must be JSON: send Content-Type: application/json (got {0:?})")]
+    UnsupportedMediaType(String),
+    #[error("the provisioner is at its limit of concurrent requests; retry shortly")]
+    Overloaded,
+    #[error("the request did not finish within {0:?} (PROVISIONER_REQUEST_TIMEOUT_SECONDS); retry, and check the Kubernetes API if it keeps happening")]
+    RequestTimeout(Duration),
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// A bug: a handler task panicked. Details go to the log, not to the caller.
     #[error("internal error; see the provisioner's log")]
     Internal(String),
@@ -49,6 +70,12 @@ impl ApiError {
             }
             ApiError::Provision(P::Kubernetes(_)) => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Overloaded | ApiError::RequestTimeout(_) | ApiError::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,7 +91,24 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (status, Json(json!({ "detail": self.to_string() }))).into_response()
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                detail: self.to_string(),
+            }),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

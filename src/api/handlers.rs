@@ -1,43 +1,135 @@
-//! Request handlers: parse and validate, call the provisioner, shape the answer.
+//! Request handlers: parse and validate, call the provisioner, shape the answer. The
+//! `utoipa::path` attributes are the OpenAPI description of each route.
 
 use std::future::Future;
 
 use axum::{
     body::Bytes,
-    extract::{rejection::PathRejection, Path, State},
+    extract::{
+        rejection::{BytesRejection, PathRejection},
+        Path, State,
+    },
+    http::{header, HeaderMap},
     Json,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{error::ApiError, AppState};
+use super::{
+    error::{ApiError, ErrorBody},
+    AppState,
+};
 use crate::{
     provisioner,
     sandbox::{Sandbox, SandboxId, ThreadId},
 };
 
 /// Body of `POST /api/sandboxes`; unknown fields are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRequest {
+    /// Becomes part of the Pod and Service names.
+    #[schema(
+        min_length = 1,
+        max_length = 51,
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        example = "abc-123"
+    )]
     pub sandbox_id: String,
+    /// Becomes part of the user-data host path.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_-]+$",
+        example = "thread-456"
+    )]
     pub thread_id: String,
 }
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Answer of `GET /api/sandboxes`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+    pub count: usize,
 }
 
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Sandbox>, ApiError> {
+/// Answer of `DELETE /api/sandboxes/{sandbox_id}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    pub ok: bool,
+    pub sandbox_id: String,
+}
+
+/// Answer of `GET /health` and `GET /readyz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The sandbox namespace (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Liveness: the process serves HTTP. Makes no Kubernetes call.
+#[utoipa::path(get, path = "/health", tag = "probes",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        namespace: None,
+    })
+}
+
+/// Readiness: the Kubernetes API answers and the sandbox namespace is usable.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready to serve sandbox requests", body = Health),
+        (status = 503, description = "Kubernetes unreachable or the namespace unusable", body = ErrorBody),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let provisioner = state.provisioner.clone();
+    run_to_completion(async move { provisioner.ensure_namespace().await })
+        .await
+        .map_err(|e| ApiError::NotReady(e.to_string()))?;
+    Ok(Json(Health {
+        status: "ready".into(),
+        namespace: Some(state.provisioner.namespace().to_string()),
+    }))
+}
+
+/// Create a sandbox, or return the existing one of the same thread.
+#[utoipa::path(post, path = "/api/sandboxes", tag = "sandboxes", request_body = CreateRequest,
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Created, or already there for the same thread", body = Sandbox),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The sandbox exists for another thread, or is being deleted", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid body, sandbox_id or thread_id", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Sandbox>, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(|e| match e.status().as_u16() {
+        413 => ApiError::PayloadTooLarge(state.max_body_bytes),
+        _ => ApiError::InvalidRequest(format!("cannot read the request body: {e}")),
+    })?;
     let invalid = |e: &dyn std::fmt::Display| {
         ApiError::InvalidRequest(format!(
             "the body must be a JSON object with string fields \"sandbox_id\" and \"thread_id\": {e}"
         ))
     };
-    let value: Value = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
-    if !value.is_object() {
+    // An object, not an array that serde would also accept for a struct; duplicate fields are
+    // refused by the derived deserializer rather than silently resolved.
+    if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(invalid(&"got something other than an object"));
     }
-    let request: CreateRequest = serde_json::from_value(value).map_err(|e| invalid(&e))?;
+    let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
     let id = SandboxId::parse(&request.sandbox_id)?;
     let thread = ThreadId::parse(&request.thread_id)?;
     let provisioner = state.provisioner.clone();
@@ -46,6 +138,18 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<S
     Ok(Json(provisioned.sandbox))
 }
 
+/// One sandbox: status, readiness and URL.
+#[utoipa::path(get, path = "/api/sandboxes/{sandbox_id}", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51)),
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The sandbox", body = Sandbox),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -54,22 +158,46 @@ pub async fn get(
     Ok(Json(state.provisioner.get(&id).await?))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every sandbox this provisioner manages, sorted by id.
+#[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes",
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "All sandboxes", body = SandboxList),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+    ))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {
     let sandboxes = state.provisioner.list().await?;
-    Ok(Json(
-        json!({"count": sandboxes.len(), "sandboxes": sandboxes}),
-    ))
+    Ok(Json(SandboxList {
+        count: sandboxes.len(),
+        sandboxes,
+    }))
 }
 
+/// Delete a sandbox's Pod and Service; also succeeds when it was already gone.
+#[utoipa::path(delete, path = "/api/sandboxes/{sandbox_id}", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51)),
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted (or already gone)", body = Deleted),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let id = sandbox_id(path)?;
     let provisioner = state.provisioner.clone();
     let shown = id.to_string();
     run_to_completion(async move { provisioner.delete(&id).await }).await?;
-    Ok(Json(json!({"ok": true, "sandbox_id": shown})))
+    Ok(Json(Deleted {
+        ok: true,
+        sandbox_id: shown,
+    }))
 }
 
 pub async fn no_such_route() -> ApiError {
@@ -78,6 +206,29 @@ pub async fn no_such_route() -> ApiError {
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// Accepts a missing Content-Type (lenient, as FastAPI is) and any JSON type; refuses others.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            text.chars().take(100).collect(),
+        ))
+    }
 }
 
 fn sandbox_id(path: Result<Path<String>, PathRejection>) -> Result<SandboxId, ApiError> {
@@ -94,5 +245,37 @@ async fn run_to_completion<T: Send + 'static>(
     match tokio::spawn(work).await {
         Ok(result) => Ok(result?),
         Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(require_json(&h).is_ok());
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(require_json(&h).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "json",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
+            assert!(
+                matches!(require_json(&h), Err(ApiError::UnsupportedMediaType(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,45 +1,143 @@
-//! The HTTP API: routes, shared state and the request log.
+//! The HTTP API: routes, shared state, protection layers, the request log and the OpenAPI
+//! document.
 
+mod auth;
 mod error;
 mod handlers;
+mod limits;
 
-pub use error::ApiError;
-pub use handlers::CreateRequest;
+pub use auth::ApiKey;
+pub use error::{ApiError, ErrorBody};
+pub use handlers::{CreateRequest, Deleted, Health, SandboxList};
 
 use std::time::Instant;
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     middleware::{self, Next},
     response::Response,
     routing::get,
-    Router,
+    Json, Router,
+};
+use utoipa::{
+    openapi::security::{
+        ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+    },
+    Modify, OpenApi,
 };
 
-use crate::provisioner::Provisioner;
+use crate::{config::HttpLimits, provisioner::Provisioner};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub provisioner: Provisioner,
+    /// For the 413 message.
+    pub max_body_bytes: usize,
 }
 
-/// The whole API, ready to serve (or to drive with `tower::ServiceExt::oneshot` in tests).
-pub fn router(state: AppState) -> Router {
+/// Everything the router needs besides the provisioner.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub api_key: Option<ApiKey>,
+    pub limits: HttpLimits,
+}
+
+/// The whole API, ready to serve.
+pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
+    let state = AppState {
+        provisioner,
+        max_body_bytes: settings.limits.max_body_bytes,
+    };
     let api = Router::new()
         .route("/api/sandboxes", get(handlers::list).post(handlers::create))
         .route(
             "/api/sandboxes/{sandbox_id}",
             get(handlers::get).delete(handlers::delete),
         )
+        .route("/openapi.json", get(openapi_json))
         .fallback(handlers::no_such_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            settings.api_key,
+            auth::require_api_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            limits::Limiter::new(&settings.limits),
+            limits::shed_and_time_limit,
+        ))
         .layer(middleware::from_fn(log_request))
-        .with_state(state);
-    // Probes stay outside the request log so that they do not flood it.
+        .with_state(state.clone());
+    // Probes stay outside the request log and the limits, so that they neither flood the log
+    // nor fail because the API is busy.
     Router::new()
         .route("/health", get(handlers::health))
+        .route("/readyz", get(handlers::readyz))
+        .with_state(state)
         .merge(api)
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The OpenAPI 3 description of the API, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sandbox-provisioner",
+        description = "Isolated code-execution sandboxes for AI agents on Kubernetes. A drop-in for DeerFlow's provisioner API.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        handlers::health,
+        handlers::readyz,
+        handlers::create,
+        handlers::list,
+        handlers::get,
+        handlers::delete,
+    ),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "sandboxes", description = "Create, read, list and delete sandboxes"),
+        (name = "probes", description = "Liveness and readiness"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKeyScheme::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "Required when the provisioner runs with PROVISIONER_API_KEY",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The same key as Authorization: Bearer <key>"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as committed in `openapi.json`.
+pub fn openapi_document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
 }
 
 /// One log line per request: method, path, status and latency.

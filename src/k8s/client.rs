@@ -40,6 +40,9 @@ pub async fn connect(config: &Config) -> Result<Connected, ClientError> {
         kube_config.accept_invalid_certs = true;
     }
     set_timeouts(&mut kube_config, config.k8s_api_timeout);
+    // Retries happen in one place, bounded by the call's time limit (k8s::cluster), not also
+    // inside the client (whose default waits out Retry-After without a time limit).
+    kube_config.default_retry = false;
     let server = kube_config.cluster_url.to_string();
     let client =
         kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;

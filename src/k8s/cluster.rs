@@ -1,6 +1,9 @@
 //! Cluster operations on sandbox objects: each one bounded by a timeout, each failure typed.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{
@@ -46,6 +49,11 @@ impl Error {
         matches!(self, Error::Refused { code: 403 | 500, message, .. }
             if (message.contains("serviceaccount") && message.contains("not found"))
                 || message.contains("No API token found for service account"))
+    }
+
+    /// An answer from the apiserver that says "try again": 429 Too Many Requests or a 5xx.
+    pub fn is_retryable_answer(&self) -> bool {
+        matches!(self, Error::Refused { code, .. } if *code == 429 || *code >= 500)
     }
 
     /// The cluster is (perhaps briefly) unable to serve: worth a retry later.
@@ -99,6 +107,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// The wait before retry number `attempt` (from 0): 50 ms doubling up to 1 s, plus up to 50%
+/// jitter so that throttled clients do not retry in lockstep.
+fn retry_delay(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = (50u64 << attempt.min(5)).min(1000);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    Duration::from_millis(base + h.finish() % (base / 2 + 1))
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Access to the sandbox namespace's Pods and Services.
@@ -109,6 +127,8 @@ pub struct Cluster {
     services: Api<Service>,
     namespaces: Api<Namespace>,
     timeout: Duration,
+    post: PostParams,
+    delete: DeleteParams,
 }
 
 impl Cluster {
@@ -119,6 +139,8 @@ impl Cluster {
             services: Api::namespaced(client.clone(), namespace),
             namespaces: Api::all(client),
             timeout,
+            post: PostParams::default(),
+            delete: DeleteParams::default(),
         }
     }
 
@@ -126,18 +148,32 @@ impl Cluster {
         &self.namespace
     }
 
-    async fn call<T>(
-        &self,
-        action: impl FnOnce() -> String,
-        fut: impl Future<Output = kube::Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::from_kube(action(), e, self.timeout)),
-            Err(_) => Err(Error::Timeout {
-                action: action(),
-                timeout: self.timeout,
-            }),
+    /// Runs one Kubernetes call with the time limit, retrying 429 and 5xx answers (the
+    /// apiserver sheds load that way) with jittered exponential backoff for as long as the
+    /// time limit allows, then classifies the failure.
+    async fn call<T, F, Fut>(&self, action: impl Fn() -> String, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = kube::Result<T>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let error = match tokio::time::timeout(self.timeout, request()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => Error::from_kube(action(), e, self.timeout),
+                Err(_) => Error::Timeout {
+                    action: action(),
+                    timeout: self.timeout,
+                },
+            };
+            let delay = retry_delay(attempt);
+            if !error.is_retryable_answer() || started.elapsed() + delay > self.timeout {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, ?delay, attempt, "retrying a Kubernetes call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 
@@ -147,16 +183,27 @@ impl Cluster {
         let found = self
             .call(
                 || format!("read namespace {name}"),
-                self.namespaces.get_opt(name),
+                || self.namespaces.get_opt(name),
             )
             .await?;
-        if found.is_some() {
+        if let Some(found) = found {
+            if found.status.and_then(|s| s.phase).as_deref() == Some("Terminating") {
+                return Err(Error::Refused {
+                    action: format!("use namespace {name}"),
+                    code: 409,
+                    reason: "NamespaceTerminating".into(),
+                    message: format!(
+                        "namespace {name} is being deleted; it is created again once it is gone"
+                    ),
+                    kind: Some("namespaces".into()),
+                });
+            }
             return Ok(false);
         }
         match self
             .call(
                 || format!("create namespace {name}"),
-                self.namespaces.create(&PostParams::default(), namespace),
+                || self.namespaces.create(&self.post, namespace),
             )
             .await
         {
@@ -170,7 +217,7 @@ impl Cluster {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         self.call(
             || format!("create pod {name} in namespace {}", self.namespace),
-            self.pods.create(&PostParams::default(), pod),
+            || self.pods.create(&self.post, pod),
         )
         .await
     }
@@ -179,7 +226,7 @@ impl Cluster {
         let name = service.metadata.name.as_deref().unwrap_or_default();
         self.call(
             || format!("create service {name} in namespace {}", self.namespace),
-            self.services.create(&PostParams::default(), service),
+            || self.services.create(&self.post, service),
         )
         .await
     }
@@ -187,7 +234,7 @@ impl Cluster {
     pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>> {
         self.call(
             || format!("read pod {name} in namespace {}", self.namespace),
-            self.pods.get_opt(name),
+            || self.pods.get_opt(name),
         )
         .await
     }
@@ -195,7 +242,7 @@ impl Cluster {
     pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
         self.call(
             || format!("read service {name} in namespace {}", self.namespace),
-            self.services.get_opt(name),
+            || self.services.get_opt(name),
         )
         .await
     }
@@ -204,7 +251,7 @@ impl Cluster {
         let params = ListParams::default().labels(selector);
         self.call(
             || format!("list pods in namespace {}", self.namespace),
-            self.pods.list(&params),
+            || self.pods.list(&params),
         )
         .await
         .map(|l| l.items)
@@ -214,7 +261,7 @@ impl Cluster {
         let params = ListParams::default().labels(selector);
         self.call(
             || format!("list services in namespace {}", self.namespace),
-            self.services.list(&params),
+            || self.services.list(&params),
         )
         .await
         .map(|l| l.items)
@@ -232,7 +279,7 @@ impl Cluster {
         let deleted = self
             .call(
                 || format!("delete pod {name} in namespace {}", self.namespace),
-                self.pods.delete(name, &params),
+                || self.pods.delete(name, &params),
             )
             .await;
         absent_is_ok(deleted)
@@ -243,7 +290,7 @@ impl Cluster {
         let deleted = self
             .call(
                 || format!("delete service {name} in namespace {}", self.namespace),
-                self.services.delete(name, &DeleteParams::default()),
+                || self.services.delete(name, &self.delete),
             )
             .await;
         absent_is_ok(deleted)
@@ -295,6 +342,18 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         assert!(t.is_unavailable());
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        for attempt in 0..20 {
+            let d = retry_delay(attempt);
+            let base = (50u64 << attempt.min(5)).min(1000);
+            assert!(
+                d >= Duration::from_millis(base) && d <= Duration::from_millis(base * 3 / 2),
+                "{attempt}: {d:?}"
+            );
+        }
     }
 
     #[test]

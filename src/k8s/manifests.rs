@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource,
-        Namespace, Pod, PodSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec,
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
+        HostPathVolumeSource, Namespace, Pod, PodSecurityContext, PodSpec, Probe,
+        ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
         Volume, VolumeMount,
     },
     apimachinery::pkg::{
@@ -20,7 +21,7 @@ use k8s_openapi::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, PodSecurity, Seccomp},
     sandbox::{Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
 
@@ -43,6 +44,7 @@ pub struct SandboxTemplate {
     pub image: String,
     pub skills_host_path: Option<String>,
     pub threads_host_path: Option<String>,
+    pub security: PodSecurity,
 }
 
 impl SandboxTemplate {
@@ -52,6 +54,7 @@ impl SandboxTemplate {
             image: config.sandbox_image.clone(),
             skills_host_path: config.skills_host_path.clone(),
             threads_host_path: config.threads_host_path.clone(),
+            security: config.pod_security.clone(),
         }
     }
 }
@@ -134,6 +137,33 @@ fn host_path(path: String, type_: &str) -> Option<HostPathVolumeSource> {
     })
 }
 
+fn pod_security_context(security: &PodSecurity) -> PodSecurityContext {
+    let (type_, localhost_profile) = match &security.seccomp {
+        Seccomp::RuntimeDefault => ("RuntimeDefault", None),
+        Seccomp::Unconfined => ("Unconfined", None),
+        Seccomp::Localhost(path) => ("Localhost", Some(path.clone())),
+    };
+    PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: type_.to_string(),
+            localhost_profile,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security_context(security: &PodSecurity) -> SecurityContext {
+    let list = |names: &[String]| (!names.is_empty()).then(|| names.to_vec());
+    SecurityContext {
+        allow_privilege_escalation: Some(security.allow_privilege_escalation),
+        capabilities: Some(Capabilities {
+            drop: list(&security.capabilities_drop),
+            add: list(&security.capabilities_add),
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The sandbox Pod. Host paths are joined only from validated parts: the configured (absolute,
 /// `..`-free) directory and a thread id that cannot contain `/` or `.`.
 pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Timestamp) -> Pod {
@@ -191,10 +221,14 @@ pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Time
                 readiness_probe: Some(probe(5, 5)),
                 liveness_probe: Some(probe(10, 10)),
                 volume_mounts: Some(mounts),
+                security_context: Some(container_security_context(&t.security)),
                 ..Container::default()
             }],
             volumes: Some(volumes),
             restart_policy: Some("Always".into()),
+            automount_service_account_token: Some(t.security.automount_service_account_token),
+            enable_service_links: Some(t.security.enable_service_links),
+            security_context: Some(pod_security_context(&t.security)),
             ..PodSpec::default()
         }),
         status: None,
@@ -324,13 +358,71 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn strict() -> PodSecurity {
+        PodSecurity {
+            automount_service_account_token: false,
+            enable_service_links: false,
+            seccomp: Seccomp::RuntimeDefault,
+            allow_privilege_escalation: false,
+            capabilities_drop: vec!["ALL".into()],
+            capabilities_add: vec!["CHOWN".into(), "SETUID".into()],
+        }
+    }
+
     fn template(threads: Option<&str>, skills: Option<&str>) -> SandboxTemplate {
         SandboxTemplate {
             namespace: "deer-flow".into(),
             image: "img:1".into(),
             skills_host_path: skills.map(Into::into),
             threads_host_path: threads.map(Into::into),
+            security: strict(),
         }
+    }
+
+    #[test]
+    fn pod_is_locked_down_by_default() {
+        let (id, thread) = ids();
+        let p = serde_json::to_value(pod(
+            &template(None, None),
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+        ))
+        .unwrap();
+        assert_eq!(p["spec"]["automountServiceAccountToken"], false);
+        assert_eq!(p["spec"]["enableServiceLinks"], false);
+        assert_eq!(
+            p["spec"]["securityContext"],
+            json!({"seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}})
+        );
+    }
+
+    #[test]
+    fn security_can_be_relaxed() {
+        let (id, thread) = ids();
+        let mut t = template(None, None);
+        t.security = PodSecurity {
+            automount_service_account_token: true,
+            enable_service_links: true,
+            seccomp: Seccomp::Localhost("p.json".into()),
+            allow_privilege_escalation: true,
+            capabilities_drop: vec![],
+            capabilities_add: vec![],
+        };
+        let p = serde_json::to_value(pod(&t, &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
+        assert_eq!(p["spec"]["automountServiceAccountToken"], true);
+        assert_eq!(
+            p["spec"]["securityContext"],
+            json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}})
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": true, "capabilities": {}})
+        );
     }
 
     fn ids() -> (SandboxId, ThreadId) {

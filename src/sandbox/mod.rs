@@ -6,11 +6,11 @@ mod status;
 pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
 pub use status::{Phase, SandboxStatus};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One sandbox as the API reports it. The first three fields are the seed's contract; the rest
 /// help callers see why a sandbox is not (yet) usable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sandbox {
     pub sandbox_id: String,
     /// Where the backend reaches the sandbox; empty while its Service is missing.

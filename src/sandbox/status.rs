@@ -1,10 +1,10 @@
 //! From a Pod to what a caller needs to know: phase, readiness, and why it is not running.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The seed's status values: the pod phase, plus NotFound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Phase {
     Pending,
     Running,

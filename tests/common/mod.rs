@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use clap::Parser;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{
     api::{DeleteParams, ListParams, PostParams},
@@ -19,7 +20,8 @@ use kube::{
     Api, Client,
 };
 use sandbox_provisioner::{
-    api::{self, AppState},
+    api,
+    cli::Cli,
     config::{Config, ServeArgs},
     server,
 };
@@ -181,19 +183,22 @@ where
 }
 
 /// The service's flags, as a test would give them on the command line.
+/// The defaults (as with no flags), pointed at the local cluster and the given namespace.
 pub fn serve_args(namespace: &str) -> ServeArgs {
-    ServeArgs {
-        listen: "127.0.0.1:0".into(),
-        namespace: namespace.into(),
-        sandbox_image: "sandbox:test".into(),
-        skills_host_path: Some("/srv/skills".into()),
-        threads_host_path: Some("/srv/threads".into()),
-        kubeconfig_path: kubeconfig_path(),
-        node_host: "127.0.0.1".into(),
-        k8s_api_server: None,
-        k8s_insecure_skip_tls_verify: false,
-        k8s_api_timeout_seconds: 5.0,
-    }
+    let mut args = Cli::try_parse_from(["sandbox-provisioner"])
+        .unwrap()
+        .serve_args()
+        .unwrap();
+    args.listen = "127.0.0.1:0".into();
+    args.namespace = namespace.into();
+    args.sandbox_image = "sandbox:test".into();
+    args.skills_host_path = Some("/srv/skills".into());
+    args.threads_host_path = Some("/srv/threads".into());
+    args.kubeconfig_path = kubeconfig_path();
+    args.node_host = "127.0.0.1".into();
+    args.k8s_api_server = None;
+    args.k8s_api_timeout_seconds = 5.0;
+    args
 }
 
 /// The provisioner's HTTP API served in-process on a free port.
@@ -211,7 +216,7 @@ impl TestService {
             .expect("building the provisioner");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let app = api::router(AppState { provisioner });
+        let app = api::router(provisioner, server::api_settings(&config));
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -237,6 +242,11 @@ impl TestService {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        Self::answer(req).await
+    }
+
+    /// Sends a prepared request and returns the status and the JSON body.
+    pub async fn answer(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
         let resp = req.send().await.expect("the provisioner answers");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
@@ -282,4 +292,330 @@ impl Drop for TestService {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A second kube-apiserver of the local cluster (same etcd), which a test may stop and start
+/// to play an outage. Stopped when dropped.
+pub struct ExtraApiserver {
+    pub port: u16,
+    flags: Vec<String>,
+}
+
+impl ExtraApiserver {
+    pub fn start(flags: &[&str]) -> ExtraApiserver {
+        let server = ExtraApiserver {
+            port: free_port(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        server.up();
+        server
+    }
+
+    fn script(&self, action: &str) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-cluster");
+        std::process::Command::new("bash")
+            .arg(script)
+            .arg("extra-apiserver")
+            .arg(action)
+            .arg(self.port.to_string())
+            .args(if action == "start" {
+                &self.flags[..]
+            } else {
+                &[]
+            })
+            .output()
+            .expect("running scripts/local-cluster")
+    }
+
+    pub fn up(&self) {
+        let out = self.script("start");
+        assert!(
+            out.status.success(),
+            "extra apiserver failed to start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn down(&self) {
+        let out = self.script("stop");
+        assert!(
+            out.status.success(),
+            "extra apiserver failed to stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ExtraApiserver {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// The real binary, started with a clean environment plus `env`, serving on a free port.
+pub struct RunningBinary {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl RunningBinary {
+    /// Starts the binary and waits until `/health` answers.
+    pub async fn start(env: &[(&str, String)]) -> RunningBinary {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting the binary");
+        let running = RunningBinary {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(30),
+            "the service to answer /health",
+            || async {
+                let r = http
+                    .get(format!("{}/health", running.base))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
+        .await;
+        running
+    }
+
+    pub fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`; returns the status and
+    /// what it logged.
+    pub async fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut log = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut log);
+        }
+        (status, log)
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestNamespace {
+    /// A kubeconfig for a ServiceAccount of this namespace bound to a Role with `rules`
+    /// (Role rule objects as JSON), e.g. to test with a credential that is not cluster-admin.
+    pub async fn service_account_kubeconfig(
+        &self,
+        name: &str,
+        rules: serde_json::Value,
+    ) -> PathBuf {
+        use k8s_openapi::api::{
+            core::v1::{Secret, ServiceAccount},
+            rbac::v1::{Role, RoleBinding},
+        };
+        let pp = PostParams::default();
+        let sa: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.name)
+            .create(&pp, &sa)
+            .await
+            .unwrap();
+        let role: Role =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules}))
+                .unwrap();
+        Api::<Role>::namespaced(self.client.clone(), &self.name)
+            .create(&pp, &role)
+            .await
+            .unwrap();
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.name}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(self.client.clone(), &self.name)
+            .create(&pp, &binding)
+            .await
+            .unwrap();
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.name);
+        let secret_name = eventually(
+            Duration::from_secs(30),
+            "the service account token",
+            || async {
+                accounts
+                    .get(name)
+                    .await
+                    .ok()?
+                    .secrets?
+                    .first()?
+                    .name
+                    .clone()
+            },
+        )
+        .await;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.name);
+        let token = eventually(Duration::from_secs(30), "the token secret", || async {
+            let data = secrets.get(&secret_name).await.ok()?.data?;
+            String::from_utf8(data.get("token")?.0.clone()).ok()
+        })
+        .await;
+        let original = std::fs::read_to_string(kubeconfig_path()).unwrap();
+        let mut rewritten = String::new();
+        for line in original.lines() {
+            match line.trim_start().strip_prefix("token: ") {
+                Some(_) => rewritten.push_str(&format!("    token: {token}\n")),
+                None => {
+                    rewritten.push_str(line);
+                    rewritten.push('\n');
+                }
+            }
+        }
+        let path = std::env::temp_dir().join(format!("kubeconfig-{}-{name}", self.name));
+        std::fs::write(&path, rewritten).unwrap();
+        path
+    }
+}
+
+/// The Role rules the provisioner needs in its namespace.
+pub fn provisioner_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["create", "get", "list", "delete"]},
+    ])
+}
+
+/// A TCP proxy to the local apiserver that a test can switch into a black hole: from then on
+/// it forwards nothing (connections stay open, bytes go nowhere) and reports that a request
+/// arrived, so the test knows the provisioner has a call in flight.
+pub struct BlackholeProxy {
+    pub port: u16,
+    forwarding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackholeProxy {
+    pub async fn start(upstream_port: u16) -> BlackholeProxy {
+        use std::sync::{atomic::AtomicBool, Arc};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forwarding = Arc::new(AtomicBool::new(true));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (fwd, arr) = (forwarding.clone(), arrived.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let (fwd_up, arr_up, fwd_down) = (fwd.clone(), arr.clone(), fwd.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if fwd_up.load(Ordering::SeqCst) {
+                            if uw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        } else {
+                            arr_up.notify_one();
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = ur.read(&mut buf).await {
+                        if n == 0
+                            || !fwd_down.load(Ordering::SeqCst)
+                            || cw.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        BlackholeProxy {
+            port,
+            forwarding,
+            arrived,
+            task,
+        }
+    }
+
+    /// From now on nothing is forwarded.
+    pub fn swallow(&self) {
+        self.forwarding.store(false, Ordering::SeqCst);
+    }
+
+    /// Resolves once a request has arrived while swallowing.
+    pub async fn request_arrived(&self) {
+        self.arrived.notified().await
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The port of the local apiserver, from the kubeconfig.
+pub fn apiserver_port() -> u16 {
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the local kubeconfig names https://127.0.0.1:PORT")
 }
