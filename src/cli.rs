@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the OpenAPI document of the REST API (as committed in openapi.json).
     Openapi,
 }
@@ -32,7 +32,7 @@ impl Cli {
     /// The serve flags, whether given with or without the subcommand; None for other commands.
     pub fn serve_args(self) -> Option<ServeArgs> {
         match self.command {
-            Some(Command::Serve(args)) => Some(args),
+            Some(Command::Serve(args)) => Some(*args),
             None => Some(self.serve),
             Some(Command::Openapi) => None,
         }
