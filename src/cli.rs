@@ -26,6 +26,15 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the OpenAPI document of the REST API (as committed in openapi.json).
     Openapi,
+    /// Check the configuration, the cluster connection, permissions and namespace; print each
+    /// check with its fix and exit non-zero when any fails.
+    Doctor(Box<ServeArgs>),
+    /// Exit 0 when the local service answers /health (for container HEALTHCHECKs).
+    Healthcheck {
+        /// The service's listen address.
+        #[arg(long, env = "PROVISIONER_LISTEN", default_value = "0.0.0.0:8002")]
+        listen: String,
+    },
 }
 
 impl Cli {
@@ -34,7 +43,7 @@ impl Cli {
         match self.command {
             Some(Command::Serve(args)) => Some(*args),
             None => Some(self.serve),
-            Some(Command::Openapi) => None,
+            Some(Command::Openapi | Command::Doctor(_) | Command::Healthcheck { .. }) => None,
         }
     }
 }

@@ -7,7 +7,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod doctor;
+pub mod healthcheck;
 pub mod k8s;
+pub mod metrics;
 pub mod provisioner;
 pub mod sandbox;
 pub mod server;

@@ -1,13 +1,42 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandbox_provisioner::{api, cli::Cli, config::Config, server, telemetry};
+use sandbox_provisioner::{
+    api,
+    cli::{Cli, Command},
+    config::Config,
+    doctor, healthcheck, server, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Some(args) = Cli::parse().serve_args() else {
-        print!("{}", api::openapi_document());
-        return ExitCode::SUCCESS;
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", api::openapi_document());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Doctor(args)) => {
+            let checks = doctor::run(*args).await;
+            print!("{}", doctor::render(&checks));
+            let failed = checks.iter().any(|c| c.verdict == doctor::Verdict::Fail);
+            return if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Some(Command::Healthcheck { listen }) => {
+            return match healthcheck::check(&listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Serve(args)) => *args,
+        None => cli.serve,
     };
     telemetry::init();
     let config = match Config::try_from(args) {

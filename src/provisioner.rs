@@ -3,7 +3,8 @@
 //! cluster operations.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -17,6 +18,7 @@ use crate::{
         cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
     },
+    metrics::{DeletionReason, Metrics},
     sandbox::{InvalidId, Sandbox, SandboxId, ThreadId},
 };
 
@@ -47,6 +49,9 @@ pub struct Provisioner {
     cluster: Cluster,
     template: SandboxTemplate,
     node_host: String,
+    metrics: Metrics,
+    /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
+    seen_ready: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A created or found sandbox, and whether this call created it.
@@ -56,11 +61,42 @@ pub struct Provisioned {
 }
 
 impl Provisioner {
-    pub fn new(cluster: Cluster, template: SandboxTemplate, node_host: String) -> Self {
+    pub fn new(
+        cluster: Cluster,
+        template: SandboxTemplate,
+        node_host: String,
+        metrics: Metrics,
+    ) -> Self {
         Provisioner {
             cluster,
             template,
             node_host,
+            metrics,
+            seen_ready: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Records time-to-ready the first time this process sees a sandbox Ready.
+    fn note_readiness(&self, sandbox: &Sandbox) {
+        if !sandbox.ready {
+            return;
+        }
+        let mut seen = self.seen_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(sandbox.sandbox_id.clone()) {
+            let created = sandbox
+                .created_at
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            if let Some(created) = created {
+                let waited = Timestamp::now().duration_since(created);
+                if let Ok(waited) = Duration::try_from(waited) {
+                    self.metrics.sandbox_ready(waited);
+                }
+            }
         }
     }
 
@@ -81,6 +117,7 @@ impl Provisioner {
     /// Callers should not cancel this future half-way (run it in its own task): a cancelled
     /// create could leave a Pod without its Service until the next POST repairs it.
     pub async fn create(&self, id: &SandboxId, thread: &ThreadId) -> Result<Provisioned> {
+        let started = Instant::now();
         let wanted = manifests::pod(&self.template, id, thread, Timestamp::now());
         let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
@@ -97,6 +134,7 @@ impl Provisioner {
         };
         let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.node_host);
         if created {
+            self.metrics.sandbox_created(started.elapsed());
             tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
         }
         Ok(Provisioned { sandbox, created })
@@ -236,6 +274,9 @@ impl Provisioner {
             })
             .collect();
         sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        self.metrics
+            .sandboxes_by_status(sandboxes.iter().map(|s| s.status));
+        sandboxes.iter().for_each(|s| self.note_readiness(s));
         Ok(sandboxes)
     }
 
@@ -247,7 +288,12 @@ impl Provisioner {
             self.cluster.delete_pod(&pod_name),
         );
         let existed = service? | pod?;
+        self.seen_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id.as_str());
         if existed {
+            self.metrics.sandbox_deleted(DeletionReason::Api);
             tracing::info!(sandbox_id = %id, "sandbox deleted");
         }
         Ok(existed)

@@ -4,6 +4,7 @@ use crate::{
     api::{self, ApiKey, ApiSettings},
     config::Config,
     k8s::{client, cluster::Cluster, manifests::SandboxTemplate},
+    metrics::Metrics,
     provisioner::Provisioner,
 };
 
@@ -22,11 +23,18 @@ pub enum StartError {
 pub async fn provisioner(config: &Config) -> Result<Provisioner, StartError> {
     let connected = client::connect(config).await?;
     tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
-    let cluster = Cluster::new(connected.client, &config.namespace, config.k8s_api_timeout);
+    let metrics = Metrics::new();
+    let cluster = Cluster::new(
+        connected.client,
+        &config.namespace,
+        config.k8s_api_timeout,
+        metrics.clone(),
+    );
     Ok(Provisioner::new(
         cluster,
         SandboxTemplate::from_config(config),
         config.node_host.clone(),
+        metrics,
     ))
 }
 

@@ -13,12 +13,14 @@ pub use handlers::{CreateRequest, Deleted, Health, SandboxList};
 use std::time::Instant;
 
 use axum::{
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, HeaderValue},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
+use tracing::Instrument;
 use utoipa::{
     openapi::security::{
         ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
@@ -26,7 +28,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::{config::HttpLimits, provisioner::Provisioner};
+use crate::{config::HttpLimits, metrics::Metrics, provisioner::Provisioner};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -67,15 +69,29 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
             limits::Limiter::new(&settings.limits),
             limits::shed_and_time_limit,
         ))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            state.provisioner.metrics().clone(),
+            log_request,
+        ))
         .with_state(state.clone());
     // Probes stay outside the request log and the limits, so that they neither flood the log
     // nor fail because the API is busy.
     Router::new()
         .route("/health", get(handlers::health))
         .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
         .merge(api)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.provisioner.metrics().render(),
+    )
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
@@ -140,23 +156,59 @@ pub fn openapi_document() -> String {
     text
 }
 
-/// One log line per request: method, path, status and latency.
-async fn log_request(request: Request, next: Next) -> Response {
+/// One log line per request (method, path, route, status, latency, request id), the HTTP
+/// metrics, and the `x-request-id` header: taken from the caller when sensible, else made up,
+/// and returned on the answer.
+async fn log_request(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let header_value =
+        HeaderValue::from_str(&request_id).expect("checked or generated as visible ASCII");
+    request
+        .headers_mut()
+        .insert(REQUEST_ID, header_value.clone());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        path,
-        route = route.as_deref().unwrap_or("-"),
-        status = response.status().as_u16(),
-        latency_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-        "request"
-    );
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics.http_request(method.as_str(), &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            path,
+            route,
+            status,
+            latency_ms = format!("{:.1}", elapsed.as_secs_f64() * 1000.0),
+            "request"
+        )
+    });
+    response.headers_mut().insert(REQUEST_ID, header_value);
     response
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// A fresh 16-hex-digit request id.
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
 }

@@ -5,6 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
@@ -49,6 +50,15 @@ impl Error {
         matches!(self, Error::Refused { code: 403 | 500, message, .. }
             if (message.contains("serviceaccount") && message.contains("not found"))
                 || message.contains("No API token found for service account"))
+    }
+
+    /// The `code` label of the error metric.
+    fn code_label(&self) -> String {
+        match self {
+            Error::Timeout { .. } => "timeout".into(),
+            Error::Unreachable { .. } => "unreachable".into(),
+            Error::Refused { code, .. } => code.to_string(),
+        }
     }
 
     /// An answer from the apiserver that says "try again": 429 Too Many Requests or a 5xx.
@@ -127,18 +137,20 @@ pub struct Cluster {
     services: Api<Service>,
     namespaces: Api<Namespace>,
     timeout: Duration,
+    metrics: Metrics,
     post: PostParams,
     delete: DeleteParams,
 }
 
 impl Cluster {
-    pub fn new(client: Client, namespace: &str, timeout: Duration) -> Self {
+    pub fn new(client: Client, namespace: &str, timeout: Duration, metrics: Metrics) -> Self {
         Cluster {
             namespace: namespace.to_string(),
             pods: Api::namespaced(client.clone(), namespace),
             services: Api::namespaced(client.clone(), namespace),
             namespaces: Api::all(client),
             timeout,
+            metrics,
             post: PostParams::default(),
             delete: DeleteParams::default(),
         }
@@ -151,7 +163,12 @@ impl Cluster {
     /// Runs one Kubernetes call with the time limit, retrying 429 and 5xx answers (the
     /// apiserver sheds load that way) with jittered exponential backoff for as long as the
     /// time limit allows, then classifies the failure.
-    async fn call<T, F, Fut>(&self, action: impl Fn() -> String, mut request: F) -> Result<T>
+    async fn call<T, F, Fut>(
+        &self,
+        (verb, resource): (&str, &str),
+        action: impl Fn() -> String,
+        mut request: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = kube::Result<T>>,
@@ -159,6 +176,7 @@ impl Cluster {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
+            self.metrics.kube_request(verb, resource);
             let error = match tokio::time::timeout(self.timeout, request()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) => Error::from_kube(action(), e, self.timeout),
@@ -167,6 +185,7 @@ impl Cluster {
                     timeout: self.timeout,
                 },
             };
+            self.metrics.kube_error(verb, resource, &error.code_label());
             let delay = retry_delay(attempt);
             if !error.is_retryable_answer() || started.elapsed() + delay > self.timeout {
                 return Err(error);
@@ -182,6 +201,7 @@ impl Cluster {
         let name = &self.namespace;
         let found = self
             .call(
+                ("get", "namespaces"),
                 || format!("read namespace {name}"),
                 || self.namespaces.get_opt(name),
             )
@@ -202,6 +222,7 @@ impl Cluster {
         }
         match self
             .call(
+                ("create", "namespaces"),
                 || format!("create namespace {name}"),
                 || self.namespaces.create(&self.post, namespace),
             )
@@ -216,6 +237,7 @@ impl Cluster {
     pub async fn create_pod(&self, pod: &Pod) -> Result<Pod> {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         self.call(
+            ("create", "pods"),
             || format!("create pod {name} in namespace {}", self.namespace),
             || self.pods.create(&self.post, pod),
         )
@@ -225,6 +247,7 @@ impl Cluster {
     pub async fn create_service(&self, service: &Service) -> Result<Service> {
         let name = service.metadata.name.as_deref().unwrap_or_default();
         self.call(
+            ("create", "services"),
             || format!("create service {name} in namespace {}", self.namespace),
             || self.services.create(&self.post, service),
         )
@@ -233,6 +256,7 @@ impl Cluster {
 
     pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>> {
         self.call(
+            ("get", "pods"),
             || format!("read pod {name} in namespace {}", self.namespace),
             || self.pods.get_opt(name),
         )
@@ -241,6 +265,7 @@ impl Cluster {
 
     pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
         self.call(
+            ("get", "services"),
             || format!("read service {name} in namespace {}", self.namespace),
             || self.services.get_opt(name),
         )
@@ -250,6 +275,7 @@ impl Cluster {
     pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {
         let params = ListParams::default().labels(selector);
         self.call(
+            ("list", "pods"),
             || format!("list pods in namespace {}", self.namespace),
             || self.pods.list(&params),
         )
@@ -260,6 +286,7 @@ impl Cluster {
     pub async fn list_services(&self, selector: &str) -> Result<Vec<Service>> {
         let params = ListParams::default().labels(selector);
         self.call(
+            ("list", "services"),
             || format!("list services in namespace {}", self.namespace),
             || self.services.list(&params),
         )
@@ -278,6 +305,7 @@ impl Cluster {
         };
         let deleted = self
             .call(
+                ("delete", "pods"),
                 || format!("delete pod {name} in namespace {}", self.namespace),
                 || self.pods.delete(name, &params),
             )
@@ -289,6 +317,7 @@ impl Cluster {
     pub async fn delete_service(&self, name: &str) -> Result<bool> {
         let deleted = self
             .call(
+                ("delete", "services"),
                 || format!("delete service {name} in namespace {}", self.namespace),
                 || self.services.delete(name, &self.delete),
             )

@@ -141,8 +141,20 @@ impl Drop for TestNamespace {
                 if panicking {
                     dump(&client, &name).await;
                 }
-                let namespaces: Api<Namespace> = Api::all(client);
+                let namespaces: Api<Namespace> = Api::all(client.clone());
                 let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+                // Cluster-scoped objects a test made for this namespace carry its name.
+                use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+                let dp = DeleteParams::default();
+                for suffix in ["-reader", "-deploy"] {
+                    let object = format!("{name}{suffix}");
+                    let _ = Api::<ClusterRole>::all(client.clone())
+                        .delete(&object, &dp)
+                        .await;
+                    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                        .delete(&object, &dp)
+                        .await;
+                }
             });
         })
         .join();
@@ -455,7 +467,7 @@ impl TestNamespace {
         rules: serde_json::Value,
     ) -> PathBuf {
         use k8s_openapi::api::{
-            core::v1::{Secret, ServiceAccount},
+            core::v1::ServiceAccount,
             rbac::v1::{Role, RoleBinding},
         };
         let pp = PostParams::default();
@@ -482,6 +494,12 @@ impl TestNamespace {
             .create(&pp, &binding)
             .await
             .unwrap();
+        self.kubeconfig_for_service_account(name).await
+    }
+
+    /// A kubeconfig that authenticates as an existing ServiceAccount of this namespace.
+    pub async fn kubeconfig_for_service_account(&self, name: &str) -> PathBuf {
+        use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.name);
         let secret_name = eventually(
             Duration::from_secs(30),
@@ -518,6 +536,34 @@ impl TestNamespace {
         let path = std::env::temp_dir().join(format!("kubeconfig-{}-{name}", self.name));
         std::fs::write(&path, rewritten).unwrap();
         path
+    }
+}
+
+impl TestNamespace {
+    /// Lets a service account of this namespace read (only) this namespace, as the deployment's
+    /// ClusterRole does for its own.
+    pub async fn grant_namespace_read(&self, service_account: &str) {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        let name = format!("{}-reader", self.name);
+        let role: ClusterRole = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [self.name], "verbs": ["get"]}],
+        }))
+        .unwrap();
+        Api::<ClusterRole>::all(self.client.clone())
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": self.name}],
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
     }
 }
 

@@ -1,0 +1,471 @@
+//! `sandbox-provisioner doctor`: the troubleshooting list as checks, each printed as ok / warn /
+//! fail with the fix, so that a broken setup is diagnosed in one command.
+
+use std::{fmt::Write as _, time::Duration};
+
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::{Namespace, Service},
+};
+use kube::{
+    api::{Api, PostParams},
+    Client,
+};
+
+use crate::{
+    config::{Config, ServeArgs},
+    k8s::{client, manifests},
+};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub name: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &str, detail: impl Into<String>) -> Check {
+        Check {
+            verdict: Verdict::Ok,
+            name: name.into(),
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            verdict: Verdict::Warn,
+            name: name.into(),
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            verdict: Verdict::Fail,
+            name: name.into(),
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Every permission the service uses, as (verb, resource) in its namespace.
+pub const NEEDED: [(&str, &str); 8] = [
+    ("create", "pods"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("delete", "pods"),
+    ("create", "services"),
+    ("get", "services"),
+    ("list", "services"),
+    ("delete", "services"),
+];
+
+/// Runs every check that can run; later checks are skipped when what they need failed.
+pub async fn run(args: ServeArgs) -> Vec<Check> {
+    let mut checks = settings(&args);
+    let Ok(config) = Config::try_from(args) else {
+        return checks;
+    };
+    let connected = match client::connect(&config).await {
+        Ok(c) => {
+            checks.push(Check::ok("kubeconfig", c.source.clone()));
+            c
+        }
+        Err(e) => {
+            checks.push(Check::fail("kubeconfig", e.to_string(), kubeconfig_fix(&e)));
+            return checks;
+        }
+    };
+    let client = connected.client;
+    match tokio::time::timeout(config.k8s_api_timeout, client.apiserver_version()).await {
+        Ok(Ok(info)) => checks.push(Check::ok(
+            "apiserver",
+            format!(
+                "{} answers (Kubernetes {})",
+                connected.server, info.git_version
+            ),
+        )),
+        Ok(Err(e)) => {
+            checks.push(unreachable(
+                &connected.server,
+                &e.to_string(),
+                &error_text(&e),
+            ));
+            return checks;
+        }
+        Err(_) => {
+            checks.push(unreachable(
+                &connected.server,
+                "no answer within K8S_API_TIMEOUT_SECONDS",
+                "",
+            ));
+            return checks;
+        }
+    }
+    let namespace_exists = namespace_check(&client, &config, &mut checks).await;
+    rbac_checks(&client, &config.namespace, namespace_exists, &mut checks).await;
+    if namespace_exists == Some(true) {
+        checks.push(node_port_check(&client, &config.namespace).await);
+    }
+    checks
+}
+
+/// Settings that need no cluster: host paths, image, node host, and the rest of the config.
+fn settings(args: &ServeArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (variable, value) in [
+        ("SKILLS_HOST_PATH", &args.skills_host_path),
+        ("THREADS_HOST_PATH", &args.threads_host_path),
+    ] {
+        checks.push(match value.as_deref().filter(|v| !v.is_empty()) {
+            None => Check::warn(
+                "host path",
+                format!("{variable} is not set"),
+                format!("set {variable} to an absolute directory on the node to mount it into sandboxes"),
+            ),
+            Some(v) if !v.starts_with('/') || v.split('/').any(|p| p == "..") => Check::fail(
+                "host path",
+                format!("{variable}={v:?} is not an absolute path free of '..'"),
+                "give the resolved absolute path on the Kubernetes node (for example from `realpath`)",
+            ),
+            Some(v) => Check::ok("host path", format!("{variable}={v}")),
+        });
+    }
+    checks.push(if args.sandbox_image.trim().is_empty() {
+        Check::fail(
+            "image",
+            "SANDBOX_IMAGE is empty",
+            "set SANDBOX_IMAGE to the sandbox container image",
+        )
+    } else {
+        Check::ok("image", format!("SANDBOX_IMAGE={}", args.sandbox_image))
+    });
+    let host = args.node_host.trim();
+    checks.push(match host {
+        "" => Check::fail("node host", "NODE_HOST is empty", "set NODE_HOST to the name the backend uses to reach the node"),
+        "localhost" | "127.0.0.1" | "0.0.0.0" | "::1" => Check::warn(
+            "node host",
+            format!("NODE_HOST={host}: sandbox URLs only work for a backend on the same host, not in a container"),
+            "use host.docker.internal (with extra_hosts on Linux) or the node's address when the backend runs in a container",
+        ),
+        _ if std::net::ToSocketAddrs::to_socket_addrs(&(host, 80)).is_err() => Check::warn(
+            "node host",
+            format!("NODE_HOST={host} does not resolve from here"),
+            "check that the backend can resolve it (for host.docker.internal on Linux add `extra_hosts: host.docker.internal:host-gateway`)",
+        ),
+        _ => Check::ok("node host", format!("NODE_HOST={host} resolves")),
+    });
+    if let Err(e) = Config::try_from(args.clone()) {
+        if !checks.iter().any(|c| c.verdict == Verdict::Fail) {
+            checks.push(Check::fail(
+                "settings",
+                e.to_string(),
+                format!("fix {}", e.variable),
+            ));
+        }
+    }
+    checks
+}
+
+fn kubeconfig_fix(e: &client::ClientError) -> String {
+    match e {
+        client::ClientError::KubeconfigIsDirectory(_) => {
+            "create the kubeconfig file on the host before mounting it (Docker made a directory because the file was missing)".into()
+        }
+        client::ClientError::KubeconfigUnreadable { .. } => {
+            "check the file with `kubectl --kubeconfig FILE config view`".into()
+        }
+        _ => "mount a kubeconfig at KUBECONFIG_PATH, set KUBECONFIG, or run in a pod with a service account".into(),
+    }
+}
+
+fn error_text(e: &kube::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
+}
+
+fn unreachable(server: &str, summary: &str, chain: &str) -> Check {
+    let lower = chain.to_lowercase();
+    let local = ["//localhost", "//127.", "//0.0.0.0", "//[::1]"]
+        .iter()
+        .any(|h| server.contains(h));
+    let fix = if lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("invalidcert")
+    {
+        "the API server's certificate was not accepted: check the kubeconfig's certificate-authority and that the kubeconfig's server name is in the certificate (K8S_INSECURE_SKIP_TLS_VERIFY=true only as a last resort)".to_string()
+    } else if local {
+        format!("{server} is this machine's own loopback address: inside a container it is the container itself; set K8S_API_SERVER=https://host.docker.internal:PORT (TLS stays verified against the kubeconfig's name)")
+    } else {
+        "check that the API server runs and is reachable from here (firewall, address, port), or set K8S_API_SERVER".to_string()
+    };
+    let detail = if chain.is_empty() {
+        summary.to_string()
+    } else {
+        format!("{server}: {chain}")
+    };
+    Check::fail("apiserver", detail, fix)
+}
+
+/// Returns whether the namespace exists (None when it could not be read).
+async fn namespace_check(
+    client: &Client,
+    config: &Config,
+    checks: &mut Vec<Check>,
+) -> Option<bool> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let name = &config.namespace;
+    match tokio::time::timeout(config.k8s_api_timeout, api.get_opt(name)).await {
+        Ok(Ok(Some(ns)))
+            if ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
+        {
+            checks.push(Check::fail(
+                "namespace",
+                format!("{name} is being deleted"),
+                "wait until it is gone; the provisioner then creates it again",
+            ));
+            Some(true)
+        }
+        Ok(Ok(Some(_))) => {
+            checks.push(Check::ok("namespace", format!("{name} exists")));
+            Some(true)
+        }
+        Ok(Ok(None)) => Some(false),
+        Ok(Err(e)) => {
+            checks.push(Check::fail("namespace", format!("cannot read namespace {name}: {e}"), format!("grant get on namespaces (resourceNames: [{name}]) to the provisioner's account")));
+            None
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "namespace",
+                format!("reading namespace {name} timed out"),
+                "check the API server",
+            ));
+            None
+        }
+    }
+}
+
+/// Asks the apiserver whether this credential may `verb` `resource` in `namespace` (for
+/// namespaces themselves: the sandbox namespace by name, as a resourceNames rule grants it).
+async fn can(
+    client: &Client,
+    namespace: Option<&str>,
+    verb: &str,
+    resource: &str,
+    name: Option<&str>,
+) -> Result<bool, String> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: namespace.map(str::to_string),
+                name: name.map(str::to_string),
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        api.create(&PostParams::default(), &review),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => Ok(answer.status.is_some_and(|s| s.allowed)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+async fn rbac_checks(
+    client: &Client,
+    namespace: &str,
+    namespace_exists: Option<bool>,
+    checks: &mut Vec<Check>,
+) {
+    let mut needed: Vec<(&str, &str, Option<&str>)> = NEEDED
+        .iter()
+        .map(|(v, r)| (*v, *r, Some(namespace)))
+        .collect();
+    needed.push(("get", "namespaces", None));
+    if namespace_exists == Some(false) {
+        needed.push(("create", "namespaces", None));
+    }
+    for (verb, resource, ns) in needed {
+        let name = format!("rbac {verb} {resource}");
+        let object = (resource == "namespaces" && verb == "get").then_some(namespace);
+        checks.push(match can(client, ns, verb, resource, object).await {
+            Ok(true) => Check::ok(&name, "allowed"),
+            Ok(false) => Check::fail(
+                &name,
+                format!("not allowed to {verb} {resource}{}", ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()),
+                if ns.is_some() {
+                    format!("add verb {verb} on {resource} to the provisioner's Role in {namespace} (see deploy/kubernetes/role.yaml)")
+                } else {
+                    format!("grant {verb} on namespaces (a ClusterRole; see deploy/kubernetes/clusterrole.yaml)")
+                },
+            ),
+            Err(e) => Check::fail(&name, format!("cannot ask the API server: {e}"), "check the API server and that SelfSubjectAccessReview is allowed"),
+        });
+    }
+    if namespace_exists == Some(false) {
+        let creatable = checks
+            .iter()
+            .any(|c| c.name == "rbac create namespaces" && c.verdict == Verdict::Ok);
+        checks.push(if creatable {
+            Check::ok("namespace", format!("{namespace} does not exist yet; the provisioner will create it"))
+        } else {
+            Check::fail("namespace", format!("{namespace} does not exist and the provisioner may not create it"), format!("create it (`kubectl create namespace {namespace}`) or grant create on namespaces"))
+        });
+    }
+}
+
+/// Node ports are allocated: a dry-run NodePort Service gets one from the apiserver.
+async fn node_port_check(client: &Client, namespace: &str) -> Check {
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let mut probe: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sandbox-provisioner-doctor-probe"},
+        "spec": {"type": "NodePort", "selector": {manifests::SANDBOX_ID_LABEL: "doctor-probe"},
+                 "ports": [{"port": manifests::SANDBOX_PORT}]},
+    }))
+    .expect("a valid Service");
+    probe.metadata.namespace = Some(namespace.into());
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match tokio::time::timeout(Duration::from_secs(10), api.create(&params, &probe)).await {
+        Ok(Ok(svc)) => {
+            let port = svc
+                .spec
+                .and_then(|s| s.ports)
+                .and_then(|p| p.first()?.node_port);
+            match port {
+                Some(p) => Check::ok(
+                    "node ports",
+                    format!("NodePort Services get ports (dry run allocated {p})"),
+                ),
+                None => Check::warn(
+                    "node ports",
+                    "a dry-run NodePort Service got no port",
+                    "check the cluster's --service-node-port-range",
+                ),
+            }
+        }
+        Ok(Err(e)) => Check::fail(
+            "node ports",
+            format!("a dry-run NodePort Service was refused: {e}"),
+            "check the Role (create services) and the cluster's node port range and quota",
+        ),
+        Err(_) => Check::fail(
+            "node ports",
+            "a dry-run NodePort Service timed out",
+            "check the API server",
+        ),
+    }
+}
+
+/// The report as printed: one line per check, the fix indented below failures and warnings.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "fail",
+        };
+        let _ = writeln!(out, "{tag}  {:<22} {}", c.name, c.detail);
+        if let (Some(fix), true) = (&c.fix, c.verdict != Verdict::Ok) {
+            let _ = writeln!(out, "      {:<22} fix: {fix}", "");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    let _ = writeln!(
+        out,
+        "{}",
+        if failed == 0 {
+            "all checks passed".to_string()
+        } else {
+            format!("{failed} check(s) failed")
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["sandbox-provisioner"];
+        argv.extend_from_slice(extra);
+        crate::cli::Cli::try_parse_from(argv)
+            .unwrap()
+            .serve_args()
+            .unwrap()
+    }
+
+    #[test]
+    fn settings_flag_relative_paths_and_local_node_host() {
+        let checks = settings(&args(&[
+            "--skills-host-path",
+            "rel/skills",
+            "--node-host",
+            "127.0.0.1",
+        ]));
+        let fail = checks.iter().find(|c| c.verdict == Verdict::Fail).unwrap();
+        assert!(fail.detail.contains("SKILLS_HOST_PATH"), "{fail:?}");
+        assert!(checks
+            .iter()
+            .any(|c| c.name == "node host" && c.verdict == Verdict::Warn));
+    }
+
+    #[test]
+    fn loopback_server_advises_the_override() {
+        let c = unreachable("https://127.0.0.1:6443/", "x", "connection refused");
+        assert!(c.fix.unwrap().contains("K8S_API_SERVER"));
+        let c = unreachable(
+            "https://10.0.0.1:6443/",
+            "x",
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert!(c.fix.unwrap().contains("certificate"));
+    }
+
+    #[test]
+    fn render_counts_failures() {
+        let text = render(&[
+            Check::ok("a", "fine"),
+            Check::fail("b", "broken", "mend it"),
+        ]);
+        assert!(text.contains("ok    a"), "{text}");
+        assert!(
+            text.contains("fail  b") && text.contains("fix: mend it"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 check(s) failed\n"));
+    }
+}

@@ -1,0 +1,340 @@
+//! Prometheus metrics: one explicit registry (no globals), shared by the layers that record.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use crate::sandbox::Phase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KubeLabels {
+    verb: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KubeErrorLabels {
+    verb: String,
+    resource: String,
+    /// HTTP status of the refusal, or `timeout` / `unreachable`.
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// Why a sandbox was deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeletionReason {
+    /// A caller's DELETE.
+    Api,
+    Lifetime,
+    Idle,
+    NeverReady,
+    Orphan,
+}
+
+impl DeletionReason {
+    const ALL: [DeletionReason; 5] = [
+        DeletionReason::Api,
+        DeletionReason::Lifetime,
+        DeletionReason::Idle,
+        DeletionReason::NeverReady,
+        DeletionReason::Orphan,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DeletionReason::Api => "api",
+            DeletionReason::Lifetime => "lifetime",
+            DeletionReason::Idle => "idle",
+            DeletionReason::NeverReady => "never-ready",
+            DeletionReason::Orphan => "orphan",
+        }
+    }
+}
+
+/// Every metric the service records. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    create_duration: Histogram,
+    time_to_ready: Histogram,
+    sandboxes: Family<StatusLabels, Gauge>,
+    deletions: Family<ReasonLabels, Counter>,
+    kube_requests: Family<KubeLabels, Counter>,
+    kube_errors: Family<KubeErrorLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sandbox_provisioner");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by method and route",
+            http_duration.clone(),
+        );
+        let create_duration = latency_buckets();
+        registry.register(
+            "sandbox_create_duration_seconds",
+            "Time to create a sandbox's Pod and Service (successful creates)",
+            create_duration.clone(),
+        );
+        let time_to_ready = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "sandbox_time_to_ready_seconds",
+            "Time from a sandbox's creation until this provisioner first saw it Ready",
+            time_to_ready.clone(),
+        );
+        let sandboxes = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "sandboxes",
+            "Managed sandboxes by status, as of the last listing",
+            sandboxes.clone(),
+        );
+        let deletions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sandbox_deletions",
+            "Sandboxes deleted, by reason",
+            deletions.clone(),
+        );
+        for reason in DeletionReason::ALL {
+            let _ = deletions.get_or_create(&ReasonLabels {
+                reason: reason.label().into(),
+            });
+        }
+        let kube_requests = Family::<KubeLabels, Counter>::default();
+        registry.register(
+            "kubernetes_requests",
+            "Kubernetes API calls (each attempt), by verb and resource",
+            kube_requests.clone(),
+        );
+        let kube_errors = Family::<KubeErrorLabels, Counter>::default();
+        registry.register(
+            "kubernetes_errors",
+            "Kubernetes API calls that failed, by verb, resource and code",
+            kube_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            http_requests,
+            http_duration,
+            create_duration,
+            time_to_ready,
+            sandboxes,
+            deletions,
+            kube_requests,
+            kube_errors,
+        }
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let (method, route) = (method.to_string(), route.to_string());
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels { method, route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn sandbox_created(&self, elapsed: Duration) {
+        self.create_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn sandbox_ready(&self, since_creation: Duration) {
+        self.time_to_ready.observe(since_creation.as_secs_f64());
+    }
+
+    pub fn sandbox_deleted(&self, reason: DeletionReason) {
+        self.deletions
+            .get_or_create(&ReasonLabels {
+                reason: reason.label().into(),
+            })
+            .inc();
+    }
+
+    /// Replaces the per-status counts with those of a fresh listing.
+    pub fn sandboxes_by_status(&self, phases: impl IntoIterator<Item = Phase>) {
+        let all = [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::Unknown,
+        ];
+        let mut counts = [0i64; 5];
+        for phase in phases {
+            if let Some(i) = all.iter().position(|p| *p == phase) {
+                counts[i] += 1;
+            }
+        }
+        for (phase, count) in all.iter().zip(counts) {
+            self.sandboxes
+                .get_or_create(&StatusLabels {
+                    status: format!("{phase:?}"),
+                })
+                .set(count);
+        }
+    }
+
+    pub fn kube_request(&self, verb: &str, resource: &str) {
+        self.kube_requests
+            .get_or_create(&KubeLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
+    pub fn kube_error(&self, verb: &str, resource: &str, code: &str) {
+        self.kube_errors
+            .get_or_create(&KubeErrorLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text exposition format (0.0.4), which every scraper and
+    /// `promtool` read.
+    pub fn render(&self) -> String {
+        let mut open_metrics = String::new();
+        encode(&mut open_metrics, &self.registry).expect("writing to a String cannot fail");
+        prometheus_text(&open_metrics)
+    }
+
+    /// Kubernetes calls made so far with `verb` on `resource` (for tests and benchmarks).
+    pub fn kube_request_count(&self, verb: &str, resource: &str) -> u64 {
+        self.kube_requests
+            .get_or_create(&KubeLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .get()
+    }
+}
+
+/// Converts OpenMetrics text to the Prometheus format: counters are described under their
+/// `_total` sample name, and there is no `# EOF` marker.
+fn prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 256);
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(described.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.http_request("GET", "/api/sandboxes", 200, Duration::from_millis(3));
+        m.sandbox_created(Duration::from_millis(20));
+        m.sandbox_ready(Duration::from_secs(2));
+        m.sandbox_deleted(DeletionReason::Api);
+        m.sandboxes_by_status([Phase::Running, Phase::Running, Phase::Pending]);
+        m.kube_request("create", "pods");
+        m.kube_error("create", "pods", "409");
+        let text = m.render();
+        for needle in [
+            "sandbox_provisioner_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 1",
+            "sandbox_provisioner_http_request_duration_seconds_bucket",
+            "sandbox_provisioner_sandbox_create_duration_seconds_count 1",
+            "sandbox_provisioner_sandbox_time_to_ready_seconds_count 1",
+            "sandbox_provisioner_sandboxes{status=\"Running\"} 2",
+            "sandbox_provisioner_sandboxes{status=\"Pending\"} 1",
+            "sandbox_provisioner_sandbox_deletions_total{reason=\"api\"} 1",
+            "sandbox_provisioner_sandbox_deletions_total{reason=\"idle\"} 0",
+            "sandbox_provisioner_kubernetes_requests_total{verb=\"create\",resource=\"pods\"} 1",
+            "sandbox_provisioner_kubernetes_errors_total{verb=\"create\",resource=\"pods\",code=\"409\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(m.kube_request_count("create", "pods"), 1);
+        assert!(
+            text.contains("# TYPE sandbox_provisioner_http_requests_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+    }
+}
