@@ -15,12 +15,39 @@ use k8s_openapi::{
 
 use crate::{
     k8s::{
+        cache::{Cache, CacheSummary},
         cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
     },
     metrics::{DeletionReason, Metrics},
-    sandbox::{InvalidId, Sandbox, SandboxId, ThreadId},
+    sandbox::{InvalidId, Phase, Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
+
+/// How long a write waits for the cache to show it, so that a read right after it from this
+/// service sees it.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Reasons that mean a sandbox will not become ready by waiting.
+const HOPELESS_REASONS: [&str; 8] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "Unschedulable",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "Terminating",
+];
+
+/// Ready, or never going to be without someone changing something.
+fn settled(status: &SandboxStatus) -> bool {
+    status.ready
+        || matches!(status.phase, Phase::Failed | Phase::Succeeded)
+        || status
+            .reason
+            .as_deref()
+            .is_some_and(|r| HOPELESS_REASONS.contains(&r))
+}
 
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +74,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Provisioner {
     cluster: Cluster,
+    cache: Cache,
     template: SandboxTemplate,
     node_host: String,
     metrics: Metrics,
@@ -63,12 +91,14 @@ pub struct Provisioned {
 impl Provisioner {
     pub fn new(
         cluster: Cluster,
+        cache: Cache,
         template: SandboxTemplate,
         node_host: String,
         metrics: Metrics,
     ) -> Self {
         Provisioner {
             cluster,
+            cache,
             template,
             node_host,
             metrics,
@@ -78,6 +108,24 @@ impl Provisioner {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Whether reads are served from the watch cache.
+    pub fn cache_summary(&self) -> CacheSummary {
+        self.cache.state().summary()
+    }
+
+    /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
+    pub fn refresh_status_gauge(&self) {
+        if self.cache.state().usable() {
+            let phases = self
+                .cache
+                .pods()
+                .iter()
+                .map(|p| SandboxStatus::of(p).phase)
+                .collect::<Vec<_>>();
+            self.metrics.sandboxes_by_status(phases);
+        }
     }
 
     /// Records time-to-ready the first time this process sees a sandbox Ready.
@@ -132,6 +180,16 @@ impl Provisioner {
             }
             Err(e) => return Err(e),
         };
+        if self.cache.state().usable() {
+            let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+            let uid = pod.metadata.uid.clone();
+            self.cache
+                .wait_for(CACHE_CATCH_UP, |c| {
+                    c.pod(&pod_name).is_some_and(|p| p.metadata.uid == uid)
+                        && c.service(&service_name).is_some()
+                })
+                .await;
+        }
         let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.node_host);
         if created {
             self.metrics.sandbox_created(started.elapsed());
@@ -234,8 +292,22 @@ impl Provisioner {
         }
     }
 
+    /// One sandbox: from the cache when it is synced and has the pod (no apiserver call),
+    /// otherwise from the apiserver (so a miss is confirmed before answering 404).
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        if self.cache.state().usable() {
+            if let Some(pod) = self.cache.pod(&pod_name) {
+                let service = match self.cache.service(&service_name) {
+                    Some(s) => Some((*s).clone()),
+                    None => self.cluster.get_service(&service_name).await?,
+                };
+                let sandbox =
+                    manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.node_host);
+                self.note_readiness(&sandbox);
+                return Ok(sandbox);
+            }
+        }
         let (pod, service) = tokio::join!(
             self.cluster.get_pod(&pod_name),
             self.cluster.get_service(&service_name),
@@ -250,25 +322,63 @@ impl Provisioner {
         ))
     }
 
-    /// All managed sandboxes, from one pod list and one service list.
+    /// Returns as soon as the sandbox is ready or cannot become ready (image pull failure,
+    /// crash loop, unschedulable, ended), or after `limit` with its current status. Driven by
+    /// the watch; only while the cache is not usable does it poll the apiserver.
+    pub async fn wait_ready(&self, id: &SandboxId, limit: Duration) -> Result<Sandbox> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let pod_name = manifests::pod_name(id);
+        loop {
+            let sandbox = self.get(id).await?;
+            let status = SandboxStatus {
+                phase: sandbox.status,
+                ready: sandbox.ready,
+                reason: sandbox.reason.clone(),
+                message: None,
+            };
+            let now = tokio::time::Instant::now();
+            if settled(&status) || now >= deadline {
+                return Ok(sandbox);
+            }
+            if self.cache.state().usable() {
+                self.cache
+                    .wait_for(deadline - now, |c| {
+                        !c.state().usable()
+                            || c.pod(&pod_name)
+                                .is_none_or(|p| settled(&SandboxStatus::of(&p)))
+                    })
+                    .await;
+            } else {
+                tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
+            }
+        }
+    }
+
+    /// All managed sandboxes: from the cache when it is synced, otherwise from one pod list and
+    /// one service list.
     pub async fn list(&self) -> Result<Vec<Sandbox>> {
-        let selector = manifests::managed_selector();
-        let (pods, services) = tokio::join!(
-            self.cluster.list_pods(&selector),
-            self.cluster.list_services(&selector),
-        );
-        let services: HashMap<String, Service> = services?
-            .into_iter()
-            .filter_map(|s| Some((sandbox_id_of(&s.metadata)?, s)))
+        let (pods, services) = if self.cache.state().usable() {
+            (self.cache.pods(), self.cache.services())
+        } else {
+            let selector = manifests::managed_selector();
+            let (pods, services) = tokio::join!(
+                self.cluster.list_pods(&selector),
+                self.cluster.list_services(&selector),
+            );
+            (shared(pods?), shared(services?))
+        };
+        let services: HashMap<String, &Service> = services
+            .iter()
+            .filter_map(|s| Some((sandbox_id_of(&s.metadata)?, s.as_ref())))
             .collect();
-        let mut sandboxes: Vec<Sandbox> = pods?
+        let mut sandboxes: Vec<Sandbox> = pods
             .iter()
             .filter_map(|pod| {
                 let id = sandbox_id_of(&pod.metadata)?;
                 Some(manifests::sandbox_view(
                     &id,
                     pod,
-                    services.get(&id),
+                    services.get(&id).copied(),
                     &self.node_host,
                 ))
             })
@@ -288,6 +398,13 @@ impl Provisioner {
             self.cluster.delete_pod(&pod_name),
         );
         let existed = service? | pod?;
+        if existed && self.cache.state().usable() {
+            self.cache
+                .wait_for(CACHE_CATCH_UP, |c| {
+                    c.pod(&pod_name).is_none() && c.service(&service_name).is_none()
+                })
+                .await;
+        }
         self.seen_ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -298,6 +415,10 @@ impl Provisioner {
         }
         Ok(existed)
     }
+}
+
+fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
+    items.into_iter().map(Arc::new).collect()
 }
 
 fn sandbox_id_of(

@@ -1,9 +1,16 @@
 //! Start-up and shutdown: connect, prepare the namespace, serve until SIGTERM or Ctrl-C.
 
+use tokio::sync::watch;
+
 use crate::{
     api::{self, ApiKey, ApiSettings},
     config::Config,
-    k8s::{client, cluster::Cluster, manifests::SandboxTemplate},
+    k8s::{
+        cache::Cache,
+        client,
+        cluster::Cluster,
+        manifests::{self, SandboxTemplate},
+    },
     metrics::Metrics,
     provisioner::Provisioner,
 };
@@ -19,8 +26,12 @@ pub enum StartError {
     Serve(String),
 }
 
-/// Builds the provisioner from validated configuration. Makes no request.
-pub async fn provisioner(config: &Config) -> Result<Provisioner, StartError> {
+/// Builds the provisioner from validated configuration and starts its watch cache, which runs
+/// until `shutdown` turns true or its sender is dropped.
+pub async fn provisioner(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Provisioner, StartError> {
     let connected = client::connect(config).await?;
     tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
     let metrics = Metrics::new();
@@ -30,8 +41,15 @@ pub async fn provisioner(config: &Config) -> Result<Provisioner, StartError> {
         config.k8s_api_timeout,
         metrics.clone(),
     );
+    let cache = Cache::start(
+        connected.watch_client,
+        &config.namespace,
+        &manifests::managed_selector(),
+        shutdown,
+    );
     Ok(Provisioner::new(
         cluster,
+        cache,
         SandboxTemplate::from_config(config),
         config.node_host.clone(),
         metrics,
@@ -40,7 +58,8 @@ pub async fn provisioner(config: &Config) -> Result<Provisioner, StartError> {
 
 /// Runs the service until a shutdown signal arrives.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let provisioner = provisioner(&config).await?;
+    let (stop_background, background_stopped) = watch::channel(false);
+    let provisioner = provisioner(&config, background_stopped).await?;
     warn_about_defaults(&config);
     match provisioner.ensure_namespace().await {
         Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
@@ -71,6 +90,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
         _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
     }
+    let _ = stop_background.send(true);
     tracing::info!("stopped");
     Ok(())
 }

@@ -189,9 +189,12 @@ async fn readyz_reports_the_apiserver_and_namespace() {
     let ns = TestNamespace::uncreated("readyz").await;
     let svc = TestService::start(serve_args(&ns.name)).await;
     let (code, body) = svc.call(Method::GET, "/readyz", None).await;
-    assert_eq!(
-        (code, body),
-        (200, json!({"status": "ready", "namespace": ns.name}))
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["namespace"], ns.name.as_str());
+    assert!(
+        ["synced", "syncing"].contains(&body["cache"].as_str().unwrap()),
+        "{body}"
     );
     assert!(
         ns.pods().list(&Default::default()).await.is_ok(),
@@ -229,6 +232,14 @@ async fn apiserver_outage_gives_503_and_the_service_recovers_without_restart() {
     assert_eq!(code, 200, "{before}");
 
     apiserver.down();
+    // Reads come from the watch cache until the watch notices the outage (milliseconds);
+    // from then on every call goes to the apiserver and fails fast.
+    eventually(
+        Duration::from_secs(10),
+        "the cache to notice the outage",
+        || async { (svc.get("out-1").await.0 == 503).then_some(()) },
+    )
+    .await;
     for (method, path, body) in [
         (Method::GET, "/api/sandboxes/out-1", None),
         (Method::GET, "/api/sandboxes", None),

@@ -6,7 +6,8 @@
 //! - `node-sim.sandbox-provisioner.dev/start-delay-ms`: delay before the pod starts, in ms.
 //!
 //! Where the pod's creator cannot set annotations, the mode can also be chosen by the image
-//! tag of the first container: `sim-<mode>` (for example `sandbox:sim-crash-loop`).
+//! tag of the first container: `sim-<mode>` (for example `sandbox:sim-crash-loop`), and the
+//! start delay by `sim-delay-<ms>` (for example `sandbox:sim-delay-1500`).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -56,11 +57,18 @@ pub fn mode_of(pod: &Pod) -> Mode {
         .unwrap_or(Mode::Ready)
 }
 
-/// Start delay of a pod: its annotation, or the simulator's default.
-pub fn start_delay(annotations: Option<&BTreeMap<String, String>>, default: Duration) -> Duration {
+/// Start delay of a pod: its annotation, its image tag, or the simulator's default.
+pub fn start_delay(pod: &Pod, default: Duration) -> Duration {
+    let annotations: Option<&BTreeMap<String, String>> = pod.metadata.annotations.as_ref();
     annotations
         .and_then(|a| a.get(DELAY_ANNOTATION))
         .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| {
+            first_image(pod)
+                .and_then(image_tag)
+                .and_then(|t| t.strip_prefix("sim-delay-"))
+                .and_then(|ms| ms.parse().ok())
+        })
         .map(Duration::from_millis)
         .unwrap_or(default)
 }

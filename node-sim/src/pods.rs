@@ -205,10 +205,7 @@ impl Sim {
             self.on_started(&uid);
             return;
         }
-        let delay = behaviour::start_delay(
-            pod.metadata.annotations.as_ref(),
-            Duration::from_millis(self.args.start_delay_ms),
-        );
+        let delay = behaviour::start_delay(&pod, Duration::from_millis(self.args.start_delay_ms));
         let container = pod
             .spec
             .as_ref()

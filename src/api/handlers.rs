@@ -6,8 +6,8 @@ use std::future::Future;
 use axum::{
     body::Bytes,
     extract::{
-        rejection::{BytesRejection, PathRejection},
-        Path, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+        Path, Query, State,
     },
     http::{header, HeaderMap},
     Json,
@@ -20,6 +20,7 @@ use super::{
     AppState,
 };
 use crate::{
+    k8s::cache::CacheSummary,
     provisioner,
     sandbox::{Sandbox, SandboxId, ThreadId},
 };
@@ -43,6 +44,38 @@ pub struct CreateRequest {
         example = "thread-456"
     )]
     pub thread_id: String,
+    /// Answer only once the sandbox is ready (or cannot become ready), waiting at most this
+    /// many seconds; then answer with its current status.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 300)]
+    pub wait_ready_seconds: Option<f64>,
+}
+
+/// Query of `GET /api/sandboxes/{sandbox_id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct GetQuery {
+    /// Answer only once the sandbox is ready (or cannot become ready), waiting at most this
+    /// many seconds.
+    #[param(minimum = 0, maximum = 300)]
+    pub wait_ready: Option<f64>,
+}
+
+/// The longest wait a request may ask for.
+const MAX_WAIT_SECONDS: f64 = 300.0;
+
+fn wait_duration(
+    field: &str,
+    seconds: Option<f64>,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && (0.0..=MAX_WAIT_SECONDS).contains(&s) => {
+            Ok(Some(std::time::Duration::from_secs_f64(s)))
+        }
+        Some(s) => Err(ApiError::InvalidRequest(format!(
+            "{field} must be a number of seconds from 0 to {MAX_WAIT_SECONDS}, got {s}"
+        ))),
+    }
 }
 
 /// Answer of `GET /api/sandboxes`.
@@ -67,6 +100,9 @@ pub struct Health {
     /// The sandbox namespace (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Whether reads come from the watch cache (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSummary>,
 }
 
 /// Liveness: the process serves HTTP. Makes no Kubernetes call.
@@ -76,6 +112,7 @@ pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         namespace: None,
+        cache: None,
     })
 }
 
@@ -93,6 +130,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health {
         status: "ready".into(),
         namespace: Some(state.provisioner.namespace().to_string()),
+        cache: Some(state.provisioner.cache_summary()),
     }))
 }
 
@@ -132,15 +170,22 @@ pub async fn create(
     let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
     let id = SandboxId::parse(&request.sandbox_id)?;
     let thread = ThreadId::parse(&request.thread_id)?;
+    let wait = wait_duration("wait_ready_seconds", request.wait_ready_seconds)?;
     let provisioner = state.provisioner.clone();
+    let waiting_id = id.clone();
     let provisioned =
         run_to_completion(async move { provisioner.create(&id, &thread).await }).await?;
-    Ok(Json(provisioned.sandbox))
+    match wait {
+        Some(limit) if !provisioned.sandbox.ready => Ok(Json(
+            state.provisioner.wait_ready(&waiting_id, limit).await?,
+        )),
+        _ => Ok(Json(provisioned.sandbox)),
+    }
 }
 
 /// One sandbox: status, readiness and URL.
 #[utoipa::path(get, path = "/api/sandboxes/{sandbox_id}", tag = "sandboxes",
-    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51)),
+    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51), GetQuery),
     security((), ("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The sandbox", body = Sandbox),
@@ -153,9 +198,15 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let id = sandbox_id(path)?;
-    Ok(Json(state.provisioner.get(&id).await?))
+    let Query(query) =
+        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
+    match wait_duration("wait_ready", query.wait_ready)? {
+        Some(limit) => Ok(Json(state.provisioner.wait_ready(&id, limit).await?)),
+        None => Ok(Json(state.provisioner.get(&id).await?)),
+    }
 }
 
 /// Every sandbox this provisioner manages, sorted by id.

@@ -85,6 +85,7 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.provisioner.refresh_status_gauge();
     (
         [(
             header::CONTENT_TYPE,
@@ -114,7 +115,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::get,
         handlers::delete,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

@@ -23,7 +23,10 @@ pub enum ClientError {
 
 /// A ready client and a description of where its configuration came from.
 pub struct Connected {
+    /// For requests: every timeout set.
     pub client: kube::Client,
+    /// For long-lived watches: no read timeout (the apiserver ends each watch after minutes).
+    pub watch_client: kube::Client,
     pub source: String,
     pub server: String,
 }
@@ -39,15 +42,20 @@ pub async fn connect(config: &Config) -> Result<Connected, ClientError> {
         tracing::warn!("K8S_INSECURE_SKIP_TLS_VERIFY is set: the API server's certificate is NOT verified; anyone on the path can impersonate it");
         kube_config.accept_invalid_certs = true;
     }
-    set_timeouts(&mut kube_config, config.k8s_api_timeout);
     // Retries happen in one place, bounded by the call's time limit (k8s::cluster), not also
     // inside the client (whose default waits out Retry-After without a time limit).
     kube_config.default_retry = false;
+    let mut watch_config = kube_config.clone();
+    watch_config.connect_timeout = Some(config.k8s_api_timeout);
+    set_timeouts(&mut kube_config, config.k8s_api_timeout);
     let server = kube_config.cluster_url.to_string();
-    let client =
-        kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;
+    let build =
+        |c: kube::Config| kube::Client::try_from(c).map_err(|e| ClientError::Build(e.to_string()));
+    let client = build(kube_config)?;
+    let watch_client = build(watch_config)?;
     Ok(Connected {
         client,
+        watch_client,
         source,
         server,
     })

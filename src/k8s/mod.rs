@@ -1,5 +1,6 @@
 //! Kubernetes access: building the client, manifest builders (pure), and cluster operations.
 
+pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod manifests;

@@ -218,12 +218,14 @@ pub struct TestService {
     pub base: String,
     pub http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
+    _stop_background: tokio::sync::watch::Sender<bool>,
 }
 
 impl TestService {
     pub async fn start(args: ServeArgs) -> TestService {
         let config = Config::try_from(args).expect("valid test configuration");
-        let provisioner = server::provisioner(&config)
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let provisioner = server::provisioner(&config, background_stopped)
             .await
             .expect("building the provisioner");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -236,6 +238,7 @@ impl TestService {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             task,
+            _stop_background: stop_background,
         }
     }
 
