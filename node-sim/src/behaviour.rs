@@ -131,13 +131,15 @@ mod tests {
     }
 
     #[test]
-    fn delay_from_annotation_or_default() {
-        let p = pod(&[(DELAY_ANNOTATION, "250")], "i");
+    fn delay_from_annotation_image_tag_or_default() {
         let d = Duration::from_millis(7);
+        let p = pod(&[(DELAY_ANNOTATION, "250")], "i:sim-delay-900");
+        assert_eq!(start_delay(&p, d), Duration::from_millis(250));
         assert_eq!(
-            start_delay(p.metadata.annotations.as_ref(), d),
-            Duration::from_millis(250)
+            start_delay(&pod(&[], "i:sim-delay-900"), d),
+            Duration::from_millis(900)
         );
-        assert_eq!(start_delay(None, d), d);
+        assert_eq!(start_delay(&pod(&[], "i"), d), d);
+        assert_eq!(mode_of(&pod(&[], "i:sim-delay-900")), Mode::Ready);
     }
 }
