@@ -95,6 +95,7 @@ pub struct Metrics {
     deletions: Family<ReasonLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
     kube_errors: Family<KubeErrorLabels, Counter>,
+    cache_synced: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +172,12 @@ impl Metrics {
             "Kubernetes API calls that failed, by verb, resource and code",
             kube_errors.clone(),
         );
+        let cache_synced = Gauge::default();
+        registry.register(
+            "cache_synced",
+            "1 while reads are served from the watch cache, 0 while they go to the apiserver",
+            cache_synced.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             http_requests,
@@ -181,7 +188,12 @@ impl Metrics {
             deletions,
             kube_requests,
             kube_errors,
+            cache_synced,
         }
+    }
+
+    pub fn cache_synced(&self, synced: bool) {
+        self.cache_synced.set(i64::from(synced));
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
@@ -315,6 +327,7 @@ mod tests {
         m.sandboxes_by_status([Phase::Running, Phase::Running, Phase::Pending]);
         m.kube_request("create", "pods");
         m.kube_error("create", "pods", "409");
+        m.cache_synced(true);
         let text = m.render();
         for needle in [
             "sandbox_provisioner_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 1",
@@ -327,6 +340,7 @@ mod tests {
             "sandbox_provisioner_sandbox_deletions_total{reason=\"idle\"} 0",
             "sandbox_provisioner_kubernetes_requests_total{verb=\"create\",resource=\"pods\"} 1",
             "sandbox_provisioner_kubernetes_errors_total{verb=\"create\",resource=\"pods\",code=\"409\"} 1",
+            "sandbox_provisioner_cache_synced 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -23,9 +23,12 @@ use crate::{
     sandbox::{InvalidId, Phase, Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
 
-/// How long a write waits for the cache to show it, so that a read right after it from this
-/// service sees it.
+/// How long a delete waits for the cache to drop the sandbox, so that a read right after it
+/// from this service does not see it.
 const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long a created sandbox is listed from memory while the watch has not delivered it.
+const FRESH_FOR: Duration = Duration::from_secs(10);
 
 /// Reasons that mean a sandbox will not become ready by waiting.
 const HOPELESS_REASONS: [&str; 8] = [
@@ -80,6 +83,8 @@ pub struct Provisioner {
     metrics: Metrics,
     /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
     seen_ready: Arc<Mutex<HashSet<String>>>,
+    /// Sandboxes this process created that the cache may not show yet, with when.
+    fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
 }
 
 /// A created or found sandbox, and whether this call created it.
@@ -103,6 +108,7 @@ impl Provisioner {
             node_host,
             metrics,
             seen_ready: Arc::default(),
+            fresh: Arc::default(),
         }
     }
 
@@ -117,6 +123,7 @@ impl Provisioner {
 
     /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
     pub fn refresh_status_gauge(&self) {
+        self.metrics.cache_synced(self.cache.state().usable());
         if self.cache.state().usable() {
             let phases = self
                 .cache
@@ -180,18 +187,14 @@ impl Provisioner {
             }
             Err(e) => return Err(e),
         };
-        if self.cache.state().usable() {
-            let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
-            let uid = pod.metadata.uid.clone();
-            self.cache
-                .wait_for(CACHE_CATCH_UP, |c| {
-                    c.pod(&pod_name).is_some_and(|p| p.metadata.uid == uid)
-                        && c.service(&service_name).is_some()
-                })
-                .await;
-        }
         let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.node_host);
         if created {
+            // Until the watch delivers it, LIST shows it from here (GET confirms a cache miss
+            // with the apiserver), so a read right after this write sees it.
+            self.fresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string(), (sandbox.clone(), Instant::now()));
             self.metrics.sandbox_created(started.elapsed());
             tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
         }
@@ -357,7 +360,8 @@ impl Provisioner {
     /// All managed sandboxes: from the cache when it is synced, otherwise from one pod list and
     /// one service list.
     pub async fn list(&self) -> Result<Vec<Sandbox>> {
-        let (pods, services) = if self.cache.state().usable() {
+        let from_cache = self.cache.state().usable();
+        let (pods, services) = if from_cache {
             (self.cache.pods(), self.cache.services())
         } else {
             let selector = manifests::managed_selector();
@@ -383,6 +387,13 @@ impl Provisioner {
                 ))
             })
             .collect();
+        if from_cache {
+            let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+            fresh.retain(|id, (_, at)| {
+                at.elapsed() < FRESH_FOR && !sandboxes.iter().any(|s| &s.sandbox_id == id)
+            });
+            sandboxes.extend(fresh.values().map(|(sandbox, _)| sandbox.clone()));
+        }
         sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
         self.metrics
             .sandboxes_by_status(sandboxes.iter().map(|s| s.status));
@@ -398,6 +409,10 @@ impl Provisioner {
             self.cluster.delete_pod(&pod_name),
         );
         let existed = service? | pod?;
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id.as_str());
         if existed && self.cache.state().usable() {
             self.cache
                 .wait_for(CACHE_CATCH_UP, |c| {
