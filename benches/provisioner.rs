@@ -6,7 +6,6 @@
 //! BENCH_SANDBOXES (default 1000) sets how many sandboxes are present for the read figures.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::{
