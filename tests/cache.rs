@@ -192,7 +192,7 @@ async fn waiting_stops_at_once_on_failure_and_at_the_limit_otherwise() {
         started.elapsed()
     );
 
-    for bad in ["-1", "301", "abc", "NaN"] {
+    for bad in ["-1", "301", "abc", "NaN", "1.5"] {
         let (code, body) = never
             .call(
                 Method::GET,

@@ -48,32 +48,31 @@ pub struct CreateRequest {
     /// many seconds; then answer with its current status.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 300)]
-    pub wait_ready_seconds: Option<f64>,
+    pub wait_ready_seconds: Option<u32>,
 }
 
 /// Query of `GET /api/sandboxes/{sandbox_id}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     /// Answer only once the sandbox is ready (or cannot become ready), waiting at most this
     /// many seconds.
     #[param(minimum = 0, maximum = 300)]
-    pub wait_ready: Option<f64>,
+    pub wait_ready: Option<u32>,
 }
 
 /// The longest wait a request may ask for.
-const MAX_WAIT_SECONDS: f64 = 300.0;
+const MAX_WAIT_SECONDS: u32 = 300;
 
 fn wait_duration(
     field: &str,
-    seconds: Option<f64>,
+    seconds: Option<u32>,
 ) -> Result<Option<std::time::Duration>, ApiError> {
     match seconds {
         None => Ok(None),
-        Some(s) if s.is_finite() && (0.0..=MAX_WAIT_SECONDS).contains(&s) => {
-            Ok(Some(std::time::Duration::from_secs_f64(s)))
-        }
+        Some(s) if s <= MAX_WAIT_SECONDS => Ok(Some(std::time::Duration::from_secs(s.into()))),
         Some(s) => Err(ApiError::InvalidRequest(format!(
-            "{field} must be a number of seconds from 0 to {MAX_WAIT_SECONDS}, got {s}"
+            "{field} must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}, got {s}"
         ))),
     }
 }
@@ -204,7 +203,12 @@ pub async fn get(
     let Query(query) =
         query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
     match wait_duration("wait_ready", query.wait_ready)? {
-        Some(limit) => Ok(Json(state.provisioner.wait_ready(&id, limit).await?)),
+        Some(limit) => Ok(Json(
+            state
+                .provisioner
+                .wait_ready(&id, limit.min(state.max_wait))
+                .await?,
+        )),
         None => Ok(Json(state.provisioner.get(&id).await?)),
     }
 }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub provisioner: Provisioner,
     /// For the 413 message.
     pub max_body_bytes: usize,
+    /// Longest readiness wait, so that a wait ends with an answer before the request's own
+    /// time limit would turn it into a 503.
+    pub max_wait: std::time::Duration,
 }
 
 /// Everything the router needs besides the provisioner.
@@ -50,6 +53,10 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
     let state = AppState {
         provisioner,
         max_body_bytes: settings.limits.max_body_bytes,
+        max_wait: settings
+            .limits
+            .request_timeout
+            .saturating_sub(std::time::Duration::from_secs(1)),
     };
     let api = Router::new()
         .route("/api/sandboxes", get(handlers::list).post(handlers::create))
