@@ -176,7 +176,10 @@ pub async fn create(
         run_to_completion(async move { provisioner.create(&id, &thread).await }).await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
-            state.provisioner.wait_ready(&waiting_id, limit).await?,
+            state
+                .provisioner
+                .wait_ready(&waiting_id, limit.min(state.max_wait))
+                .await?,
         )),
         _ => Ok(Json(provisioned.sandbox)),
     }
