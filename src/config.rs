@@ -57,6 +57,15 @@ pub struct ServeArgs {
     #[arg(long, env = "K8S_API_TIMEOUT_SECONDS", default_value_t = 10.0)]
     pub k8s_api_timeout_seconds: f64,
 
+    /// How the backend reaches sandboxes: NodePort (URL http://NODE_HOST:nodePort) or ClusterIP
+    /// (URL http://sandbox-{id}-svc.{namespace}.svc.cluster.local:PORT, for in-cluster backends).
+    #[arg(long, env = "SANDBOX_SERVICE_TYPE", default_value = "NodePort")]
+    pub sandbox_service_type: String,
+
+    /// Port the sandbox image serves on: container port, probes and service port.
+    #[arg(long, env = "SANDBOX_CONTAINER_PORT", default_value_t = 8080)]
+    pub sandbox_container_port: u16,
+
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
     #[arg(long, env = "PROVISIONER_API_KEY", hide_env_values = true)]
@@ -137,6 +146,13 @@ pub struct ServeArgs {
     pub sandbox_capabilities_add: String,
 }
 
+/// How sandbox Services expose the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    NodePort,
+    ClusterIp,
+}
+
 /// Security settings of every sandbox pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSecurity {
@@ -175,6 +191,8 @@ pub struct Config {
     pub threads_host_path: Option<String>,
     pub kubeconfig_path: PathBuf,
     pub node_host: String,
+    pub service_type: ServiceType,
+    pub container_port: u16,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
@@ -234,6 +252,24 @@ impl TryFrom<ServeArgs> for Config {
             None => None,
             Some(s) => Some(api_server_uri(&s)?),
         };
+        let service_type = match args.sandbox_service_type.trim() {
+            "NodePort" => ServiceType::NodePort,
+            "ClusterIP" => ServiceType::ClusterIp,
+            other => {
+                return Err(ConfigError::new(
+                    "SANDBOX_SERVICE_TYPE",
+                    other,
+                    "must be NodePort (URLs on NODE_HOST) or ClusterIP (cluster DNS URLs for backends inside the cluster)",
+                ))
+            }
+        };
+        if args.sandbox_container_port == 0 {
+            return Err(ConfigError::new(
+                "SANDBOX_CONTAINER_PORT",
+                "0",
+                "must be a port from 1 to 65535, for example 8080",
+            ));
+        }
         let k8s_api_timeout = seconds(
             "K8S_API_TIMEOUT_SECONDS",
             args.k8s_api_timeout_seconds,
@@ -294,6 +330,8 @@ impl TryFrom<ServeArgs> for Config {
             threads_host_path,
             kubeconfig_path: args.kubeconfig_path,
             node_host: args.node_host.trim().to_string(),
+            service_type,
+            container_port: args.sandbox_container_port,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             k8s_api_timeout,
@@ -573,6 +611,38 @@ mod tests {
                 .unwrap_err()
                 .variable,
             "PROVISIONER_MAX_CONCURRENT_REQUESTS"
+        );
+    }
+
+    #[test]
+    fn service_type_and_port() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (c.service_type, c.container_port),
+            (ServiceType::NodePort, 8080)
+        );
+        let c = parse(&[
+            "--sandbox-service-type",
+            "ClusterIP",
+            "--sandbox-container-port",
+            "9090",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.service_type, c.container_port),
+            (ServiceType::ClusterIp, 9090)
+        );
+        assert_eq!(
+            parse(&["--sandbox-service-type", "LoadBalancer"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_SERVICE_TYPE"
+        );
+        assert_eq!(
+            parse(&["--sandbox-container-port", "0"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_CONTAINER_PORT"
         );
     }
 

@@ -13,7 +13,7 @@ use kube::{
 };
 
 use crate::{
-    config::{Config, ServeArgs},
+    config::{Config, ServeArgs, ServiceType},
     k8s::{client, manifests},
 };
 
@@ -117,8 +117,8 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
     rbac_checks(&client, &config.namespace, namespace_exists, &mut checks).await;
-    if namespace_exists == Some(true) {
-        checks.push(node_port_check(&client, &config.namespace).await);
+    if namespace_exists == Some(true) && config.service_type == ServiceType::NodePort {
+        checks.push(node_port_check(&client, &config.namespace, config.container_port).await);
     }
     checks
 }
@@ -343,12 +343,12 @@ async fn rbac_checks(
 }
 
 /// Node ports are allocated: a dry-run NodePort Service gets one from the apiserver.
-async fn node_port_check(client: &Client, namespace: &str) -> Check {
+async fn node_port_check(client: &Client, namespace: &str, port: u16) -> Check {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
     let mut probe: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "sandbox-provisioner-doctor-probe"},
         "spec": {"type": "NodePort", "selector": {manifests::SANDBOX_ID_LABEL: "doctor-probe"},
-                 "ports": [{"port": manifests::SANDBOX_PORT}]},
+                 "ports": [{"port": port}]},
     }))
     .expect("a valid Service");
     probe.metadata.namespace = Some(namespace.into());

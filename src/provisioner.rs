@@ -79,7 +79,6 @@ pub struct Provisioner {
     cluster: Cluster,
     cache: Cache,
     template: SandboxTemplate,
-    node_host: String,
     metrics: Metrics,
     /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
     seen_ready: Arc<Mutex<HashSet<String>>>,
@@ -98,14 +97,12 @@ impl Provisioner {
         cluster: Cluster,
         cache: Cache,
         template: SandboxTemplate,
-        node_host: String,
         metrics: Metrics,
     ) -> Self {
         Provisioner {
             cluster,
             cache,
             template,
-            node_host,
             metrics,
             seen_ready: Arc::default(),
             fresh: Arc::default(),
@@ -187,7 +184,7 @@ impl Provisioner {
             }
             Err(e) => return Err(e),
         };
-        let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.node_host);
+        let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.template);
         if created {
             // Until the watch delivers it, LIST shows it from here (GET confirms a cache miss
             // with the apiserver), so a read right after this write sees it.
@@ -306,7 +303,7 @@ impl Provisioner {
                     None => self.cluster.get_service(&service_name).await?,
                 };
                 let sandbox =
-                    manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.node_host);
+                    manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.template);
                 self.note_readiness(&sandbox);
                 return Ok(sandbox);
             }
@@ -321,7 +318,7 @@ impl Provisioner {
             id.as_str(),
             &pod,
             service.as_ref(),
-            &self.node_host,
+            &self.template,
         ))
     }
 
@@ -383,7 +380,7 @@ impl Provisioner {
                     &id,
                     pod,
                     services.get(&id).copied(),
-                    &self.node_host,
+                    &self.template,
                 ))
             })
             .collect();

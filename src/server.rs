@@ -51,7 +51,6 @@ pub async fn provisioner(
         cluster,
         cache,
         SandboxTemplate::from_config(config),
-        config.node_host.clone(),
         metrics,
     ))
 }

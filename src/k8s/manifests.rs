@@ -21,11 +21,11 @@ use k8s_openapi::{
 };
 
 use crate::{
-    config::{Config, PodSecurity, Seccomp},
+    config::{Config, PodSecurity, Seccomp, ServiceType},
     sandbox::{Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
 
-/// Port the sandbox image serves its API on.
+/// Port the seed's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
 pub const SANDBOX_PORT: i32 = 8080;
 /// Label every sandbox object carries with its id (the seed's selector).
 pub const SANDBOX_ID_LABEL: &str = "sandbox-id";
@@ -45,6 +45,11 @@ pub struct SandboxTemplate {
     pub skills_host_path: Option<String>,
     pub threads_host_path: Option<String>,
     pub security: PodSecurity,
+    /// Container port, probe port and service port.
+    pub port: i32,
+    pub service_type: ServiceType,
+    /// Host of NodePort URLs.
+    pub node_host: String,
 }
 
 impl SandboxTemplate {
@@ -55,6 +60,9 @@ impl SandboxTemplate {
             skills_host_path: config.skills_host_path.clone(),
             threads_host_path: config.threads_host_path.clone(),
             security: config.pod_security.clone(),
+            port: i32::from(config.container_port),
+            service_type: config.service_type,
+            node_host: config.node_host.clone(),
         }
     }
 }
@@ -115,11 +123,11 @@ fn quantities(cpu: &str, memory: &str, storage: &str) -> BTreeMap<String, Quanti
     ])
 }
 
-fn probe(initial_delay: i32, period: i32) -> Probe {
+fn probe(port: i32, initial_delay: i32, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/v1/sandbox".into()),
-            port: IntOrString::Int(SANDBOX_PORT),
+            port: IntOrString::Int(port),
             ..HTTPGetAction::default()
         }),
         initial_delay_seconds: Some(initial_delay),
@@ -209,7 +217,7 @@ pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Time
                 image_pull_policy: Some("IfNotPresent".into()),
                 ports: Some(vec![ContainerPort {
                     name: Some("http".into()),
-                    container_port: SANDBOX_PORT,
+                    container_port: t.port,
                     protocol: Some("TCP".into()),
                     ..ContainerPort::default()
                 }]),
@@ -218,8 +226,8 @@ pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Time
                     limits: Some(quantities("1000m", "1Gi", "500Mi")),
                     ..ResourceRequirements::default()
                 }),
-                readiness_probe: Some(probe(5, 5)),
-                liveness_probe: Some(probe(10, 10)),
+                readiness_probe: Some(probe(t.port, 5, 5)),
+                liveness_probe: Some(probe(t.port, 10, 10)),
                 volume_mounts: Some(mounts),
                 security_context: Some(container_security_context(&t.security)),
                 ..Container::default()
@@ -250,15 +258,21 @@ pub fn service(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, owner: &P
     Service {
         metadata,
         spec: Some(ServiceSpec {
-            type_: Some("NodePort".into()),
+            type_: Some(
+                match t.service_type {
+                    ServiceType::NodePort => "NodePort",
+                    ServiceType::ClusterIp => "ClusterIP",
+                }
+                .into(),
+            ),
             selector: Some(BTreeMap::from([
                 ("app".to_string(), "deer-flow-sandbox".to_string()),
                 (SANDBOX_ID_LABEL.to_string(), id.to_string()),
             ])),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
-                port: SANDBOX_PORT,
-                target_port: Some(IntOrString::Int(SANDBOX_PORT)),
+                port: t.port,
+                target_port: Some(IntOrString::Int(t.port)),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
             }]),
@@ -308,6 +322,21 @@ pub fn owned_by(service: &Service, pod: &Pod) -> bool {
         .any(|r| r.kind == "Pod" && Some(r.uid.as_str()) == uid)
 }
 
+/// Where the backend reaches the sandbox through its Service: the node port on NODE_HOST, or
+/// the Service's cluster DNS name.
+fn sandbox_url(service: &Service, t: &SandboxTemplate) -> Option<String> {
+    match t.service_type {
+        ServiceType::NodePort => node_port(service).map(|p| format!("http://{}:{p}", t.node_host)),
+        ServiceType::ClusterIp => {
+            let name = service.metadata.name.as_deref()?;
+            Some(format!(
+                "http://{name}.{}.svc.cluster.local:{}",
+                t.namespace, t.port
+            ))
+        }
+    }
+}
+
 /// The node port the backend reaches the sandbox on.
 pub fn node_port(service: &Service) -> Option<i32> {
     service
@@ -316,24 +345,29 @@ pub fn node_port(service: &Service) -> Option<i32> {
         .ports
         .as_ref()?
         .iter()
-        .find(|p| p.port == SANDBOX_PORT || p.name.as_deref() == Some("http"))?
+        .find(|p| p.name.as_deref() == Some("http"))?
         .node_port
 }
 
 /// The API's view of a sandbox, from its Pod and (when present) its Service.
-pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, node_host: &str) -> Sandbox {
+pub fn sandbox_view(
+    id: &str,
+    pod: &Pod,
+    service: Option<&Service>,
+    t: &SandboxTemplate,
+) -> Sandbox {
     let mut status = SandboxStatus::of(pod);
-    let port = service.filter(|s| owned_by(s, pod)).and_then(node_port);
-    if port.is_none() && status.reason.is_none() {
+    let url = service
+        .filter(|s| owned_by(s, pod))
+        .and_then(|s| sandbox_url(s, t));
+    if url.is_none() && status.reason.is_none() {
         status.reason = Some("ServiceMissing".into());
         status.message =
             Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());
     }
     Sandbox {
         sandbox_id: id.to_string(),
-        sandbox_url: port
-            .map(|p| format!("http://{node_host}:{p}"))
-            .unwrap_or_default(),
+        sandbox_url: url.unwrap_or_default(),
         status: status.phase,
         ready: status.ready,
         reason: status.reason,
@@ -376,6 +410,9 @@ mod tests {
             skills_host_path: skills.map(Into::into),
             threads_host_path: threads.map(Into::into),
             security: strict(),
+            port: SANDBOX_PORT,
+            service_type: ServiceType::NodePort,
+            node_host: "host.docker.internal".into(),
         }
     }
 
@@ -544,12 +581,41 @@ mod tests {
         p.metadata.uid = Some("u".into());
         let mut s = service(&t, &id, &thread, &p);
         s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
-        let v = sandbox_view("abc-123", &p, Some(&s), "host.docker.internal");
+        let v = sandbox_view("abc-123", &p, Some(&s), &t);
         assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
         assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
         assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
-        let missing = sandbox_view("abc-123", &p, None, "h");
+        let missing = sandbox_view("abc-123", &p, None, &t);
         assert_eq!(missing.sandbox_url, "");
         assert_eq!(missing.reason.as_deref(), Some("ServiceMissing"));
+    }
+
+    #[test]
+    fn cluster_ip_mode_uses_the_dns_name_and_the_configured_port() {
+        let (id, thread) = ids();
+        let mut t = template(None, None);
+        t.service_type = ServiceType::ClusterIp;
+        t.port = 9090;
+        let mut p = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        p.metadata.uid = Some("u".into());
+        let s = service(&t, &id, &thread, &p);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["spec"]["type"], "ClusterIP");
+        assert_eq!(v["spec"]["ports"][0]["port"], 9090);
+        assert_eq!(v["spec"]["ports"][0]["targetPort"], 9090);
+        let pv = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            pv["spec"]["containers"][0]["ports"][0]["containerPort"],
+            9090
+        );
+        assert_eq!(
+            pv["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+            9090
+        );
+        let view = sandbox_view("abc-123", &p, Some(&s), &t);
+        assert_eq!(
+            view.sandbox_url,
+            "http://sandbox-abc-123-svc.deer-flow.svc.cluster.local:9090"
+        );
     }
 }
