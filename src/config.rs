@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
+use crate::sandbox::{Resources, Sizes};
+
 /// The seed's default sandbox image.
 pub const DEFAULT_IMAGE: &str =
     "enterprise-public-cn-beijing.cr.volces.com/vefaas-public/all-in-one-sandbox:latest";
@@ -65,6 +67,25 @@ pub struct ServeArgs {
     /// Port the sandbox image serves on: container port, probes and service port.
     #[arg(long, env = "SANDBOX_CONTAINER_PORT", default_value_t = 8080)]
     pub sandbox_container_port: u16,
+
+    /// Named resource sizes callers may choose, as JSON: {"NAME": {"requests": {...}, "limits":
+    /// {...}}, ...} with cpu, memory and ephemeral-storage quantities. A size "default" with the
+    /// seed's values always exists unless redefined here.
+    #[arg(long, env = "SANDBOX_SIZES")]
+    pub sandbox_sizes: Option<String>,
+
+    /// The size used when a request names none.
+    #[arg(long, env = "SANDBOX_DEFAULT_SIZE", default_value = "default")]
+    pub sandbox_default_size: String,
+
+    /// Ceiling of every request and limit, as JSON {"cpu": ..., "memory": ...,
+    /// "ephemeral-storage": ...}; callers asking for more get 422.
+    #[arg(
+        long,
+        env = "SANDBOX_MAX_RESOURCES",
+        default_value = r#"{"cpu":"4","memory":"8Gi","ephemeral-storage":"10Gi"}"#
+    )]
+    pub sandbox_max_resources: String,
 
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
@@ -193,6 +214,7 @@ pub struct Config {
     pub node_host: String,
     pub service_type: ServiceType,
     pub container_port: u16,
+    pub sizes: Sizes,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
@@ -224,6 +246,7 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let sizes = sizes(&args)?;
         let listen = args.listen.parse().map_err(|_| {
             ConfigError::new(
                 "PROVISIONER_LISTEN",
@@ -332,6 +355,7 @@ impl TryFrom<ServeArgs> for Config {
             node_host: args.node_host.trim().to_string(),
             service_type,
             container_port: args.sandbox_container_port,
+            sizes,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             k8s_api_timeout,
@@ -340,6 +364,55 @@ impl TryFrom<ServeArgs> for Config {
             pod_security,
         })
     }
+}
+
+/// The seed's size as "default", the operator's sizes over it, and the ceiling, validated.
+fn sizes(args: &ServeArgs) -> Result<Sizes, ConfigError> {
+    let mut named =
+        std::collections::BTreeMap::from([("default".to_string(), Sizes::seed_default())]);
+    if let Some(json) = args
+        .sandbox_sizes
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        let given: std::collections::BTreeMap<String, Resources> = serde_json::from_str(json).map_err(|e| {
+            ConfigError::new(
+                "SANDBOX_SIZES",
+                json,
+                format!("must be JSON like {{\"small\": {{\"requests\": {{\"cpu\": \"100m\"}}, \"limits\": {{\"cpu\": \"500m\"}}}}}}: {e}"),
+            )
+        })?;
+        named.extend(given);
+    }
+    let max_resources = serde_json::from_str(&args.sandbox_max_resources).map_err(|e| {
+        ConfigError::new(
+            "SANDBOX_MAX_RESOURCES",
+            &args.sandbox_max_resources,
+            format!("must be JSON like {{\"cpu\": \"4\", \"memory\": \"8Gi\"}}: {e}"),
+        )
+    })?;
+    let sizes = Sizes {
+        sizes: named,
+        default_size: args.sandbox_default_size.trim().to_string(),
+        max_resources,
+    };
+    sizes.validate().map_err(|problem| {
+        let variable = if problem.starts_with("the default size") {
+            "SANDBOX_DEFAULT_SIZE"
+        } else if problem.starts_with("max ")
+            || problem.contains("unknown resource") && !problem.starts_with("size")
+        {
+            "SANDBOX_MAX_RESOURCES"
+        } else {
+            "SANDBOX_SIZES"
+        };
+        ConfigError::new(
+            variable,
+            args.sandbox_sizes.clone().unwrap_or_default(),
+            problem,
+        )
+    })?;
+    Ok(sizes)
 }
 
 fn seconds(variable: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
@@ -643,6 +716,46 @@ mod tests {
                 .unwrap_err()
                 .variable,
             "SANDBOX_CONTAINER_PORT"
+        );
+    }
+
+    #[test]
+    fn sizes_from_the_environment() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.sizes.sizes["default"], Sizes::seed_default());
+        let c = parse(&[
+            "--sandbox-sizes",
+            r#"{"large": {"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "4Gi"}}}"#,
+            "--sandbox-default-size",
+            "large",
+        ])
+        .unwrap();
+        assert_eq!(c.sizes.default_size, "large");
+        assert_eq!(c.sizes.sizes.len(), 2);
+        assert_eq!(
+            parse(&["--sandbox-sizes", "{not json"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_SIZES"
+        );
+        let too_big = r#"{"huge": {"limits": {"memory": "64Gi"}}}"#;
+        let e = parse(&["--sandbox-sizes", too_big]).unwrap_err();
+        assert_eq!(e.variable, "SANDBOX_SIZES");
+        assert!(
+            e.problem.contains("huge") && e.problem.contains("8Gi"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(&["--sandbox-default-size", "nope"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_DEFAULT_SIZE"
+        );
+        assert_eq!(
+            parse(&["--sandbox-max-resources", "[]"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_MAX_RESOURCES"
         );
     }
 

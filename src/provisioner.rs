@@ -20,7 +20,7 @@ use crate::{
         manifests::{self, SandboxTemplate},
     },
     metrics::{DeletionReason, Metrics},
-    sandbox::{InvalidId, Phase, Sandbox, SandboxId, SandboxStatus, ThreadId},
+    sandbox::{InvalidId, Phase, Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
 
 /// How long a delete waits for the cache to drop the sandbox, so that a read right after it
@@ -168,9 +168,14 @@ impl Provisioner {
     ///
     /// Callers should not cancel this future half-way (run it in its own task): a cancelled
     /// create could leave a Pod without its Service until the next POST repairs it.
-    pub async fn create(&self, id: &SandboxId, thread: &ThreadId) -> Result<Provisioned> {
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        resources: &Resources,
+    ) -> Result<Provisioned> {
         let started = Instant::now();
-        let wanted = manifests::pod(&self.template, id, thread, Timestamp::now());
+        let wanted = manifests::pod(&self.template, id, thread, Timestamp::now(), resources);
         let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
             Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),

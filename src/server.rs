@@ -3,8 +3,8 @@
 use tokio::sync::watch;
 
 use crate::{
-    api::{self, ApiKey, ApiSettings},
-    config::Config,
+    api::{self, ApiKey, ApiSettings, Capabilities},
+    config::{Config, ServiceType},
     k8s::{
         cache::Cache,
         client,
@@ -99,6 +99,15 @@ pub fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
         api_key: config.api_key.as_deref().map(ApiKey::new),
         limits: config.limits.clone(),
+        capabilities: Capabilities {
+            sizes: config.sizes.clone(),
+            service_type: match config.service_type {
+                ServiceType::NodePort => "NodePort",
+                ServiceType::ClusterIp => "ClusterIP",
+            }
+            .into(),
+            container_port: config.container_port,
+        },
     }
 }
 

@@ -65,3 +65,109 @@ async fn node_port_mode_with_another_container_port_is_reachable() {
     )
     .await;
 }
+
+fn resources_of(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
+    serde_json::to_value(&pod.spec.as_ref().unwrap().containers[0].resources).unwrap()
+}
+
+#[tokio::test]
+async fn sizes_and_explicit_resources_are_applied_within_the_maxima() {
+    let ns = TestNamespace::new("sizes").await;
+    let mut args = serve_args(&ns.name);
+    args.sandbox_sizes = Some(
+        r#"{"small": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}}"#.into(),
+    );
+    args.sandbox_max_resources =
+        r#"{"cpu": "2", "memory": "4Gi", "ephemeral-storage": "2Gi"}"#.into();
+    let svc = TestService::start(args).await;
+
+    let (code, caps) = svc
+        .call(reqwest::Method::GET, "/api/capabilities", None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(caps["default_size"], "default");
+    assert_eq!(caps["sizes"]["small"]["limits"]["cpu"], "500m");
+    assert_eq!(caps["sizes"]["default"]["requests"]["memory"], "256Mi");
+    assert_eq!(caps["max_resources"]["memory"], "4Gi");
+    assert_eq!(caps["service_type"], "NodePort");
+
+    let create =
+        |body: serde_json::Value| svc.call(reqwest::Method::POST, "/api/sandboxes", Some(body));
+    assert_eq!(
+        create(serde_json::json!({"sandbox_id": "sz-default", "thread_id": "t"}))
+            .await
+            .0,
+        200
+    );
+    let (code, body) =
+        create(serde_json::json!({"sandbox_id": "sz-small", "thread_id": "t", "size": "small"}))
+            .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = create(serde_json::json!({
+        "sandbox_id": "sz-custom", "thread_id": "t", "size": "small",
+        "resources": {"limits": {"memory": "1Gi"}, "requests": {"ephemeral-storage": "1Gi"}},
+    }))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let pods = ns.pods();
+    assert_eq!(
+        resources_of(&pods.get("sandbox-sz-default").await.unwrap()),
+        serde_json::json!({
+            "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "500Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "500Mi"},
+        })
+    );
+    assert_eq!(
+        resources_of(&pods.get("sandbox-sz-small").await.unwrap()),
+        serde_json::json!({"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}})
+    );
+    assert_eq!(
+        resources_of(&pods.get("sandbox-sz-custom").await.unwrap()),
+        serde_json::json!({
+            "requests": {"cpu": "50m", "memory": "128Mi", "ephemeral-storage": "1Gi"},
+            "limits": {"cpu": "500m", "memory": "1Gi"},
+        })
+    );
+
+    for (body, needle) in [
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-1", "thread_id": "t", "size": "huge"}),
+            "default, small",
+        ),
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-2", "thread_id": "t", "resources": {"limits": {"memory": "16Gi"}}}),
+            "maximum of 4Gi",
+        ),
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-3", "thread_id": "t", "resources": {"limits": {"nvidia.com/gpu": "1"}}}),
+            "unknown resource",
+        ),
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-4", "thread_id": "t", "resources": {"requests": {"cpu": "lots"}}}),
+            "not a Kubernetes quantity",
+        ),
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-5", "thread_id": "t", "resources": {"requests": {"cpu": "2"}}}),
+            "above limits.cpu",
+        ),
+    ] {
+        let (code, answer) = create(body.clone()).await;
+        assert_eq!(code, 422, "{body} -> {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+    let names: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("sz-bad")),
+        "refused creates made pods: {names:?}"
+    );
+}

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     k8s::cache::CacheSummary,
     provisioner,
-    sandbox::{Sandbox, SandboxId, ThreadId},
+    sandbox::{Resources, Sandbox, SandboxId, Sizes, ThreadId},
 };
 
 /// Body of `POST /api/sandboxes`; unknown fields are ignored.
@@ -49,6 +49,23 @@ pub struct CreateRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 300)]
     pub wait_ready_seconds: Option<u32>,
+    /// A size the operator defined (see GET /api/capabilities); the default size when absent.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Requests and limits laid over the size; each must stay within the operator's maxima.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// Answer of `GET /api/capabilities`: what this deployment lets callers choose.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Capabilities {
+    #[serde(flatten)]
+    pub sizes: Sizes,
+    /// `NodePort` or `ClusterIP`.
+    pub service_type: String,
+    /// The port sandboxes serve on.
+    pub container_port: u16,
 }
 
 /// Query of `GET /api/sandboxes/{sandbox_id}`.
@@ -170,10 +187,16 @@ pub async fn create(
     let id = SandboxId::parse(&request.sandbox_id)?;
     let thread = ThreadId::parse(&request.thread_id)?;
     let wait = wait_duration("wait_ready_seconds", request.wait_ready_seconds)?;
+    let resources = state
+        .capabilities
+        .sizes
+        .choose(request.size.as_deref(), request.resources.as_ref())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let provisioner = state.provisioner.clone();
     let waiting_id = id.clone();
     let provisioned =
-        run_to_completion(async move { provisioner.create(&id, &thread).await }).await?;
+        run_to_completion(async move { provisioner.create(&id, &thread, &resources).await })
+            .await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state
@@ -256,6 +279,17 @@ pub async fn delete(
         ok: true,
         sandbox_id: shown,
     }))
+}
+
+/// What this deployment lets callers choose: sizes, the default size, maxima, service mode.
+#[utoipa::path(get, path = "/api/capabilities", tag = "sandboxes",
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Sizes and limits", body = Capabilities),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ))]
+pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
+    Json((*state.capabilities).clone())
 }
 
 pub async fn no_such_route() -> ApiError {

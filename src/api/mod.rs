@@ -8,7 +8,7 @@ mod limits;
 
 pub use auth::ApiKey;
 pub use error::{ApiError, ErrorBody};
-pub use handlers::{CreateRequest, Deleted, Health, SandboxList};
+pub use handlers::{Capabilities, CreateRequest, Deleted, Health, SandboxList};
 
 use std::time::Instant;
 
@@ -36,6 +36,8 @@ pub struct AppState {
     pub provisioner: Provisioner,
     /// For the 413 message.
     pub max_body_bytes: usize,
+    /// What callers may choose, for creates and GET /api/capabilities.
+    pub capabilities: std::sync::Arc<Capabilities>,
     /// Longest readiness wait, so that a wait ends with an answer before the request's own
     /// time limit would turn it into a 503.
     pub max_wait: std::time::Duration,
@@ -46,6 +48,7 @@ pub struct AppState {
 pub struct ApiSettings {
     pub api_key: Option<ApiKey>,
     pub limits: HttpLimits,
+    pub capabilities: Capabilities,
 }
 
 /// The whole API, ready to serve.
@@ -53,6 +56,7 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
     let state = AppState {
         provisioner,
         max_body_bytes: settings.limits.max_body_bytes,
+        capabilities: std::sync::Arc::new(settings.capabilities),
         max_wait: settings
             .limits
             .request_timeout
@@ -64,6 +68,7 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
             "/api/sandboxes/{sandbox_id}",
             get(handlers::get).delete(handlers::delete),
         )
+        .route("/api/capabilities", get(handlers::capabilities))
         .route("/openapi.json", get(openapi_json))
         .fallback(handlers::no_such_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -121,8 +126,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::list,
         handlers::get,
         handlers::delete,
+        handlers::capabilities,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

@@ -22,7 +22,7 @@ use k8s_openapi::{
 
 use crate::{
     config::{Config, PodSecurity, Seccomp, ServiceType},
-    sandbox::{Sandbox, SandboxId, SandboxStatus, ThreadId},
+    sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
 };
 
 /// Port the seed's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
@@ -112,15 +112,13 @@ fn metadata(
     }
 }
 
-fn quantities(cpu: &str, memory: &str, storage: &str) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".to_string(), Quantity(cpu.to_string())),
-        ("memory".to_string(), Quantity(memory.to_string())),
-        (
-            "ephemeral-storage".to_string(),
-            Quantity(storage.to_string()),
-        ),
-    ])
+fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
+    (!values.is_empty()).then(|| {
+        values
+            .iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    })
 }
 
 fn probe(port: i32, initial_delay: i32, period: i32) -> Probe {
@@ -174,7 +172,13 @@ fn container_security_context(security: &PodSecurity) -> SecurityContext {
 
 /// The sandbox Pod. Host paths are joined only from validated parts: the configured (absolute,
 /// `..`-free) directory and a thread id that cannot contain `/` or `.`.
-pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Timestamp) -> Pod {
+pub fn pod(
+    t: &SandboxTemplate,
+    id: &SandboxId,
+    thread: &ThreadId,
+    created: Timestamp,
+    resources: &Resources,
+) -> Pod {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     if let Some(skills) = &t.skills_host_path {
@@ -222,8 +226,8 @@ pub fn pod(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, created: Time
                     ..ContainerPort::default()
                 }]),
                 resources: Some(ResourceRequirements {
-                    requests: Some(quantities("100m", "256Mi", "500Mi")),
-                    limits: Some(quantities("1000m", "1Gi", "500Mi")),
+                    requests: quantities(&resources.requests),
+                    limits: quantities(&resources.limits),
                     ..ResourceRequirements::default()
                 }),
                 readiness_probe: Some(probe(t.port, 5, 5)),
@@ -424,6 +428,7 @@ mod tests {
             &id,
             &thread,
             Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
         ))
         .unwrap();
         assert_eq!(p["spec"]["automountServiceAccountToken"], false);
@@ -450,7 +455,14 @@ mod tests {
             capabilities_drop: vec![],
             capabilities_add: vec![],
         };
-        let p = serde_json::to_value(pod(&t, &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
+        let p = serde_json::to_value(pod(
+            &t,
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
+        ))
+        .unwrap();
         assert_eq!(p["spec"]["automountServiceAccountToken"], true);
         assert_eq!(
             p["spec"]["securityContext"],
@@ -473,7 +485,14 @@ mod tests {
     fn pod_matches_the_seed() {
         let (id, thread) = ids();
         let t = template(Some("/srv/threads"), Some("/srv/skills"));
-        let p = serde_json::to_value(pod(&t, &id, &thread, Timestamp::UNIX_EPOCH)).unwrap();
+        let p = serde_json::to_value(pod(
+            &t,
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
+        ))
+        .unwrap();
         assert_eq!(p["metadata"]["name"], "sandbox-abc-123");
         assert_eq!(p["metadata"]["namespace"], "deer-flow");
         assert_eq!(p["metadata"]["labels"]["app"], "deer-flow-sandbox");
@@ -540,6 +559,7 @@ mod tests {
             &id,
             &thread,
             Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
         ))
         .unwrap();
         assert_eq!(
@@ -552,7 +572,13 @@ mod tests {
     fn service_is_nodeport_owned_by_the_pod() {
         let (id, thread) = ids();
         let t = template(None, None);
-        let mut owner = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        let mut owner = pod(
+            &t,
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
+        );
         owner.metadata.uid = Some("uid-1".into());
         let s = service(&t, &id, &thread, &owner);
         assert!(owned_by(&s, &owner));
@@ -577,7 +603,13 @@ mod tests {
     fn view_builds_the_url_from_the_node_port() {
         let (id, thread) = ids();
         let t = template(None, None);
-        let mut p = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        let mut p = pod(
+            &t,
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
+        );
         p.metadata.uid = Some("u".into());
         let mut s = service(&t, &id, &thread, &p);
         s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
@@ -596,7 +628,13 @@ mod tests {
         let mut t = template(None, None);
         t.service_type = ServiceType::ClusterIp;
         t.port = 9090;
-        let mut p = pod(&t, &id, &thread, Timestamp::UNIX_EPOCH);
+        let mut p = pod(
+            &t,
+            &id,
+            &thread,
+            Timestamp::UNIX_EPOCH,
+            &crate::sandbox::Sizes::seed_default(),
+        );
         p.metadata.uid = Some("u".into());
         let s = service(&t, &id, &thread, &p);
         let v = serde_json::to_value(&s).unwrap();

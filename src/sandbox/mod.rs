@@ -1,9 +1,11 @@
 //! The sandbox domain: identifiers, status and the view callers get. Pure: no Kubernetes calls.
 
 mod id;
+mod resources;
 mod status;
 
 pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
+pub use resources::{parse_quantity, InvalidResources, Resources, Sizes, RESOURCE_NAMES};
 pub use status::{Phase, SandboxStatus};
 
 use serde::{Deserialize, Serialize};
