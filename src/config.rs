@@ -37,6 +37,20 @@ pub struct ServeArgs {
     #[arg(long, env = "THREADS_HOST_PATH")]
     pub threads_host_path: Option<String>,
 
+    /// PersistentVolumeClaim mounted read-only at /mnt/skills, instead of SKILLS_HOST_PATH (for
+    /// clusters without shared host paths).
+    #[arg(long, env = "SKILLS_PVC_NAME")]
+    pub skills_pvc_name: Option<String>,
+
+    /// Directory inside SKILLS_PVC_NAME to mount (relative, no '..'); the whole volume when unset.
+    #[arg(long, env = "SKILLS_PVC_SUBPATH")]
+    pub skills_pvc_subpath: Option<String>,
+
+    /// PersistentVolumeClaim holding user data, instead of THREADS_HOST_PATH: sub-path
+    /// `threads/{thread_id}/user-data` is mounted at /mnt/user-data.
+    #[arg(long, env = "USERDATA_PVC_NAME")]
+    pub userdata_pvc_name: Option<String>,
+
     /// Kubeconfig file; when it does not exist, KUBECONFIG and then the in-cluster service
     /// account are tried.
     #[arg(long, env = "KUBECONFIG_PATH", default_value = "/root/.kube/config")]
@@ -210,6 +224,10 @@ pub struct Config {
     pub sandbox_image: String,
     pub skills_host_path: Option<String>,
     pub threads_host_path: Option<String>,
+    /// Claim and optional sub-path for /mnt/skills.
+    pub skills_pvc: Option<(String, Option<String>)>,
+    /// Claim for /mnt/user-data.
+    pub userdata_pvc: Option<String>,
     pub kubeconfig_path: PathBuf,
     pub node_host: String,
     pub service_type: ServiceType,
@@ -264,6 +282,28 @@ impl TryFrom<ServeArgs> for Config {
         }
         let skills_host_path = host_path("SKILLS_HOST_PATH", args.skills_host_path)?;
         let threads_host_path = host_path("THREADS_HOST_PATH", args.threads_host_path)?;
+        let skills_pvc = match claim_name("SKILLS_PVC_NAME", args.skills_pvc_name)? {
+            Some(claim) => Some((
+                claim,
+                sub_path("SKILLS_PVC_SUBPATH", args.skills_pvc_subpath)?,
+            )),
+            None => None,
+        };
+        let userdata_pvc = claim_name("USERDATA_PVC_NAME", args.userdata_pvc_name)?;
+        if skills_pvc.is_some() && skills_host_path.is_some() {
+            return Err(ConfigError::new(
+                "SKILLS_PVC_NAME",
+                skills_pvc.clone().map(|c| c.0).unwrap_or_default(),
+                "is set together with SKILLS_HOST_PATH: choose one source for /mnt/skills",
+            ));
+        }
+        if userdata_pvc.is_some() && threads_host_path.is_some() {
+            return Err(ConfigError::new(
+                "USERDATA_PVC_NAME",
+                userdata_pvc.clone().unwrap_or_default(),
+                "is set together with THREADS_HOST_PATH: choose one source for /mnt/user-data",
+            ));
+        }
         if args.node_host.trim().is_empty() || args.node_host.contains(['/', ' ', '@']) {
             return Err(ConfigError::new(
                 "NODE_HOST",
@@ -351,6 +391,8 @@ impl TryFrom<ServeArgs> for Config {
             sandbox_image: args.sandbox_image.trim().to_string(),
             skills_host_path,
             threads_host_path,
+            skills_pvc,
+            userdata_pvc,
             kubeconfig_path: args.kubeconfig_path,
             node_host: args.node_host.trim().to_string(),
             service_type,
@@ -413,6 +455,55 @@ fn sizes(args: &ServeArgs) -> Result<Sizes, ConfigError> {
         )
     })?;
     Ok(sizes)
+}
+
+/// A PersistentVolumeClaim name: a DNS-1123 subdomain.
+fn claim_name(
+    variable: &'static str,
+    value: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let ok = name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(Some(name))
+    } else {
+        Err(ConfigError::new(
+            variable,
+            name,
+            "must be the name of a PersistentVolumeClaim in K8S_NAMESPACE (lowercase letters, digits, '-' and '.')",
+        ))
+    }
+}
+
+/// A sub-path inside a volume: relative and free of `..`.
+fn sub_path(variable: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if path.starts_with('/')
+        || path.split('/').any(|p| p == ".." || p.is_empty())
+        || path.contains('\0')
+    {
+        return Err(ConfigError::new(
+            variable,
+            path,
+            "must be a relative path inside the volume, without '..' or empty parts, for example skills/public",
+        ));
+    }
+    Ok(Some(path))
 }
 
 fn seconds(variable: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
@@ -756,6 +847,42 @@ mod tests {
                 .unwrap_err()
                 .variable,
             "SANDBOX_MAX_RESOURCES"
+        );
+    }
+
+    #[test]
+    fn pvc_settings() {
+        let c = parse(&[
+            "--skills-pvc-name",
+            "skills",
+            "--skills-pvc-subpath",
+            "public/skills",
+            "--userdata-pvc-name",
+            "data",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.skills_pvc,
+            Some(("skills".into(), Some("public/skills".into())))
+        );
+        assert_eq!(c.userdata_pvc.as_deref(), Some("data"));
+        assert_eq!(
+            parse(&["--userdata-pvc-name", "Bad_Name"])
+                .unwrap_err()
+                .variable,
+            "USERDATA_PVC_NAME"
+        );
+        assert_eq!(
+            parse(&["--skills-pvc-name", "s", "--skills-pvc-subpath", "../x"])
+                .unwrap_err()
+                .variable,
+            "SKILLS_PVC_SUBPATH"
+        );
+        assert_eq!(
+            parse(&["--userdata-pvc-name", "d", "--threads-host-path", "/srv/t"])
+                .unwrap_err()
+                .variable,
+            "USERDATA_PVC_NAME"
         );
     }
 

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Namespace, Service},
+    core::v1::{Namespace, PersistentVolumeClaim, Service},
 };
 use kube::{
     api::{Api, PostParams},
@@ -117,6 +117,39 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
     rbac_checks(&client, &config.namespace, namespace_exists, &mut checks).await;
+    for (variable, claim) in [
+        (
+            "SKILLS_PVC_NAME",
+            config.skills_pvc.as_ref().map(|c| c.0.clone()),
+        ),
+        ("USERDATA_PVC_NAME", config.userdata_pvc.clone()),
+    ] {
+        let Some(claim) = claim else { continue };
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &config.namespace);
+        checks.push(
+            match tokio::time::timeout(config.k8s_api_timeout, api.get_opt(&claim)).await {
+                Ok(Ok(Some(_))) => Check::ok("volume claim", format!("{variable}={claim} exists")),
+                Ok(Ok(None)) => Check::fail(
+                    "volume claim",
+                    format!(
+                        "{variable}={claim}: no such PersistentVolumeClaim in {}",
+                        config.namespace
+                    ),
+                    format!("create the claim or unset {variable}"),
+                ),
+                Ok(Err(e)) => Check::fail(
+                    "volume claim",
+                    format!("{variable}={claim}: {e}"),
+                    "grant get on persistentvolumeclaims",
+                ),
+                Err(_) => Check::fail(
+                    "volume claim",
+                    format!("{variable}={claim}: timed out"),
+                    "check the API server",
+                ),
+            },
+        );
+    }
     if namespace_exists == Some(true) && config.service_type == ServiceType::NodePort {
         checks.push(node_port_check(&client, &config.namespace, config.container_port).await);
     }

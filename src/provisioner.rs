@@ -156,6 +156,11 @@ impl Provisioner {
         self.cluster.namespace()
     }
 
+    /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.
+    pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.cluster.pvc_exists(name).await?)
+    }
+
     /// Creates the sandbox namespace when missing. Returns whether it was created.
     pub async fn ensure_namespace(&self) -> Result<bool> {
         Ok(self

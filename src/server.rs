@@ -24,6 +24,12 @@ pub enum StartError {
     Listen { addr: String, cause: String },
     #[error("the HTTP server failed: {0}")]
     Serve(String),
+    #[error("{variable}={claim}: there is no PersistentVolumeClaim {claim:?} in namespace {namespace}; create it (it must hold the data the sandboxes expect) or unset {variable}")]
+    MissingClaim {
+        variable: &'static str,
+        claim: String,
+        namespace: String,
+    },
 }
 
 /// Builds the provisioner from validated configuration and starts its watch cache, which runs
@@ -67,6 +73,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
         }
     }
+    check_claims(&config, &provisioner).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen {
@@ -91,6 +98,35 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let _ = stop_background.send(true);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured PersistentVolumeClaims must exist; when the apiserver cannot be asked, the
+/// check is left to the pods (which then stay Pending with the reason).
+async fn check_claims(config: &Config, provisioner: &Provisioner) -> Result<(), StartError> {
+    let claims = [
+        (
+            "SKILLS_PVC_NAME",
+            config.skills_pvc.as_ref().map(|c| c.0.clone()),
+        ),
+        ("USERDATA_PVC_NAME", config.userdata_pvc.clone()),
+    ];
+    for (variable, claim) in claims {
+        let Some(claim) = claim else { continue };
+        match provisioner.pvc_exists(&claim).await {
+            Ok(true) => tracing::info!(variable, claim, "PersistentVolumeClaim present"),
+            Ok(false) => {
+                return Err(StartError::MissingClaim {
+                    variable,
+                    claim,
+                    namespace: config.namespace.clone(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(variable, claim, error = %e, "cannot check the PersistentVolumeClaim now")
+            }
+        }
+    }
     Ok(())
 }
 

@@ -171,3 +171,70 @@ async fn sizes_and_explicit_resources_are_applied_within_the_maxima() {
         "refused creates made pods: {names:?}"
     );
 }
+
+#[tokio::test]
+async fn pvc_mode_mounts_claims_with_thread_sub_paths() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let ns = TestNamespace::new("pvc").await;
+    let claims: kube::Api<PersistentVolumeClaim> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    for name in ["skills", "user-data"] {
+        let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .unwrap();
+        claims.create(&Default::default(), &claim).await.unwrap();
+    }
+    let mut args = serve_args(&ns.name);
+    args.skills_host_path = None;
+    args.threads_host_path = None;
+    args.skills_pvc_name = Some("skills".into());
+    args.skills_pvc_subpath = Some("public".into());
+    args.userdata_pvc_name = Some("user-data".into());
+    let svc = TestService::start(args).await;
+    assert_eq!(svc.create("pvc-1", "thread_7").await.0, 200);
+    let spec =
+        serde_json::to_value(ns.pods().get("sandbox-pvc-1").await.unwrap().spec.unwrap()).unwrap();
+    assert_eq!(
+        serde_json::Value::Array(
+            spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .take(2)
+                .cloned()
+                .collect()
+        ),
+        serde_json::json!([
+            {"name": "skills", "persistentVolumeClaim": {"claimName": "skills", "readOnly": true}},
+            {"name": "user-data", "persistentVolumeClaim": {"claimName": "user-data"}},
+        ])
+    );
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"],
+        serde_json::json!([
+            {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true, "subPath": "public"},
+            {"name": "user-data", "mountPath": "/mnt/user-data", "subPath": "threads/thread_7/user-data"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_missing_claim_stops_the_service_at_start() {
+    let ns = TestNamespace::new("pvc-missing").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .env_clear()
+        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("K8S_NAMESPACE", &ns.name)
+        .env("USERDATA_PVC_NAME", "absent-claim")
+        .env("PROVISIONER_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("USERDATA_PVC_NAME=absent-claim") && err.contains("no PersistentVolumeClaim"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::metrics::Metrics;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
 use kube::{
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
     Api, Client,
@@ -270,6 +270,24 @@ impl Cluster {
             || self.services.get_opt(name),
         )
         .await
+    }
+
+    /// Whether a PersistentVolumeClaim of this namespace exists.
+    pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.pods.clone().into_client(), &self.namespace);
+        self.call(
+            ("get", "persistentvolumeclaims"),
+            || {
+                format!(
+                    "read persistentvolumeclaim {name} in namespace {}",
+                    self.namespace
+                )
+            },
+            || claims.get_opt(name),
+        )
+        .await
+        .map(|c| c.is_some())
     }
 
     pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-        HostPathVolumeSource, Namespace, Pod, PodSecurityContext, PodSpec, Probe,
-        ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-        Volume, VolumeMount,
+        HostPathVolumeSource, Namespace, PersistentVolumeClaimVolumeSource, Pod,
+        PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+        Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -44,6 +44,8 @@ pub struct SandboxTemplate {
     pub image: String,
     pub skills_host_path: Option<String>,
     pub threads_host_path: Option<String>,
+    pub skills_pvc: Option<(String, Option<String>)>,
+    pub userdata_pvc: Option<String>,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -59,6 +61,8 @@ impl SandboxTemplate {
             image: config.sandbox_image.clone(),
             skills_host_path: config.skills_host_path.clone(),
             threads_host_path: config.threads_host_path.clone(),
+            skills_pvc: config.skills_pvc.clone(),
+            userdata_pvc: config.userdata_pvc.clone(),
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -181,37 +185,64 @@ pub fn pod(
 ) -> Pod {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
-    if let Some(skills) = &t.skills_host_path {
+    let claim = |name: &str, read_only: bool| {
+        Some(PersistentVolumeClaimVolumeSource {
+            claim_name: name.to_string(),
+            read_only: Some(read_only),
+        })
+    };
+    let mut mount = |name: &str, path: &str, read_only: bool, sub_path: Option<String>| {
+        mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            read_only: Some(read_only),
+            sub_path,
+            ..VolumeMount::default()
+        })
+    };
+    if let Some((name, sub_path)) = &t.skills_pvc {
+        volumes.push(Volume {
+            name: "skills".into(),
+            persistent_volume_claim: claim(name, true),
+            ..Volume::default()
+        });
+        mount("skills", "/mnt/skills", true, sub_path.clone());
+    } else if let Some(skills) = &t.skills_host_path {
         volumes.push(Volume {
             name: "skills".into(),
             host_path: host_path(skills.clone(), "Directory"),
             ..Volume::default()
         });
-        mounts.push(VolumeMount {
-            name: "skills".into(),
-            mount_path: "/mnt/skills".into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        mount("skills", "/mnt/skills", true, None);
     }
-    volumes.push(match &t.threads_host_path {
-        Some(threads) => Volume {
-            name: "user-data".into(),
-            host_path: host_path(format!("{threads}/{thread}/user-data"), "DirectoryOrCreate"),
-            ..Volume::default()
-        },
-        None => Volume {
-            name: "user-data".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-    });
-    mounts.push(VolumeMount {
-        name: "user-data".into(),
-        mount_path: "/mnt/user-data".into(),
-        read_only: Some(false),
-        ..VolumeMount::default()
-    });
+    let (user_data, sub_path) = match (&t.userdata_pvc, &t.threads_host_path) {
+        (Some(name), _) => (
+            Volume {
+                name: "user-data".into(),
+                persistent_volume_claim: claim(name, false),
+                ..Volume::default()
+            },
+            Some(format!("threads/{thread}/user-data")),
+        ),
+        (None, Some(threads)) => (
+            Volume {
+                name: "user-data".into(),
+                host_path: host_path(format!("{threads}/{thread}/user-data"), "DirectoryOrCreate"),
+                ..Volume::default()
+            },
+            None,
+        ),
+        (None, None) => (
+            Volume {
+                name: "user-data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            None,
+        ),
+    };
+    volumes.push(user_data);
+    mount("user-data", "/mnt/user-data", false, sub_path);
     Pod {
         metadata: metadata(pod_name(id), t, id, thread, created),
         spec: Some(PodSpec {
@@ -413,6 +444,8 @@ mod tests {
             image: "img:1".into(),
             skills_host_path: skills.map(Into::into),
             threads_host_path: threads.map(Into::into),
+            skills_pvc: None,
+            userdata_pvc: None,
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,
