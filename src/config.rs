@@ -7,7 +7,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::sandbox::{Resources, Sizes};
+use crate::{
+    k8s::placement::Placement,
+    sandbox::{Resources, Sizes},
+};
 
 /// The seed's default sandbox image.
 pub const DEFAULT_IMAGE: &str =
@@ -100,6 +103,12 @@ pub struct ServeArgs {
         default_value = r#"{"cpu":"4","memory":"8Gi","ephemeral-storage":"10Gi"}"#
     )]
     pub sandbox_max_resources: String,
+
+    /// Where sandboxes run: a JSON object of PodSpec fields (nodeSelector, tolerations,
+    /// affinity, topologySpreadConstraints, priorityClassName, runtimeClassName), or the path
+    /// of a file holding one.
+    #[arg(long, env = "SANDBOX_PLACEMENT")]
+    pub sandbox_placement: Option<String>,
 
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
@@ -233,6 +242,7 @@ pub struct Config {
     pub service_type: ServiceType,
     pub container_port: u16,
     pub sizes: Sizes,
+    pub placement: Placement,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
@@ -265,6 +275,7 @@ impl TryFrom<ServeArgs> for Config {
 
     fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
         let sizes = sizes(&args)?;
+        let placement = placement(args.sandbox_placement.as_deref())?;
         let listen = args.listen.parse().map_err(|_| {
             ConfigError::new(
                 "PROVISIONER_LISTEN",
@@ -398,6 +409,7 @@ impl TryFrom<ServeArgs> for Config {
             service_type,
             container_port: args.sandbox_container_port,
             sizes,
+            placement,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             k8s_api_timeout,
@@ -455,6 +467,31 @@ fn sizes(args: &ServeArgs) -> Result<Sizes, ConfigError> {
         )
     })?;
     Ok(sizes)
+}
+
+/// The placement fragment, inline JSON or a file path.
+fn placement(value: Option<&str>) -> Result<Placement, ConfigError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(Placement::default());
+    };
+    let json = if value.starts_with('/') {
+        std::fs::read_to_string(value).map_err(|e| {
+            ConfigError::new(
+                "SANDBOX_PLACEMENT",
+                value,
+                format!("cannot read the file: {e}"),
+            )
+        })?
+    } else {
+        value.to_string()
+    };
+    Placement::parse(&json).map_err(|e| {
+        ConfigError::new(
+            "SANDBOX_PLACEMENT",
+            value,
+            format!("must be a JSON object of nodeSelector, tolerations, affinity, topologySpreadConstraints, priorityClassName, runtimeClassName: {e}"),
+        )
+    })
 }
 
 /// A PersistentVolumeClaim name: a DNS-1123 subdomain.
@@ -884,6 +921,22 @@ mod tests {
                 .variable,
             "USERDATA_PVC_NAME"
         );
+    }
+
+    #[test]
+    fn placement_inline_or_from_a_file() {
+        assert_eq!(parse(&[]).unwrap().placement, Placement::default());
+        let c = parse(&["--sandbox-placement", r#"{"runtimeClassName": "gvisor"}"#]).unwrap();
+        assert_eq!(c.placement.runtime_class_name.as_deref(), Some("gvisor"));
+        let e = parse(&["--sandbox-placement", r#"{"nodeSelecter": {}}"#]).unwrap_err();
+        assert_eq!(e.variable, "SANDBOX_PLACEMENT");
+        assert!(e.problem.contains("nodeSelecter"), "{e}");
+        let file = std::env::temp_dir().join(format!("placement-{}.json", std::process::id()));
+        std::fs::write(&file, r#"{"priorityClassName": "low"}"#).unwrap();
+        let c = parse(&["--sandbox-placement", file.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(c.placement.priority_class_name.as_deref(), Some("low"));
+        assert!(parse(&["--sandbox-placement", "/nonexistent/placement.json"]).is_err());
     }
 
     #[test]

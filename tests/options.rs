@@ -238,3 +238,77 @@ async fn a_missing_claim_stops_the_service_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn placement_fields_reach_the_pod() {
+    use k8s_openapi::api::{node::v1::RuntimeClass, scheduling::v1::PriorityClass};
+    let ns = TestNamespace::new("placement").await;
+    let (pc, rc) = (format!("{}-pc", ns.name), format!("{}-rc", ns.name));
+    let priority: PriorityClass =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": pc}, "value": 10})).unwrap();
+    kube::Api::<PriorityClass>::all(ns.client.clone())
+        .create(&Default::default(), &priority)
+        .await
+        .unwrap();
+    let runtime: RuntimeClass =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": rc}, "handler": "runsc"}))
+            .unwrap();
+    kube::Api::<RuntimeClass>::all(ns.client.clone())
+        .create(&Default::default(), &runtime)
+        .await
+        .unwrap();
+    let placement = serde_json::json!({
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "sandboxes", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 50,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "deer-flow-sandbox"}}},
+        }]}},
+        "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"app": "deer-flow-sandbox"}}}],
+        "priorityClassName": pc,
+        "runtimeClassName": rc,
+    });
+    let mut args = serve_args(&ns.name);
+    args.sandbox_placement = Some(placement.to_string());
+    let svc = TestService::start(args).await;
+    let (code, body) = svc.create("pl-1", "t").await;
+    assert_eq!(code, 200, "{body}");
+    let spec =
+        serde_json::to_value(ns.pods().get("sandbox-pl-1").await.unwrap().spec.unwrap()).unwrap();
+    for field in [
+        "nodeSelector",
+        "affinity",
+        "topologySpreadConstraints",
+        "priorityClassName",
+        "runtimeClassName",
+    ] {
+        assert_eq!(spec[field], placement[field], "{field}");
+    }
+    // Admission appends the default not-ready/unreachable tolerations after ours.
+    assert_eq!(spec["tolerations"][0], placement["tolerations"][0]);
+    eventually(
+        Duration::from_secs(30),
+        "the placed sandbox to be ready",
+        || async { (svc.get("pl-1").await.1["ready"] == true).then_some(()) },
+    )
+    .await;
+}
+
+#[test]
+fn an_invalid_placement_stops_the_service_naming_the_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .env_clear()
+        .env(
+            "SANDBOX_PLACEMENT",
+            r#"{"tolerations": [{"key": "a", "tolerationSeconds": "soon"}]}"#,
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SANDBOX_PLACEMENT") && err.contains("invalid type"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
+use super::placement::Placement;
 use crate::{
     config::{Config, PodSecurity, Seccomp, ServiceType},
     sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
@@ -46,6 +47,7 @@ pub struct SandboxTemplate {
     pub threads_host_path: Option<String>,
     pub skills_pvc: Option<(String, Option<String>)>,
     pub userdata_pvc: Option<String>,
+    pub placement: Placement,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -63,6 +65,7 @@ impl SandboxTemplate {
             threads_host_path: config.threads_host_path.clone(),
             skills_pvc: config.skills_pvc.clone(),
             userdata_pvc: config.userdata_pvc.clone(),
+            placement: config.placement.clone(),
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -243,7 +246,7 @@ pub fn pod(
     };
     volumes.push(user_data);
     mount("user-data", "/mnt/user-data", false, sub_path);
-    Pod {
+    let mut pod = Pod {
         metadata: metadata(pod_name(id), t, id, thread, created),
         spec: Some(PodSpec {
             containers: vec![Container {
@@ -275,7 +278,11 @@ pub fn pod(
             ..PodSpec::default()
         }),
         status: None,
+    };
+    if let Some(spec) = pod.spec.as_mut() {
+        t.placement.apply(spec);
     }
+    pod
 }
 
 /// The NodePort Service of a sandbox, owned by its Pod so that the Pod's deletion removes it.
@@ -446,6 +453,7 @@ mod tests {
             threads_host_path: threads.map(Into::into),
             skills_pvc: None,
             userdata_pvc: None,
+            placement: Placement::default(),
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,

@@ -155,6 +155,15 @@ impl Drop for TestNamespace {
                         .delete(&object, &dp)
                         .await;
                 }
+                use k8s_openapi::api::{node::v1::RuntimeClass, scheduling::v1::PriorityClass};
+                let pc = format!("{name}-pc");
+                let _ = Api::<PriorityClass>::all(client.clone())
+                    .delete(&pc, &dp)
+                    .await;
+                let rc = format!("{name}-rc");
+                let _ = Api::<RuntimeClass>::all(client.clone())
+                    .delete(&rc, &dp)
+                    .await;
             });
         })
         .join();
