@@ -82,6 +82,8 @@ pub struct Provisioner {
     metrics: Metrics,
     /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
     seen_ready: Arc<Mutex<HashSet<String>>>,
+    /// Resources of the default size, for the start-up dry run.
+    default_resources: Option<Resources>,
     /// Sandboxes this process created that the cache may not show yet, with when.
     fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
 }
@@ -106,7 +108,14 @@ impl Provisioner {
             metrics,
             seen_ready: Arc::default(),
             fresh: Arc::default(),
+            default_resources: None,
         }
+    }
+
+    /// Sets the resources the start-up dry run uses (the default size).
+    pub fn with_default_resources(mut self, resources: Resources) -> Self {
+        self.default_resources = Some(resources);
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -154,6 +163,22 @@ impl Provisioner {
 
     pub fn namespace(&self) -> &str {
         self.cluster.namespace()
+    }
+
+    /// Has the apiserver validate and admit the pod this configuration makes (dry run), so that
+    /// a placement, size or security setting it refuses is found at start, not at first use.
+    pub async fn check_pod_template(&self) -> Result<(), cluster::Error> {
+        let id = SandboxId::parse("startup-check").expect("a valid id");
+        let thread = ThreadId::parse("startup-check").expect("a valid thread id");
+        let resources = self
+            .template_resources()
+            .unwrap_or_else(crate::sandbox::Sizes::seed_default);
+        let pod = manifests::pod(&self.template, &id, &thread, Timestamp::now(), &resources);
+        self.cluster.dry_run_pod(&pod).await.map(|_| ())
+    }
+
+    fn template_resources(&self) -> Option<Resources> {
+        self.default_resources.clone()
     }
 
     /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.

@@ -8,7 +8,7 @@ use crate::{
     k8s::{
         cache::Cache,
         client,
-        cluster::Cluster,
+        cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
     },
     metrics::Metrics,
@@ -24,6 +24,8 @@ pub enum StartError {
     Listen { addr: String, cause: String },
     #[error("the HTTP server failed: {0}")]
     Serve(String),
+    #[error("{0}. The sandbox pod this configuration describes is invalid: check SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the capability settings")]
+    PodRefused(String),
     #[error("{variable}={claim}: there is no PersistentVolumeClaim {claim:?} in namespace {namespace}; create it (it must hold the data the sandboxes expect) or unset {variable}")]
     MissingClaim {
         variable: &'static str,
@@ -58,6 +60,12 @@ pub async fn provisioner(
         cache,
         SandboxTemplate::from_config(config),
         metrics,
+    )
+    .with_default_resources(
+        config
+            .sizes
+            .choose(None, None)
+            .unwrap_or_else(|_| crate::sandbox::Sizes::seed_default()),
     ))
 }
 
@@ -74,6 +82,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     check_claims(&config, &provisioner).await?;
+    match provisioner.check_pod_template().await {
+        Ok(()) => tracing::info!(
+            "the apiserver accepts the sandbox pod this configuration makes (dry run)"
+        ),
+        Err(
+            e @ cluster::Error::Refused {
+                code: 400 | 422, ..
+            },
+        ) => return Err(StartError::PodRefused(e.to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen {

@@ -312,3 +312,27 @@ fn an_invalid_placement_stops_the_service_naming_the_field() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_placement_the_apiserver_refuses_stops_the_service_at_start() {
+    let ns = TestNamespace::new("placement-bad").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .env_clear()
+        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("K8S_NAMESPACE", &ns.name)
+        .env("PROVISIONER_LISTEN", "127.0.0.1:0")
+        // Well-formed JSON, but the apiserver requires topologyKey and whenUnsatisfiable.
+        .env(
+            "SANDBOX_PLACEMENT",
+            r#"{"topologySpreadConstraints": [{"maxSkew": 1}]}"#,
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("topologyKey") && err.contains("SANDBOX_PLACEMENT"),
+        "{err}"
+    );
+    assert!(ns.leftovers().await.is_empty(), "a dry run creates nothing");
+}

@@ -244,6 +244,20 @@ impl Cluster {
         .await
     }
 
+    /// Asks the apiserver to validate (and admit) a pod without creating it.
+    pub async fn dry_run_pod(&self, pod: &Pod) -> Result<Pod> {
+        let params = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        self.call(
+            ("create", "pods"),
+            || format!("dry-run a sandbox pod in namespace {}", self.namespace),
+            || self.pods.create(&params, pod),
+        )
+        .await
+    }
+
     pub async fn create_service(&self, service: &Service) -> Result<Service> {
         let name = service.metadata.name.as_deref().unwrap_or_default();
         self.call(

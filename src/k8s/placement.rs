@@ -71,8 +71,9 @@ mod tests {
     fn errors_name_the_field() {
         let e = Placement::parse(r#"{"nodeSelecter": {}}"#).unwrap_err();
         assert!(e.contains("nodeSelecter"), "{e}");
-        let e = Placement::parse(r#"{"topologySpreadConstraints": [{"maxSkew": 1}]}"#).unwrap_err();
-        assert!(e.contains("topologyKey"), "{e}");
+        let e =
+            Placement::parse(r#"{"topologySpreadConstraints": [{"maxSkew": "one"}]}"#).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
         assert_eq!(Placement::parse("{}").unwrap(), Placement::default());
     }
 }
