@@ -8,7 +8,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Args;
 
 use crate::{
-    k8s::placement::Placement,
+    k8s::{
+        network_policy::{valid_cidr, NetworkPolicyMode, DEFAULT_EGRESS_DENY},
+        placement::Placement,
+    },
     sandbox::{Resources, Sizes},
 };
 
@@ -109,6 +112,21 @@ pub struct ServeArgs {
     /// of a file holding one.
     #[arg(long, env = "SANDBOX_PLACEMENT")]
     pub sandbox_placement: Option<String>,
+
+    /// Network isolation of sandboxes: none, isolated, or the absolute path of a JSON file with
+    /// a NetworkPolicy spec to use as the template.
+    #[arg(long, env = "SANDBOX_NETWORK_POLICY", default_value = "none")]
+    pub sandbox_network_policy: String,
+
+    /// With `isolated`: who may connect to sandboxes, as a JSON list of NetworkPolicy peers
+    /// (podSelector / namespaceSelector / ipBlock); anyone when unset.
+    #[arg(long, env = "SANDBOX_NETWORK_POLICY_INGRESS_FROM")]
+    pub sandbox_network_policy_ingress_from: Option<String>,
+
+    /// With `isolated`: ranges sandboxes may not reach (comma-separated CIDRs). Add the cluster's
+    /// pod and service ranges when they lie outside these.
+    #[arg(long, env = "SANDBOX_EGRESS_DENY_CIDRS", default_value = DEFAULT_EGRESS_DENY)]
+    pub sandbox_egress_deny_cidrs: String,
 
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
@@ -243,6 +261,7 @@ pub struct Config {
     pub container_port: u16,
     pub sizes: Sizes,
     pub placement: Placement,
+    pub network_policy: NetworkPolicyMode,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
@@ -276,6 +295,7 @@ impl TryFrom<ServeArgs> for Config {
     fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
         let sizes = sizes(&args)?;
         let placement = placement(args.sandbox_placement.as_deref())?;
+        let network_policy = network_policy(&args)?;
         let listen = args.listen.parse().map_err(|_| {
             ConfigError::new(
                 "PROVISIONER_LISTEN",
@@ -410,6 +430,7 @@ impl TryFrom<ServeArgs> for Config {
             container_port: args.sandbox_container_port,
             sizes,
             placement,
+            network_policy,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             k8s_api_timeout,
@@ -467,6 +488,66 @@ fn sizes(args: &ServeArgs) -> Result<Sizes, ConfigError> {
         )
     })?;
     Ok(sizes)
+}
+
+/// The network policy mode and its settings.
+fn network_policy(args: &ServeArgs) -> Result<NetworkPolicyMode, ConfigError> {
+    let mode = args.sandbox_network_policy.trim();
+    match mode {
+        "" | "none" => Ok(NetworkPolicyMode::None),
+        "isolated" => {
+            let ingress_from = match args.sandbox_network_policy_ingress_from.as_deref().map(str::trim) {
+                None | Some("") => Vec::new(),
+                Some(json) => serde_json::from_str(json).map_err(|e| {
+                    ConfigError::new(
+                        "SANDBOX_NETWORK_POLICY_INGRESS_FROM",
+                        json,
+                        format!("must be a JSON list of NetworkPolicy peers, for example [{{\"podSelector\": {{\"matchLabels\": {{\"app\": \"deer-flow-gateway\"}}}}}}]: {e}"),
+                    )
+                })?,
+            };
+            let egress_deny: Vec<String> = args
+                .sandbox_egress_deny_cidrs
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(bad) = egress_deny.iter().find(|c| !valid_cidr(c)) {
+                return Err(ConfigError::new(
+                    "SANDBOX_EGRESS_DENY_CIDRS",
+                    &args.sandbox_egress_deny_cidrs,
+                    format!("{bad:?} is not a CIDR such as 10.0.0.0/8"),
+                ));
+            }
+            Ok(NetworkPolicyMode::Isolated {
+                ingress_from,
+                egress_deny,
+            })
+        }
+        path if path.starts_with('/') => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "SANDBOX_NETWORK_POLICY",
+                    path,
+                    format!("cannot read the template: {e}"),
+                )
+            })?;
+            let spec = serde_json::from_str(&text).map_err(|e| {
+                ConfigError::new(
+                    "SANDBOX_NETWORK_POLICY",
+                    path,
+                    format!("the template must be a JSON NetworkPolicy spec (policyTypes, ingress, egress): {e}"),
+                )
+            })?;
+            Ok(NetworkPolicyMode::Template(spec))
+        }
+        other => Err(ConfigError::new(
+            "SANDBOX_NETWORK_POLICY",
+            other,
+            "must be none, isolated, or the absolute path of a JSON NetworkPolicy spec",
+        )),
+    }
 }
 
 /// The placement fragment, inline JSON or a file path.
@@ -937,6 +1018,54 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert_eq!(c.placement.priority_class_name.as_deref(), Some("low"));
         assert!(parse(&["--sandbox-placement", "/nonexistent/placement.json"]).is_err());
+    }
+
+    #[test]
+    fn network_policy_modes() {
+        assert_eq!(parse(&[]).unwrap().network_policy, NetworkPolicyMode::None);
+        let c = parse(&["--sandbox-network-policy", "isolated"]).unwrap();
+        let NetworkPolicyMode::Isolated {
+            ingress_from,
+            egress_deny,
+        } = c.network_policy
+        else {
+            panic!()
+        };
+        assert!(ingress_from.is_empty());
+        assert_eq!(egress_deny.len(), 4);
+        assert_eq!(
+            parse(&["--sandbox-network-policy", "open"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_NETWORK_POLICY"
+        );
+        assert_eq!(
+            parse(&[
+                "--sandbox-network-policy",
+                "isolated",
+                "--sandbox-egress-deny-cidrs",
+                "10.0.0.0/8,nope"
+            ])
+            .unwrap_err()
+            .variable,
+            "SANDBOX_EGRESS_DENY_CIDRS"
+        );
+        assert_eq!(
+            parse(&[
+                "--sandbox-network-policy",
+                "isolated",
+                "--sandbox-network-policy-ingress-from",
+                "{}"
+            ])
+            .unwrap_err()
+            .variable,
+            "SANDBOX_NETWORK_POLICY_INGRESS_FROM"
+        );
+        let file = std::env::temp_dir().join(format!("netpol-{}.json", std::process::id()));
+        std::fs::write(&file, r#"{"policyTypes": ["Ingress"], "ingress": []}"#).unwrap();
+        let c = parse(&["--sandbox-network-policy", file.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(c.network_policy, NetworkPolicyMode::Template(_)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use kube::{
 
 use crate::{
     config::{Config, ServeArgs, ServiceType},
-    k8s::{client, manifests},
+    k8s::{client, manifests, network_policy::NetworkPolicyMode},
 };
 
 /// The outcome of one check.
@@ -116,7 +116,15 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
         }
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
-    rbac_checks(&client, &config.namespace, namespace_exists, &mut checks).await;
+    let policies = !matches!(config.network_policy, NetworkPolicyMode::None);
+    rbac_checks(
+        &client,
+        &config.namespace,
+        namespace_exists,
+        policies,
+        &mut checks,
+    )
+    .await;
     for (variable, claim) in [
         (
             "SKILLS_PVC_NAME",
@@ -311,6 +319,7 @@ async fn can(
             resource_attributes: Some(ResourceAttributes {
                 namespace: namespace.map(str::to_string),
                 name: name.map(str::to_string),
+                group: (resource == "networkpolicies").then(|| "networking.k8s.io".to_string()),
                 verb: Some(verb.into()),
                 resource: Some(resource.into()),
                 ..ResourceAttributes::default()
@@ -336,12 +345,18 @@ async fn rbac_checks(
     client: &Client,
     namespace: &str,
     namespace_exists: Option<bool>,
+    network_policies: bool,
     checks: &mut Vec<Check>,
 ) {
     let mut needed: Vec<(&str, &str, Option<&str>)> = NEEDED
         .iter()
         .map(|(v, r)| (*v, *r, Some(namespace)))
         .collect();
+    if network_policies {
+        for verb in ["create", "get", "delete"] {
+            needed.push((verb, "networkpolicies", Some(namespace)));
+        }
+    }
     needed.push(("get", "namespaces", None));
     if namespace_exists == Some(false) {
         needed.push(("create", "namespaces", None));

@@ -18,6 +18,7 @@ use crate::{
         cache::{Cache, CacheSummary},
         cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
+        network_policy::NetworkPolicyMode,
     },
     metrics::{DeletionReason, Metrics},
     sandbox::{InvalidId, Phase, Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
@@ -219,6 +220,14 @@ impl Provisioner {
             }
             Err(e) => return Err(e),
         };
+        match self.ensure_network_policy(id, thread, &pod).await {
+            Ok(()) => {}
+            Err(e) if created => {
+                self.roll_back(id).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.template);
         if created {
             // Until the watch delivers it, LIST shows it from here (GET confirms a cache miss
@@ -317,10 +326,54 @@ impl Provisioner {
         .into())
     }
 
-    /// Removes a pod this call created when its service could not be made.
+    /// The sandbox's NetworkPolicy, when configured: created when missing, replaced when it was
+    /// left over from an earlier pod of the same name.
+    async fn ensure_network_policy(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        pod: &Pod,
+    ) -> Result<()> {
+        let Some(wanted) = manifests::network_policy(&self.template, id, thread, pod) else {
+            return Ok(());
+        };
+        let name = manifests::network_policy_name(id);
+        for _ in 0..3 {
+            match self.cluster.create_network_policy(&wanted).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.cluster.get_network_policy(&name).await? {
+                Some(existing) if manifests::meta_owned_by(&existing.metadata, pod) => {
+                    return Ok(())
+                }
+                Some(_) => {
+                    self.cluster.delete_network_policy(&name).await?;
+                }
+                None => {}
+            }
+        }
+        Err(cluster::Error::Refused {
+            action: format!("create networkpolicy {name}"),
+            code: 409,
+            reason: "Conflict".into(),
+            message: "another NetworkPolicy of that name kept reappearing".into(),
+            kind: Some("networkpolicies".into()),
+        }
+        .into())
+    }
+
+    /// Removes what this call created when the sandbox could not be completed.
     async fn roll_back(&self, id: &SandboxId) {
+        let _ = self
+            .cluster
+            .delete_service(&manifests::service_name(id))
+            .await;
         match self.cluster.delete_pod(&manifests::pod_name(id)).await {
-            Ok(_) => tracing::warn!(sandbox_id = %id, "service creation failed; pod removed again"),
+            Ok(_) => {
+                tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
+            }
             Err(e) => {
                 tracing::error!(sandbox_id = %id, error = %e, "service creation failed and the pod could not be removed; the next POST for this id repairs it")
             }
@@ -441,6 +494,12 @@ impl Provisioner {
             self.cluster.delete_pod(&pod_name),
         );
         let existed = service? | pod?;
+        if !matches!(self.template.network_policy, NetworkPolicyMode::None) {
+            // The garbage collector would remove it with the pod; this makes it immediate.
+            self.cluster
+                .delete_network_policy(&manifests::network_policy_name(id))
+                .await?;
+        }
         self.fresh
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -10,6 +10,7 @@ use crate::{
         client,
         cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
+        network_policy::NetworkPolicyMode,
     },
     metrics::Metrics,
     provisioner::Provisioner,
@@ -164,6 +165,12 @@ pub fn api_settings(config: &Config) -> ApiSettings {
             }
             .into(),
             container_port: config.container_port,
+            network_policy: match config.network_policy {
+                NetworkPolicyMode::None => "none",
+                NetworkPolicyMode::Isolated { .. } => "isolated",
+                NetworkPolicyMode::Template(_) => "template",
+            }
+            .into(),
         },
     }
 }

@@ -90,6 +90,8 @@ async fn sizes_and_explicit_resources_are_applied_within_the_maxima() {
     assert_eq!(caps["sizes"]["default"]["requests"]["memory"], "256Mi");
     assert_eq!(caps["max_resources"]["memory"], "4Gi");
     assert_eq!(caps["service_type"], "NodePort");
+    assert_eq!(caps["network_policy"], "none");
+    assert_eq!(caps["container_port"], 8080);
 
     let create =
         |body: serde_json::Value| svc.call(reqwest::Method::POST, "/api/sandboxes", Some(body));
@@ -335,4 +337,126 @@ async fn a_placement_the_apiserver_refuses_stops_the_service_at_start() {
         "{err}"
     );
     assert!(ns.leftovers().await.is_empty(), "a dry run creates nothing");
+}
+
+#[tokio::test]
+async fn isolated_sandboxes_get_a_network_policy_that_goes_with_the_pod() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let ns = TestNamespace::new("netpol").await;
+    let mut args = serve_args(&ns.name);
+    args.sandbox_network_policy = "isolated".into();
+    args.sandbox_network_policy_ingress_from = Some(
+        r#"[{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "deer-flow-gateway"}}}]"#
+            .into(),
+    );
+    let svc = TestService::start(args).await;
+    assert_eq!(svc.create("iso-1", "t").await.0, 200);
+    let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let policy = policies.get("sandbox-iso-1-netpol").await.unwrap();
+    let pod = ns.pods().get("sandbox-iso-1").await.unwrap();
+    let owner = &policy.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Pod", pod.metadata.uid.as_deref().unwrap())
+    );
+    assert_eq!(
+        serde_json::to_value(policy.spec.unwrap()).unwrap(),
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "deer-flow-sandbox", "sandbox-id": "iso-1"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{
+                "ports": [{"port": 8080, "protocol": "TCP"}],
+                "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "deer-flow-gateway"}}}],
+            }],
+            "egress": [
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                {"to": [
+                    {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]}},
+                    {"ipBlock": {"cidr": "::/0"}},
+                ]},
+            ],
+        })
+    );
+
+    // Deleting the pod behind the service's back: the garbage collector takes the policy too.
+    ns.pods()
+        .delete("sandbox-iso-1", &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the policy to be collected with its pod",
+        || async {
+            policies
+                .get_opt("sandbox-iso-1-netpol")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Through the API, DELETE removes it at once.
+    assert_eq!(svc.create("iso-2", "t").await.0, 200);
+    assert!(policies
+        .get_opt("sandbox-iso-2-netpol")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(svc.delete("iso-2").await.0, 200);
+    assert!(policies
+        .get_opt("sandbox-iso-2-netpol")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_network_policy_template_is_used_with_the_sandbox_selector() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let ns = TestNamespace::new("netpol-tpl").await;
+    let file = std::env::temp_dir().join(format!("{}-netpol.json", ns.name));
+    std::fs::write(&file, r#"{"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"ports": [{"port": 8080}]}]}"#).unwrap();
+    let mut args = serve_args(&ns.name);
+    args.sandbox_network_policy = file.display().to_string();
+    let svc = TestService::start(args).await;
+    assert_eq!(svc.create("tpl-1", "t").await.0, 200);
+    std::fs::remove_file(&file).unwrap();
+    let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let spec = serde_json::to_value(
+        policies
+            .get("sandbox-tpl-1-netpol")
+            .await
+            .unwrap()
+            .spec
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(spec["podSelector"]["matchLabels"]["sandbox-id"], "tpl-1");
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], 8080);
+}
+
+#[tokio::test]
+async fn a_policy_that_cannot_be_created_rolls_the_sandbox_back() {
+    let ns = TestNamespace::new("netpol-rb").await;
+    // An account that may manage pods and services but not network policies.
+    let kubeconfig = ns
+        .service_account_kubeconfig("no-netpol", common::provisioner_rules())
+        .await;
+    let mut args = serve_args(&ns.name);
+    args.kubeconfig_path = kubeconfig;
+    args.sandbox_network_policy = "isolated".into();
+    let svc = TestService::start(args).await;
+    let (code, body) = svc.create("rb-1", "t").await;
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("networkpolic"),
+        "{body}"
+    );
+    eventually(Duration::from_secs(30), "nothing left behind", || async {
+        ns.leftovers().await.is_empty().then_some(())
+    })
+    .await;
 }

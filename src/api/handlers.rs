@@ -66,6 +66,8 @@ pub struct Capabilities {
     pub service_type: String,
     /// The port sandboxes serve on.
     pub container_port: u16,
+    /// `none`, `isolated` or `template`.
+    pub network_policy: String,
 }
 
 /// Query of `GET /api/sandboxes/{sandbox_id}`.

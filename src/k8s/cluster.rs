@@ -6,7 +6,10 @@ use std::{
 };
 
 use crate::metrics::Metrics;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, PersistentVolumeClaim, Pod, Service},
+    networking::v1::NetworkPolicy,
+};
 use kube::{
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
     Api, Client,
@@ -136,6 +139,7 @@ pub struct Cluster {
     pods: Api<Pod>,
     services: Api<Service>,
     namespaces: Api<Namespace>,
+    network_policies: Api<NetworkPolicy>,
     timeout: Duration,
     metrics: Metrics,
     post: PostParams,
@@ -148,6 +152,7 @@ impl Cluster {
             namespace: namespace.to_string(),
             pods: Api::namespaced(client.clone(), namespace),
             services: Api::namespaced(client.clone(), namespace),
+            network_policies: Api::namespaced(client.clone(), namespace),
             namespaces: Api::all(client),
             timeout,
             metrics,
@@ -242,6 +247,47 @@ impl Cluster {
             || self.pods.create(&self.post, pod),
         )
         .await
+    }
+
+    pub async fn create_network_policy(&self, policy: &NetworkPolicy) -> Result<NetworkPolicy> {
+        let name = policy.metadata.name.as_deref().unwrap_or_default();
+        self.call(
+            ("create", "networkpolicies"),
+            || {
+                format!(
+                    "create networkpolicy {name} in namespace {}",
+                    self.namespace
+                )
+            },
+            || self.network_policies.create(&self.post, policy),
+        )
+        .await
+    }
+
+    pub async fn get_network_policy(&self, name: &str) -> Result<Option<NetworkPolicy>> {
+        self.call(
+            ("get", "networkpolicies"),
+            || format!("read networkpolicy {name} in namespace {}", self.namespace),
+            || self.network_policies.get_opt(name),
+        )
+        .await
+    }
+
+    /// Deletes a network policy. Returns whether it existed.
+    pub async fn delete_network_policy(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .call(
+                ("delete", "networkpolicies"),
+                || {
+                    format!(
+                        "delete networkpolicy {name} in namespace {}",
+                        self.namespace
+                    )
+                },
+                || self.network_policies.delete(name, &self.delete),
+            )
+            .await;
+        absent_is_ok(deleted)
     }
 
     /// Asks the apiserver to validate (and admit) a pod without creating it.

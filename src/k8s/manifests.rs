@@ -20,10 +20,16 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::placement::Placement;
+use super::{
+    network_policy::{isolated_spec, NetworkPolicyMode},
+    placement::Placement,
+};
 use crate::{
     config::{Config, PodSecurity, Seccomp, ServiceType},
     sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
+};
+use k8s_openapi::{
+    api::networking::v1::NetworkPolicy, apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 
 /// Port the seed's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
@@ -48,6 +54,7 @@ pub struct SandboxTemplate {
     pub skills_pvc: Option<(String, Option<String>)>,
     pub userdata_pvc: Option<String>,
     pub placement: Placement,
+    pub network_policy: NetworkPolicyMode,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -66,6 +73,7 @@ impl SandboxTemplate {
             skills_pvc: config.skills_pvc.clone(),
             userdata_pvc: config.userdata_pvc.clone(),
             placement: config.placement.clone(),
+            network_policy: config.network_policy.clone(),
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -285,18 +293,58 @@ pub fn pod(
     pod
 }
 
-/// The NodePort Service of a sandbox, owned by its Pod so that the Pod's deletion removes it.
-pub fn service(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, owner: &Pod) -> Service {
-    let mut metadata = metadata(service_name(id), t, id, thread, Timestamp::now());
+pub fn network_policy_name(id: &SandboxId) -> String {
+    format!("sandbox-{id}-netpol")
+}
+
+/// The sandbox's NetworkPolicy, when the configuration asks for one; owned by the Pod so that
+/// the Pod's deletion removes it.
+pub fn network_policy(
+    t: &SandboxTemplate,
+    id: &SandboxId,
+    thread: &ThreadId,
+    owner: &Pod,
+) -> Option<NetworkPolicy> {
+    let mut spec = match &t.network_policy {
+        NetworkPolicyMode::None => return None,
+        NetworkPolicyMode::Isolated {
+            ingress_from,
+            egress_deny,
+        } => isolated_spec(t.port, ingress_from, egress_deny),
+        NetworkPolicyMode::Template(spec) => spec.clone(),
+    };
+    spec.pod_selector = Some(LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            ("app".to_string(), "deer-flow-sandbox".to_string()),
+            (SANDBOX_ID_LABEL.to_string(), id.to_string()),
+        ])),
+        ..LabelSelector::default()
+    });
+    let mut metadata = metadata(network_policy_name(id), t, id, thread, Timestamp::now());
     metadata.annotations = owner.metadata.annotations.clone();
-    metadata.owner_references = Some(vec![OwnerReference {
+    metadata.owner_references = Some(vec![owner_reference(owner)]);
+    Some(NetworkPolicy {
+        metadata,
+        spec: Some(spec),
+    })
+}
+
+fn owner_reference(owner: &Pod) -> OwnerReference {
+    OwnerReference {
         api_version: "v1".into(),
         kind: "Pod".into(),
         name: owner.metadata.name.clone().unwrap_or_default(),
         uid: owner.metadata.uid.clone().unwrap_or_default(),
         controller: Some(false),
         block_owner_deletion: Some(false),
-    }]);
+    }
+}
+
+/// The NodePort Service of a sandbox, owned by its Pod so that the Pod's deletion removes it.
+pub fn service(t: &SandboxTemplate, id: &SandboxId, thread: &ThreadId, owner: &Pod) -> Service {
+    let mut metadata = metadata(service_name(id), t, id, thread, Timestamp::now());
+    metadata.annotations = owner.metadata.annotations.clone();
+    metadata.owner_references = Some(vec![owner_reference(owner)]);
     Service {
         metadata,
         spec: Some(ServiceSpec {
@@ -355,10 +403,13 @@ pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
 
 /// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
 pub fn owned_by(service: &Service, pod: &Pod) -> bool {
+    meta_owned_by(&service.metadata, pod)
+}
+
+/// Whether an object belongs to this incarnation of the Pod.
+pub fn meta_owned_by(meta: &ObjectMeta, pod: &Pod) -> bool {
     let uid = pod.metadata.uid.as_deref();
-    service
-        .metadata
-        .owner_references
+    meta.owner_references
         .iter()
         .flatten()
         .any(|r| r.kind == "Pod" && Some(r.uid.as_str()) == uid)
@@ -454,6 +505,7 @@ mod tests {
             skills_pvc: None,
             userdata_pvc: None,
             placement: Placement::default(),
+            network_policy: NetworkPolicyMode::None,
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,

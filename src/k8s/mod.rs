@@ -4,4 +4,5 @@ pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod manifests;
+pub mod network_policy;
 pub mod placement;
