@@ -83,8 +83,6 @@ pub struct Provisioner {
     metrics: Metrics,
     /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
     seen_ready: Arc<Mutex<HashSet<String>>>,
-    /// Resources of the default size, for the start-up dry run.
-    default_resources: Option<Resources>,
     /// Sandboxes this process created that the cache may not show yet, with when.
     fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
 }
@@ -109,14 +107,7 @@ impl Provisioner {
             metrics,
             seen_ready: Arc::default(),
             fresh: Arc::default(),
-            default_resources: None,
         }
-    }
-
-    /// Sets the resources the start-up dry run uses (the default size).
-    pub fn with_default_resources(mut self, resources: Resources) -> Self {
-        self.default_resources = Some(resources);
-        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -171,15 +162,9 @@ impl Provisioner {
     pub async fn check_pod_template(&self) -> Result<(), cluster::Error> {
         let id = SandboxId::parse("startup-check").expect("a valid id");
         let thread = ThreadId::parse("startup-check").expect("a valid thread id");
-        let resources = self
-            .template_resources()
-            .unwrap_or_else(crate::sandbox::Sizes::seed_default);
+        let resources = self.template.default_resources.clone();
         let pod = manifests::pod(&self.template, &id, &thread, Timestamp::now(), &resources);
         self.cluster.dry_run_pod(&pod).await.map(|_| ())
-    }
-
-    fn template_resources(&self) -> Option<Resources> {
-        self.default_resources.clone()
     }
 
     /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.

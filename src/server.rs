@@ -61,12 +61,6 @@ pub async fn provisioner(
         cache,
         SandboxTemplate::from_config(config),
         metrics,
-    )
-    .with_default_resources(
-        config
-            .sizes
-            .choose(None, None)
-            .unwrap_or_else(|_| crate::sandbox::Sizes::seed_default()),
     ))
 }
 

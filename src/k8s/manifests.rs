@@ -55,6 +55,8 @@ pub struct SandboxTemplate {
     pub userdata_pvc: Option<String>,
     pub placement: Placement,
     pub network_policy: NetworkPolicyMode,
+    /// Resources of the default size (for the start-up dry run).
+    pub default_resources: Resources,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -74,6 +76,10 @@ impl SandboxTemplate {
             userdata_pvc: config.userdata_pvc.clone(),
             placement: config.placement.clone(),
             network_policy: config.network_policy.clone(),
+            default_resources: config
+                .sizes
+                .choose(None, None)
+                .unwrap_or_else(|_| crate::sandbox::Sizes::seed_default()),
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -506,6 +512,7 @@ mod tests {
             userdata_pvc: None,
             placement: Placement::default(),
             network_policy: NetworkPolicyMode::None,
+            default_resources: crate::sandbox::Sizes::seed_default(),
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,
