@@ -12,7 +12,7 @@ use crate::{
         network_policy::{valid_cidr, NetworkPolicyMode, DEFAULT_EGRESS_DENY},
         placement::Placement,
     },
-    sandbox::{Resources, Sizes},
+    sandbox::{parse_duration, Resources, Sizes, Timers},
 };
 
 /// The seed's default sandbox image.
@@ -127,6 +127,29 @@ pub struct ServeArgs {
     /// pod and service ranges when they lie outside these.
     #[arg(long, env = "SANDBOX_EGRESS_DENY_CIDRS", default_value = DEFAULT_EGRESS_DENY)]
     pub sandbox_egress_deny_cidrs: String,
+
+    /// Longest a sandbox may live from creation (e.g. 2h); 0 = no limit. Also the ceiling of a
+    /// request's ttl_seconds.
+    #[arg(long, env = "SANDBOX_MAX_LIFETIME", default_value = "0")]
+    pub sandbox_max_lifetime: String,
+
+    /// Remove a sandbox after this long without activity (create, GET, keepalive); 0 = never.
+    /// Also the ceiling of a request's idle_timeout_seconds.
+    #[arg(long, env = "SANDBOX_IDLE_TIMEOUT", default_value = "0")]
+    pub sandbox_idle_timeout: String,
+
+    /// Remove a sandbox that has not become ready this long after creation; 0 = never.
+    #[arg(long, env = "SANDBOX_READY_TIMEOUT", default_value = "15m")]
+    pub sandbox_ready_timeout: String,
+
+    /// How often expired sandboxes are looked for.
+    #[arg(long, env = "SANDBOX_REAP_INTERVAL", default_value = "10s")]
+    pub sandbox_reap_interval: String,
+
+    /// How often, at most, a sandbox's last activity is written to its pod (so that a restarted
+    /// or second provisioner knows it); activity in between is kept in memory.
+    #[arg(long, env = "SANDBOX_ACTIVITY_PERSIST_INTERVAL", default_value = "30s")]
+    pub sandbox_activity_persist_interval: String,
 
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
@@ -262,6 +285,10 @@ pub struct Config {
     pub sizes: Sizes,
     pub placement: Placement,
     pub network_policy: NetworkPolicyMode,
+    /// The configured timers: defaults and ceilings of per-request values.
+    pub timers: Timers,
+    pub reap_interval: Duration,
+    pub activity_persist_interval: Duration,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
     pub k8s_api_timeout: Duration,
@@ -296,6 +323,23 @@ impl TryFrom<ServeArgs> for Config {
         let sizes = sizes(&args)?;
         let placement = placement(args.sandbox_placement.as_deref())?;
         let network_policy = network_policy(&args)?;
+        let timers = Timers {
+            lifetime: duration("SANDBOX_MAX_LIFETIME", &args.sandbox_max_lifetime)?,
+            idle: duration("SANDBOX_IDLE_TIMEOUT", &args.sandbox_idle_timeout)?,
+            ready: duration("SANDBOX_READY_TIMEOUT", &args.sandbox_ready_timeout)?,
+        };
+        let reap_interval = duration("SANDBOX_REAP_INTERVAL", &args.sandbox_reap_interval)?;
+        if reap_interval.is_zero() {
+            return Err(ConfigError::new(
+                "SANDBOX_REAP_INTERVAL",
+                &args.sandbox_reap_interval,
+                "must be above 0, for example 10s",
+            ));
+        }
+        let activity_persist_interval = duration(
+            "SANDBOX_ACTIVITY_PERSIST_INTERVAL",
+            &args.sandbox_activity_persist_interval,
+        )?;
         let listen = args.listen.parse().map_err(|_| {
             ConfigError::new(
                 "PROVISIONER_LISTEN",
@@ -431,6 +475,9 @@ impl TryFrom<ServeArgs> for Config {
             sizes,
             placement,
             network_policy,
+            timers,
+            reap_interval,
+            activity_persist_interval,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             k8s_api_timeout,
@@ -488,6 +535,17 @@ fn sizes(args: &ServeArgs) -> Result<Sizes, ConfigError> {
         )
     })?;
     Ok(sizes)
+}
+
+/// A duration setting such as 90s, 10m, 2h or 0.
+fn duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).ok_or_else(|| {
+        ConfigError::new(
+            variable,
+            value,
+            "must be a duration such as 90s, 10m, 2h or 1h30m (0 turns it off)",
+        )
+    })
 }
 
 /// The network policy mode and its settings.
@@ -1066,6 +1124,43 @@ mod tests {
         let c = parse(&["--sandbox-network-policy", file.to_str().unwrap()]).unwrap();
         std::fs::remove_file(&file).unwrap();
         assert!(matches!(c.network_policy, NetworkPolicyMode::Template(_)));
+    }
+
+    #[test]
+    fn timers() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.timers,
+            Timers {
+                lifetime: Duration::ZERO,
+                idle: Duration::ZERO,
+                ready: Duration::from_secs(900)
+            }
+        );
+        assert_eq!(c.reap_interval, Duration::from_secs(10));
+        let c = parse(&[
+            "--sandbox-max-lifetime",
+            "2h",
+            "--sandbox-idle-timeout",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.timers.lifetime.as_secs(), c.timers.idle.as_secs()),
+            (7200, 600)
+        );
+        assert_eq!(
+            parse(&["--sandbox-idle-timeout", "soon"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_IDLE_TIMEOUT"
+        );
+        assert_eq!(
+            parse(&["--sandbox-reap-interval", "0"])
+                .unwrap_err()
+                .variable,
+            "SANDBOX_REAP_INTERVAL"
+        );
     }
 
     #[test]

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod provisioner;
 pub mod sandbox;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;

@@ -20,8 +20,11 @@ use crate::{
         manifests::{self, SandboxTemplate},
         network_policy::NetworkPolicyMode,
     },
-    metrics::{DeletionReason, Metrics},
-    sandbox::{InvalidId, Phase, Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
+    metrics::DeletionReason as Reason,
+    metrics::Metrics,
+    sandbox::{
+        Expiry, InvalidId, Phase, Resources, Sandbox, SandboxId, SandboxStatus, ThreadId, Timers,
+    },
 };
 
 /// How long a delete waits for the cache to drop the sandbox, so that a read right after it
@@ -83,6 +86,8 @@ pub struct Provisioner {
     metrics: Metrics,
     /// Sandboxes already seen Ready, so that time-to-ready is recorded once per sandbox.
     seen_ready: Arc<Mutex<HashSet<String>>>,
+    /// Last activity per sandbox seen by this process, and when it was last written to the pod.
+    activity: Arc<Mutex<HashMap<String, (Timestamp, Timestamp)>>>,
     /// Sandboxes this process created that the cache may not show yet, with when.
     fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
 }
@@ -107,6 +112,7 @@ impl Provisioner {
             metrics,
             seen_ready: Arc::default(),
             fresh: Arc::default(),
+            activity: Arc::default(),
         }
     }
 
@@ -131,6 +137,130 @@ impl Provisioner {
                 .collect::<Vec<_>>();
             self.metrics.sandboxes_by_status(phases);
         }
+    }
+
+    /// Notes activity on a sandbox: kept in memory, and written to the pod at most once per
+    /// SANDBOX_ACTIVITY_PERSIST_INTERVAL (in the background, so a GET costs no write).
+    fn touch(&self, id: &str, pod: &Pod) {
+        let now = Timestamp::now();
+        let persist = {
+            let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            // Creation counts as written activity: a create costs no extra write.
+            let written = manifests::activity_of(pod)
+                .or_else(|| manifests::created_of(pod))
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            let entry = activity.entry(id.to_string()).or_insert((now, written));
+            entry.0 = now;
+            let due = now.duration_since(entry.1).unsigned_abs()
+                >= self.template.activity_persist_interval;
+            if due {
+                entry.1 = now;
+            }
+            due
+        };
+        if persist {
+            let cluster = self.cluster.clone();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            tokio::spawn(async move {
+                if let Err(e) = cluster
+                    .annotate_pod(&name, manifests::ACTIVITY_ANNOTATION, &now.to_string())
+                    .await
+                {
+                    tracing::debug!(pod = %name, error = %e, "recording activity failed; it stays in memory");
+                }
+            });
+        }
+    }
+
+    /// The latest known activity: in memory here, written on the pod, or the creation.
+    fn last_activity(&self, id: &str, pod: &Pod) -> Timestamp {
+        let remembered = self
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(last, _)| *last);
+        [
+            remembered,
+            manifests::activity_of(pod),
+            manifests::created_of(pod),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_else(Timestamp::now)
+    }
+
+    /// Fills in what depends on timers and activity.
+    fn finish_view(&self, sandbox: &mut Sandbox, pod: &Pod) {
+        let timers = manifests::timers_of(pod, self.template.timers.ready);
+        let created = manifests::created_of(pod).unwrap_or_else(Timestamp::now);
+        sandbox.expires_at = timers
+            .expires_at(created, self.last_activity(&sandbox.sandbox_id, pod))
+            .map(|t| t.to_string());
+    }
+
+    /// The timers of a new sandbox: the request's, within the configured ceilings.
+    pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {
+        self.template.timers.for_request(ttl_seconds, idle_seconds)
+    }
+
+    /// Counts as activity and returns the sandbox with its new deadline.
+    pub async fn keepalive(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.get(id).await
+    }
+
+    /// Deletes every managed sandbox whose lifetime, idle or ready timer ran out. Only objects
+    /// that carry this service's labels are seen (the cache is label-selected). Returns how
+    /// many were removed.
+    pub async fn reap(&self) -> usize {
+        if !self.cache.state().usable() {
+            return 0;
+        }
+        let now = Timestamp::now();
+        let mut removed = 0;
+        for pod in self.cache.pods() {
+            let Some(raw_id) = sandbox_id_of(&pod.metadata) else {
+                continue;
+            };
+            let Ok(id) = SandboxId::parse(&raw_id) else {
+                continue;
+            };
+            let timers = manifests::timers_of(&pod, self.template.timers.ready);
+            let created = manifests::created_of(&pod).unwrap_or(now);
+            let status = SandboxStatus::of(&pod);
+            let Some(expiry) = timers.due(
+                now,
+                created,
+                self.last_activity(&raw_id, &pod),
+                status.ready,
+            ) else {
+                continue;
+            };
+            let (reason, why) = match expiry {
+                Expiry::Lifetime => (Reason::Lifetime, "its lifetime ended".to_string()),
+                Expiry::Idle => (Reason::Idle, "it was idle too long".to_string()),
+                Expiry::NeverReady => (
+                    Reason::NeverReady,
+                    format!(
+                        "it never became ready ({}: {})",
+                        status.reason.as_deref().unwrap_or("no reason reported"),
+                        status.message.as_deref().unwrap_or("-")
+                    ),
+                ),
+            };
+            match self.remove(&id, reason).await {
+                Ok(true) => {
+                    removed += 1;
+                    tracing::warn!(sandbox_id = %id, reason = %why, "sandbox expired and was removed");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "removing an expired sandbox failed; retrying next round")
+                }
+            }
+        }
+        removed
     }
 
     /// Records time-to-ready the first time this process sees a sandbox Ready.
@@ -163,7 +293,14 @@ impl Provisioner {
         let id = SandboxId::parse("startup-check").expect("a valid id");
         let thread = ThreadId::parse("startup-check").expect("a valid thread id");
         let resources = self.template.default_resources.clone();
-        let pod = manifests::pod(&self.template, &id, &thread, Timestamp::now(), &resources);
+        let pod = manifests::pod(
+            &self.template,
+            &id,
+            &thread,
+            Timestamp::now(),
+            &resources,
+            &self.template.timers,
+        );
         self.cluster.dry_run_pod(&pod).await.map(|_| ())
     }
 
@@ -189,9 +326,17 @@ impl Provisioner {
         id: &SandboxId,
         thread: &ThreadId,
         resources: &Resources,
+        timers: &Timers,
     ) -> Result<Provisioned> {
         let started = Instant::now();
-        let wanted = manifests::pod(&self.template, id, thread, Timestamp::now(), resources);
+        let wanted = manifests::pod(
+            &self.template,
+            id,
+            thread,
+            Timestamp::now(),
+            resources,
+            timers,
+        );
         let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
             Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
@@ -213,7 +358,10 @@ impl Provisioner {
             }
             Err(e) => return Err(e),
         }
-        let sandbox = manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.template);
+        let mut sandbox =
+            manifests::sandbox_view(id.as_str(), &pod, Some(&service), &self.template);
+        self.touch(id.as_str(), &pod);
+        self.finish_view(&mut sandbox, &pod);
         if created {
             // Until the watch delivers it, LIST shows it from here (GET confirms a cache miss
             // with the apiserver), so a read right after this write sees it.
@@ -375,8 +523,10 @@ impl Provisioner {
                     Some(s) => Some((*s).clone()),
                     None => self.cluster.get_service(&service_name).await?,
                 };
-                let sandbox =
+                let mut sandbox =
                     manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.template);
+                self.touch(id.as_str(), &pod);
+                self.finish_view(&mut sandbox, &pod);
                 self.note_readiness(&sandbox);
                 return Ok(sandbox);
             }
@@ -387,12 +537,12 @@ impl Provisioner {
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         let service = service?;
-        Ok(manifests::sandbox_view(
-            id.as_str(),
-            &pod,
-            service.as_ref(),
-            &self.template,
-        ))
+        let mut sandbox =
+            manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.template);
+        self.touch(id.as_str(), &pod);
+        self.finish_view(&mut sandbox, &pod);
+        self.note_readiness(&sandbox);
+        Ok(sandbox)
     }
 
     /// Returns as soon as the sandbox is ready or cannot become ready (image pull failure,
@@ -449,12 +599,10 @@ impl Provisioner {
             .iter()
             .filter_map(|pod| {
                 let id = sandbox_id_of(&pod.metadata)?;
-                Some(manifests::sandbox_view(
-                    &id,
-                    pod,
-                    services.get(&id).copied(),
-                    &self.template,
-                ))
+                let mut sandbox =
+                    manifests::sandbox_view(&id, pod, services.get(&id).copied(), &self.template);
+                self.finish_view(&mut sandbox, pod);
+                Some(sandbox)
             })
             .collect();
         if from_cache {
@@ -471,8 +619,14 @@ impl Provisioner {
         Ok(sandboxes)
     }
 
-    /// Deletes the sandbox's Service and Pod. Returns whether anything existed.
+    /// Deletes the sandbox's Service and Pod at a caller's request. Returns whether anything
+    /// existed.
     pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
+        self.remove(id, Reason::Api).await
+    }
+
+    /// Deletes the sandbox's objects, counting the deletion under `reason`.
+    async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         let (service, pod) = tokio::join!(
             self.cluster.delete_service(&service_name),
@@ -500,8 +654,12 @@ impl Provisioner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id.as_str());
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id.as_str());
         if existed {
-            self.metrics.sandbox_deleted(DeletionReason::Api);
+            self.metrics.sandbox_deleted(reason);
             tracing::info!(sandbox_id = %id, "sandbox deleted");
         }
         Ok(existed)

@@ -77,6 +77,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     check_claims(&config, &provisioner).await?;
+    crate::tasks::reaper::spawn(
+        provisioner.clone(),
+        config.reap_interval,
+        stop_background.subscribe(),
+    );
     match provisioner.check_pod_template().await {
         Ok(()) => tracing::info!(
             "the apiserver accepts the sandbox pod this configuration makes (dry run)"

@@ -49,6 +49,14 @@ pub struct CreateRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 300)]
     pub wait_ready_seconds: Option<u32>,
+    /// Remove the sandbox this many seconds after creation (at most SANDBOX_MAX_LIFETIME when
+    /// that is set); the configured lifetime when absent.
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+    /// Remove the sandbox after this many seconds without activity (at most
+    /// SANDBOX_IDLE_TIMEOUT when that is set); the configured timeout when absent.
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u32>,
     /// A size the operator defined (see GET /api/capabilities); the default size when absent.
     #[serde(default)]
     pub size: Option<String>,
@@ -196,9 +204,11 @@ pub async fn create(
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let provisioner = state.provisioner.clone();
     let waiting_id = id.clone();
-    let provisioned =
-        run_to_completion(async move { provisioner.create(&id, &thread, &resources).await })
-            .await?;
+    let provisioned = run_to_completion(async move {
+        let timers = provisioner.timers_for(request.ttl_seconds, request.idle_timeout_seconds);
+        provisioner.create(&id, &thread, &resources, &timers).await
+    })
+    .await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state
@@ -281,6 +291,26 @@ pub async fn delete(
         ok: true,
         sandbox_id: shown,
     }))
+}
+
+/// Counts as activity (moving an idle deadline) and returns the sandbox with its new expiry.
+#[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/keepalive", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51)),
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The sandbox, with its new expires_at", body = Sandbox),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+    ))]
+pub async fn keepalive(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let id = sandbox_id(path)?;
+    Ok(Json(state.provisioner.keepalive(&id).await?))
 }
 
 /// What this deployment lets callers choose: sizes, the default size, maxima, service mode.

@@ -69,6 +69,10 @@ pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
             get(handlers::get).delete(handlers::delete),
         )
         .route("/api/capabilities", get(handlers::capabilities))
+        .route(
+            "/api/sandboxes/{sandbox_id}/keepalive",
+            axum::routing::post(handlers::keepalive),
+        )
         .route("/openapi.json", get(openapi_json))
         .fallback(handlers::no_such_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -126,6 +130,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::list,
         handlers::get,
         handlers::delete,
+        handlers::keepalive,
         handlers::capabilities,
     ),
     components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes)),

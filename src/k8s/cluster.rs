@@ -11,7 +11,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
     Api, Client,
 };
 
@@ -288,6 +288,18 @@ impl Cluster {
             )
             .await;
         absent_is_ok(deleted)
+    }
+
+    /// Sets one annotation on a pod (a merge patch: nothing else changes).
+    pub async fn annotate_pod(&self, name: &str, key: &str, value: &str) -> Result<Pod> {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        self.call(
+            ("patch", "pods"),
+            || format!("annotate pod {name} in namespace {}", self.namespace),
+            || self.pods.patch(name, &params, &patch),
+        )
+        .await
     }
 
     /// Asks the apiserver to validate (and admit) a pod without creating it.

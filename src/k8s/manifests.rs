@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::{Config, PodSecurity, Seccomp, ServiceType},
-    sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId},
+    sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId, Timers},
 };
 use k8s_openapi::{
     api::networking::v1::NetworkPolicy, apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -43,6 +43,12 @@ pub const MANAGED_BY: &str = "sandbox-provisioner";
 pub const THREAD_ANNOTATION: &str = "sandbox-provisioner.dev/thread-id";
 /// When the provisioner created the sandbox (RFC 3339).
 pub const CREATED_ANNOTATION: &str = "sandbox-provisioner.dev/created-at";
+/// The sandbox's lifetime in seconds (absent: none).
+pub const TTL_ANNOTATION: &str = "sandbox-provisioner.dev/ttl-seconds";
+/// The sandbox's idle timeout in seconds (absent: none).
+pub const IDLE_ANNOTATION: &str = "sandbox-provisioner.dev/idle-timeout-seconds";
+/// The last activity a provisioner wrote down (RFC 3339), at a bounded rate.
+pub const ACTIVITY_ANNOTATION: &str = "sandbox-provisioner.dev/last-activity";
 
 /// What every sandbox shares, taken from the configuration once.
 #[derive(Debug, Clone)]
@@ -57,6 +63,10 @@ pub struct SandboxTemplate {
     pub network_policy: NetworkPolicyMode,
     /// Resources of the default size (for the start-up dry run).
     pub default_resources: Resources,
+    /// The configured timers (ceilings and defaults of the per-request ones).
+    pub timers: Timers,
+    /// How often, at most, activity is written to a pod.
+    pub activity_persist_interval: std::time::Duration,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -80,6 +90,8 @@ impl SandboxTemplate {
                 .sizes
                 .choose(None, None)
                 .unwrap_or_else(|_| crate::sandbox::Sizes::seed_default()),
+            timers: config.timers,
+            activity_persist_interval: config.activity_persist_interval,
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -199,6 +211,7 @@ pub fn pod(
     thread: &ThreadId,
     created: Timestamp,
     resources: &Resources,
+    timers: &Timers,
 ) -> Pod {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -296,7 +309,53 @@ pub fn pod(
     if let Some(spec) = pod.spec.as_mut() {
         t.placement.apply(spec);
     }
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        (TTL_ANNOTATION, timers.lifetime),
+        (IDLE_ANNOTATION, timers.idle),
+    ] {
+        if !value.is_zero() {
+            annotations.insert(key.to_string(), value.as_secs().to_string());
+        }
+    }
     pod
+}
+
+/// The timers a pod was created with (the ready timeout is the service's own).
+pub fn timers_of(pod: &Pod, ready: std::time::Duration) -> Timers {
+    let seconds = |key: &str| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or_default()
+    };
+    Timers {
+        lifetime: seconds(TTL_ANNOTATION),
+        idle: seconds(IDLE_ANNOTATION),
+        ready,
+    }
+}
+
+/// When the pod was created, by the provisioner's annotation or the apiserver's timestamp.
+pub fn created_of(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CREATED_ANNOTATION))
+        .and_then(|t| t.parse().ok())
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// The last activity written on the pod, if any.
+pub fn activity_of(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACTIVITY_ANNOTATION))
+        .and_then(|t| t.parse().ok())
 }
 
 pub fn network_policy_name(id: &SandboxId) -> String {
@@ -472,17 +531,8 @@ pub fn sandbox_view(
         reason: status.reason,
         message: status.message,
         thread_id: thread_of(&pod.metadata).map(str::to_string),
-        created_at: pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(CREATED_ANNOTATION).cloned())
-            .or_else(|| {
-                pod.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-            }),
+        created_at: created_of(pod).map(|t| t.to_string()),
+        expires_at: None,
     }
 }
 
@@ -513,6 +563,8 @@ mod tests {
             placement: Placement::default(),
             network_policy: NetworkPolicyMode::None,
             default_resources: crate::sandbox::Sizes::seed_default(),
+            timers: Timers::default(),
+            activity_persist_interval: std::time::Duration::from_secs(30),
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,
@@ -529,6 +581,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         ))
         .unwrap();
         assert_eq!(p["spec"]["automountServiceAccountToken"], false);
@@ -561,6 +614,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         ))
         .unwrap();
         assert_eq!(p["spec"]["automountServiceAccountToken"], true);
@@ -591,6 +645,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         ))
         .unwrap();
         assert_eq!(p["metadata"]["name"], "sandbox-abc-123");
@@ -660,6 +715,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         ))
         .unwrap();
         assert_eq!(
@@ -678,6 +734,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         );
         owner.metadata.uid = Some("uid-1".into());
         let s = service(&t, &id, &thread, &owner);
@@ -709,6 +766,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         );
         p.metadata.uid = Some("u".into());
         let mut s = service(&t, &id, &thread, &p);
@@ -734,6 +792,7 @@ mod tests {
             &thread,
             Timestamp::UNIX_EPOCH,
             &crate::sandbox::Sizes::seed_default(),
+            &Timers::default(),
         );
         p.metadata.uid = Some("u".into());
         let s = service(&t, &id, &thread, &p);

@@ -1,10 +1,12 @@
 //! The sandbox domain: identifiers, status and the view callers get. Pure: no Kubernetes calls.
 
 mod id;
+mod lifetime;
 mod resources;
 mod status;
 
 pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
+pub use lifetime::{parse_duration, Expiry, Timers};
 pub use resources::{parse_quantity, InvalidResources, Resources, Sizes, RESOURCE_NAMES};
 pub use status::{Phase, SandboxStatus};
 
@@ -27,4 +29,8 @@ pub struct Sandbox {
     pub thread_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// When the sandbox will be removed unless something changes (RFC 3339), or null when no
+    /// lifetime or idle timer applies. Activity (GET, keepalive) moves an idle deadline.
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }

@@ -237,6 +237,11 @@ impl TestService {
         let provisioner = server::provisioner(&config, background_stopped)
             .await
             .expect("building the provisioner");
+        sandbox_provisioner::tasks::reaper::spawn(
+            provisioner.clone(),
+            config.reap_interval,
+            stop_background.subscribe(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = api::router(provisioner, server::api_settings(&config));

@@ -1,0 +1,3 @@
+//! Background tasks. Each runs until its shutdown signal turns true (or its sender is dropped).
+
+pub mod reaper;
