@@ -151,6 +151,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SANDBOX_ACTIVITY_PERSIST_INTERVAL", default_value = "30s")]
     pub sandbox_activity_persist_interval: String,
 
+    /// Lease duration for electing the one replica that reaps and sweeps when several run
+    /// (e.g. 15s); 0 = no election (a single replica).
+    #[arg(long, env = "SANDBOX_LEADER_LEASE", default_value = "0")]
+    pub sandbox_leader_lease: String,
+
+    /// How old a pod without its Service, or a Service without its pod, must be before the
+    /// sweeper repairs or removes it.
+    #[arg(long, env = "SANDBOX_ORPHAN_GRACE", default_value = "60s")]
+    pub sandbox_orphan_grace: String,
+
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
     /// Unset: the API is open (a warning is logged).
     #[arg(long, env = "PROVISIONER_API_KEY", hide_env_values = true)]
@@ -288,6 +298,8 @@ pub struct Config {
     /// The configured timers: defaults and ceilings of per-request values.
     pub timers: Timers,
     pub reap_interval: Duration,
+    pub leader_lease: Duration,
+    pub orphan_grace: Duration,
     pub activity_persist_interval: Duration,
     pub k8s_api_server: Option<http::Uri>,
     pub k8s_insecure_skip_tls_verify: bool,
@@ -336,6 +348,15 @@ impl TryFrom<ServeArgs> for Config {
                 "must be above 0, for example 10s",
             ));
         }
+        let leader_lease = duration("SANDBOX_LEADER_LEASE", &args.sandbox_leader_lease)?;
+        if !leader_lease.is_zero() && leader_lease < Duration::from_secs(3) {
+            return Err(ConfigError::new(
+                "SANDBOX_LEADER_LEASE",
+                &args.sandbox_leader_lease,
+                "must be 0 (no election) or at least 3s",
+            ));
+        }
+        let orphan_grace = duration("SANDBOX_ORPHAN_GRACE", &args.sandbox_orphan_grace)?;
         let activity_persist_interval = duration(
             "SANDBOX_ACTIVITY_PERSIST_INTERVAL",
             &args.sandbox_activity_persist_interval,
@@ -477,6 +498,8 @@ impl TryFrom<ServeArgs> for Config {
             network_policy,
             timers,
             reap_interval,
+            leader_lease,
+            orphan_grace,
             activity_persist_interval,
             k8s_api_server,
             k8s_insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,

@@ -117,11 +117,13 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
     let policies = !matches!(config.network_policy, NetworkPolicyMode::None);
+    let leases = !config.leader_lease.is_zero();
     rbac_checks(
         &client,
         &config.namespace,
         namespace_exists,
         policies,
+        leases,
         &mut checks,
     )
     .await;
@@ -319,7 +321,11 @@ async fn can(
             resource_attributes: Some(ResourceAttributes {
                 namespace: namespace.map(str::to_string),
                 name: name.map(str::to_string),
-                group: (resource == "networkpolicies").then(|| "networking.k8s.io".to_string()),
+                group: match resource {
+                    "networkpolicies" => Some("networking.k8s.io".to_string()),
+                    "leases" => Some("coordination.k8s.io".to_string()),
+                    _ => None,
+                },
                 verb: Some(verb.into()),
                 resource: Some(resource.into()),
                 ..ResourceAttributes::default()
@@ -346,6 +352,7 @@ async fn rbac_checks(
     namespace: &str,
     namespace_exists: Option<bool>,
     network_policies: bool,
+    leases: bool,
     checks: &mut Vec<Check>,
 ) {
     let mut needed: Vec<(&str, &str, Option<&str>)> = NEEDED
@@ -355,6 +362,11 @@ async fn rbac_checks(
     if network_policies {
         for verb in ["create", "get", "delete"] {
             needed.push((verb, "networkpolicies", Some(namespace)));
+        }
+    }
+    if leases {
+        for verb in ["get", "create", "update"] {
+            needed.push((verb, "leases", Some(namespace)));
         }
     }
     needed.push(("get", "namespaces", None));

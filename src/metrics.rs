@@ -96,6 +96,7 @@ pub struct Metrics {
     kube_requests: Family<KubeLabels, Counter>,
     kube_errors: Family<KubeErrorLabels, Counter>,
     cache_synced: Gauge,
+    leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,6 +179,12 @@ impl Metrics {
             "1 while reads are served from the watch cache, 0 while they go to the apiserver",
             cache_synced.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and runs the reaper and sweeper",
+            leader.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             http_requests,
@@ -189,7 +196,12 @@ impl Metrics {
             kube_requests,
             kube_errors,
             cache_synced,
+            leader,
         }
+    }
+
+    pub fn leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn cache_synced(&self, synced: bool) {

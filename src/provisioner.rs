@@ -263,6 +263,79 @@ impl Provisioner {
         removed
     }
 
+    /// Repairs or removes what a crash or a third party left behind, among the managed objects
+    /// older than SANDBOX_ORPHAN_GRACE: a pod without its Service gets the Service back, a
+    /// Service without its pod is removed, and a sandbox whose pod ended is removed. Returns how
+    /// many objects it acted on.
+    pub async fn sweep(&self) -> usize {
+        if !self.cache.state().usable() {
+            return 0;
+        }
+        let now = Timestamp::now();
+        let old = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            meta.creation_timestamp.as_ref().is_some_and(|t| {
+                now.duration_since(t.0).unsigned_abs() >= self.template.orphan_grace
+            })
+        };
+        let pods = self.cache.pods();
+        let services = self.cache.services();
+        let mut acted = 0;
+        for service in &services {
+            let owner_alive = pods.iter().any(|p| manifests::owned_by(service, p));
+            if owner_alive || !old(&service.metadata) {
+                continue;
+            }
+            let name = service.metadata.name.clone().unwrap_or_default();
+            match self.cluster.delete_service(&name).await {
+                Ok(true) => {
+                    acted += 1;
+                    self.metrics.sandbox_deleted(Reason::Orphan);
+                    tracing::warn!(service = %name, "removed a Service whose pod is gone");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "removing an orphaned Service failed")
+                }
+            }
+        }
+        for pod in &pods {
+            let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok())
+            else {
+                continue;
+            };
+            let phase = SandboxStatus::of(pod).phase;
+            if matches!(phase, Phase::Succeeded | Phase::Failed) {
+                if let Ok(true) = self.remove(&id, Reason::Orphan).await {
+                    acted += 1;
+                    tracing::warn!(sandbox_id = %id, ?phase, "removed a sandbox whose pod ended");
+                }
+                continue;
+            }
+            let has_service = services.iter().any(|s| manifests::owned_by(s, pod));
+            if has_service || !old(&pod.metadata) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let thread = manifests::thread_of(&pod.metadata).and_then(|t| ThreadId::parse(t).ok());
+            let repaired = match &thread {
+                Some(thread) => self.ensure_service(&id, thread, pod).await.is_ok(),
+                None => false,
+            };
+            if repaired {
+                acted += 1;
+                tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
+            } else if let Ok(true) = self.remove(&id, Reason::Orphan).await {
+                acted += 1;
+                tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
+            }
+        }
+        acted
+    }
+
+    /// The client, for background tasks that need their own API access.
+    pub fn client(&self) -> kube::Client {
+        self.cluster.client()
+    }
+
     /// Records time-to-ready the first time this process sees a sandbox Ready.
     fn note_readiness(&self, sandbox: &Sandbox) {
         if !sandbox.ready {

@@ -2,6 +2,11 @@
 
 use tokio::sync::watch;
 
+use crate::tasks::{
+    leader::{self, Leadership},
+    reaper,
+};
+
 use crate::{
     api::{self, ApiKey, ApiSettings, Capabilities},
     config::{Config, ServiceType},
@@ -77,9 +82,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     check_claims(&config, &provisioner).await?;
-    crate::tasks::reaper::spawn(
+    let leadership = if config.leader_lease.is_zero() {
+        Leadership::always()
+    } else {
+        leader::spawn(
+            provisioner.client(),
+            &config.namespace,
+            replica_identity(),
+            config.leader_lease,
+            stop_background.subscribe(),
+        )
+    };
+    reaper::spawn(
         provisioner.clone(),
         config.reap_interval,
+        leadership,
         stop_background.subscribe(),
     );
     match provisioner.check_pod_template().await {
@@ -149,6 +166,22 @@ async fn check_claims(config: &Config, provisioner: &Provisioner) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// A name for this replica in the leader Lease: host name (the pod name in a cluster), process
+/// id and start time, so that a restarted replica is a new holder.
+pub fn replica_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "provisioner".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{host}-{}-{started}", std::process::id())
 }
 
 /// The router's settings from the configuration.

@@ -216,3 +216,190 @@ async fn activity_is_written_to_the_pod_and_survives_a_restart() {
         "a new process sees the deadline the old one computed"
     );
 }
+
+async fn metric(svc: &TestService, name: &str) -> f64 {
+    let text = svc
+        .http
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn orphans_are_repaired_or_removed() {
+    use k8s_openapi::api::core::v1::Service;
+    let ns = TestNamespace::new("orphans").await;
+    let mut args = fast(&ns);
+    args.sandbox_orphan_grace = "1s".into();
+    let svc = TestService::start(args).await;
+
+    // A pod whose Service vanished gets it back.
+    assert_eq!(svc.create("orph-1", "t").await.0, 200);
+    ns.services()
+        .delete("sandbox-orph-1-svc", &Default::default())
+        .await
+        .unwrap();
+    let pod = ns.pods().get("sandbox-orph-1").await.unwrap();
+    eventually(
+        Duration::from_secs(1) + LAG,
+        "the Service to be restored",
+        || async {
+            let s = ns.services().get_opt("sandbox-orph-1-svc").await.unwrap()?;
+            let owner = s.metadata.owner_references?.first()?.uid.clone();
+            (Some(owner) == pod.metadata.uid).then_some(())
+        },
+    )
+    .await;
+
+    // A managed Service without any pod is removed.
+    let ghost: Service = serde_json::from_value(json!({
+        "metadata": {"name": "sandbox-ghost-svc", "labels": {
+            "app": "deer-flow-sandbox", "sandbox-id": "ghost", "app.kubernetes.io/managed-by": "sandbox-provisioner"}},
+        "spec": {"type": "NodePort", "selector": {"sandbox-id": "ghost"}, "ports": [{"name": "http", "port": 8080}]},
+    }))
+    .unwrap();
+    ns.services()
+        .create(&Default::default(), &ghost)
+        .await
+        .unwrap();
+    // An unmanaged Service is never touched.
+    let stranger: Service = serde_json::from_value(json!({
+        "metadata": {"name": "stranger", "labels": {"app": "deer-flow-sandbox", "sandbox-id": "stranger"}},
+        "spec": {"selector": {"x": "y"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    ns.services()
+        .create(&Default::default(), &stranger)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(1) + LAG,
+        "the orphaned Service to be removed",
+        || async {
+            ns.services()
+                .get_opt("sandbox-ghost-svc")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A sandbox whose pod ended is removed instead of being reported forever.
+    assert_eq!(svc.create("orph-3", "t").await.0, 200);
+    // Once the simulated kubelet has reported it running, the pod "ends".
+    eventually(Duration::from_secs(30), "orph-3 ready", || async {
+        (svc.get("orph-3").await.1["ready"] == true).then_some(())
+    })
+    .await;
+    let failed =
+        json!({"status": {"phase": "Failed", "reason": "Evicted", "message": "simulated"}});
+    ns.pods()
+        .patch_status(
+            "sandbox-orph-3",
+            &Default::default(),
+            &kube::api::Patch::Merge(&failed),
+        )
+        .await
+        .unwrap();
+    gone_within(&ns, "orph-3", LAG).await;
+
+    assert!(
+        ns.services().get_opt("stranger").await.unwrap().is_some(),
+        "unmanaged objects stay"
+    );
+    assert!(pod_exists(&ns, "orph-1").await);
+    let orphans = metric(
+        &svc,
+        r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#,
+    )
+    .await;
+    assert!(orphans >= 2.0, "{orphans}");
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_reaper_and_fail_over() {
+    let ns = TestNamespace::new("replicas").await;
+    let args = || {
+        let mut a = fast(&ns);
+        a.sandbox_leader_lease = "3s".into();
+        a
+    };
+    let first = TestService::start(args()).await;
+    let second = TestService::start(args()).await;
+    let leaders = || async {
+        (
+            metric(&first, "sandbox_provisioner_leader").await,
+            metric(&second, "sandbox_provisioner_leader").await,
+        )
+    };
+    let (a, b) = eventually(Duration::from_secs(10), "a leader", || async {
+        let (a, b) = leaders().await;
+        (a + b == 1.0).then_some((a, b))
+    })
+    .await;
+    assert_eq!(a + b, 1.0, "exactly one replica leads");
+
+    // Both serve; the leader reaps, once.
+    assert_eq!(second.create("rep-1", "t").await.0, 200);
+    assert_eq!(first.get("rep-1").await.0, 200);
+    let (code, _) = first
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "rep-ttl", "thread_id": "t", "ttl_seconds": 1})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    gone_within(&ns, "rep-ttl", Duration::from_secs(1) + LAG).await;
+    let lifetime = r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#;
+    eventually(
+        Duration::from_secs(5),
+        "the deletion to be counted",
+        || async {
+            (metric(&first, lifetime).await + metric(&second, lifetime).await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    // Two more reaper rounds on both replicas: still counted once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric(&first, lifetime).await + metric(&second, lifetime).await,
+        1.0,
+        "deleted exactly once"
+    );
+
+    // The leader goes away without a word: the other takes over within the lease.
+    let (leader, follower) = if a == 1.0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    drop(leader);
+    let took_over = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(3 + 2 + 3),
+        "the follower to take over",
+        || async { (metric(&follower, "sandbox_provisioner_leader").await == 1.0).then_some(()) },
+    )
+    .await;
+    eprintln!("took over after {:?}", took_over.elapsed());
+    let (code, _) = follower
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "rep-ttl-2", "thread_id": "t", "ttl_seconds": 1})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    gone_within(&ns, "rep-ttl-2", Duration::from_secs(1) + LAG).await;
+    assert!(pod_exists(&ns, "rep-1").await, "nothing else was deleted");
+}

@@ -210,6 +210,7 @@ async fn doctor_names_exactly_the_missing_permissions() {
     let partial = json!([
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     ]);
     let kubeconfig = ns.service_account_kubeconfig("partial", partial).await;
     ns.grant_namespace_read("partial").await;

@@ -135,6 +135,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Access to the sandbox namespace's Pods and Services.
 #[derive(Clone)]
 pub struct Cluster {
+    client: Client,
     namespace: String,
     pods: Api<Pod>,
     services: Api<Service>,
@@ -149,6 +150,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(client: Client, namespace: &str, timeout: Duration, metrics: Metrics) -> Self {
         Cluster {
+            client: client.clone(),
             namespace: namespace.to_string(),
             pods: Api::namespaced(client.clone(), namespace),
             services: Api::namespaced(client.clone(), namespace),
@@ -163,6 +165,11 @@ impl Cluster {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The client behind these calls (for the leader election's Lease).
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Runs one Kubernetes call with the time limit, retrying 429 and 5xx answers (the

@@ -67,6 +67,8 @@ pub struct SandboxTemplate {
     pub timers: Timers,
     /// How often, at most, activity is written to a pod.
     pub activity_persist_interval: std::time::Duration,
+    /// Age after which the sweeper acts on an orphan.
+    pub orphan_grace: std::time::Duration,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -92,6 +94,7 @@ impl SandboxTemplate {
                 .unwrap_or_else(|_| crate::sandbox::Sizes::seed_default()),
             timers: config.timers,
             activity_persist_interval: config.activity_persist_interval,
+            orphan_grace: config.orphan_grace,
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -565,6 +568,7 @@ mod tests {
             default_resources: crate::sandbox::Sizes::seed_default(),
             timers: Timers::default(),
             activity_persist_interval: std::time::Duration::from_secs(30),
+            orphan_grace: std::time::Duration::from_secs(60),
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,

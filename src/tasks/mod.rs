@@ -1,3 +1,4 @@
 //! Background tasks. Each runs until its shutdown signal turns true (or its sender is dropped).
 
+pub mod leader;
 pub mod reaper;

@@ -1,23 +1,35 @@
-//! The reaper: every SANDBOX_REAP_INTERVAL, removes sandboxes whose lifetime, idle or ready
-//! timer ran out (see `Provisioner::reap`).
+//! The reaper: every SANDBOX_REAP_INTERVAL, on the replica that holds the lease, removes
+//! expired sandboxes and sweeps orphans (see `Provisioner::reap` and `Provisioner::sweep`).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::leader::Leadership;
 use crate::provisioner::Provisioner;
 
 /// Starts the reaper; it stops when `shutdown` turns true or its sender is dropped.
-pub fn spawn(provisioner: Provisioner, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub fn spawn(
+    provisioner: Provisioner,
+    interval: Duration,
+    leadership: Leadership,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
+                    let leading = leadership.is_leader();
+                    provisioner.metrics().leader(leading);
+                    if !leading {
+                        continue;
+                    }
                     let removed = provisioner.reap().await;
-                    if removed > 0 {
-                        tracing::info!(removed, "reaper removed expired sandboxes");
+                    let swept = provisioner.sweep().await;
+                    if removed + swept > 0 {
+                        tracing::info!(removed, swept, "reaper removed expired sandboxes and orphans");
                     }
                 }
                 changed = shutdown.changed() => {

@@ -237,9 +237,21 @@ impl TestService {
         let provisioner = server::provisioner(&config, background_stopped)
             .await
             .expect("building the provisioner");
+        let leadership = if config.leader_lease.is_zero() {
+            sandbox_provisioner::tasks::leader::Leadership::always()
+        } else {
+            sandbox_provisioner::tasks::leader::spawn(
+                provisioner.client(),
+                &config.namespace,
+                server::replica_identity(),
+                config.leader_lease,
+                stop_background.subscribe(),
+            )
+        };
         sandbox_provisioner::tasks::reaper::spawn(
             provisioner.clone(),
             config.reap_interval,
+            leadership,
             stop_background.subscribe(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -588,6 +600,7 @@ impl TestNamespace {
 pub fn provisioner_rules() -> serde_json::Value {
     serde_json::json!([
         {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["create", "get", "list", "delete"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     ])
 }
 
