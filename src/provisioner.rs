@@ -716,6 +716,10 @@ impl Provisioner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id.as_str());
+        if existed {
+            self.metrics.sandbox_deleted(reason);
+            tracing::info!(sandbox_id = %id, "sandbox deleted");
+        }
         if existed && self.cache.state().usable() {
             self.cache
                 .wait_for(CACHE_CATCH_UP, |c| {
@@ -731,10 +735,6 @@ impl Provisioner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id.as_str());
-        if existed {
-            self.metrics.sandbox_deleted(reason);
-            tracing::info!(sandbox_id = %id, "sandbox deleted");
-        }
         Ok(existed)
     }
 }

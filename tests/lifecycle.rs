@@ -50,6 +50,16 @@ async fn lifetime_removes_exactly_the_expired_sandbox() {
     let created: Timestamp = short["created_at"].as_str().unwrap().parse().unwrap();
     let expires: Timestamp = short["expires_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(expires.duration_since(created).as_secs(), 2);
+    for too_long in [31_536_001u64, 4_000_000_000] {
+        let (code, body) = svc
+            .call(
+                Method::POST,
+                "/api/sandboxes",
+                Some(json!({"sandbox_id": "lt-bad", "thread_id": "t", "ttl_seconds": too_long})),
+            )
+            .await;
+        assert_eq!(code, 422, "{body}");
+    }
     let (_, kept) = svc.create("keep-1", "t").await;
     assert!(kept["expires_at"].is_null(), "{kept}");
 
@@ -140,31 +150,23 @@ async fn never_ready_sandboxes_are_removed_and_ready_ones_are_not() {
         pod_exists(&ns, "ok-1").await,
         "a ready sandbox is not touched by the ready timeout"
     );
-    let mut removed = 0.0;
-    for svc in [&ready, &never, &pull] {
-        let metrics = svc
-            .http
-            .get(svc.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        removed += metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    r#"sandbox_provisioner_sandbox_deletions_total{reason="never-ready"} "#,
-                )
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    }
-    assert!(
-        removed >= 2.0,
-        "never-ready deletions are counted: {removed}"
-    );
+    let counted = || async {
+        let mut removed = 0.0;
+        for svc in [&ready, &never, &pull] {
+            removed += metric(
+                svc,
+                r#"sandbox_provisioner_sandbox_deletions_total{reason="never-ready"}"#,
+            )
+            .await;
+        }
+        removed
+    };
+    eventually(
+        Duration::from_secs(5),
+        "never-ready deletions to be counted",
+        || async { (counted().await >= 2.0).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -317,12 +319,20 @@ async fn orphans_are_repaired_or_removed() {
         "unmanaged objects stay"
     );
     assert!(pod_exists(&ns, "orph-1").await);
-    let orphans = metric(
-        &svc,
-        r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#,
+    // The ghost Service and the ended sandbox, counted as orphans.
+    eventually(
+        Duration::from_secs(5),
+        "two orphan deletions to be counted",
+        || async {
+            let orphans = metric(
+                &svc,
+                r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#,
+            )
+            .await;
+            (orphans >= 2.0).then_some(())
+        },
     )
     .await;
-    assert!(orphans >= 2.0, "{orphans}");
 }
 
 #[tokio::test]

@@ -52,10 +52,12 @@ pub struct CreateRequest {
     /// Remove the sandbox this many seconds after creation (at most SANDBOX_MAX_LIFETIME when
     /// that is set); the configured lifetime when absent.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31536000)]
     pub ttl_seconds: Option<u32>,
     /// Remove the sandbox after this many seconds without activity (at most
     /// SANDBOX_IDLE_TIMEOUT when that is set); the configured timeout when absent.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31536000)]
     pub idle_timeout_seconds: Option<u32>,
     /// A size the operator defined (see GET /api/capabilities); the default size when absent.
     #[serde(default)]
@@ -87,6 +89,9 @@ pub struct GetQuery {
     #[param(minimum = 0, maximum = 300)]
     pub wait_ready: Option<u32>,
 }
+
+/// The longest lifetime or idle timeout a request may ask for: a year.
+const MAX_TIMER_SECONDS: u32 = 31_536_000;
 
 /// The longest wait a request may ask for.
 const MAX_WAIT_SECONDS: u32 = 300;
@@ -197,6 +202,16 @@ pub async fn create(
     let id = SandboxId::parse(&request.sandbox_id)?;
     let thread = ThreadId::parse(&request.thread_id)?;
     let wait = wait_duration("wait_ready_seconds", request.wait_ready_seconds)?;
+    for (field, value) in [
+        ("ttl_seconds", request.ttl_seconds),
+        ("idle_timeout_seconds", request.idle_timeout_seconds),
+    ] {
+        if value.is_some_and(|v| v > MAX_TIMER_SECONDS) {
+            return Err(ApiError::InvalidRequest(format!(
+                "{field} must be a whole number of seconds from 0 to {MAX_TIMER_SECONDS} (a year)"
+            )));
+        }
+    }
     let resources = state
         .capabilities
         .sizes
