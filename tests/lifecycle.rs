@@ -69,19 +69,21 @@ async fn lifetime_removes_exactly_the_expired_sandbox() {
         pod_exists(&ns, "keep-1").await,
         "a sandbox without a lifetime stays"
     );
-    let metrics = svc
-        .http
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"} 1"#),
-        "{metrics}"
-    );
+    // Counted once the reaper's delete has returned (the pod may vanish a moment earlier).
+    eventually(
+        Duration::from_secs(5),
+        "the lifetime deletion to be counted",
+        || async {
+            (metric(
+                &svc,
+                r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#,
+            )
+            .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
