@@ -156,8 +156,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SANDBOX_LEADER_LEASE", default_value = "0")]
     pub sandbox_leader_lease: String,
 
-    /// How old a pod without its Service, or a Service without its pod, must be before the
-    /// sweeper repairs or removes it.
+    /// How old a pod without its Service or NetworkPolicy, or a Service or NetworkPolicy without
+    /// its pod, must be before the sweeper repairs or removes it.
     #[arg(long, env = "SANDBOX_ORPHAN_GRACE", default_value = "60s")]
     pub sandbox_orphan_grace: String,
 

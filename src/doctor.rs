@@ -360,7 +360,7 @@ async fn rbac_checks(
         .map(|(v, r)| (*v, *r, Some(namespace)))
         .collect();
     if network_policies {
-        for verb in ["create", "get", "delete"] {
+        for verb in ["create", "get", "list", "delete"] {
             needed.push((verb, "networkpolicies", Some(namespace)));
         }
     }

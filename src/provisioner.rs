@@ -9,7 +9,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        networking::v1::NetworkPolicy,
+    },
     jiff::Timestamp,
 };
 
@@ -264,8 +267,9 @@ impl Provisioner {
     }
 
     /// Repairs or removes what a crash or a third party left behind, among the managed objects
-    /// older than SANDBOX_ORPHAN_GRACE: a pod without its Service gets the Service back, a
-    /// Service without its pod is removed, and a sandbox whose pod ended is removed. Returns how
+    /// older than SANDBOX_ORPHAN_GRACE: a pod without its Service (or, when configured, its
+    /// NetworkPolicy) gets it back, a Service or NetworkPolicy without its pod is removed (the
+    /// garbage collector would, later), and a sandbox whose pod ended is removed. Returns how
     /// many objects it acted on.
     pub async fn sweep(&self) -> usize {
         if !self.cache.state().usable() {
@@ -279,6 +283,7 @@ impl Provisioner {
         };
         let pods = self.cache.pods();
         let services = self.cache.services();
+        let policies = self.sweepable_policies().await;
         let mut acted = 0;
         for service in &services {
             let owner_alive = pods.iter().any(|p| manifests::owned_by(service, p));
@@ -298,6 +303,19 @@ impl Provisioner {
                 }
             }
         }
+        for policy in policies.iter().flatten() {
+            let owner_alive = pods
+                .iter()
+                .any(|p| manifests::meta_owned_by(&policy.metadata, p));
+            if owner_alive || !old(&policy.metadata) {
+                continue;
+            }
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            if let Ok(true) = self.cluster.delete_network_policy(&name).await {
+                acted += 1;
+                tracing::warn!(network_policy = %name, "removed a NetworkPolicy whose pod is gone");
+            }
+        }
         for pod in &pods {
             let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok())
             else {
@@ -311,24 +329,63 @@ impl Provisioner {
                 }
                 continue;
             }
-            let has_service = services.iter().any(|s| manifests::owned_by(s, pod));
-            if has_service || !old(&pod.metadata) || pod.metadata.deletion_timestamp.is_some() {
+            if !old(&pod.metadata) || pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let thread = manifests::thread_of(&pod.metadata).and_then(|t| ThreadId::parse(t).ok());
-            let repaired = match &thread {
-                Some(thread) => self.ensure_service(&id, thread, pod).await.is_ok(),
-                None => false,
-            };
-            if repaired {
-                acted += 1;
-                tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
-            } else if let Ok(true) = self.remove(&id, Reason::Orphan).await {
-                acted += 1;
-                tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
+            if !services.iter().any(|s| manifests::owned_by(s, pod)) {
+                let repaired = match &thread {
+                    Some(thread) => self.ensure_service(&id, thread, pod).await.is_ok(),
+                    None => false,
+                };
+                if repaired {
+                    acted += 1;
+                    tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
+                } else {
+                    if let Ok(true) = self.remove(&id, Reason::Orphan).await {
+                        acted += 1;
+                        tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
+                    }
+                    continue;
+                }
+            }
+            let lacks_policy = policies.as_ref().is_some_and(|policies| {
+                !policies
+                    .iter()
+                    .any(|p| manifests::meta_owned_by(&p.metadata, pod))
+            });
+            if let (true, Some(thread)) = (lacks_policy, &thread) {
+                match self.ensure_network_policy(&id, thread, pod).await {
+                    Ok(()) => {
+                        acted += 1;
+                        tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round")
+                    }
+                }
             }
         }
         acted
+    }
+
+    /// The managed NetworkPolicies, when sandboxes get one (None otherwise, or when they could
+    /// not be listed: the sweep then leaves policies alone this round).
+    async fn sweepable_policies(&self) -> Option<Vec<NetworkPolicy>> {
+        if matches!(self.template.network_policy, NetworkPolicyMode::None) {
+            return None;
+        }
+        match self
+            .cluster
+            .list_network_policies(&manifests::managed_selector())
+            .await
+        {
+            Ok(policies) => Some(policies),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing NetworkPolicies failed; not checking them this round");
+                None
+            }
+        }
     }
 
     /// The client, for background tasks that need their own API access.

@@ -338,6 +338,39 @@ async fn orphans_are_repaired_or_removed() {
 }
 
 #[tokio::test]
+async fn a_lost_network_policy_is_put_back() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let ns = TestNamespace::new("orphan-netpol").await;
+    let mut args = fast(&ns);
+    args.sandbox_orphan_grace = "1s".into();
+    args.sandbox_network_policy = "isolated".into();
+    let svc = TestService::start(args).await;
+    let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    assert_eq!(svc.create("np-1", "t").await.0, 200);
+    let first = policies.get("sandbox-np-1-netpol").await.unwrap();
+    policies
+        .delete("sandbox-np-1-netpol", &Default::default())
+        .await
+        .unwrap();
+    let pod = ns.pods().get("sandbox-np-1").await.unwrap();
+    let restored = eventually(
+        Duration::from_secs(1) + LAG,
+        "the NetworkPolicy to be restored",
+        || async {
+            let p = policies.get_opt("sandbox-np-1-netpol").await.unwrap()?;
+            (p.metadata.uid != first.metadata.uid).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        restored.metadata.owner_references.unwrap()[0].uid,
+        pod.metadata.uid.unwrap(),
+        "owned by the pod, so that it goes with it"
+    );
+    assert_eq!(restored.spec, first.spec, "the same policy as at creation");
+}
+
+#[tokio::test]
 async fn two_replicas_elect_one_reaper_and_fail_over() {
     let ns = TestNamespace::new("replicas").await;
     let args = || {

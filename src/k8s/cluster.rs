@@ -280,6 +280,17 @@ impl Cluster {
         .await
     }
 
+    pub async fn list_network_policies(&self, selector: &str) -> Result<Vec<NetworkPolicy>> {
+        let params = ListParams::default().labels(selector);
+        self.call(
+            ("list", "networkpolicies"),
+            || format!("list networkpolicies in namespace {}", self.namespace),
+            || self.network_policies.list(&params),
+        )
+        .await
+        .map(|l| l.items)
+    }
+
     /// Deletes a network policy. Returns whether it existed.
     pub async fn delete_network_policy(&self, name: &str) -> Result<bool> {
         let deleted = self
