@@ -11,16 +11,9 @@ use serde_json::json;
 
 /// Kubernetes calls the service has made, per `verb resource`, from its /metrics.
 async fn kube_calls(svc: &TestService) -> std::collections::BTreeMap<String, u64> {
-    let text = svc
-        .http
-        .get(svc.url("/metrics"))
-        .send()
+    svc.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix("sandbox_provisioner_kubernetes_requests_total{verb=\""))
         .filter_map(|l| {
             let (verb, rest) = l.split_once("\",resource=\"")?;

@@ -74,11 +74,8 @@ async fn lifetime_removes_exactly_the_expired_sandbox() {
         Duration::from_secs(5),
         "the lifetime deletion to be counted",
         || async {
-            (metric(
-                &svc,
-                r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#,
-            )
-            .await
+            (svc.metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#)
+                .await
                 == 1.0)
                 .then_some(())
         },
@@ -155,11 +152,9 @@ async fn never_ready_sandboxes_are_removed_and_ready_ones_are_not() {
     let counted = || async {
         let mut removed = 0.0;
         for svc in [&ready, &never, &pull] {
-            removed += metric(
-                svc,
-                r#"sandbox_provisioner_sandbox_deletions_total{reason="never-ready"}"#,
-            )
-            .await;
+            removed += svc
+                .metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="never-ready"}"#)
+                .await;
         }
         removed
     };
@@ -219,21 +214,6 @@ async fn activity_is_written_to_the_pod_and_survives_a_restart() {
         listed["expires_at"], seen["expires_at"],
         "a new process sees the deadline the old one computed"
     );
-}
-
-async fn metric(svc: &TestService, name: &str) -> f64 {
-    let text = svc
-        .http
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -326,11 +306,9 @@ async fn orphans_are_repaired_or_removed() {
         Duration::from_secs(5),
         "two orphan deletions to be counted",
         || async {
-            let orphans = metric(
-                &svc,
-                r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#,
-            )
-            .await;
+            let orphans = svc
+                .metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#)
+                .await;
             (orphans >= 2.0).then_some(())
         },
     )
@@ -382,8 +360,8 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     let second = TestService::start(args()).await;
     let leaders = || async {
         (
-            metric(&first, "sandbox_provisioner_leader").await,
-            metric(&second, "sandbox_provisioner_leader").await,
+            first.metric("sandbox_provisioner_leader").await,
+            second.metric("sandbox_provisioner_leader").await,
         )
     };
     let (a, b) = eventually(Duration::from_secs(10), "a leader", || async {
@@ -410,14 +388,14 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
         Duration::from_secs(5),
         "the deletion to be counted",
         || async {
-            (metric(&first, lifetime).await + metric(&second, lifetime).await >= 1.0).then_some(())
+            (first.metric(lifetime).await + second.metric(lifetime).await >= 1.0).then_some(())
         },
     )
     .await;
     // Two more reaper rounds on both replicas: still counted once.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        metric(&first, lifetime).await + metric(&second, lifetime).await,
+        first.metric(lifetime).await + second.metric(lifetime).await,
         1.0,
         "deleted exactly once"
     );
@@ -433,7 +411,7 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     eventually(
         Duration::from_secs(3 + 2 + 3),
         "the follower to take over",
-        || async { (metric(&follower, "sandbox_provisioner_leader").await == 1.0).then_some(()) },
+        || async { (follower.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
     )
     .await;
     eprintln!("took over after {:?}", took_over.elapsed());

@@ -50,15 +50,7 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     })
     .await;
     assert_eq!(svc.list().await.0, 200);
-    let before_delete = svc
-        .http
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before_delete = svc.metrics_text().await;
     assert!(
         before_delete.contains(r#"sandbox_provisioner_sandboxes{status="Running"} 1"#),
         "{before_delete}"

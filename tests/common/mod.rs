@@ -323,6 +323,22 @@ impl TestService {
         .await
     }
 
+    /// The service's /metrics page.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        resp.text().await.unwrap()
+    }
+
+    /// One sample from /metrics, `name` including its labels as printed; 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn list(&self) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::GET, "/api/sandboxes", None)
             .await
