@@ -19,7 +19,7 @@ use k8s_openapi::{
 use crate::{
     k8s::{
         cache::{Cache, CacheSummary},
-        cluster::{self, Cluster},
+        cluster::{self, Cluster, Kind},
         manifests::{self, SandboxTemplate},
         network_policy::NetworkPolicyMode,
     },
@@ -291,7 +291,7 @@ impl Provisioner {
                 continue;
             }
             let name = service.metadata.name.clone().unwrap_or_default();
-            match self.cluster.delete_service(&name).await {
+            match self.cluster.delete::<Service>(&name).await {
                 Ok(true) => {
                     acted += 1;
                     self.metrics.sandbox_deleted(Reason::Orphan);
@@ -311,7 +311,7 @@ impl Provisioner {
                 continue;
             }
             let name = policy.metadata.name.clone().unwrap_or_default();
-            if let Ok(true) = self.cluster.delete_network_policy(&name).await {
+            if let Ok(true) = self.cluster.delete::<NetworkPolicy>(&name).await {
                 acted += 1;
                 tracing::warn!(network_policy = %name, "removed a NetworkPolicy whose pod is gone");
             }
@@ -377,7 +377,7 @@ impl Provisioner {
         }
         match self
             .cluster
-            .list_network_policies(&manifests::managed_selector())
+            .list::<NetworkPolicy>(&manifests::managed_selector())
             .await
         {
             Ok(policies) => Some(policies),
@@ -511,7 +511,7 @@ impl Provisioner {
         const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
         let started = Instant::now();
         loop {
-            match self.cluster.create_pod(pod).await {
+            match self.cluster.create(pod).await {
                 Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
                     tracing::info!(
                         namespace = self.namespace(),
@@ -536,7 +536,7 @@ impl Provisioner {
     async fn existing_pod(&self, id: &SandboxId, thread: &ThreadId) -> Result<Pod> {
         let pod = self
             .cluster
-            .get_pod(&manifests::pod_name(id))
+            .get::<Pod>(&manifests::pod_name(id))
             .await?
             // Deleted between our create and this read: it is on its way out.
             .ok_or_else(|| Error::Terminating(id.to_string()))?;
@@ -562,31 +562,8 @@ impl Provisioner {
         thread: &ThreadId,
         pod: &Pod,
     ) -> Result<Service> {
-        let name = manifests::service_name(id);
-        let wanted = manifests::service(&self.template, id, thread, pod);
-        for _ in 0..3 {
-            match self.cluster.create_service(&wanted).await {
-                Ok(service) => return Ok(service),
-                Err(e) if e.is_already_exists() => {}
-                Err(e) => return Err(e.into()),
-            }
-            match self.cluster.get_service(&name).await? {
-                Some(service) if manifests::owned_by(&service, pod) => return Ok(service),
-                Some(_) => {
-                    tracing::info!(sandbox_id = %id, "replacing a Service left over from an earlier pod");
-                    self.cluster.delete_service(&name).await?;
-                }
-                None => {}
-            }
-        }
-        Err(cluster::Error::Refused {
-            action: format!("create service {name}"),
-            code: 409,
-            reason: "Conflict".into(),
-            message: "another Service of that name kept reappearing".into(),
-            kind: Some("services".into()),
-        }
-        .into())
+        self.ensure_owned(&manifests::service(&self.template, id, thread, pod), pod)
+            .await
     }
 
     /// The sandbox's NetworkPolicy, when configured: created when missing, replaced when it was
@@ -597,32 +574,40 @@ impl Provisioner {
         thread: &ThreadId,
         pod: &Pod,
     ) -> Result<()> {
-        let Some(wanted) = manifests::network_policy(&self.template, id, thread, pod) else {
-            return Ok(());
-        };
-        let name = manifests::network_policy_name(id);
+        match manifests::network_policy(&self.template, id, thread, pod) {
+            Some(wanted) => self.ensure_owned(&wanted, pod).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates an object that belongs to the pod, or returns the one that exists; an object of
+    /// that name owned by an earlier pod of the same sandbox is deleted and made anew.
+    async fn ensure_owned<K: Kind>(&self, wanted: &K, pod: &Pod) -> Result<K> {
+        let name = wanted.meta().name.clone().unwrap_or_default();
+        let kind = K::kind(&()).to_lowercase();
         for _ in 0..3 {
-            match self.cluster.create_network_policy(&wanted).await {
-                Ok(_) => return Ok(()),
+            match self.cluster.create(wanted).await {
+                Ok(created) => return Ok(created),
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            match self.cluster.get_network_policy(&name).await? {
-                Some(existing) if manifests::meta_owned_by(&existing.metadata, pod) => {
-                    return Ok(())
+            match self.cluster.get::<K>(&name).await? {
+                Some(existing) if manifests::meta_owned_by(existing.meta(), pod) => {
+                    return Ok(existing)
                 }
                 Some(_) => {
-                    self.cluster.delete_network_policy(&name).await?;
+                    tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
+                    self.cluster.delete::<K>(&name).await?;
                 }
                 None => {}
             }
         }
         Err(cluster::Error::Refused {
-            action: format!("create networkpolicy {name}"),
+            action: format!("create {kind} {name}"),
             code: 409,
             reason: "Conflict".into(),
-            message: "another NetworkPolicy of that name kept reappearing".into(),
-            kind: Some("networkpolicies".into()),
+            message: format!("another {kind} of that name kept reappearing"),
+            kind: Some(K::plural(&()).into_owned()),
         }
         .into())
     }
@@ -631,9 +616,9 @@ impl Provisioner {
     async fn roll_back(&self, id: &SandboxId) {
         let _ = self
             .cluster
-            .delete_service(&manifests::service_name(id))
+            .delete::<Service>(&manifests::service_name(id))
             .await;
-        match self.cluster.delete_pod(&manifests::pod_name(id)).await {
+        match self.cluster.delete::<Pod>(&manifests::pod_name(id)).await {
             Ok(_) => {
                 tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
             }
@@ -651,7 +636,7 @@ impl Provisioner {
             if let Some(pod) = self.cache.pod(&pod_name) {
                 let service = match self.cache.service(&service_name) {
                     Some(s) => Some((*s).clone()),
-                    None => self.cluster.get_service(&service_name).await?,
+                    None => self.cluster.get::<Service>(&service_name).await?,
                 };
                 let mut sandbox =
                     manifests::sandbox_view(id.as_str(), &pod, service.as_ref(), &self.template);
@@ -662,8 +647,8 @@ impl Provisioner {
             }
         }
         let (pod, service) = tokio::join!(
-            self.cluster.get_pod(&pod_name),
-            self.cluster.get_service(&service_name),
+            self.cluster.get::<Pod>(&pod_name),
+            self.cluster.get::<Service>(&service_name),
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         let service = service?;
@@ -716,8 +701,8 @@ impl Provisioner {
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
-                self.cluster.list_pods(&selector),
-                self.cluster.list_services(&selector),
+                self.cluster.list::<Pod>(&selector),
+                self.cluster.list::<Service>(&selector),
             );
             (shared(pods?), shared(services?))
         };
@@ -759,14 +744,14 @@ impl Provisioner {
     async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         let (service, pod) = tokio::join!(
-            self.cluster.delete_service(&service_name),
-            self.cluster.delete_pod(&pod_name),
+            self.cluster.delete::<Service>(&service_name),
+            self.cluster.delete::<Pod>(&pod_name),
         );
         let existed = service? | pod?;
         if !matches!(self.template.network_policy, NetworkPolicyMode::None) {
             // The garbage collector would remove it with the pod; this makes it immediate.
             self.cluster
-                .delete_network_policy(&manifests::network_policy_name(id))
+                .delete::<NetworkPolicy>(&manifests::network_policy_name(id))
                 .await?;
         }
         self.fresh

@@ -6,14 +6,15 @@ use std::{
 };
 
 use crate::metrics::Metrics;
-use k8s_openapi::api::{
-    core::v1::{Namespace, PersistentVolumeClaim, Pod, Service},
-    networking::v1::NetworkPolicy,
+use k8s_openapi::{
+    api::core::v1::{Namespace, PersistentVolumeClaim, Pod},
+    NamespaceResourceScope,
 };
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
-    Api, Client,
+    Api, Client, Resource,
 };
+use serde::{de::DeserializeOwned, Serialize};
 
 /// A Kubernetes call that did not succeed, classified by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -132,15 +133,38 @@ fn retry_delay(attempt: u32) -> Duration {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Access to the sandbox namespace's Pods and Services.
+/// The namespaced kinds a sandbox is made of (Pod, Service, NetworkPolicy) and that the
+/// service reads (PersistentVolumeClaim): one set of timed, retried, counted calls serves all.
+pub trait Kind:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Access to the sandbox namespace.
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
     namespace: String,
-    pods: Api<Pod>,
-    services: Api<Service>,
     namespaces: Api<Namespace>,
-    network_policies: Api<NetworkPolicy>,
     timeout: Duration,
     metrics: Metrics,
     post: PostParams,
@@ -152,14 +176,15 @@ impl Cluster {
         Cluster {
             client: client.clone(),
             namespace: namespace.to_string(),
-            pods: Api::namespaced(client.clone(), namespace),
-            services: Api::namespaced(client.clone(), namespace),
-            network_policies: Api::namespaced(client.clone(), namespace),
-            namespaces: Api::all(client),
+            namespaces: Api::all(client.clone()),
             timeout,
             metrics,
             post: PostParams::default(),
-            delete: DeleteParams::default(),
+            delete: DeleteParams {
+                grace_period_seconds: Some(0),
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            },
         }
     }
 
@@ -246,63 +271,51 @@ impl Cluster {
         }
     }
 
-    pub async fn create_pod(&self, pod: &Pod) -> Result<Pod> {
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
+    /// Creates one object of a sandbox.
+    pub async fn create<K: Kind>(&self, object: &K) -> Result<K> {
+        let name = object.meta().name.as_deref().unwrap_or_default();
+        let api = self.api::<K>();
         self.call(
-            ("create", "pods"),
-            || format!("create pod {name} in namespace {}", self.namespace),
-            || self.pods.create(&self.post, pod),
+            ("create", &K::plural(&())),
+            || self.describe::<K>("create", name),
+            || api.create(&self.post, object),
         )
         .await
     }
 
-    pub async fn create_network_policy(&self, policy: &NetworkPolicy) -> Result<NetworkPolicy> {
-        let name = policy.metadata.name.as_deref().unwrap_or_default();
+    /// Reads one object; None when it does not exist.
+    pub async fn get<K: Kind>(&self, name: &str) -> Result<Option<K>> {
+        let api = self.api::<K>();
         self.call(
-            ("create", "networkpolicies"),
-            || {
-                format!(
-                    "create networkpolicy {name} in namespace {}",
-                    self.namespace
-                )
-            },
-            || self.network_policies.create(&self.post, policy),
+            ("get", &K::plural(&())),
+            || self.describe::<K>("read", name),
+            || api.get_opt(name),
         )
         .await
     }
 
-    pub async fn get_network_policy(&self, name: &str) -> Result<Option<NetworkPolicy>> {
+    /// Lists the objects of one kind matching a label selector.
+    pub async fn list<K: Kind>(&self, selector: &str) -> Result<Vec<K>> {
+        let (api, params) = (self.api::<K>(), ListParams::default().labels(selector));
         self.call(
-            ("get", "networkpolicies"),
-            || format!("read networkpolicy {name} in namespace {}", self.namespace),
-            || self.network_policies.get_opt(name),
-        )
-        .await
-    }
-
-    pub async fn list_network_policies(&self, selector: &str) -> Result<Vec<NetworkPolicy>> {
-        let params = ListParams::default().labels(selector);
-        self.call(
-            ("list", "networkpolicies"),
-            || format!("list networkpolicies in namespace {}", self.namespace),
-            || self.network_policies.list(&params),
+            ("list", &K::plural(&())),
+            || format!("list {} in namespace {}", K::plural(&()), self.namespace),
+            || api.list(&params),
         )
         .await
         .map(|l| l.items)
     }
 
-    /// Deletes a network policy. Returns whether it existed.
-    pub async fn delete_network_policy(&self, name: &str) -> Result<bool> {
+    /// Deletes one object at once (grace period 0, dependents in the background): sandboxes
+    /// keep nothing worth a graceful stop (user data lives on the host path or a claim) and the
+    /// name becomes free for re-creation. Returns whether it existed.
+    pub async fn delete<K: Kind>(&self, name: &str) -> Result<bool> {
+        let api = self.api::<K>();
         let deleted = self
             .call(
-                ("delete", "networkpolicies"),
-                || {
-                    format!(
-                        "delete networkpolicy {name} in namespace {}",
-                        self.namespace
-                    )
-                },
-                || self.network_policies.delete(name, &self.delete),
+                ("delete", &K::plural(&())),
+                || self.describe::<K>("delete", name),
+                || api.delete(name, &self.delete),
             )
             .await;
         absent_is_ok(deleted)
@@ -312,10 +325,11 @@ impl Cluster {
     pub async fn annotate_pod(&self, name: &str, key: &str, value: &str) -> Result<Pod> {
         let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let pods = self.api::<Pod>();
         self.call(
             ("patch", "pods"),
             || format!("annotate pod {name} in namespace {}", self.namespace),
-            || self.pods.patch(name, &params, &patch),
+            || pods.patch(name, &params, &patch),
         )
         .await
     }
@@ -326,46 +340,18 @@ impl Cluster {
             dry_run: true,
             ..PostParams::default()
         };
+        let pods = self.api::<Pod>();
         self.call(
             ("create", "pods"),
             || format!("dry-run a sandbox pod in namespace {}", self.namespace),
-            || self.pods.create(&params, pod),
-        )
-        .await
-    }
-
-    pub async fn create_service(&self, service: &Service) -> Result<Service> {
-        let name = service.metadata.name.as_deref().unwrap_or_default();
-        self.call(
-            ("create", "services"),
-            || format!("create service {name} in namespace {}", self.namespace),
-            || self.services.create(&self.post, service),
-        )
-        .await
-    }
-
-    pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>> {
-        self.call(
-            ("get", "pods"),
-            || format!("read pod {name} in namespace {}", self.namespace),
-            || self.pods.get_opt(name),
-        )
-        .await
-    }
-
-    pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
-        self.call(
-            ("get", "services"),
-            || format!("read service {name} in namespace {}", self.namespace),
-            || self.services.get_opt(name),
+            || pods.create(&params, pod),
         )
         .await
     }
 
     /// Whether a PersistentVolumeClaim of this namespace exists.
     pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.pods.clone().into_client(), &self.namespace);
+        let claims = self.api::<PersistentVolumeClaim>();
         self.call(
             ("get", "persistentvolumeclaims"),
             || {
@@ -380,57 +366,17 @@ impl Cluster {
         .map(|c| c.is_some())
     }
 
-    pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {
-        let params = ListParams::default().labels(selector);
-        self.call(
-            ("list", "pods"),
-            || format!("list pods in namespace {}", self.namespace),
-            || self.pods.list(&params),
+    fn api<K: Kind>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// "create service sandbox-x-svc in namespace ns", for errors and logs.
+    fn describe<K: Kind>(&self, verb: &str, name: &str) -> String {
+        format!(
+            "{verb} {} {name} in namespace {}",
+            K::kind(&()).to_lowercase(),
+            self.namespace
         )
-        .await
-        .map(|l| l.items)
-    }
-
-    pub async fn list_services(&self, selector: &str) -> Result<Vec<Service>> {
-        let params = ListParams::default().labels(selector);
-        self.call(
-            ("list", "services"),
-            || format!("list services in namespace {}", self.namespace),
-            || self.services.list(&params),
-        )
-        .await
-        .map(|l| l.items)
-    }
-
-    /// Deletes a pod at once (grace period 0): sandboxes keep nothing worth a graceful stop
-    /// (user data lives on the host path) and the name becomes free for re-creation.
-    /// Returns whether it existed.
-    pub async fn delete_pod(&self, name: &str) -> Result<bool> {
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        let deleted = self
-            .call(
-                ("delete", "pods"),
-                || format!("delete pod {name} in namespace {}", self.namespace),
-                || self.pods.delete(name, &params),
-            )
-            .await;
-        absent_is_ok(deleted)
-    }
-
-    /// Deletes a service. Returns whether it existed.
-    pub async fn delete_service(&self, name: &str) -> Result<bool> {
-        let deleted = self
-            .call(
-                ("delete", "services"),
-                || format!("delete service {name} in namespace {}", self.namespace),
-                || self.services.delete(name, &self.delete),
-            )
-            .await;
-        absent_is_ok(deleted)
     }
 }
 
