@@ -16,8 +16,15 @@ use std::{
 };
 
 use common::{eventually, kubeconfig_path, RunningBinary, TestNamespace};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::{api::ListParams, Api};
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        networking::v1::NetworkPolicy,
+    },
+    NamespaceResourceScope,
+};
+use kube::{api::ListParams, Api, Resource};
+use serde::de::DeserializeOwned;
 
 const WORKERS: usize = 12;
 /// Few ids, so that creates and deletes of the same sandbox collide.
@@ -55,39 +62,30 @@ struct Census {
     policies: BTreeSet<String>,
 }
 
+/// The sandbox ids among the managed objects of one kind.
+async fn sandbox_ids<K>(ns: &TestNamespace) -> BTreeSet<String>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ns.client.clone(), &ns.name);
+    api.list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|o| o.meta().labels.as_ref()?.get("sandbox-id").cloned())
+        .collect()
+}
+
 impl Census {
     async fn take(ns: &TestNamespace) -> Census {
-        let lp = ListParams::default().labels(MANAGED);
-        let id = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            meta.labels.as_ref()?.get("sandbox-id").cloned()
-        };
         Census {
-            pods: ns
-                .pods()
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter_map(|p| id(&p.metadata))
-                .collect(),
-            services: ns
-                .services()
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter_map(|s| id(&s.metadata))
-                .collect(),
-            policies: Api::<NetworkPolicy>::namespaced(ns.client.clone(), &ns.name)
-                .list(&lp)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter_map(|p| id(&p.metadata))
-                .collect(),
+            pods: sandbox_ids::<Pod>(ns).await,
+            services: sandbox_ids::<Service>(ns).await,
+            policies: sandbox_ids::<NetworkPolicy>(ns).await,
         }
     }
 
