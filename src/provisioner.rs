@@ -215,14 +215,17 @@ impl Provisioner {
 
     /// Deletes every managed sandbox whose lifetime, idle or ready timer ran out. Only objects
     /// that carry this service's labels are seen (the cache is label-selected). Returns how
-    /// many were removed.
-    pub async fn reap(&self) -> usize {
+    /// many were removed. Stops early once `leading` says this replica lost the lease.
+    pub async fn reap(&self, leading: impl Fn() -> bool) -> usize {
         if !self.cache.state().usable() {
             return 0;
         }
         let now = Timestamp::now();
         let mut removed = 0;
         for pod in self.cache.pods() {
+            if !leading() {
+                break;
+            }
             let Some(raw_id) = sandbox_id_of(&pod.metadata) else {
                 continue;
             };
@@ -270,8 +273,8 @@ impl Provisioner {
     /// older than SANDBOX_ORPHAN_GRACE: a pod without its Service (or, when configured, its
     /// NetworkPolicy) gets it back, a Service or NetworkPolicy without its pod is removed (the
     /// garbage collector would, later), and a sandbox whose pod ended is removed. Returns how
-    /// many objects it acted on.
-    pub async fn sweep(&self) -> usize {
+    /// many objects it acted on. Stops early once `leading` says this replica lost the lease.
+    pub async fn sweep(&self, leading: impl Fn() -> bool) -> usize {
         if !self.cache.state().usable() {
             return 0;
         }
@@ -286,6 +289,9 @@ impl Provisioner {
         let policies = self.sweepable_policies().await;
         let mut acted = 0;
         for service in &services {
+            if !leading() {
+                return acted;
+            }
             let owner_alive = pods.iter().any(|p| manifests::owned_by(service, p));
             if owner_alive || !old(&service.metadata) {
                 continue;
@@ -304,6 +310,9 @@ impl Provisioner {
             }
         }
         for policy in policies.iter().flatten() {
+            if !leading() {
+                return acted;
+            }
             let owner_alive = pods
                 .iter()
                 .any(|p| manifests::meta_owned_by(&policy.metadata, p));
@@ -317,6 +326,9 @@ impl Provisioner {
             }
         }
         for pod in &pods {
+            if !leading() {
+                return acted;
+            }
             let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok())
             else {
                 continue;

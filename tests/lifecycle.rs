@@ -426,3 +426,73 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     gone_within(&ns, "rep-ttl-2", Duration::from_secs(1) + LAG).await;
     assert!(pod_exists(&ns, "rep-1").await, "nothing else was deleted");
 }
+
+#[tokio::test]
+async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
+    use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+    let ns = TestNamespace::new("lease-lost").await;
+    let mut args = fast(&ns);
+    args.sandbox_leader_lease = "3s".into();
+    let svc = TestService::start(args).await;
+    eventually(Duration::from_secs(10), "the lease", || async {
+        (svc.metric("sandbox_provisioner_leader").await == 1.0).then_some(())
+    })
+    .await;
+
+    // Another holder takes the lease and keeps renewing it.
+    let leases: kube::Api<Lease> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let intruder = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut lease = leases.get("sandbox-provisioner-leader").await.unwrap();
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some("intruder".into());
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+                spec.lease_duration_seconds = Some(3);
+                // A 409 (the replica wrote in between) just means: again.
+                let _ = leases
+                    .replace("sandbox-provisioner-leader", &Default::default(), &lease)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the replica to step down",
+        || async { (svc.metric("sandbox_provisioner_leader").await == 0.0).then_some(()) },
+    )
+    .await;
+
+    // While it follows, nothing is reaped, not even what is due.
+    let (code, _) = svc
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "lost-1", "thread_id": "t", "ttl_seconds": 1})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    // The deadline plus three reaper rounds.
+    tokio::time::sleep(Duration::from_secs(1 + 3)).await;
+    assert!(pod_exists(&ns, "lost-1").await, "a follower must not reap");
+    assert_eq!(svc.metric("sandbox_provisioner_leader").await, 0.0);
+
+    // The intruder stops renewing: once its lease ran out the replica takes over and reaps.
+    intruder.abort();
+    gone_within(&ns, "lost-1", Duration::from_secs(3 + 1) + LAG).await;
+    let holder = leases
+        .get("sandbox-provisioner-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_ne!(
+        holder.as_deref(),
+        Some("intruder"),
+        "the replica holds the lease again"
+    );
+    assert_eq!(svc.metric("sandbox_provisioner_leader").await, 1.0);
+}

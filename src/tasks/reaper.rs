@@ -26,8 +26,10 @@ pub fn spawn(
                     if !leading {
                         continue;
                     }
-                    let removed = provisioner.reap().await;
-                    let swept = provisioner.sweep().await;
+                    // Checked again before every deletion: a replica that loses the lease
+                    // mid-round stops there.
+                    let removed = provisioner.reap(|| leadership.is_leader()).await;
+                    let swept = provisioner.sweep(|| leadership.is_leader()).await;
                     if removed + swept > 0 {
                         tracing::info!(removed, swept, "reaper removed expired sandboxes and orphans");
                     }
