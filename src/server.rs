@@ -1,6 +1,6 @@
 //! Start-up and shutdown: connect, prepare the namespace, serve until SIGTERM or Ctrl-C.
 
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::tasks::{
     leader::{self, Leadership},
@@ -82,23 +82,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     check_claims(&config, &provisioner).await?;
-    let leadership = if config.leader_lease.is_zero() {
-        Leadership::always()
-    } else {
-        leader::spawn(
-            provisioner.client(),
-            &config.namespace,
-            replica_identity(),
-            config.leader_lease,
-            stop_background.subscribe(),
-        )
-    };
-    reaper::spawn(
-        provisioner.clone(),
-        config.reap_interval,
-        leadership,
-        stop_background.subscribe(),
-    );
+    let background = Background::spawn(&config, &provisioner, &stop_background);
     match provisioner.check_pod_template().await {
         Ok(()) => tracing::info!(
             "the apiserver accepts the sandbox pod this configuration makes (dry run)"
@@ -135,8 +119,54 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
     }
     let _ = stop_background.send(true);
+    background.finished().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The background tasks of a running service: the leader election (when configured) and the
+/// reaper. Both stop when the `stop` channel they were given turns true.
+pub struct Background {
+    election: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn spawn(config: &Config, provisioner: &Provisioner, stop: &watch::Sender<bool>) -> Self {
+        let (leadership, election) = if config.leader_lease.is_zero() {
+            (Leadership::always(), None)
+        } else {
+            let (leadership, task) = leader::spawn(
+                provisioner.client(),
+                &config.namespace,
+                replica_identity(),
+                config.leader_lease,
+                stop.subscribe(),
+            );
+            (leadership, Some(task))
+        };
+        reaper::spawn(
+            provisioner.clone(),
+            config.reap_interval,
+            leadership,
+            stop.subscribe(),
+        );
+        Background { election }
+    }
+
+    /// After `stop` was sent: waits until the election has given the lease up (itself bounded),
+    /// so that another replica can take over at once instead of waiting out the lease.
+    pub async fn finished(self) {
+        if let Some(election) = self.election {
+            let _ = election.await;
+        }
+    }
+
+    /// Ends the election without giving the lease up, as a crash would (for tests).
+    pub fn abandon(&self) {
+        if let Some(election) = &self.election {
+            election.abort();
+        }
+    }
 }
 
 /// The configured PersistentVolumeClaims must exist; when the apiserver cannot be asked, the

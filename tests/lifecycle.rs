@@ -496,3 +496,40 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     );
     assert_eq!(svc.metric("sandbox_provisioner_leader").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_stopping_leader_hands_the_lease_over_at_once() {
+    let ns = TestNamespace::new("handover").await;
+    // A long lease: waiting it out would take 10 s; a handover takes one round (10/3 s).
+    let args = || {
+        let mut a = fast(&ns);
+        a.sandbox_leader_lease = "10s".into();
+        a
+    };
+    let first = TestService::start(args()).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first replica to lead",
+        || async { (first.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
+    )
+    .await;
+    let second = TestService::start(args()).await;
+    let stopped = std::time::Instant::now();
+    first.stop_gracefully().await;
+    eventually(
+        Duration::from_secs(10 / 3 + 3),
+        "the second replica to take over before the lease would have run out",
+        || async { (second.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
+    )
+    .await;
+    eprintln!("took over {:?} after the leader stopped", stopped.elapsed());
+    let (code, _) = second
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "ho-1", "thread_id": "t", "ttl_seconds": 1})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    gone_within(&ns, "ho-1", Duration::from_secs(1) + LAG).await;
+}

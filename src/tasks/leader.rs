@@ -14,7 +14,7 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{api::PostParams, Api, Client};
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
 /// Name of the Lease in the sandbox namespace.
 pub const LEASE_NAME: &str = "sandbox-provisioner-leader";
@@ -53,8 +53,11 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp, duration: Dur
     let Some(spec) = lease else {
         return Decision::Create;
     };
-    if spec.holder_identity.as_deref() == Some(me) {
-        return Decision::Take;
+    match spec.holder_identity.as_deref() {
+        Some(holder) if holder == me => return Decision::Take,
+        // Given up by its last holder.
+        None | Some("") => return Decision::Take,
+        Some(_) => {}
     }
     let renewed = spec.renew_time.as_ref().map(|t| t.0);
     let held_for = spec
@@ -72,17 +75,18 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp, duration: Dur
     }
 }
 
-/// Runs the election until `shutdown`; returns the leadership to consult.
+/// Runs the election until `shutdown`; returns the leadership to consult and the task, which
+/// ends after giving the lease up (await it so that a successor need not wait out the lease).
 pub fn spawn(
     client: Client,
     namespace: &str,
     identity: String,
     duration: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Leadership {
+) -> (Leadership, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(duration / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -108,9 +112,48 @@ pub fn spawn(
                 }
             }
         }
+        let was_leading = *tx.borrow();
+        // Stop acting as leader before the lease is free for another replica.
         let _ = tx.send(false);
+        if was_leading {
+            match tokio::time::timeout(RELEASE_TIMEOUT, release(&leases, &identity)).await {
+                Ok(Ok(())) => tracing::info!(identity, "gave up the leader lease"),
+                Ok(Err(e)) => {
+                    tracing::warn!(identity, error = %e, "could not give up the leader lease; another replica takes over once it expires")
+                }
+                Err(_) => {
+                    tracing::warn!(identity, "giving up the leader lease timed out; another replica takes over once it expires")
+                }
+            }
+        }
     });
-    Leadership { state: Some(rx) }
+    (Leadership { state: Some(rx) }, task)
+}
+
+/// How long a stopping replica tries to hand the lease back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Clears the holder of a lease we hold, so that the next replica to look takes it at once.
+/// Guarded by the resourceVersion read: a lease someone else took meanwhile is left alone.
+async fn release(leases: &Api<Lease>, me: &str) -> kube::Result<()> {
+    let Some(mut lease) = leases.get_opt(LEASE_NAME).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(me) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    match leases
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// One round: read the lease and act on `decide`. Returns whether we hold it afterwards.
@@ -196,5 +239,10 @@ mod tests {
             decide(Some(&LeaseSpec::default()), "a", now, d),
             Decision::Take
         );
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..spec("b", "2026-01-01T00:00:29Z".parse().unwrap())
+        };
+        assert_eq!(decide(Some(&released), "a", now, d), Decision::Take);
     }
 }

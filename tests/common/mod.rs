@@ -227,7 +227,8 @@ pub struct TestService {
     pub base: String,
     pub http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
-    _stop_background: tokio::sync::watch::Sender<bool>,
+    background: Option<server::Background>,
+    stop_background: tokio::sync::watch::Sender<bool>,
 }
 
 impl TestService {
@@ -237,23 +238,7 @@ impl TestService {
         let provisioner = server::provisioner(&config, background_stopped)
             .await
             .expect("building the provisioner");
-        let leadership = if config.leader_lease.is_zero() {
-            sandbox_provisioner::tasks::leader::Leadership::always()
-        } else {
-            sandbox_provisioner::tasks::leader::spawn(
-                provisioner.client(),
-                &config.namespace,
-                server::replica_identity(),
-                config.leader_lease,
-                stop_background.subscribe(),
-            )
-        };
-        sandbox_provisioner::tasks::reaper::spawn(
-            provisioner.clone(),
-            config.reap_interval,
-            leadership,
-            stop_background.subscribe(),
-        );
+        let background = server::Background::spawn(&config, &provisioner, &stop_background);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = api::router(provisioner, server::api_settings(&config));
@@ -264,7 +249,17 @@ impl TestService {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             task,
-            _stop_background: stop_background,
+            background: Some(background),
+            stop_background,
+        }
+    }
+
+    /// Stops as on SIGTERM: background tasks end and the leader lease is given up.
+    pub async fn stop_gracefully(mut self) {
+        self.task.abort();
+        let _ = self.stop_background.send(true);
+        if let Some(background) = self.background.take() {
+            background.finished().await;
         }
     }
 
@@ -346,8 +341,12 @@ impl TestService {
 }
 
 impl Drop for TestService {
+    /// Goes away as in a crash: the lease, if held, is left to expire.
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(background) = &self.background {
+            background.abandon();
+        }
     }
 }
 
