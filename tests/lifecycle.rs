@@ -533,3 +533,44 @@ async fn a_stopping_leader_hands_the_lease_over_at_once() {
     assert_eq!(code, 200);
     gone_within(&ns, "ho-1", Duration::from_secs(1) + LAG).await;
 }
+
+#[tokio::test]
+async fn a_replica_that_cannot_take_the_lease_says_so_and_does_not_reap() {
+    let ns = TestNamespace::new("no-lease").await;
+    // The provisioner's rules without `leases`.
+    let rules = json!([{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["create", "get", "list", "delete"]}]);
+    let kubeconfig = ns.service_account_kubeconfig("no-lease", rules).await;
+    let mut running = common::RunningBinary::start(&[
+        ("KUBECONFIG_PATH", kubeconfig.display().to_string()),
+        ("K8S_NAMESPACE", ns.name.clone()),
+        ("NODE_HOST", "127.0.0.1".into()),
+        ("SANDBOX_IMAGE", "sandbox:test".into()),
+        ("SANDBOX_LEADER_LEASE", "3s".into()),
+        ("SANDBOX_REAP_INTERVAL", "1s".into()),
+        ("RUST_LOG", "warn".into()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/api/sandboxes", running.base))
+        .json(&json!({"sandbox_id": "nl-1", "thread_id": "t", "ttl_seconds": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    // The deadline plus three reaper rounds: nobody may reap without the lease.
+    tokio::time::sleep(Duration::from_secs(1 + 3)).await;
+    assert!(pod_exists(&ns, "nl-1").await, "reaped without the lease");
+    running.sigterm();
+    let (status, log) = running.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("leader election failed") && log.contains("leases"),
+        "the failure is logged with its cause:\n{log}"
+    );
+    assert_eq!(
+        log.matches("leader election failed").count(),
+        1,
+        "logged once, not every round:\n{log}"
+    );
+}

@@ -6,7 +6,7 @@
 //! read, so two replicas can never both win the same round. A replica that fails to renew
 //! stops counting itself leader at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -89,16 +89,24 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(duration / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = FailureLog::default();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    let leading = match tokio::time::timeout(duration / 3, round(&leases, &identity, duration)).await {
-                        Ok(Ok(leading)) => leading,
+                    let outcome = tokio::time::timeout(duration / 3, round(&leases, &identity, duration)).await;
+                    let leading = match outcome {
+                        Ok(Ok(leading)) => {
+                            failing.recovered();
+                            leading
+                        }
                         Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "leader election round failed");
+                            failing.failed(&e.to_string());
                             false
                         }
-                        Err(_) => false,
+                        Err(_) => {
+                            failing.failed("the apiserver did not answer in time");
+                            false
+                        }
                     };
                     if leading != *tx.borrow() {
                         tracing::info!(identity, leading, "leadership changed");
@@ -128,6 +136,35 @@ pub fn spawn(
         }
     });
     (Leadership { state: Some(rx) }, task)
+}
+
+/// Election failures, logged as warnings when they start and then once a minute while they
+/// last: a replica that can never take the lease (say, RBAC without `leases`) never reaps, and
+/// that must not stay silent.
+#[derive(Default)]
+struct FailureLog {
+    since: Option<Instant>,
+    last_logged: Option<Instant>,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, error: &str) {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if self.last_logged.is_none_or(|t| now - t >= Self::EVERY) {
+            self.last_logged = Some(now);
+            tracing::warn!(error, failing_for = ?(now - since), "leader election failed; this replica does not reap or sweep until it succeeds (check the leases permission with `sandbox-provisioner doctor`)");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(failed_for = ?since.elapsed(), "leader election works again");
+        }
+        self.last_logged = None;
+    }
 }
 
 /// How long a stopping replica tries to hand the lease back.
