@@ -122,6 +122,14 @@ struct Provisioner {
 
 impl Provisioner {
     async fn start(namespace: &str, image: &str) -> (Provisioner, Duration) {
+        Provisioner::start_with(namespace, image, &[]).await
+    }
+
+    async fn start_with(
+        namespace: &str,
+        image: &str,
+        env: &[(&str, &str)],
+    ) -> (Provisioner, Duration) {
         let port = free_port();
         let started = Instant::now();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
@@ -133,6 +141,7 @@ impl Provisioner {
             .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
             .env("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -432,6 +441,84 @@ async fn main() {
     report.info("ready notification p50", format!("{ready_p50:.2} ms"));
     report.row("ready notification p99", ready_p99, "ms", 50.0, true);
     drop(waiter_svc);
+
+    // --- Mass expiry: many sandboxes whose lifetimes end within a second of each other, as
+    // after a backend restart; how late is the last one gone? ---
+    let expiring = sandboxes.min(300);
+    let expiry_ns = TestNamespace::new("bench-expiry").await;
+    let (reaper_svc, _) = Provisioner::start_with(
+        &expiry_ns.name,
+        "sandbox:bench",
+        &[("SANDBOX_REAP_INTERVAL", "1s")],
+    )
+    .await;
+    reaper_svc.wait_synced(&http).await;
+    let ttl = 3 + expiring as u64 / 50;
+    let deadlines: Vec<(String, Instant)> = futures::future::join_all((0..expiring).map(|i| {
+        let (http, base) = (http.clone(), reaper_svc.base.clone());
+        async move {
+            let id = format!("x-{i}");
+            let resp = http
+                .post(format!("{base}/api/sandboxes"))
+                .json(&json!({"sandbox_id": id, "thread_id": "bench", "ttl_seconds": ttl}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            let created: k8s_openapi::jiff::Timestamp =
+                body["created_at"].as_str().unwrap().parse().unwrap();
+            let since = k8s_openapi::jiff::Timestamp::now().duration_since(created);
+            let created_at = Instant::now() - Duration::try_from(since).unwrap_or_default();
+            (
+                format!("sandbox-{id}"),
+                created_at + Duration::from_secs(ttl),
+            )
+        }
+    }))
+    .await;
+    let expiry_pods: Api<Pod> = expiry_ns.pods();
+    let mut lags = Vec::new();
+    let mut left: std::collections::HashMap<String, Instant> = deadlines.into_iter().collect();
+    let watching = Instant::now();
+    while !left.is_empty() && watching.elapsed() < Duration::from_secs(ttl + 120) {
+        let present: std::collections::HashSet<String> = expiry_pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        let now = Instant::now();
+        left.retain(|name, deadline| {
+            let stays = present.contains(name);
+            if !stays {
+                lags.push(now.saturating_duration_since(*deadline));
+            }
+            stays
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "{} sandboxes outlived their lifetime by 2 minutes",
+        left.len()
+    );
+    let (lag_p50, _) = percentiles(lags.clone());
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    report.info(
+        &format!("mass expiry of {expiring} sandboxes: lag past the deadline p50"),
+        format!("{:.2} s", lag_p50 / 1000.0),
+    );
+    report.row(
+        &format!("mass expiry of {expiring} sandboxes: worst lag (reap interval 1 s)"),
+        worst.as_secs_f64(),
+        "s",
+        1.0 + 5.0,
+        true,
+    );
+    drop(reaper_svc);
 
     eprintln!();
     report.print();

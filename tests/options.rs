@@ -152,6 +152,10 @@ async fn sizes_and_explicit_resources_are_applied_within_the_maxima() {
             serde_json::json!({"sandbox_id": "sz-bad-5", "thread_id": "t", "resources": {"requests": {"cpu": "2"}}}),
             "above limits.cpu",
         ),
+        (
+            serde_json::json!({"sandbox_id": "sz-bad-6", "thread_id": "t", "resources": []}),
+            "an object with \"requests\" and/or \"limits\"",
+        ),
     ] {
         let (code, answer) = create(body.clone()).await;
         assert_eq!(code, 422, "{body} -> {answer}");

@@ -10,13 +10,37 @@ use serde::{Deserialize, Serialize};
 pub const RESOURCE_NAMES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
 
 /// Requests and limits, as Kubernetes quantities (`100m`, `1`, `256Mi`, `1Gi`, ...).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Resources {
-    #[serde(default)]
     pub requests: BTreeMap<String, String>,
-    #[serde(default)]
     pub limits: BTreeMap<String, String>,
+}
+
+impl<'de> Deserialize<'de> for Resources {
+    /// Only from an object: serde's derived form would also take an array (`[]` or
+    /// `[{...}, {...}]`), which the API's schema does not allow.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            requests: BTreeMap<String, String>,
+            #[serde(default)]
+            limits: BTreeMap<String, String>,
+        }
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with \"requests\" and/or \"limits\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        let Fields { requests, limits } = deserializer.deserialize_map(ObjectOnly)?;
+        Ok(Resources { requests, limits })
+    }
 }
 
 /// Why a choice of resources was refused; the text names the value and the rule.
@@ -201,6 +225,30 @@ fn check_name(name: &str) -> Result<(), InvalidResources> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_are_read_only_from_an_object() {
+        let parsed: Resources =
+            serde_json::from_str(r#"{"limits": {"cpu": "1"}}"#).expect("an object");
+        assert_eq!(parsed.limits["cpu"], "1");
+        assert!(parsed.requests.is_empty());
+        assert_eq!(
+            serde_json::from_str::<Resources>("{}").unwrap(),
+            Resources::default()
+        );
+        for bad in [
+            "[]",
+            r#"[{}, {}]"#,
+            r#"{"limit": {}}"#,
+            r#"{"limits": []}"#,
+            r#""cpu""#,
+        ] {
+            let err = serde_json::from_str::<Resources>(bad).unwrap_err();
+            assert!(!err.to_string().is_empty(), "{bad}");
+        }
+        let err = serde_json::from_str::<Resources>("[]").unwrap_err();
+        assert!(err.to_string().contains("an object"), "{err}");
+    }
 
     fn sizes() -> Sizes {
         let mut named = BTreeMap::new();
