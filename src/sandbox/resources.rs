@@ -11,8 +11,12 @@ pub const RESOURCE_NAMES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
 
 /// Requests and limits, as Kubernetes quantities (`100m`, `1`, `256Mi`, `1Gi`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// For the schema only (reading is below): both optional, nothing else allowed.
+#[serde(deny_unknown_fields)]
 pub struct Resources {
+    #[serde(default)]
     pub requests: BTreeMap<String, String>,
+    #[serde(default)]
     pub limits: BTreeMap<String, String>,
 }
 
