@@ -238,7 +238,7 @@ impl Provisioner {
             let Some(expiry) = timers.due(
                 now,
                 created,
-                self.last_activity(&raw_id, &pod),
+                self.last_activity(&raw_id, &pod) + self.template.idle_grace,
                 status.ready,
             ) else {
                 continue;

@@ -574,3 +574,52 @@ async fn a_replica_that_cannot_take_the_lease_says_so_and_does_not_reap() {
         "logged once, not every round:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
+    let ns = TestNamespace::new("idle-replicas").await;
+    let args = || {
+        let mut a = fast(&ns);
+        a.sandbox_leader_lease = "3s".into();
+        a.sandbox_activity_persist_interval = "3s".into();
+        a
+    };
+    let first = TestService::start(args()).await;
+    let second = TestService::start(args()).await;
+    let first_leads = eventually(Duration::from_secs(10), "a leader", || async {
+        let (a, b) = (
+            first.metric("sandbox_provisioner_leader").await,
+            second.metric("sandbox_provisioner_leader").await,
+        );
+        (a + b == 1.0).then_some(a == 1.0)
+    })
+    .await;
+    let (leader, follower) = if first_leads {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    let created = std::time::Instant::now();
+    let (code, _) = leader
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "ir-1", "thread_id": "t", "idle_timeout_seconds": 4})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    // Activity on the follower at 2 s: within the persist interval of the creation, so it is
+    // not written to the pod, and the leader cannot know it.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(created.elapsed())).await;
+    assert_eq!(follower.get("ir-1").await.0, 200);
+    // The deadline the leader knows (4 s) passed a reaper round ago; the true one (6 s) has
+    // not: the sandbox must still be there.
+    tokio::time::sleep(Duration::from_millis(5500).saturating_sub(created.elapsed())).await;
+    assert!(
+        pod_exists(&ns, "ir-1").await,
+        "removed before its idle deadline"
+    );
+    // It still goes: at most one persist interval after the deadline the leader knows.
+    gone_within(&ns, "ir-1", Duration::from_secs(2) + LAG).await;
+    eprintln!("removed {:?} after creation", created.elapsed());
+}

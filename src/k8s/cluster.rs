@@ -108,7 +108,7 @@ impl Error {
 
 /// "outer: inner: innermost", skipping repeats, so the root cause (connection refused,
 /// certificate invalid, ...) is visible.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {

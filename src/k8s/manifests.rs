@@ -69,6 +69,10 @@ pub struct SandboxTemplate {
     pub activity_persist_interval: std::time::Duration,
     /// Age after which the sweeper acts on an orphan.
     pub orphan_grace: std::time::Duration,
+    /// How long past its idle deadline (as this replica knows it) a sandbox is kept: with
+    /// several replicas, activity another replica saw may not be written to the pod yet, but
+    /// is at most one persist interval newer than what is (zero for a single replica).
+    pub idle_grace: std::time::Duration,
     pub security: PodSecurity,
     /// Container port, probe port and service port.
     pub port: i32,
@@ -95,6 +99,11 @@ impl SandboxTemplate {
             timers: config.timers,
             activity_persist_interval: config.activity_persist_interval,
             orphan_grace: config.orphan_grace,
+            idle_grace: if config.leader_lease.is_zero() {
+                std::time::Duration::ZERO
+            } else {
+                config.activity_persist_interval
+            },
             security: config.pod_security.clone(),
             port: i32::from(config.container_port),
             service_type: config.service_type,
@@ -569,6 +578,7 @@ mod tests {
             timers: Timers::default(),
             activity_persist_interval: std::time::Duration::from_secs(30),
             orphan_grace: std::time::Duration::from_secs(60),
+            idle_grace: std::time::Duration::ZERO,
             security: strict(),
             port: SANDBOX_PORT,
             service_type: ServiceType::NodePort,

@@ -100,7 +100,7 @@ pub fn spawn(
                             leading
                         }
                         Ok(Err(e)) => {
-                            failing.failed(&e.to_string());
+                            failing.failed(&crate::k8s::cluster::error_chain(&e));
                             false
                         }
                         Err(_) => {
