@@ -652,3 +652,27 @@ async fn hostile_input_everywhere_gets_4xx_json_and_creates_nothing() {
         ns.leftovers().await
     );
 }
+
+/// Connections left idle in the client's pool must not fail the next request.
+#[tokio::test]
+async fn requests_after_idle_pauses_of_about_the_timeout_succeed() {
+    let ns = TestNamespace::new("idle-conns").await;
+    let mut args = serve_args(&ns.name);
+    args.k8s_api_timeout_seconds = 0.5;
+    let svc = TestService::start(args).await;
+    let mut failures = Vec::new();
+    for i in 0..60u64 {
+        // Pauses around the call timeout: a read timeout on pooled connections (the defect
+        // this guards against) kills them right about when they are reused.
+        tokio::time::sleep(Duration::from_millis(470 + (i * 7) % 60)).await;
+        let (code, body) = svc.get("absent-1").await;
+        if code != 404 {
+            failures.push(format!("{code} {body}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+}

@@ -23,9 +23,9 @@ pub enum ClientError {
 
 /// A ready client and a description of where its configuration came from.
 pub struct Connected {
-    /// For requests: every timeout set.
+    /// For requests: connect timeout set; each call is bounded by `k8s::cluster`.
     pub client: kube::Client,
-    /// For long-lived watches: no read timeout (the apiserver ends each watch after minutes).
+    /// For long-lived watches: kube's own read timeout, longer than the watches it makes.
     pub watch_client: kube::Client,
     pub source: String,
     pub server: String,
@@ -113,10 +113,15 @@ pub fn override_server(config: &mut kube::Config, server: http::Uri) {
     config.cluster_url = server;
 }
 
+/// Only the connect timeout: the time limit of a call is applied around the whole call (in
+/// `k8s::cluster`). A read timeout on the connection would be a trap: its timer also runs while
+/// the connection sits idle in the pool, so every connection left idle for that long dies, and
+/// a request handed one at that moment fails at once ("client error (SendRequest)") after
+/// having reached the apiserver.
 fn set_timeouts(config: &mut kube::Config, timeout: Duration) {
     config.connect_timeout = Some(timeout);
-    config.read_timeout = Some(timeout);
-    config.write_timeout = Some(timeout);
+    config.read_timeout = None;
+    config.write_timeout = None;
 }
 
 #[cfg(test)]
