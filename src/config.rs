@@ -151,9 +151,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SANDBOX_ACTIVITY_PERSIST_INTERVAL", default_value = "30s")]
     pub sandbox_activity_persist_interval: String,
 
-    /// Lease duration for electing the one replica that reaps and sweeps when several run
-    /// (e.g. 15s); 0 = no election (a single replica).
-    #[arg(long, env = "SANDBOX_LEADER_LEASE", default_value = "0")]
+    /// Lease duration for electing the one replica that reaps and sweeps, so that any number
+    /// of replicas can run; 0 = no election (only safe with a single replica).
+    #[arg(long, env = "SANDBOX_LEADER_LEASE", default_value = "15s")]
     pub sandbox_leader_lease: String,
 
     /// How old a pod without its Service or NetworkPolicy, or a Service or NetworkPolicy without

@@ -194,12 +194,19 @@ impl Provisioner {
         .unwrap_or_else(Timestamp::now)
     }
 
+    /// Where the idle timer starts: the latest known activity, plus the grace that covers
+    /// activity other replicas saw but have not written yet. The published `expires_at` and the
+    /// reaper both use it, so a sandbox goes when its answer said it would.
+    fn idle_since(&self, id: &str, pod: &Pod) -> Timestamp {
+        self.last_activity(id, pod) + self.template.idle_grace
+    }
+
     /// Fills in what depends on timers and activity.
     fn finish_view(&self, sandbox: &mut Sandbox, pod: &Pod) {
         let timers = manifests::timers_of(pod, self.template.timers.ready);
         let created = manifests::created_of(pod).unwrap_or_else(Timestamp::now);
         sandbox.expires_at = timers
-            .expires_at(created, self.last_activity(&sandbox.sandbox_id, pod))
+            .expires_at(created, self.idle_since(&sandbox.sandbox_id, pod))
             .map(|t| t.to_string());
     }
 
@@ -238,7 +245,7 @@ impl Provisioner {
             let Some(expiry) = timers.due(
                 now,
                 created,
-                self.last_activity(&raw_id, &pod) + self.template.idle_grace,
+                self.idle_since(&raw_id, &pod),
                 status.ready,
             ) else {
                 continue;

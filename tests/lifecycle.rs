@@ -32,6 +32,8 @@ fn fast(ns: &TestNamespace) -> sandbox_provisioner::config::ServeArgs {
     let mut args = serve_args(&ns.name);
     args.sandbox_reap_interval = "1s".into();
     args.sandbox_ready_timeout = "0".into();
+    // With the election on (the default) idle deadlines include this interval.
+    args.sandbox_activity_persist_interval = "1s".into();
     args
 }
 

@@ -191,6 +191,8 @@ fn binary_env(ns: &TestNamespace, orphan_grace: &str) -> Vec<(&'static str, Stri
         ("SANDBOX_REAP_INTERVAL", "1s".into()),
         ("SANDBOX_READY_TIMEOUT", "0".into()),
         ("SANDBOX_ORPHAN_GRACE", orphan_grace.into()),
+        // A killed leader's lease must run out before the next process reaps and sweeps.
+        ("SANDBOX_LEADER_LEASE", "3s".into()),
         // Three objects per sandbox, so that there are two places for a kill to fall between.
         ("SANDBOX_NETWORK_POLICY", "isolated".into()),
         // Little logging: nobody reads the pipes while the load runs.
