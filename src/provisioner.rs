@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         core::v1::{Pod, Service},
@@ -33,6 +34,8 @@ use crate::{
 /// How long a delete waits for the cache to drop the sandbox, so that a read right after it
 /// from this service does not see it.
 const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+/// How many expired sandboxes the reaper removes at a time.
+const REAP_CONCURRENCY: usize = 8;
 
 /// How long a created sandbox is listed from memory while the watch has not delivered it.
 const FRESH_FOR: Duration = Duration::from_secs(10);
@@ -228,52 +231,59 @@ impl Provisioner {
             return 0;
         }
         let now = Timestamp::now();
-        let mut removed = 0;
-        for pod in self.cache.pods() {
-            if !leading() {
-                break;
-            }
-            let Some(raw_id) = sandbox_id_of(&pod.metadata) else {
-                continue;
-            };
-            let Ok(id) = SandboxId::parse(&raw_id) else {
-                continue;
-            };
-            let timers = manifests::timers_of(&pod, self.template.timers.ready);
-            let created = manifests::created_of(&pod).unwrap_or(now);
-            let status = SandboxStatus::of(&pod);
-            let Some(expiry) = timers.due(
-                now,
-                created,
-                self.idle_since(&raw_id, &pod),
-                status.ready,
-            ) else {
-                continue;
-            };
-            let (reason, why) = match expiry {
-                Expiry::Lifetime => (Reason::Lifetime, "its lifetime ended".to_string()),
-                Expiry::Idle => (Reason::Idle, "it was idle too long".to_string()),
-                Expiry::NeverReady => (
-                    Reason::NeverReady,
-                    format!(
-                        "it never became ready ({}: {})",
-                        status.reason.as_deref().unwrap_or("no reason reported"),
-                        status.message.as_deref().unwrap_or("-")
+        let due: Vec<(SandboxId, Reason, String)> = self
+            .cache
+            .pods()
+            .iter()
+            .filter_map(|pod| {
+                let raw_id = sandbox_id_of(&pod.metadata)?;
+                let id = SandboxId::parse(&raw_id).ok()?;
+                let timers = manifests::timers_of(pod, self.template.timers.ready);
+                let created = manifests::created_of(pod).unwrap_or(now);
+                let status = SandboxStatus::of(pod);
+                let expiry =
+                    timers.due(now, created, self.idle_since(&raw_id, pod), status.ready)?;
+                let (reason, why) = match expiry {
+                    Expiry::Lifetime => (Reason::Lifetime, "its lifetime ended".to_string()),
+                    Expiry::Idle => (Reason::Idle, "it was idle too long".to_string()),
+                    Expiry::NeverReady => (
+                        Reason::NeverReady,
+                        format!(
+                            "it never became ready ({}: {})",
+                            status.reason.as_deref().unwrap_or("no reason reported"),
+                            status.message.as_deref().unwrap_or("-")
+                        ),
                     ),
-                ),
-            };
-            match self.remove(&id, reason).await {
-                Ok(true) => {
-                    removed += 1;
-                    tracing::warn!(sandbox_id = %id, reason = %why, "sandbox expired and was removed");
+                };
+                Some((id, reason, why))
+            })
+            .collect();
+        // Several at a time, so that many deadlines falling together (a backend that went
+        // away with all its sandboxes) are still met within the promised lag.
+        let removals = futures::stream::iter(due).map(|(id, reason, why)| {
+            let leading = &leading;
+            async move {
+                if !leading() {
+                    return false;
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(sandbox_id = %id, error = %e, "removing an expired sandbox failed; retrying next round")
+                match self.remove(&id, reason).await {
+                    Ok(true) => {
+                        tracing::warn!(sandbox_id = %id, reason = %why, "sandbox expired and was removed");
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %id, error = %e, "removing an expired sandbox failed; retrying next round");
+                        false
+                    }
                 }
             }
-        }
-        removed
+        });
+        removals
+            .buffer_unordered(REAP_CONCURRENCY)
+            .filter(|removed| std::future::ready(*removed))
+            .count()
+            .await
     }
 
     /// Repairs or removes what a crash or a third party left behind, among the managed objects
