@@ -147,7 +147,9 @@ pub struct ServeArgs {
     pub sandbox_reap_interval: String,
 
     /// How often, at most, a sandbox's last activity is written to its pod (so that a restarted
-    /// or second provisioner knows it); activity in between is kept in memory.
+    /// or second provisioner knows it); activity in between is kept in memory. With the
+    /// election on, idle deadlines are this much later, so that activity another replica saw is
+    /// never missed.
     #[arg(long, env = "SANDBOX_ACTIVITY_PERSIST_INTERVAL", default_value = "30s")]
     pub sandbox_activity_persist_interval: String,
 
