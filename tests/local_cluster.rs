@@ -357,3 +357,40 @@ async fn start_delay_postpones_readiness() {
         "ready {waited}s after creation, expected the 2.5 s delay"
     );
 }
+
+#[tokio::test]
+async fn a_namespace_holding_a_claim_is_deleted_completely() {
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+    let ns = TestNamespace::new("claim-gone").await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ns.client.clone(), &ns.name);
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    let created = claims.create(&PostParams::default(), &claim).await.unwrap();
+    // The apiserver protects every claim with a finalizer that only a controller removes.
+    assert!(created
+        .metadata
+        .finalizers
+        .unwrap_or_default()
+        .contains(&"kubernetes.io/pvc-protection".to_string()));
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the namespace and its claim to be gone",
+        || async {
+            namespaces
+                .get_opt(&ns.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
