@@ -4,7 +4,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -96,6 +99,9 @@ pub struct Provisioner {
     activity: Arc<Mutex<HashMap<String, (Timestamp, Timestamp)>>>,
     /// Sandboxes this process created that the cache may not show yet, with when.
     fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
+    /// Policies on: whether this process has seen the baseline NetworkPolicy exist. Off:
+    /// whether it has removed a stale one.
+    baseline_ensured: Arc<AtomicBool>,
 }
 
 /// A created or found sandbox, and whether this call created it.
@@ -119,6 +125,7 @@ impl Provisioner {
             seen_ready: Arc::default(),
             fresh: Arc::default(),
             activity: Arc::default(),
+            baseline_ensured: Arc::default(),
         }
     }
 
@@ -326,7 +333,29 @@ impl Provisioner {
                 }
             }
         }
-        for policy in policies.iter().flatten() {
+        if let Some(policies) = &policies {
+            let present = policies
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(manifests::BASELINE_POLICY_NAME));
+            if !present {
+                self.baseline_ensured.store(false, Ordering::Relaxed);
+                match self.ensure_baseline_policy().await {
+                    Ok(()) => {
+                        acted += 1;
+                        tracing::warn!("the baseline NetworkPolicy was missing; restored it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "restoring the baseline NetworkPolicy failed; retrying next round")
+                    }
+                }
+            }
+        }
+        // Each sandbox's own policy (the baseline belongs to no sandbox).
+        let sandbox_policies = policies
+            .iter()
+            .flatten()
+            .filter(|p| sandbox_id_of(&p.metadata).is_some());
+        for policy in sandbox_policies {
             if !leading() {
                 return acted;
             }
@@ -398,10 +427,53 @@ impl Provisioner {
         acted
     }
 
+    /// Creates the baseline NetworkPolicy when policies are on and this process has not seen it
+    /// yet (one write per process, not per sandbox).
+    async fn ensure_baseline_policy(&self) -> Result<()> {
+        if self.baseline_ensured.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(baseline) = manifests::baseline_network_policy(&self.template) else {
+            return Ok(());
+        };
+        match self.cluster.create(&baseline).await {
+            Ok(_) => tracing::info!(
+                name = manifests::BASELINE_POLICY_NAME,
+                "created the baseline NetworkPolicy that shuts off sandboxes without their own"
+            ),
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.baseline_ensured.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// With policies turned off, a baseline left from when they were on would shut every
+    /// sandbox off: removed once per process (quietly when not there or not permitted, as
+    /// without policies the service needs no rights on them).
+    async fn remove_stale_baseline(&self) {
+        if self.baseline_ensured.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match self
+            .cluster
+            .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
+            .await
+        {
+            Ok(true) => tracing::warn!(
+                name = manifests::BASELINE_POLICY_NAME,
+                "SANDBOX_NETWORK_POLICY is none: removed the baseline NetworkPolicy left from before"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "could not check for a baseline NetworkPolicy"),
+        }
+    }
+
     /// The managed NetworkPolicies, when sandboxes get one (None otherwise, or when they could
     /// not be listed: the sweep then leaves policies alone this round).
     async fn sweepable_policies(&self) -> Option<Vec<NetworkPolicy>> {
         if matches!(self.template.network_policy, NetworkPolicyMode::None) {
+            self.remove_stale_baseline().await;
             return None;
         }
         match self
@@ -488,6 +560,9 @@ impl Provisioner {
         timers: &Timers,
     ) -> Result<Provisioned> {
         let started = Instant::now();
+        // Before the first pod: whatever happens between the pod and its own policy, the
+        // sandbox is then shut off rather than open.
+        self.ensure_baseline_policy().await?;
         let wanted = manifests::pod(
             &self.template,
             id,

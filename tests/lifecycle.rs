@@ -348,6 +348,55 @@ async fn a_lost_network_policy_is_put_back() {
         "owned by the pod, so that it goes with it"
     );
     assert_eq!(restored.spec, first.spec, "the same policy as at creation");
+
+    // The baseline that shuts off sandboxes without their own policy comes back too.
+    let baseline = policies.get("sandbox-provisioner-baseline").await.unwrap();
+    policies
+        .delete("sandbox-provisioner-baseline", &Default::default())
+        .await
+        .unwrap();
+    eventually(LAG, "the baseline NetworkPolicy to be restored", || async {
+        let p = policies
+            .get_opt("sandbox-provisioner-baseline")
+            .await
+            .unwrap()?;
+        (p.metadata.uid != baseline.metadata.uid).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_baseline_policy_left_from_before_goes_when_policies_are_off() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let ns = TestNamespace::new("stale-baseline").await;
+    let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let stale: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "sandbox-provisioner-baseline", "labels": {
+            "app": "deer-flow-sandbox", "app.kubernetes.io/managed-by": "sandbox-provisioner"}},
+        "spec": {"podSelector": {"matchLabels": {
+            "app": "deer-flow-sandbox", "app.kubernetes.io/managed-by": "sandbox-provisioner"}},
+            "policyTypes": ["Ingress", "Egress"]},
+    }))
+    .unwrap();
+    policies.create(&Default::default(), &stale).await.unwrap();
+    // An unrelated policy stays.
+    let other: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "operators-own"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }))
+    .unwrap();
+    policies.create(&Default::default(), &other).await.unwrap();
+    let _svc = TestService::start(fast(&ns)).await;
+    eventually(LAG, "the stale baseline to be removed", || async {
+        policies
+            .get_opt("sandbox-provisioner-baseline")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(policies.get_opt("operators-own").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -358,6 +358,25 @@ async fn isolated_sandboxes_get_a_network_policy_that_goes_with_the_pod() {
     let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
     let policy = policies.get("sandbox-iso-1-netpol").await.unwrap();
     let pod = ns.pods().get("sandbox-iso-1").await.unwrap();
+    // Made before the first pod: every managed sandbox is shut off unless its own policy
+    // allows something.
+    let baseline = policies.get("sandbox-provisioner-baseline").await.unwrap();
+    let baseline = serde_json::to_value(baseline.spec.unwrap()).unwrap();
+    assert_eq!(
+        baseline["podSelector"]["matchLabels"],
+        serde_json::json!({"app": "deer-flow-sandbox", "app.kubernetes.io/managed-by": "sandbox-provisioner"})
+    );
+    assert_eq!(
+        baseline["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert!(baseline.get("ingress").is_none() && baseline.get("egress").is_none());
+    assert!(baseline["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(k, v)| pod.metadata.labels.as_ref().unwrap().get(k)
+            == v.as_str().map(String::from).as_ref()));
     let owner = &policy.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str()),

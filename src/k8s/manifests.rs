@@ -370,6 +370,53 @@ pub fn activity_of(pod: &Pod) -> Option<Timestamp> {
         .and_then(|t| t.parse().ok())
 }
 
+/// Name of the namespace-wide policy that denies sandboxes what their own policies do not allow.
+pub const BASELINE_POLICY_NAME: &str = "sandbox-provisioner-baseline";
+
+/// With network policies on: one policy selecting every managed sandbox pod and allowing
+/// nothing in the directions the sandbox policies govern. Policies add up, so a sandbox gets
+/// exactly what its own policy allows, and a sandbox whose own policy is missing (a crash
+/// between two writes, or the moment between its pod and its policy) gets nothing rather than
+/// everything.
+pub fn baseline_network_policy(t: &SandboxTemplate) -> Option<NetworkPolicy> {
+    let governed = match &t.network_policy {
+        NetworkPolicyMode::None => return None,
+        NetworkPolicyMode::Isolated {
+            ingress_from,
+            egress_deny,
+        } => isolated_spec(t.port, ingress_from, egress_deny),
+        NetworkPolicyMode::Template(spec) => spec.clone(),
+    };
+    // Kubernetes' own default when a spec names no policyTypes.
+    let policy_types = governed.policy_types.clone().unwrap_or_else(|| {
+        let mut types = vec!["Ingress".to_string()];
+        if governed.egress.is_some() {
+            types.push("Egress".to_string());
+        }
+        types
+    });
+    let selector = BTreeMap::from([
+        ("app".to_string(), "deer-flow-sandbox".to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+    ]);
+    Some(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(BASELINE_POLICY_NAME.into()),
+            namespace: Some(t.namespace.clone()),
+            labels: Some(selector.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(k8s_openapi::api::networking::v1::NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(policy_types),
+            ..Default::default()
+        }),
+    })
+}
+
 pub fn network_policy_name(id: &SandboxId) -> String {
     format!("sandbox-{id}-netpol")
 }
@@ -562,6 +609,36 @@ mod tests {
             capabilities_drop: vec!["ALL".into()],
             capabilities_add: vec!["CHOWN".into(), "SETUID".into()],
         }
+    }
+
+    #[test]
+    fn the_baseline_policy_denies_what_the_sandbox_policies_govern() {
+        let mut t = template(None, None);
+        assert!(
+            baseline_network_policy(&t).is_none(),
+            "none without policies"
+        );
+        t.network_policy = NetworkPolicyMode::Isolated {
+            ingress_from: vec![],
+            egress_deny: vec!["10.0.0.0/8".into()],
+        };
+        let v = serde_json::to_value(baseline_network_policy(&t).unwrap()).unwrap();
+        assert_eq!(v["metadata"]["name"], BASELINE_POLICY_NAME);
+        assert_eq!(
+            v["spec"]["podSelector"]["matchLabels"],
+            json!({"app": "deer-flow-sandbox", MANAGED_BY_LABEL: MANAGED_BY})
+        );
+        assert_eq!(v["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert!(v["spec"].get("ingress").is_none() && v["spec"].get("egress").is_none());
+        assert!(
+            v["metadata"]["labels"].get(SANDBOX_ID_LABEL).is_none(),
+            "not any one sandbox's"
+        );
+        // A template that governs ingress only leaves egress alone.
+        t.network_policy =
+            NetworkPolicyMode::Template(serde_json::from_value(json!({"ingress": [{}]})).unwrap());
+        let v = serde_json::to_value(baseline_network_policy(&t).unwrap()).unwrap();
+        assert_eq!(v["spec"]["policyTypes"], json!(["Ingress"]));
     }
 
     fn template(threads: Option<&str>, skills: Option<&str>) -> SandboxTemplate {
