@@ -442,23 +442,7 @@ async fn missing_namespace_is_created_with_labels_and_again_when_it_disappears()
     assert_eq!(labels["app.kubernetes.io/name"], "deer-flow");
     assert_eq!(labels["app.kubernetes.io/component"], "sandbox");
 
-    namespaces
-        .delete(&ns.name, &Default::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the namespace to be gone",
-        || async {
-            namespaces
-                .get_opt(&ns.name)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    ns.delete_and_wait("the namespace to be gone").await;
     let (code, body) = svc.create("lazy-2", "thread-1").await;
     assert_eq!(code, 200, "{body}");
     assert!(ns.pods().get_opt("sandbox-lazy-2").await.unwrap().is_some());

@@ -360,7 +360,7 @@ async fn start_delay_postpones_readiness() {
 
 #[tokio::test]
 async fn a_namespace_holding_a_claim_is_deleted_completely() {
-    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
     let ns = TestNamespace::new("claim-gone").await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ns.client.clone(), &ns.name);
     let claim: PersistentVolumeClaim = serde_json::from_value(json!({
@@ -375,22 +375,6 @@ async fn a_namespace_holding_a_claim_is_deleted_completely() {
         .finalizers
         .unwrap_or_default()
         .contains(&"kubernetes.io/pvc-protection".to_string()));
-    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
-    namespaces
-        .delete(&ns.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the namespace and its claim to be gone",
-        || async {
-            namespaces
-                .get_opt(&ns.name)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    ns.delete_and_wait("the namespace and its claim to be gone")
+        .await;
 }

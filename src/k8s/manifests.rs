@@ -29,7 +29,8 @@ use crate::{
     sandbox::{Resources, Sandbox, SandboxId, SandboxStatus, ThreadId, Timers},
 };
 use k8s_openapi::{
-    api::networking::v1::NetworkPolicy, apimachinery::pkg::apis::meta::v1::LabelSelector,
+    api::networking::v1::{NetworkPolicy, NetworkPolicySpec},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 
 /// Port the seed's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
@@ -370,6 +371,18 @@ pub fn activity_of(pod: &Pod) -> Option<Timestamp> {
         .and_then(|t| t.parse().ok())
 }
 
+/// What each sandbox's own policy allows, as configured (its pod selector still to be set).
+fn sandbox_policy_spec(t: &SandboxTemplate) -> Option<NetworkPolicySpec> {
+    match &t.network_policy {
+        NetworkPolicyMode::None => None,
+        NetworkPolicyMode::Isolated {
+            ingress_from,
+            egress_deny,
+        } => Some(isolated_spec(t.port, ingress_from, egress_deny)),
+        NetworkPolicyMode::Template(spec) => Some(spec.clone()),
+    }
+}
+
 /// Name of the namespace-wide policy that denies sandboxes what their own policies do not allow.
 pub const BASELINE_POLICY_NAME: &str = "sandbox-provisioner-baseline";
 
@@ -379,14 +392,7 @@ pub const BASELINE_POLICY_NAME: &str = "sandbox-provisioner-baseline";
 /// between two writes, or the moment between its pod and its policy) gets nothing rather than
 /// everything.
 pub fn baseline_network_policy(t: &SandboxTemplate) -> Option<NetworkPolicy> {
-    let governed = match &t.network_policy {
-        NetworkPolicyMode::None => return None,
-        NetworkPolicyMode::Isolated {
-            ingress_from,
-            egress_deny,
-        } => isolated_spec(t.port, ingress_from, egress_deny),
-        NetworkPolicyMode::Template(spec) => spec.clone(),
-    };
+    let governed = sandbox_policy_spec(t)?;
     // Kubernetes' own default when a spec names no policyTypes.
     let policy_types = governed.policy_types.clone().unwrap_or_else(|| {
         let mut types = vec!["Ingress".to_string()];
@@ -406,7 +412,7 @@ pub fn baseline_network_policy(t: &SandboxTemplate) -> Option<NetworkPolicy> {
             labels: Some(selector.clone()),
             ..ObjectMeta::default()
         },
-        spec: Some(k8s_openapi::api::networking::v1::NetworkPolicySpec {
+        spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()
@@ -429,14 +435,7 @@ pub fn network_policy(
     thread: &ThreadId,
     owner: &Pod,
 ) -> Option<NetworkPolicy> {
-    let mut spec = match &t.network_policy {
-        NetworkPolicyMode::None => return None,
-        NetworkPolicyMode::Isolated {
-            ingress_from,
-            egress_deny,
-        } => isolated_spec(t.port, ingress_from, egress_deny),
-        NetworkPolicyMode::Template(spec) => spec.clone(),
-    };
+    let mut spec = sandbox_policy_spec(t)?;
     spec.pod_selector = Some(LabelSelector {
         match_labels: Some(BTreeMap::from([
             ("app".to_string(), "deer-flow-sandbox".to_string()),

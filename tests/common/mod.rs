@@ -109,6 +109,24 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
+    /// Deletes the namespace and waits until it is gone, with everything in it.
+    pub async fn delete_and_wait(&self, what: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(60), what, || async {
+            namespaces
+                .get_opt(&self.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Pods and services left in the namespace, as `kind/name` strings.
     pub async fn leftovers(&self) -> Vec<String> {
         let lp = ListParams::default();
