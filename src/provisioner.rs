@@ -17,6 +17,7 @@ use k8s_openapi::{
         core::v1::{Pod, Service},
         networking::v1::NetworkPolicy,
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
 
@@ -99,9 +100,8 @@ pub struct Provisioner {
     activity: Arc<Mutex<HashMap<String, (Timestamp, Timestamp)>>>,
     /// Sandboxes this process created that the cache may not show yet, with when.
     fresh: Arc<Mutex<HashMap<String, (Sandbox, Instant)>>>,
-    /// Policies on: whether this process has seen the baseline NetworkPolicy exist. Off:
-    /// whether it has removed a stale one.
-    baseline_ensured: Arc<AtomicBool>,
+    /// Whether the baseline NetworkPolicy is known to be as the configuration wants it.
+    baseline_settled: Arc<AtomicBool>,
 }
 
 /// A created or found sandbox, and whether this call created it.
@@ -125,7 +125,7 @@ impl Provisioner {
             seen_ready: Arc::default(),
             fresh: Arc::default(),
             activity: Arc::default(),
-            baseline_ensured: Arc::default(),
+            baseline_settled: Arc::default(),
         }
     }
 
@@ -303,7 +303,7 @@ impl Provisioner {
             return 0;
         }
         let now = Timestamp::now();
-        let old = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let old = |meta: &ObjectMeta| {
             meta.creation_timestamp.as_ref().is_some_and(|t| {
                 now.duration_since(t.0).unsigned_abs() >= self.template.orphan_grace
             })
@@ -311,35 +311,22 @@ impl Provisioner {
         let pods = self.cache.pods();
         let services = self.cache.services();
         let policies = self.sweepable_policies().await;
-        let mut acted = 0;
-        for service in &services {
-            if !leading() {
-                return acted;
-            }
-            let owner_alive = pods.iter().any(|p| manifests::owned_by(service, p));
-            if owner_alive || !old(&service.metadata) {
-                continue;
-            }
-            let name = service.metadata.name.clone().unwrap_or_default();
-            match self.cluster.delete::<Service>(&name).await {
-                Ok(true) => {
-                    acted += 1;
-                    self.metrics.sandbox_deleted(Reason::Orphan);
-                    tracing::warn!(service = %name, "removed a Service whose pod is gone");
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "removing an orphaned Service failed")
-                }
-            }
-        }
+        let mut acted = self
+            .remove_ownerless(
+                &services.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+                &pods,
+                &old,
+                &leading,
+                true,
+            )
+            .await;
         if let Some(policies) = &policies {
-            let present = policies
+            if !policies
                 .iter()
-                .any(|p| p.metadata.name.as_deref() == Some(manifests::BASELINE_POLICY_NAME));
-            if !present {
-                self.baseline_ensured.store(false, Ordering::Relaxed);
-                match self.ensure_baseline_policy().await {
+                .any(|p| p.metadata.name.as_deref() == Some(manifests::BASELINE_POLICY_NAME))
+            {
+                self.baseline_settled.store(false, Ordering::Relaxed);
+                match self.settle_baseline_policy().await {
                     Ok(()) => {
                         acted += 1;
                         tracing::warn!("the baseline NetworkPolicy was missing; restored it");
@@ -349,131 +336,164 @@ impl Provisioner {
                     }
                 }
             }
-        }
-        // Each sandbox's own policy (the baseline belongs to no sandbox).
-        let sandbox_policies = policies
-            .iter()
-            .flatten()
-            .filter(|p| sandbox_id_of(&p.metadata).is_some());
-        for policy in sandbox_policies {
-            if !leading() {
-                return acted;
-            }
-            let owner_alive = pods
+            // Each sandbox's own policy (the baseline belongs to no sandbox).
+            let own: Vec<&NetworkPolicy> = policies
                 .iter()
-                .any(|p| manifests::meta_owned_by(&policy.metadata, p));
-            if owner_alive || !old(&policy.metadata) {
-                continue;
-            }
-            let name = policy.metadata.name.clone().unwrap_or_default();
-            if let Ok(true) = self.cluster.delete::<NetworkPolicy>(&name).await {
-                acted += 1;
-                tracing::warn!(network_policy = %name, "removed a NetworkPolicy whose pod is gone");
-            }
+                .filter(|p| sandbox_id_of(&p.metadata).is_some())
+                .collect();
+            acted += self
+                .remove_ownerless(&own, &pods, &old, &leading, false)
+                .await;
         }
         for pod in &pods {
             if !leading() {
-                return acted;
+                break;
             }
-            let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok())
-            else {
+            if old(&pod.metadata) || pod_ended(pod) {
+                acted += self.sweep_pod(pod, &services, policies.as_deref()).await;
+            }
+        }
+        acted
+    }
+
+    /// Deletes the objects among `objects` whose pod is gone (old enough ones only); a Service
+    /// counts as an orphaned sandbox in the deletion metric.
+    async fn remove_ownerless<K: Kind>(
+        &self,
+        objects: &[&K],
+        pods: &[Arc<Pod>],
+        old: &impl Fn(&ObjectMeta) -> bool,
+        leading: &impl Fn() -> bool,
+        counted_as_sandbox: bool,
+    ) -> usize {
+        let mut removed = 0;
+        for object in objects {
+            if !leading() {
+                break;
+            }
+            let meta = object.meta();
+            if !old(meta) || pods.iter().any(|p| manifests::meta_owned_by(meta, p)) {
                 continue;
+            }
+            let name = meta.name.clone().unwrap_or_default();
+            let kind = K::kind(&()).to_lowercase();
+            match self.cluster.delete::<K>(&name).await {
+                Ok(true) => {
+                    removed += 1;
+                    if counted_as_sandbox {
+                        self.metrics.sandbox_deleted(Reason::Orphan);
+                    }
+                    tracing::warn!(%name, %kind, "removed an object whose pod is gone");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%name, %kind, error = %e, "removing an orphaned object failed")
+                }
+            }
+        }
+        removed
+    }
+
+    /// One managed pod (old enough, or ended): an ended sandbox is removed; a missing Service
+    /// or NetworkPolicy is put back (a pod whose Service cannot be is removed). Returns how
+    /// many objects it acted on.
+    async fn sweep_pod(
+        &self,
+        pod: &Pod,
+        services: &[Arc<Service>],
+        policies: Option<&[NetworkPolicy]>,
+    ) -> usize {
+        let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok()) else {
+            return 0;
+        };
+        if pod_ended(pod) {
+            let removed = matches!(self.remove(&id, Reason::Orphan).await, Ok(true));
+            if removed {
+                tracing::warn!(sandbox_id = %id, phase = ?SandboxStatus::of(pod).phase, "removed a sandbox whose pod ended");
+            }
+            return usize::from(removed);
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            return 0;
+        }
+        let thread = manifests::thread_of(&pod.metadata).and_then(|t| ThreadId::parse(t).ok());
+        let mut acted = 0;
+        if !services.iter().any(|s| manifests::owned_by(s, pod)) {
+            let repaired = match &thread {
+                Some(thread) => self.ensure_service(&id, thread, pod).await.is_ok(),
+                None => false,
             };
-            let phase = SandboxStatus::of(pod).phase;
-            if matches!(phase, Phase::Succeeded | Phase::Failed) {
-                if let Ok(true) = self.remove(&id, Reason::Orphan).await {
-                    acted += 1;
-                    tracing::warn!(sandbox_id = %id, ?phase, "removed a sandbox whose pod ended");
+            if !repaired {
+                let removed = matches!(self.remove(&id, Reason::Orphan).await, Ok(true));
+                if removed {
+                    tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
                 }
-                continue;
+                return usize::from(removed);
             }
-            if !old(&pod.metadata) || pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let thread = manifests::thread_of(&pod.metadata).and_then(|t| ThreadId::parse(t).ok());
-            if !services.iter().any(|s| manifests::owned_by(s, pod)) {
-                let repaired = match &thread {
-                    Some(thread) => self.ensure_service(&id, thread, pod).await.is_ok(),
-                    None => false,
-                };
-                if repaired {
+            acted += 1;
+            tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
+        }
+        let lacks_policy = policies.is_some_and(|ps| {
+            !ps.iter()
+                .any(|p| manifests::meta_owned_by(&p.metadata, pod))
+        });
+        if let (true, Some(thread)) = (lacks_policy, &thread) {
+            match self.ensure_network_policy(&id, thread, pod).await {
+                Ok(()) => {
                     acted += 1;
-                    tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
-                } else {
-                    if let Ok(true) = self.remove(&id, Reason::Orphan).await {
-                        acted += 1;
-                        tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
-                    }
-                    continue;
+                    tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
                 }
-            }
-            let lacks_policy = policies.as_ref().is_some_and(|policies| {
-                !policies
-                    .iter()
-                    .any(|p| manifests::meta_owned_by(&p.metadata, pod))
-            });
-            if let (true, Some(thread)) = (lacks_policy, &thread) {
-                match self.ensure_network_policy(&id, thread, pod).await {
-                    Ok(()) => {
-                        acted += 1;
-                        tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
-                    }
-                    Err(e) => {
-                        tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round")
-                    }
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round")
                 }
             }
         }
         acted
     }
 
-    /// Creates the baseline NetworkPolicy when policies are on and this process has not seen it
-    /// yet (one write per process, not per sandbox).
-    async fn ensure_baseline_policy(&self) -> Result<()> {
-        if self.baseline_ensured.load(Ordering::Relaxed) {
+    /// Brings the baseline NetworkPolicy in line with the configuration, once per process (and
+    /// again when the sweep finds it missing): created when policies are on, so that a sandbox
+    /// is shut off before its own policy exists; removed when they are off, since a baseline
+    /// left from before would shut every sandbox off (quietly when absent or not permitted: the
+    /// service then needs no rights on policies).
+    async fn settle_baseline_policy(&self) -> Result<()> {
+        if self.baseline_settled.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let Some(baseline) = manifests::baseline_network_policy(&self.template) else {
-            return Ok(());
-        };
-        match self.cluster.create(&baseline).await {
-            Ok(_) => tracing::info!(
-                name = manifests::BASELINE_POLICY_NAME,
-                "created the baseline NetworkPolicy that shuts off sandboxes without their own"
-            ),
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
+        match manifests::baseline_network_policy(&self.template) {
+            Some(baseline) => match self.cluster.create(&baseline).await {
+                Ok(_) => tracing::info!(
+                    name = manifests::BASELINE_POLICY_NAME,
+                    "created the baseline NetworkPolicy that shuts off sandboxes without their own"
+                ),
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            },
+            None => match self
+                .cluster
+                .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
+                .await
+            {
+                Ok(true) => tracing::warn!(
+                    name = manifests::BASELINE_POLICY_NAME,
+                    "SANDBOX_NETWORK_POLICY is none: removed the baseline NetworkPolicy left from before"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not check for a baseline NetworkPolicy")
+                }
+            },
         }
-        self.baseline_ensured.store(true, Ordering::Relaxed);
+        self.baseline_settled.store(true, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// With policies turned off, a baseline left from when they were on would shut every
-    /// sandbox off: removed once per process (quietly when not there or not permitted, as
-    /// without policies the service needs no rights on them).
-    async fn remove_stale_baseline(&self) {
-        if self.baseline_ensured.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        match self
-            .cluster
-            .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
-            .await
-        {
-            Ok(true) => tracing::warn!(
-                name = manifests::BASELINE_POLICY_NAME,
-                "SANDBOX_NETWORK_POLICY is none: removed the baseline NetworkPolicy left from before"
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "could not check for a baseline NetworkPolicy"),
-        }
     }
 
     /// The managed NetworkPolicies, when sandboxes get one (None otherwise, or when they could
     /// not be listed: the sweep then leaves policies alone this round).
     async fn sweepable_policies(&self) -> Option<Vec<NetworkPolicy>> {
         if matches!(self.template.network_policy, NetworkPolicyMode::None) {
-            self.remove_stale_baseline().await;
+            // Never fails without policies: a stale baseline is removed or left quietly.
+            let _ = self.settle_baseline_policy().await;
             return None;
         }
         match self
@@ -562,7 +582,7 @@ impl Provisioner {
         let started = Instant::now();
         // Before the first pod: whatever happens between the pod and its own policy, the
         // sandbox is then shut off rather than open.
-        self.ensure_baseline_policy().await?;
+        self.settle_baseline_policy().await?;
         let wanted = manifests::pod(
             &self.template,
             id,
@@ -885,13 +905,19 @@ impl Provisioner {
     }
 }
 
+/// Whether the pod ran to an end (Succeeded or Failed): its sandbox is over.
+fn pod_ended(pod: &Pod) -> bool {
+    matches!(
+        SandboxStatus::of(pod).phase,
+        Phase::Succeeded | Phase::Failed
+    )
+}
+
 fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
     items.into_iter().map(Arc::new).collect()
 }
 
-fn sandbox_id_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<String> {
+fn sandbox_id_of(meta: &ObjectMeta) -> Option<String> {
     meta.labels
         .as_ref()?
         .get(manifests::SANDBOX_ID_LABEL)
