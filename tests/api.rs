@@ -477,13 +477,9 @@ async fn unreachable_apiserver_is_503_for_every_call() {
 #[tokio::test]
 async fn silent_apiserver_times_out_with_503() {
     let ns = TestNamespace::uncreated("silent").await;
-    // Accepts connections (through the backlog) but never answers a byte.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(format!(
-        "https://127.0.0.1:{}",
-        silent.local_addr().unwrap().port()
-    ));
+    args.k8s_api_server = Some(url);
     args.k8s_api_timeout_seconds = 1.0;
     let svc = TestService::start(args).await;
     let started = std::time::Instant::now();

@@ -406,12 +406,9 @@ async fn oversized_bodies_are_413_and_wrong_content_types_415() {
 #[tokio::test]
 async fn slow_requests_hit_the_request_timeout() {
     let ns = TestNamespace::uncreated("reqtimeout").await;
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(format!(
-        "https://127.0.0.1:{}",
-        silent.local_addr().unwrap().port()
-    ));
+    args.k8s_api_server = Some(url);
     args.k8s_api_timeout_seconds = 30.0;
     args.request_timeout_seconds = 1.0;
     let svc = TestService::start(args).await;
@@ -431,12 +428,9 @@ async fn slow_requests_hit_the_request_timeout() {
 #[tokio::test]
 async fn excess_concurrent_requests_are_shed_with_retry_after() {
     let ns = TestNamespace::uncreated("shed").await;
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(format!(
-        "https://127.0.0.1:{}",
-        silent.local_addr().unwrap().port()
-    ));
+    args.k8s_api_server = Some(url);
     args.k8s_api_timeout_seconds = 3.0;
     args.max_concurrent_requests = 2;
     let svc = TestService::start(args).await;

@@ -369,6 +369,17 @@ impl Drop for TestService {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+/// An "apiserver" that accepts connections (through the backlog) and never answers a byte:
+/// the listener, to keep alive while it is needed, and its URL for `k8s_api_server`.
+pub fn silent_apiserver() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    (listener, url)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
