@@ -15,6 +15,7 @@ use kube::{
 use crate::{
     config::{Config, ServeArgs, ServiceType},
     k8s::{client, manifests, network_policy::NetworkPolicyMode},
+    permissions::{self, Features, Permission},
 };
 
 /// The outcome of one check.
@@ -61,18 +62,6 @@ impl Check {
     }
 }
 
-/// Every permission the service uses, as (verb, resource) in its namespace.
-pub const NEEDED: [(&str, &str); 8] = [
-    ("create", "pods"),
-    ("get", "pods"),
-    ("list", "pods"),
-    ("delete", "pods"),
-    ("create", "services"),
-    ("get", "services"),
-    ("list", "services"),
-    ("delete", "services"),
-];
-
 /// Runs every check that can run; later checks are skipped when what they need failed.
 pub async fn run(args: ServeArgs) -> Vec<Check> {
     let mut checks = settings(&args);
@@ -116,17 +105,13 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
         }
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
-    let policies = !matches!(config.network_policy, NetworkPolicyMode::None);
-    let leases = !config.leader_lease.is_zero();
-    rbac_checks(
-        &client,
-        &config.namespace,
-        namespace_exists,
-        policies,
-        leases,
-        &mut checks,
-    )
-    .await;
+    let features = Features {
+        leader_election: !config.leader_lease.is_zero(),
+        network_policies: !matches!(config.network_policy, NetworkPolicyMode::None),
+        claims: config.skills_pvc.is_some() || config.userdata_pvc.is_some(),
+        namespace_missing: namespace_exists == Some(false),
+    };
+    rbac_checks(&client, &config.namespace, features, &mut checks).await;
     for (variable, claim) in [
         (
             "SKILLS_PVC_NAME",
@@ -293,7 +278,13 @@ async fn namespace_check(
         }
         Ok(Ok(None)) => Some(false),
         Ok(Err(e)) => {
-            checks.push(Check::fail("namespace", format!("cannot read namespace {name}: {e}"), format!("grant get on namespaces (resourceNames: [{name}]) to the provisioner's account")));
+            checks.push(Check::fail(
+                "namespace",
+                format!("cannot read namespace {name}: {e}"),
+                permissions::find("get", "namespaces")
+                    .expect("in the table")
+                    .fix(name),
+            ));
             None
         }
         Err(_) => {
@@ -307,27 +298,22 @@ async fn namespace_check(
     }
 }
 
-/// Asks the apiserver whether this credential may `verb` `resource` in `namespace` (for
-/// namespaces themselves: the sandbox namespace by name, as a resourceNames rule grants it).
-async fn can(
-    client: &Client,
-    namespace: Option<&str>,
-    verb: &str,
-    resource: &str,
-    name: Option<&str>,
-) -> Result<bool, String> {
+/// Asks the apiserver whether this credential may use `permission`, with the attributes the
+/// real call has: in the sandbox namespace, and for the namespace itself by its name.
+async fn can(client: &Client, namespace: &str, permission: &Permission) -> Result<bool, String> {
+    let (scope, name) = match (permission.resource, permission.verb) {
+        ("namespaces", "create") => (None, None),
+        ("namespaces", _) => (Some(namespace), Some(namespace)),
+        _ => (Some(namespace), None),
+    };
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
-                namespace: namespace.map(str::to_string),
+                namespace: scope.map(str::to_string),
                 name: name.map(str::to_string),
-                group: match resource {
-                    "networkpolicies" => Some("networking.k8s.io".to_string()),
-                    "leases" => Some("coordination.k8s.io".to_string()),
-                    _ => None,
-                },
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
+                group: Some(permission.group.to_string()),
+                verb: Some(permission.verb.into()),
+                resource: Some(permission.resource.into()),
                 ..ResourceAttributes::default()
             }),
             ..SelfSubjectAccessReviewSpec::default()
@@ -347,50 +333,36 @@ async fn can(
     }
 }
 
+/// One check per permission this configuration needs (from the permissions table).
 async fn rbac_checks(
     client: &Client,
     namespace: &str,
-    namespace_exists: Option<bool>,
-    network_policies: bool,
-    leases: bool,
+    features: Features,
     checks: &mut Vec<Check>,
 ) {
-    let mut needed: Vec<(&str, &str, Option<&str>)> = NEEDED
-        .iter()
-        .map(|(v, r)| (*v, *r, Some(namespace)))
-        .collect();
-    if network_policies {
-        for verb in ["create", "get", "list", "delete"] {
-            needed.push((verb, "networkpolicies", Some(namespace)));
-        }
-    }
-    if leases {
-        for verb in ["get", "create", "update"] {
-            needed.push((verb, "leases", Some(namespace)));
-        }
-    }
-    needed.push(("get", "namespaces", None));
-    if namespace_exists == Some(false) {
-        needed.push(("create", "namespaces", None));
-    }
-    for (verb, resource, ns) in needed {
-        let name = format!("rbac {verb} {resource}");
-        let object = (resource == "namespaces" && verb == "get").then_some(namespace);
-        checks.push(match can(client, ns, verb, resource, object).await {
+    let reviews =
+        permissions::needed(features).map(|p| async move { (p, can(client, namespace, p).await) });
+    for (permission, answer) in futures::future::join_all(reviews).await {
+        let name = format!("rbac {}", permission.label());
+        checks.push(match answer {
             Ok(true) => Check::ok(&name, "allowed"),
             Ok(false) => Check::fail(
                 &name,
-                format!("not allowed to {verb} {resource}{}", ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()),
-                if ns.is_some() {
-                    format!("add verb {verb} on {resource} to the provisioner's Role in {namespace} (see deploy/kubernetes/role.yaml)")
-                } else {
-                    format!("grant {verb} on namespaces (a ClusterRole; see deploy/kubernetes/clusterrole.yaml)")
-                },
+                format!(
+                    "not allowed to {} in namespace {namespace} (needed to {})",
+                    permission.label(),
+                    permission.why
+                ),
+                permission.fix(namespace),
             ),
-            Err(e) => Check::fail(&name, format!("cannot ask the API server: {e}"), "check the API server and that SelfSubjectAccessReview is allowed"),
+            Err(e) => Check::fail(
+                &name,
+                format!("cannot ask the API server: {e}"),
+                "check the API server and that SelfSubjectAccessReview is allowed",
+            ),
         });
     }
-    if namespace_exists == Some(false) {
+    if features.namespace_missing {
         let creatable = checks
             .iter()
             .any(|c| c.name == "rbac create namespaces" && c.verdict == Verdict::Ok);
@@ -450,15 +422,17 @@ async fn node_port_check(client: &Client, namespace: &str, port: u16) -> Check {
 /// The report as printed: one line per check, the fix indented below failures and warnings.
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::new();
+    // Two spaces at least after the longest name, so that the name can be read back.
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0) + 1;
     for c in checks {
         let tag = match c.verdict {
             Verdict::Ok => "ok  ",
             Verdict::Warn => "warn",
             Verdict::Fail => "fail",
         };
-        let _ = writeln!(out, "{tag}  {:<22} {}", c.name, c.detail);
+        let _ = writeln!(out, "{tag}  {:<width$} {}", c.name, c.detail);
         if let (Some(fix), true) = (&c.fix, c.verdict != Verdict::Ok) {
-            let _ = writeln!(out, "      {:<22} fix: {fix}", "");
+            let _ = writeln!(out, "      {:<width$} fix: {fix}", "");
         }
     }
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod healthcheck;
 pub mod k8s;
 pub mod metrics;
+pub mod permissions;
 pub mod provisioner;
 pub mod sandbox;
 pub mod server;

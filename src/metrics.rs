@@ -95,6 +95,7 @@ pub struct Metrics {
     deletions: Family<ReasonLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
     kube_errors: Family<KubeErrorLabels, Counter>,
+    kube_forbidden: Family<KubeLabels, Counter>,
     cache_synced: Gauge,
     leader: Gauge,
 }
@@ -173,6 +174,12 @@ impl Metrics {
             "Kubernetes API calls that failed, by verb, resource and code",
             kube_errors.clone(),
         );
+        let kube_forbidden = Family::<KubeLabels, Counter>::default();
+        registry.register(
+            "kubernetes_forbidden",
+            "Kubernetes calls refused for lack of a permission (403), by verb and resource",
+            kube_forbidden.clone(),
+        );
         let cache_synced = Gauge::default();
         registry.register(
             "cache_synced",
@@ -195,6 +202,7 @@ impl Metrics {
             deletions,
             kube_requests,
             kube_errors,
+            kube_forbidden,
             cache_synced,
             leader,
         }
@@ -281,6 +289,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A call refused with 403 Forbidden: the credential lacks `verb` on `resource`.
+    pub fn kube_forbidden(&self, verb: &str, resource: &str) {
+        self.kube_forbidden
+            .get_or_create(&KubeLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
     /// The metrics in the Prometheus text exposition format (0.0.4), which every scraper and
     /// `promtool` read.
     pub fn render(&self) -> String {
@@ -339,6 +357,7 @@ mod tests {
         m.sandboxes_by_status([Phase::Running, Phase::Running, Phase::Pending]);
         m.kube_request("create", "pods");
         m.kube_error("create", "pods", "409");
+        m.kube_forbidden("watch", "pods");
         m.cache_synced(true);
         let text = m.render();
         for needle in [
@@ -352,6 +371,7 @@ mod tests {
             "sandbox_provisioner_sandbox_deletions_total{reason=\"idle\"} 0",
             "sandbox_provisioner_kubernetes_requests_total{verb=\"create\",resource=\"pods\"} 1",
             "sandbox_provisioner_kubernetes_errors_total{verb=\"create\",resource=\"pods\",code=\"409\"} 1",
+            "sandbox_provisioner_kubernetes_forbidden_total{verb=\"watch\",resource=\"pods\"} 1",
             "sandbox_provisioner_cache_synced 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

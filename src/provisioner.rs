@@ -30,6 +30,7 @@ use crate::{
     },
     metrics::DeletionReason as Reason,
     metrics::Metrics,
+    permissions::Refusals,
     sandbox::{
         Expiry, InvalidId, Phase, Resources, Sandbox, SandboxId, SandboxStatus, ThreadId, Timers,
     },
@@ -83,6 +84,13 @@ pub enum Error {
     Terminating(String),
     #[error(transparent)]
     Kubernetes(#[from] cluster::Error),
+}
+
+impl Error {
+    /// A refused permission: already logged (rate-limited) and counted where it happened.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Kubernetes(e) if e.is_permission_denied())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -280,7 +288,9 @@ impl Provisioner {
                     }
                     Ok(false) => false,
                     Err(e) => {
-                        tracing::warn!(sandbox_id = %id, error = %e, "removing an expired sandbox failed; retrying next round");
+                        if !e.is_permission_denied() {
+                            tracing::warn!(sandbox_id = %id, error = %e, "removing an expired sandbox failed; retrying next round");
+                        }
                         false
                     }
                 }
@@ -331,6 +341,7 @@ impl Provisioner {
                         acted += 1;
                         tracing::warn!("the baseline NetworkPolicy was missing; restored it");
                     }
+                    Err(e) if e.is_permission_denied() => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "restoring the baseline NetworkPolicy failed; retrying next round")
                     }
@@ -340,6 +351,7 @@ impl Provisioner {
             let own: Vec<&NetworkPolicy> = policies
                 .iter()
                 .filter(|p| sandbox_id_of(&p.metadata).is_some())
+                .map(AsRef::as_ref)
                 .collect();
             acted += self
                 .remove_ownerless(&own, &pods, &old, &leading, false)
@@ -386,6 +398,7 @@ impl Provisioner {
                     tracing::warn!(%name, %kind, "removed an object whose pod is gone");
                 }
                 Ok(false) => {}
+                Err(e) if e.is_permission_denied() => {}
                 Err(e) => {
                     tracing::warn!(%name, %kind, error = %e, "removing an orphaned object failed")
                 }
@@ -401,7 +414,7 @@ impl Provisioner {
         &self,
         pod: &Pod,
         services: &[Arc<Service>],
-        policies: Option<&[NetworkPolicy]>,
+        policies: Option<&[Arc<NetworkPolicy>]>,
     ) -> usize {
         let Some(id) = sandbox_id_of(&pod.metadata).and_then(|i| SandboxId::parse(&i).ok()) else {
             return 0;
@@ -443,6 +456,7 @@ impl Provisioner {
                     acted += 1;
                     tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
                 }
+                Err(e) if e.is_permission_denied() => {}
                 Err(e) => {
                     tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round")
                 }
@@ -488,30 +502,24 @@ impl Provisioner {
         Ok(())
     }
 
-    /// The managed NetworkPolicies, when sandboxes get one (None otherwise, or when they could
-    /// not be listed: the sweep then leaves policies alone this round).
-    async fn sweepable_policies(&self) -> Option<Vec<NetworkPolicy>> {
+    /// The managed NetworkPolicies from the cache, when sandboxes get one (None otherwise).
+    async fn sweepable_policies(&self) -> Option<Vec<Arc<NetworkPolicy>>> {
         if matches!(self.template.network_policy, NetworkPolicyMode::None) {
             // Never fails without policies: a stale baseline is removed or left quietly.
             let _ = self.settle_baseline_policy().await;
             return None;
         }
-        match self
-            .cluster
-            .list::<NetworkPolicy>(&manifests::managed_selector())
-            .await
-        {
-            Ok(policies) => Some(policies),
-            Err(e) => {
-                tracing::warn!(error = %e, "listing NetworkPolicies failed; not checking them this round");
-                None
-            }
-        }
+        self.cache.policies()
     }
 
     /// The client, for background tasks that need their own API access.
     pub fn client(&self) -> kube::Client {
         self.cluster.client()
+    }
+
+    /// The permissions the apiserver refused and that have not worked since.
+    pub fn refusals(&self) -> &Refusals {
+        self.cluster.refusals()
     }
 
     /// Records time-to-ready the first time this process sees a sandbox Ready.

@@ -11,13 +11,14 @@ use crate::{
     api::{self, ApiKey, ApiSettings, Capabilities},
     config::{Config, ServiceType},
     k8s::{
-        cache::Cache,
+        cache::{Cache, CacheScope},
         client,
         cluster::{self, Cluster},
         manifests::{self, SandboxTemplate},
         network_policy::NetworkPolicyMode,
     },
     metrics::Metrics,
+    permissions::Refusals,
     provisioner::Provisioner,
 };
 
@@ -49,16 +50,22 @@ pub async fn provisioner(
     let connected = client::connect(config).await?;
     tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
     let metrics = Metrics::new();
+    let refusals = Refusals::new(&config.namespace, metrics.clone());
     let cluster = Cluster::new(
         connected.client,
         &config.namespace,
         config.k8s_api_timeout,
         metrics.clone(),
+        refusals.clone(),
     );
     let cache = Cache::start(
         connected.watch_client,
-        &config.namespace,
-        &manifests::managed_selector(),
+        CacheScope {
+            namespace: &config.namespace,
+            selector: &manifests::managed_selector(),
+            network_policies: !matches!(config.network_policy, NetworkPolicyMode::None),
+        },
+        refusals,
         shutdown,
     );
     Ok(Provisioner::new(
@@ -140,6 +147,7 @@ impl Background {
                 &config.namespace,
                 replica_identity(),
                 config.leader_lease,
+                provisioner.refusals().clone(),
                 stop.subscribe(),
             );
             (leadership, Some(task))
@@ -241,10 +249,10 @@ fn warn_about_defaults(config: &Config) {
     if config.api_key.is_none() {
         tracing::warn!("PROVISIONER_API_KEY is not set: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key (and PROVISIONER_REQUIRE_API_KEY=true to enforce it) unless the port is reachable only by the backend");
     }
-    if config.skills_host_path.is_none() {
+    if config.skills_host_path.is_none() && config.skills_pvc.is_none() {
         tracing::warn!("SKILLS_HOST_PATH is not set: sandboxes get no /mnt/skills");
     }
-    if config.threads_host_path.is_none() {
+    if config.threads_host_path.is_none() && config.userdata_pvc.is_none() {
         tracing::warn!("THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost with the sandbox");
     }
 }

@@ -5,41 +5,19 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, serve_args, TestNamespace, TestService};
+use common::{serve_args, TestNamespace, TestService};
 use reqwest::Method;
 use serde_json::json;
-
-/// Kubernetes calls the service has made, per `verb resource`, from its /metrics.
-async fn kube_calls(svc: &TestService) -> std::collections::BTreeMap<String, u64> {
-    svc.metrics_text()
-        .await
-        .lines()
-        .filter_map(|l| l.strip_prefix("sandbox_provisioner_kubernetes_requests_total{verb=\""))
-        .filter_map(|l| {
-            let (verb, rest) = l.split_once("\",resource=\"")?;
-            let (resource, value) = rest.split_once("\"} ")?;
-            Some((format!("{verb} {resource}"), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn synced(svc: &TestService) {
-    eventually(Duration::from_secs(30), "the cache to sync", || async {
-        let (_, body) = svc.call(Method::GET, "/readyz", None).await;
-        (body["cache"] == "synced").then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn get_and_list_make_no_apiserver_calls_once_synced() {
     let ns = TestNamespace::new("cache-reads").await;
     let svc = TestService::start(serve_args(&ns.name)).await;
-    synced(&svc).await;
+    svc.synced().await;
     for id in ["cr-1", "cr-2"] {
         assert_eq!(svc.create(id, "t").await.0, 200);
     }
-    let before = kube_calls(&svc).await;
+    let before = svc.kube_calls().await;
     for _ in 0..20 {
         assert_eq!(svc.get("cr-1").await.0, 200);
     }
@@ -47,7 +25,7 @@ async fn get_and_list_make_no_apiserver_calls_once_synced() {
         let (code, list) = svc.list().await;
         assert_eq!((code, &list["count"]), (200, &json!(2)));
     }
-    let after = kube_calls(&svc).await;
+    let after = svc.kube_calls().await;
     assert_eq!(before, after, "reads went to the apiserver");
 }
 
@@ -55,7 +33,7 @@ async fn get_and_list_make_no_apiserver_calls_once_synced() {
 async fn a_read_right_after_a_write_sees_it() {
     let ns = TestNamespace::new("cache-ryw").await;
     let svc = TestService::start(serve_args(&ns.name)).await;
-    synced(&svc).await;
+    svc.synced().await;
     for round in 0..10 {
         let id = format!("ryw-{round}");
         let (code, created) = svc.create(&id, "t").await;
@@ -82,11 +60,11 @@ async fn a_read_right_after_a_write_sees_it() {
 async fn a_cold_create_costs_exactly_two_writes() {
     let ns = TestNamespace::new("cache-writes").await;
     let svc = TestService::start(serve_args(&ns.name)).await;
-    synced(&svc).await;
+    svc.synced().await;
     assert_eq!(svc.create("warm-1", "t").await.0, 200);
-    let before = kube_calls(&svc).await;
+    let before = svc.kube_calls().await;
     assert_eq!(svc.create("cold-1", "t").await.0, 200);
-    let after = kube_calls(&svc).await;
+    let after = svc.kube_calls().await;
     let delta: Vec<(String, u64)> = after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
@@ -108,7 +86,7 @@ async fn waiting_for_readiness_returns_when_ready() {
     let mut args = serve_args(&ns.name);
     args.sandbox_image = "sandbox:sim-delay-1500".into();
     let svc = TestService::start(args).await;
-    synced(&svc).await;
+    svc.synced().await;
     let started = Instant::now();
     let (code, body) = svc
         .call(
@@ -146,7 +124,7 @@ async fn waiting_stops_at_once_on_failure_and_at_the_limit_otherwise() {
     let mut pull = serve_args(&ns.name);
     pull.sandbox_image = "sandbox:sim-image-pull-failure".into();
     let pull = TestService::start(pull).await;
-    synced(&pull).await;
+    pull.synced().await;
     let started = Instant::now();
     let (code, body) = pull
         .call(

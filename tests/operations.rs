@@ -9,6 +9,7 @@ use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 use clap::CommandFactory;
 use common::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 use reqwest::Method;
+use sandbox_provisioner::permissions::{self, Features, Permission};
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -200,8 +201,8 @@ async fn doctor_passes_with_full_access() {
 async fn doctor_names_exactly_the_missing_permissions() {
     let ns = TestNamespace::new("doctor-rbac").await;
     let partial = json!([
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "patch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "watch", "delete"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     ]);
     let kubeconfig = ns.service_account_kubeconfig("partial", partial).await;
@@ -256,43 +257,13 @@ async fn doctor_explains_broken_connections() {
     );
 }
 
-/// An overlay of deploy/kubernetes that puts everything into `namespace` and renames the
-/// cluster-scoped objects after it, so that a test can apply it without touching anything else.
+/// An overlay of deploy/kubernetes that changes nothing but the namespace, as a user would
+/// write it: everything, the RBAC included, must follow that one line.
 fn overlay(namespace: &str) -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("overlay-{namespace}"));
     std::fs::create_dir_all(&dir).unwrap();
     let kustomization = format!(
-        r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: {namespace}
-resources:
-  - {base}
-patches:
-  - target: {{kind: Namespace, name: deer-flow}}
-    patch: |-
-      - op: replace
-        path: /metadata/name
-        value: {namespace}
-  - target: {{kind: ClusterRole}}
-    patch: |-
-      - op: replace
-        path: /metadata/name
-        value: {namespace}-deploy
-      - op: replace
-        path: /rules/0/resourceNames/0
-        value: {namespace}
-  - target: {{kind: ClusterRoleBinding}}
-    patch: |-
-      - op: replace
-        path: /metadata/name
-        value: {namespace}-deploy
-      - op: replace
-        path: /roleRef/name
-        value: {namespace}-deploy
-      - op: replace
-        path: /subjects/0/namespace
-        value: {namespace}
-"#,
+        "namespace: {namespace}\nresources:\n  - {base}\n",
         base = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes"))
     );
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
@@ -329,18 +300,21 @@ fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn manifests_apply_and_their_role_is_enough() {
-    let ns = TestNamespace::new("deploy").await;
+/// Applies the shipped manifests with only their namespace changed and returns a kubeconfig
+/// with exactly their ServiceAccount's token.
+async fn apply_the_manifests(ns: &TestNamespace) -> std::path::PathBuf {
     let dir = overlay(&ns.name);
     let dir_arg = dir.display().to_string();
+    let rendered = kubectl(&["kustomize", &dir_arg]);
+    assert!(
+        !rendered.contains("kind: ClusterRole"),
+        "the manifests need no cluster-scoped RBAC:\n{rendered}"
+    );
     let dry = kubectl(&["apply", "-k", &dir_arg, "--dry-run=server"]);
     for object in [
         "serviceaccount/sandbox-provisioner",
         "role.rbac.authorization.k8s.io/sandbox-provisioner",
         "rolebinding.rbac.authorization.k8s.io/sandbox-provisioner",
-        "clusterrole.rbac.authorization.k8s.io/",
-        "clusterrolebinding.rbac.authorization.k8s.io/",
         "deployment.apps/sandbox-provisioner",
         "service/sandbox-provisioner",
     ] {
@@ -351,16 +325,27 @@ async fn manifests_apply_and_their_role_is_enough() {
         );
     }
     kubectl(&["apply", "-k", &dir_arg]);
+    std::fs::remove_dir_all(dir).unwrap();
+    ns.kubeconfig_for_service_account("sandbox-provisioner")
+        .await
+}
 
-    // The service with exactly the manifests' permissions: every API call works.
-    let kubeconfig = ns
-        .kubeconfig_for_service_account("sandbox-provisioner")
-        .await;
+#[tokio::test]
+async fn the_shipped_role_runs_every_feature() {
+    let ns = TestNamespace::new("deploy").await;
+    let kubeconfig = apply_the_manifests(&ns).await;
     let mut args = serve_args(&ns.name);
     args.kubeconfig_path = kubeconfig.clone();
+    args.sandbox_network_policy = "isolated".into();
+    args.sandbox_activity_persist_interval = "1s".into();
+    args.sandbox_leader_lease = "3s".into();
+    args.sandbox_reap_interval = "1s".into();
+    args.sandbox_orphan_grace = "1s".into();
+    args.sandbox_max_lifetime = "1h".into();
     let svc = TestService::start(args).await;
-    let (code, ready) = svc.call(Method::GET, "/readyz", None).await;
-    assert_eq!(code, 200, "{ready}");
+
+    // Watches work: reads come from memory.
+    svc.synced().await;
     let (code, created) = svc.create("dep-1", "t").await;
     assert_eq!(code, 200, "{created}");
     let ready = eventually(Duration::from_secs(30), "ready", || async {
@@ -369,7 +354,114 @@ async fn manifests_apply_and_their_role_is_enough() {
     })
     .await;
     assert_eq!(ready["sandbox_url"], created["sandbox_url"]);
+    let before = svc.kube_calls().await;
+    assert_eq!(svc.get("dep-1").await.0, 200);
     assert_eq!(svc.list().await.1["count"], 1);
+    assert_eq!(
+        svc.kube_calls().await,
+        before,
+        "reads went to the apiserver"
+    );
+
+    // Activity is written to the pod within the persist interval.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, seen) = svc.get("dep-1").await;
+    assert_eq!(code, 200, "{seen}");
+    eventually(
+        Duration::from_secs(5),
+        "the activity annotation",
+        || async {
+            let pod = ns.pods().get("sandbox-dep-1").await.ok()?;
+            pod.metadata
+                .annotations?
+                .contains_key("sandbox-provisioner.dev/last-activity")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The leader Lease is taken.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(Duration::from_secs(10), "a lease holder", || async {
+        let lease = leases.get_opt("sandbox-provisioner-leader").await.ok()??;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    })
+    .await;
+    assert_eq!(
+        svc.metric("sandbox_provisioner_leader").await,
+        1.0,
+        "this replica leads"
+    );
+
+    // Per-sandbox and baseline policies exist, and the sweep works from the watched copy.
+    let policies: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    for name in ["sandbox-dep-1-netpol", "sandbox-provisioner-baseline"] {
+        assert!(
+            policies.get_opt(name).await.unwrap().is_some(),
+            "{name} missing"
+        );
+    }
+    // The sweep repairs orphans: a deleted Service and a deleted policy come back.
+    let gone = kube::api::DeleteParams::default();
+    ns.services()
+        .delete("sandbox-dep-1-svc", &gone)
+        .await
+        .unwrap();
+    policies
+        .delete("sandbox-dep-1-netpol", &gone)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "the sweep's repairs", || async {
+        let service = ns.services().get_opt("sandbox-dep-1-svc").await.ok()??;
+        let policy = policies.get_opt("sandbox-dep-1-netpol").await.ok()??;
+        (service.metadata.deletion_timestamp.is_none()
+            && policy.metadata.deletion_timestamp.is_none())
+        .then_some(())
+    })
+    .await;
+    let calls = svc.kube_calls().await;
+    assert_eq!(
+        calls.get("list networkpolicies").copied().unwrap_or(0),
+        0,
+        "the sweep lists policies instead of watching them: {calls:?}"
+    );
+
+    // The reaper removes an expired sandbox.
+    let (code, short) = svc
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "dep-ttl", "thread_id": "t", "ttl_seconds": 2})),
+        )
+        .await;
+    assert_eq!(code, 200, "{short}");
+    eventually(Duration::from_secs(20), "the reaper", || async {
+        let gone = ns.pods().get_opt("sandbox-dep-ttl").await.ok()?.is_none();
+        let counted = svc
+            .metric("sandbox_provisioner_sandbox_deletions_total{reason=\"lifetime\"}")
+            .await
+            >= 1.0;
+        (gone && counted).then_some(())
+    })
+    .await;
+
+    // Nothing was refused along the way.
+    let (code, readyz) = svc.call(Method::GET, "/readyz", None).await;
+    assert_eq!(
+        (code, &readyz["cache"]),
+        (200, &json!("synced")),
+        "{readyz}"
+    );
+    assert!(readyz.get("missing_permissions").is_none(), "{readyz}");
+    assert!(
+        !svc.metrics_text()
+            .await
+            .contains("kubernetes_forbidden_total{"),
+        "a call was refused"
+    );
+
     assert_eq!(svc.delete("dep-1").await.0, 200);
     assert_eq!(svc.get("dep-1").await.0, 404);
     let (code, report) = doctor(&[
@@ -377,9 +469,20 @@ async fn manifests_apply_and_their_role_is_enough() {
         ("K8S_NAMESPACE", ns.name.clone()),
         ("SKILLS_HOST_PATH", "/srv/skills".into()),
         ("THREADS_HOST_PATH", "/srv/threads".into()),
+        ("SANDBOX_NETWORK_POLICY", "isolated".into()),
     ]);
     assert_eq!(code, 0, "doctor with the manifests' permissions:\n{report}");
-    std::fs::remove_dir_all(dir).unwrap();
+    for verb in [
+        "watch pods",
+        "patch pods",
+        "watch networkpolicies",
+        "get namespaces",
+    ] {
+        assert!(
+            report.contains(&format!("ok    rbac {verb}")),
+            "{verb}:\n{report}"
+        );
+    }
 }
 
 #[test]
@@ -424,4 +527,228 @@ fn readme_configuration_table_matches_help() {
         from_readme, from_help,
         "README's configuration table and --help disagree"
     );
+}
+
+/// Environment of a binary (or `doctor`) that uses every optional feature the manifests
+/// support: leader election, NetworkPolicies and a claim for user data.
+fn every_feature_env(ns: &TestNamespace, kubeconfig: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUBECONFIG_PATH", kubeconfig.display().to_string()),
+        ("K8S_NAMESPACE", ns.name.clone()),
+        ("NODE_HOST", "127.0.0.1".into()),
+        ("SANDBOX_IMAGE", "sandbox:test".into()),
+        ("USERDATA_PVC_NAME", "user-data".into()),
+        ("SANDBOX_NETWORK_POLICY", "isolated".into()),
+        ("SANDBOX_LEADER_LEASE", "3s".into()),
+        ("SANDBOX_ACTIVITY_PERSIST_INTERVAL", "1s".into()),
+        ("LOG_FORMAT", "json".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+}
+
+async fn create_claim(ns: &TestNamespace, name: &str) {
+    let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    kube::Api::namespaced(ns.client.clone(), &ns.name)
+        .create(&kube::api::PostParams::default(), &claim)
+        .await
+        .unwrap();
+}
+
+/// Makes a running service use every permission of the table at least once: readiness, a
+/// create (twice, so that the existing objects are read back), a read the cache does not
+/// have, activity recorded on the pod, a delete (the election runs meanwhile).
+async fn use_every_permission(base: &str) {
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let mut req = http.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        TestService::answer(req)
+    };
+    call(Method::GET, "/readyz", None).await;
+    for _ in 0..2 {
+        let body = json!({"sandbox_id": "every-1", "thread_id": "t"});
+        call(Method::POST, "/api/sandboxes", Some(body)).await;
+    }
+    call(Method::GET, "/api/sandboxes/not-there", None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    call(Method::GET, "/api/sandboxes/every-1", None).await;
+    call(Method::DELETE, "/api/sandboxes/every-1", None).await;
+}
+
+/// The permissions `/readyz` reports missing, or for a 503 its detail.
+async fn readyz_missing(base: &str) -> (u16, Vec<String>, String) {
+    let (code, body) =
+        TestService::answer(reqwest::Client::new().get(format!("{base}/readyz"))).await;
+    let missing = body["missing_permissions"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|p| p["permission"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        code,
+        missing,
+        body["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// One verb of the table removed from the Role: `doctor` names exactly it, and the running
+/// service reports it (on `/readyz`, and in its log with the fix).
+async fn without_one_permission(permission: &'static Permission) {
+    let features = Features::SHIPPED;
+    let ns = TestNamespace::new("rbac-less").await;
+    create_claim(&ns, "user-data").await;
+    let rules: Vec<Value> = permissions::needed(features)
+        .filter(|p| *p != permission)
+        .map(|p| json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": [p.verb]}))
+        .collect();
+    let kubeconfig = ns
+        .service_account_kubeconfig("less", Value::Array(rules))
+        .await;
+    let env = every_feature_env(&ns, &kubeconfig);
+    let label = permission.label();
+
+    let (code, report) = doctor(&env);
+    assert_eq!(code, 1, "without {label}:\n{report}");
+    let failed = failed_checks(&report);
+    let rbac: BTreeSet<&String> = failed.iter().filter(|c| c.starts_with("rbac ")).collect();
+    assert_eq!(
+        rbac,
+        BTreeSet::from([&format!("rbac {label}")]),
+        "without {label}:\n{report}"
+    );
+    // Checks that need the permission fail too; nothing else does.
+    let dependent = ["namespace", "volume claim", "node ports"];
+    assert!(
+        failed
+            .iter()
+            .all(|c| c.starts_with("rbac ") || dependent.contains(&c.as_str())),
+        "without {label}:\n{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "add verb {} on {}",
+            permission.verb, permission.resource
+        )),
+        "without {label}:\n{report}"
+    );
+
+    let mut running = RunningBinary::start(&env).await;
+    use_every_permission(&running.base).await;
+    let refusal = format!(
+        "cannot {} resource \"{}\"",
+        permission.verb, permission.resource
+    );
+    let (code, missing, detail) =
+        eventually(Duration::from_secs(15), "/readyz to name it", || async {
+            let (code, missing, detail) = readyz_missing(&running.base).await;
+            (missing.contains(&label) || (code == 503 && detail.contains(&refusal)))
+                .then_some((code, missing, detail))
+        })
+        .await;
+    assert!(
+        missing.iter().all(|m| *m == label),
+        "without {label}, /readyz ({code}) also names {missing:?}: {detail}"
+    );
+    running.sigterm();
+    let (_, log) = running.wait_exit(Duration::from_secs(15)).await;
+    let named = log.lines().any(|l| {
+        let line: Value = serde_json::from_str(l).unwrap_or_default();
+        line["level"] == "ERROR"
+            && line["fields"]["permission"] == label.as_str()
+            && line["fields"]["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("deploy/kubernetes/role.yaml"))
+    });
+    assert!(named, "without {label}, the log does not name it:\n{log}");
+}
+
+#[tokio::test]
+async fn each_missing_permission_is_named_by_doctor_and_the_service() {
+    use futures::StreamExt;
+    let runs = permissions::needed(Features::SHIPPED).map(without_one_permission);
+    futures::stream::iter(runs)
+        .buffer_unordered(4)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_logged_once_not_every_round() {
+    let ns = TestNamespace::new("rbac-log").await;
+    create_claim(&ns, "user-data").await;
+    let lacking = [("watch", "pods"), ("patch", "pods"), ("update", "leases")];
+    let rules: Vec<Value> = permissions::needed(Features::SHIPPED)
+        .filter(|p| !lacking.contains(&(p.verb, p.resource)))
+        .map(|p| json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": [p.verb]}))
+        .collect();
+    let kubeconfig = ns
+        .service_account_kubeconfig("lacking", Value::Array(rules))
+        .await;
+    let mut running = RunningBinary::start(&every_feature_env(&ns, &kubeconfig)).await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/api/sandboxes", running.base))
+        .json(&json!({"sandbox_id": "log-1", "thread_id": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    // 12 s of what a backend and a kubelet do: reads (each due an activity write) and probes.
+    let until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < until {
+        for path in ["/api/sandboxes/log-1", "/api/sandboxes", "/readyz"] {
+            let answer = http
+                .get(format!("{}{path}", running.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, missing, _) = readyz_missing(&running.base).await;
+    assert_eq!(missing, ["patch pods", "update leases", "watch pods"]);
+    running.sigterm();
+    let (_, log) = running.wait_exit(Duration::from_secs(15)).await;
+    // A line repeats when the same message comes again about the same thing (a request's
+    // own lines are about that request).
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for line in log.lines() {
+        let line: Value = serde_json::from_str(line).unwrap_or_default();
+        if line["level"] != "WARN" && line["level"] != "ERROR" {
+            continue;
+        }
+        let fields = &line["fields"];
+        let key = format!(
+            "{} {} permission={} kind={} sandbox={} request={}",
+            line["level"],
+            fields["message"],
+            fields["permission"],
+            fields["kind"],
+            fields["sandbox_id"],
+            line["span"]["request_id"],
+        );
+        *seen.entry(key).or_default() += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "repeated within 12 s: {repeated:#?}\n{log}"
+    );
+    for (verb, resource) in lacking {
+        assert!(
+            seen.keys().any(|k| k.starts_with("\"ERROR\"")
+                && k.contains(&format!("permission=\"{verb} {resource}\""))),
+            "{verb} {resource} not logged at ERROR: {seen:#?}"
+        );
+    }
 }

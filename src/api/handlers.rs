@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     k8s::cache::CacheSummary,
+    permissions::MissingPermission,
     provisioner,
     sandbox::{Resources, Sandbox, SandboxId, Sizes, ThreadId},
 };
@@ -134,6 +135,10 @@ pub struct Health {
     /// Whether reads come from the watch cache (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSummary>,
+    /// Permissions the apiserver refused that have not worked since, each with its fix
+    /// (readiness only; absent when none is missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_permissions: Vec<MissingPermission>,
 }
 
 /// Liveness: the process serves HTTP. Makes no Kubernetes call.
@@ -144,6 +149,7 @@ pub async fn health() -> Json<Health> {
         status: "ok".into(),
         namespace: None,
         cache: None,
+        missing_permissions: Vec::new(),
     })
 }
 
@@ -162,6 +168,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         status: "ready".into(),
         namespace: Some(state.provisioner.namespace().to_string()),
         cache: Some(state.provisioner.cache_summary()),
+        missing_permissions: state.provisioner.refusals().missing(),
     }))
 }
 

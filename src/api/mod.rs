@@ -133,7 +133,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::keepalive,
         handlers::capabilities,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

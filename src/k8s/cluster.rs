@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, permissions::Refusals};
 use k8s_openapi::{
     api::core::v1::{Namespace, PersistentVolumeClaim, Pod},
     NamespaceResourceScope,
@@ -54,6 +54,12 @@ impl Error {
         matches!(self, Error::Refused { code: 403 | 500, message, .. }
             if (message.contains("serviceaccount") && message.contains("not found"))
                 || message.contains("No API token found for service account"))
+    }
+
+    /// A refusal by authorization (RBAC): the credential lacks the verb on the resource.
+    /// Admission refusals (quota, a missing ServiceAccount) are 403 too, but say otherwise.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Refused { code: 403, message, .. } if message.contains(" cannot "))
     }
 
     /// The `code` label of the error metric.
@@ -167,18 +173,26 @@ pub struct Cluster {
     namespaces: Api<Namespace>,
     timeout: Duration,
     metrics: Metrics,
+    refusals: Refusals,
     post: PostParams,
     delete: DeleteParams,
 }
 
 impl Cluster {
-    pub fn new(client: Client, namespace: &str, timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        timeout: Duration,
+        metrics: Metrics,
+        refusals: Refusals,
+    ) -> Self {
         Cluster {
             client: client.clone(),
             namespace: namespace.to_string(),
             namespaces: Api::all(client.clone()),
             timeout,
             metrics,
+            refusals,
             post: PostParams::default(),
             delete: DeleteParams {
                 grace_period_seconds: Some(0),
@@ -195,6 +209,11 @@ impl Cluster {
     /// The client behind these calls (for the leader election's Lease).
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The permissions refused so far (shared with the cache and the election).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Runs one Kubernetes call with the time limit, retrying 429 and 5xx answers (the
@@ -215,7 +234,10 @@ impl Cluster {
         loop {
             self.metrics.kube_request(verb, resource);
             let error = match tokio::time::timeout(self.timeout, request()).await {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(value)) => {
+                    self.refusals.allowed(verb, resource);
+                    return Ok(value);
+                }
                 Ok(Err(e)) => Error::from_kube(action(), e, self.timeout),
                 Err(_) => Error::Timeout {
                     action: action(),
@@ -223,6 +245,11 @@ impl Cluster {
                 },
             };
             self.metrics.kube_error(verb, resource, &error.code_label());
+            if error.is_permission_denied() {
+                if let Error::Refused { message, .. } = &error {
+                    self.refusals.refused(verb, resource, message);
+                }
+            }
             let delay = retry_delay(attempt);
             if !error.is_retryable_answer() || started.elapsed() + delay > self.timeout {
                 return Err(error);

@@ -16,6 +16,8 @@ use k8s_openapi::{
 use kube::{api::PostParams, Api, Client};
 use tokio::{sync::watch, task::JoinHandle};
 
+use crate::permissions::Refusals;
+
 /// Name of the Lease in the sandbox namespace.
 pub const LEASE_NAME: &str = "sandbox-provisioner-leader";
 
@@ -82,6 +84,7 @@ pub fn spawn(
     namespace: &str,
     identity: String,
     duration: Duration,
+    refusals: Refusals,
     mut shutdown: watch::Receiver<bool>,
 ) -> (Leadership, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
@@ -93,7 +96,7 @@ pub fn spawn(
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    let outcome = tokio::time::timeout(duration / 3, round(&leases, &identity, duration)).await;
+                    let outcome = tokio::time::timeout(duration / 3, round(&leases, &refusals, &identity, duration)).await;
                     let leading = match outcome {
                         Ok(Ok(leading)) => {
                             failing.recovered();
@@ -194,9 +197,14 @@ async fn release(leases: &Api<Lease>, me: &str) -> kube::Result<()> {
 }
 
 /// One round: read the lease and act on `decide`. Returns whether we hold it afterwards.
-async fn round(leases: &Api<Lease>, me: &str, duration: Duration) -> kube::Result<bool> {
+async fn round(
+    leases: &Api<Lease>,
+    refusals: &Refusals,
+    me: &str,
+    duration: Duration,
+) -> kube::Result<bool> {
     let now = Timestamp::now();
-    let current = leases.get_opt(LEASE_NAME).await?;
+    let current = noted(refusals, "get", leases.get_opt(LEASE_NAME)).await?;
     let decision = decide(
         current.as_ref().and_then(|l| l.spec.as_ref()),
         me,
@@ -231,14 +239,20 @@ async fn round(leases: &Api<Lease>, me: &str, duration: Duration) -> kube::Resul
     };
     let result = match decision {
         Decision::Follow => return Ok(false),
-        Decision::Create => leases
-            .create(&PostParams::default(), &ours(None))
-            .await
-            .map(|_| ()),
-        Decision::Take => leases
-            .replace(LEASE_NAME, &PostParams::default(), &ours(current.as_ref()))
-            .await
-            .map(|_| ()),
+        Decision::Create => noted(
+            refusals,
+            "create",
+            leases.create(&PostParams::default(), &ours(None)),
+        )
+        .await
+        .map(|_| ()),
+        Decision::Take => noted(
+            refusals,
+            "update",
+            leases.replace(LEASE_NAME, &PostParams::default(), &ours(current.as_ref())),
+        )
+        .await
+        .map(|_| ()),
     };
     match result {
         Ok(()) => Ok(true),
@@ -246,6 +260,23 @@ async fn round(leases: &Api<Lease>, me: &str, duration: Duration) -> kube::Resul
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Runs one Lease call and tells `refusals` whether `verb` was allowed.
+async fn noted<T>(
+    refusals: &Refusals,
+    verb: &str,
+    call: impl std::future::Future<Output = kube::Result<T>>,
+) -> kube::Result<T> {
+    let result = call.await;
+    match &result {
+        Ok(_) => refusals.allowed(verb, "leases"),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            refusals.refused(verb, "leases", &status.message)
+        }
+        Err(_) => {}
+    }
+    result
 }
 
 #[cfg(test)]

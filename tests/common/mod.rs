@@ -352,6 +352,29 @@ impl TestService {
             .unwrap_or(0.0)
     }
 
+    /// Kubernetes calls the service has made, per `verb resource`, from its /metrics.
+    pub async fn kube_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter_map(|l| l.strip_prefix("sandbox_provisioner_kubernetes_requests_total{verb=\""))
+            .filter_map(|l| {
+                let (verb, rest) = l.split_once("\",resource=\"")?;
+                let (resource, value) = rest.split_once("\"} ")?;
+                Some((format!("{verb} {resource}"), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits until `/readyz` reports the cache synced.
+    pub async fn synced(&self) {
+        eventually(Duration::from_secs(30), "the cache to sync", || async {
+            let (_, body) = self.call(reqwest::Method::GET, "/readyz", None).await;
+            (body["cache"] == "synced").then_some(())
+        })
+        .await;
+    }
+
     pub async fn list(&self) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::GET, "/api/sandboxes", None)
             .await
@@ -640,12 +663,14 @@ impl TestNamespace {
     }
 }
 
-/// The Role rules the provisioner needs in its namespace.
+/// The Role rules the provisioner needs in its namespace with the leader election on and no
+/// NetworkPolicies or claims (from the permissions table).
 pub fn provisioner_rules() -> serde_json::Value {
-    serde_json::json!([
-        {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["create", "get", "list", "delete"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-    ])
+    use sandbox_provisioner::permissions::{role_rules, Features};
+    role_rules(Features {
+        leader_election: true,
+        ..Features::default()
+    })
 }
 
 /// A TCP proxy to the local apiserver that a test can switch into a black hole: from then on

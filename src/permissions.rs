@@ -1,0 +1,414 @@
+//! Every Kubernetes permission the service uses, in one table: `doctor` asks the apiserver
+//! about exactly these, the shipped Role (`deploy/kubernetes/role.yaml`) is checked against
+//! them in both directions, and a refusal at run time is explained from them.
+//!
+//! All of them are namespaced rules in the sandbox namespace. Reading the namespace itself
+//! works through a Role too: the apiserver authorizes `GET /api/v1/namespaces/{ns}` as a
+//! request inside `{ns}`, so no cluster-scoped object is needed and an overlay that changes
+//! the namespace carries the permission along.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+/// Under which settings a permission is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeededWhen {
+    Always,
+    /// `SANDBOX_LEADER_LEASE` is not 0.
+    LeaderElection,
+    /// `SANDBOX_NETWORK_POLICY` is not `none`.
+    NetworkPolicies,
+    /// `SKILLS_PVC_NAME` or `USERDATA_PVC_NAME` is set.
+    Claims,
+    /// The namespace does not exist and the service must create it. The shipped manifests
+    /// create the namespace themselves, so their Role does not grant this.
+    NamespaceMissing,
+}
+
+/// One (API group, resource, verb) the service uses, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    /// API group; "" is the core group.
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verb: &'static str,
+    pub when: NeededWhen,
+    pub why: &'static str,
+}
+
+impl Permission {
+    /// "watch pods", as logs, `/readyz` and `doctor` name it.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.verb, self.resource)
+    }
+
+    /// What to do when the apiserver refuses it.
+    pub fn fix(&self, namespace: &str) -> String {
+        match self.when {
+            NeededWhen::NamespaceMissing => format!(
+                "create namespace {namespace} beforehand, or grant create on namespaces \
+                 (a ClusterRole)"
+            ),
+            _ => format!(
+                "add verb {} on {} (apiGroup \"{}\") to the provisioner's Role in namespace \
+                 {namespace} (see deploy/kubernetes/role.yaml)",
+                self.verb, self.resource, self.group
+            ),
+        }
+    }
+}
+
+const fn permission(
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    when: NeededWhen,
+    why: &'static str,
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verb,
+        when,
+        why,
+    }
+}
+
+use NeededWhen::*;
+
+const LEASES: &str = "coordination.k8s.io";
+const POLICIES: &str = "networking.k8s.io";
+
+/// The table. Keep it in step with what the code calls: a call whose (verb, resource) is
+/// missing here is refused in the shipped deployment.
+#[rustfmt::skip]
+pub const PERMISSIONS: &[Permission] = &[
+    permission("", "pods", "create", Always, "create sandboxes (and dry-run one at start)"),
+    permission("", "pods", "get", Always, "read a sandbox the cache does not have"),
+    permission("", "pods", "list", Always, "fill the watch cache; reads while it is not synced"),
+    permission("", "pods", "watch", Always, "keep the cache current; wait for readiness"),
+    permission("", "pods", "delete", Always, "delete sandboxes (API, reaper, sweep)"),
+    permission("", "pods", "patch", Always, "record the last activity on the pod"),
+    permission("", "services", "create", Always, "expose sandboxes"),
+    permission("", "services", "get", Always, "read a Service the cache does not have"),
+    permission("", "services", "list", Always, "fill the watch cache"),
+    permission("", "services", "watch", Always, "keep the cache current"),
+    permission("", "services", "delete", Always, "delete sandboxes and orphaned Services"),
+    permission("", "namespaces", "get", Always, "readiness: the namespace is usable"),
+    permission("", "namespaces", "create", NamespaceMissing, "create a missing namespace"),
+    permission(LEASES, "leases", "get", LeaderElection, "read the leader Lease"),
+    permission(LEASES, "leases", "create", LeaderElection, "take the Lease the first time"),
+    permission(LEASES, "leases", "update", LeaderElection, "renew the Lease or hand it over"),
+    permission(POLICIES, "networkpolicies", "create", NetworkPolicies, "isolate sandboxes"),
+    permission(POLICIES, "networkpolicies", "get", NetworkPolicies, "read one back on a repeat"),
+    permission(POLICIES, "networkpolicies", "list", NetworkPolicies, "fill the watch cache"),
+    permission(POLICIES, "networkpolicies", "watch", NetworkPolicies, "the sweep's copy"),
+    permission(POLICIES, "networkpolicies", "delete", NetworkPolicies, "remove with the sandbox"),
+    permission("", "persistentvolumeclaims", "get", Claims, "check the claims exist at start"),
+];
+
+/// Which optional features a configuration uses, to pick the permissions it needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    pub leader_election: bool,
+    pub network_policies: bool,
+    pub claims: bool,
+    pub namespace_missing: bool,
+}
+
+impl Features {
+    /// Everything the shipped manifests support: all but creating the namespace.
+    pub const SHIPPED: Features = Features {
+        leader_election: true,
+        network_policies: true,
+        claims: true,
+        namespace_missing: false,
+    };
+
+    fn uses(&self, when: NeededWhen) -> bool {
+        match when {
+            Always => true,
+            LeaderElection => self.leader_election,
+            NetworkPolicies => self.network_policies,
+            Claims => self.claims,
+            NamespaceMissing => self.namespace_missing,
+        }
+    }
+}
+
+/// The permissions a configuration needs, in table order.
+pub fn needed(features: Features) -> impl Iterator<Item = &'static Permission> {
+    PERMISSIONS.iter().filter(move |p| features.uses(p.when))
+}
+
+/// The table's entry for a call, if it has one.
+pub fn find(verb: &str, resource: &str) -> Option<&'static Permission> {
+    PERMISSIONS
+        .iter()
+        .find(|p| p.verb == verb && p.resource == resource)
+}
+
+/// Role rules (as Kubernetes JSON) granting exactly what `features` needs: one rule per
+/// group and resource.
+pub fn role_rules(features: Features) -> serde_json::Value {
+    let mut rules: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for p in needed(features) {
+        match rules
+            .iter_mut()
+            .find(|(g, r, _)| *g == p.group && *r == p.resource)
+        {
+            Some((_, _, verbs)) => verbs.push(p.verb),
+            None => rules.push((p.group, p.resource, vec![p.verb])),
+        }
+    }
+    serde_json::Value::Array(
+        rules
+            .into_iter()
+            .map(|(group, resource, verbs)| {
+                serde_json::json!({"apiGroups": [group], "resources": [resource], "verbs": verbs})
+            })
+            .collect(),
+    )
+}
+
+/// How often a permission that stays refused is logged again.
+const LOG_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// A permission the apiserver refused, as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MissingPermission {
+    /// "watch pods"
+    #[schema(example = "watch pods")]
+    pub permission: String,
+    /// What to grant, and where.
+    pub fix: String,
+}
+
+#[derive(Debug)]
+struct Refusal {
+    last_logged: Instant,
+    refused: u64,
+}
+
+/// The permissions refused at run time (403 Forbidden). Each is logged at ERROR when first
+/// refused and then at most once a minute while it stays refused, counted in
+/// `kubernetes_forbidden_total`, and listed by `/readyz` until a call with it succeeds.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Refusals {
+    namespace: Arc<str>,
+    metrics: Metrics,
+    refused: Arc<Mutex<HashMap<(String, String), Refusal>>>,
+}
+
+impl Refusals {
+    pub fn new(namespace: &str, metrics: Metrics) -> Self {
+        Refusals {
+            namespace: namespace.into(),
+            metrics,
+            refused: Arc::default(),
+        }
+    }
+
+    /// A call with `verb` on `resource` was refused with 403; `message` is the apiserver's.
+    pub fn refused(&self, verb: &str, resource: &str, message: &str) {
+        self.metrics.kube_forbidden(verb, resource);
+        let now = Instant::now();
+        let log = {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            match refused.entry((verb.to_string(), resource.to_string())) {
+                std::collections::hash_map::Entry::Occupied(mut seen) => {
+                    let seen = seen.get_mut();
+                    seen.refused += 1;
+                    let due = now - seen.last_logged >= LOG_AGAIN_AFTER;
+                    if due {
+                        seen.last_logged = now;
+                    }
+                    due.then_some(seen.refused)
+                }
+                std::collections::hash_map::Entry::Vacant(new) => {
+                    new.insert(Refusal {
+                        last_logged: now,
+                        refused: 1,
+                    });
+                    Some(1)
+                }
+            }
+        };
+        if let Some(times) = log {
+            let fix = self.fix(verb, resource);
+            tracing::error!(
+                permission = format!("{verb} {resource}"),
+                namespace = &*self.namespace,
+                times,
+                apiserver = message,
+                fix,
+                "Kubernetes refused a permission the provisioner needs; logged again at most once a minute while it lasts"
+            );
+        }
+    }
+
+    /// A call with `verb` on `resource` succeeded: it is no longer missing.
+    pub fn allowed(&self, verb: &str, resource: &str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_empty() {
+            return;
+        }
+        if let Some(was) = refused.remove(&(verb.to_string(), resource.to_string())) {
+            tracing::info!(
+                permission = format!("{verb} {resource}"),
+                refused_before = was.refused,
+                "a permission refused before works now"
+            );
+        }
+    }
+
+    /// Whether a call with `verb` on `resource` is refused right now.
+    pub fn is_refused(&self, verb: &str, resource: &str) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(verb.to_string(), resource.to_string()))
+    }
+
+    /// The permissions refused now, sorted.
+    pub fn missing(&self) -> Vec<MissingPermission> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<MissingPermission> = refused
+            .keys()
+            .map(|(verb, resource)| MissingPermission {
+                permission: format!("{verb} {resource}"),
+                fix: self.fix(verb, resource),
+            })
+            .collect();
+        missing.sort_by(|a, b| a.permission.cmp(&b.permission));
+        missing
+    }
+
+    fn fix(&self, verb: &str, resource: &str) -> String {
+        match find(verb, resource) {
+            Some(p) => p.fix(&self.namespace),
+            None => format!(
+                "grant {verb} on {resource} in namespace {} to the provisioner's Role",
+                self.namespace
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use k8s_openapi::api::rbac::v1::Role;
+
+    use super::*;
+
+    /// (group, resource, verb) triples a Role grants.
+    fn granted(role: &Role) -> BTreeSet<(String, String, String)> {
+        let mut granted = BTreeSet::new();
+        for rule in role.rules.iter().flatten() {
+            assert!(
+                rule.resource_names.is_none(),
+                "the shipped Role should not need resourceNames: {rule:?}"
+            );
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    for verb in &rule.verbs {
+                        granted.insert((group.clone(), resource.clone(), verb.clone()));
+                    }
+                }
+            }
+        }
+        granted
+    }
+
+    fn table(features: Features) -> BTreeSet<(String, String, String)> {
+        needed(features)
+            .map(|p| (p.group.into(), p.resource.into(), p.verb.into()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_role_grants_exactly_the_table() {
+        let yaml = include_str!("../deploy/kubernetes/role.yaml");
+        let role: Role = serde_saphyr::from_str(yaml).expect("role.yaml is a Role");
+        let (granted, wanted) = (granted(&role), table(Features::SHIPPED));
+        let missing: Vec<_> = wanted.difference(&granted).collect();
+        let surplus: Vec<_> = granted.difference(&wanted).collect();
+        assert!(
+            missing.is_empty() && surplus.is_empty(),
+            "deploy/kubernetes/role.yaml and src/permissions.rs disagree:\n\
+             missing from the Role: {missing:?}\nin the Role but not used: {surplus:?}"
+        );
+    }
+
+    #[test]
+    fn role_rules_round_trip_through_a_role() {
+        let rules = role_rules(Features::SHIPPED);
+        let role: Role = serde_json::from_value(serde_json::json!({"rules": rules})).unwrap();
+        assert_eq!(granted(&role), table(Features::SHIPPED));
+    }
+
+    #[test]
+    fn features_pick_their_permissions() {
+        let base = table(Features::default());
+        assert!(base.iter().all(|(_, r, _)| r != "leases"
+            && r != "networkpolicies"
+            && r != "persistentvolumeclaims"));
+        assert!(base.contains(&("".into(), "pods".into(), "watch".into())));
+        assert!(base.contains(&("".into(), "pods".into(), "patch".into())));
+        let with_leases = table(Features {
+            leader_election: true,
+            ..Features::default()
+        });
+        assert_eq!(with_leases.len(), base.len() + 3);
+        let missing_namespace = table(Features {
+            namespace_missing: true,
+            ..Features::default()
+        });
+        assert!(missing_namespace.contains(&("".into(), "namespaces".into(), "create".into())));
+    }
+
+    #[test]
+    fn every_entry_is_unique_and_findable() {
+        let mut seen = BTreeSet::new();
+        for p in PERMISSIONS {
+            assert!(seen.insert((p.resource, p.verb)), "duplicate {p:?}");
+            assert_eq!(find(p.verb, p.resource), Some(p));
+        }
+        assert_eq!(find("escalate", "pods"), None);
+    }
+
+    #[test]
+    fn refusals_are_listed_until_allowed() {
+        let refusals = Refusals::new("ns", Metrics::new());
+        refusals.refused("watch", "pods", "forbidden");
+        refusals.refused("watch", "pods", "forbidden");
+        refusals.refused("patch", "pods", "forbidden");
+        let missing = refusals.missing();
+        assert_eq!(
+            missing
+                .iter()
+                .map(|m| m.permission.as_str())
+                .collect::<Vec<_>>(),
+            ["patch pods", "watch pods"]
+        );
+        assert!(
+            missing[1].fix.contains("add verb watch on pods"),
+            "{}",
+            missing[1].fix
+        );
+        assert!(refusals.is_refused("watch", "pods"));
+        refusals.allowed("watch", "pods");
+        assert!(!refusals.is_refused("watch", "pods"));
+        assert_eq!(refusals.missing().len(), 1);
+    }
+}
