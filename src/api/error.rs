@@ -62,9 +62,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Provision(P::NotFound(_)) | ApiError::NoSuchRoute => StatusCode::NOT_FOUND,
-            ApiError::Provision(P::ThreadConflict { .. } | P::Terminating(_)) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Provision(
+                P::ThreadConflict { .. } | P::Terminating(_) | P::KeptReappearing { .. },
+            ) => StatusCode::CONFLICT,
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -516,6 +516,11 @@ pub fn namespace(name: &str) -> Namespace {
     }
 }
 
+/// The sandbox a managed object belongs to (its `sandbox-id` label).
+pub fn sandbox_id_of(meta: &ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(SANDBOX_ID_LABEL).cloned()
+}
+
 /// The thread a sandbox object was created for.
 pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations

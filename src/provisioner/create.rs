@@ -1,0 +1,190 @@
+//! Creating a sandbox: its Pod, Service and (when configured) NetworkPolicy, idempotently,
+//! with the pod removed again when the rest cannot be made.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
+
+use super::{read::Read, Error, Provisioned, Provisioner, Result};
+use crate::{
+    k8s::{
+        cluster::{self, Kind},
+        manifests,
+    },
+    sandbox::{Resources, SandboxId, ThreadId, Timers},
+};
+
+impl Provisioner {
+    /// Creates the sandbox, or returns the existing one when it belongs to the same thread
+    /// (repairing a missing Service or NetworkPolicy).
+    ///
+    /// Callers should not cancel this future half-way (run it in its own task): a cancelled
+    /// create could leave a Pod without its Service until the next POST repairs it.
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        resources: &Resources,
+        timers: &Timers,
+    ) -> Result<Provisioned> {
+        let started = Instant::now();
+        // Before the first pod: whatever happens between the pod and its own policy, the
+        // sandbox is then shut off rather than open.
+        self.settle_baseline(None).await?;
+        let wanted = manifests::pod(
+            &self.template,
+            id,
+            thread,
+            Timestamp::now(),
+            resources,
+            timers,
+        );
+        let (pod, created) = match self.create_pod(&wanted).await {
+            Ok(pod) => (pod, true),
+            Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
+            Err(e) => return Err(e.into()),
+        };
+        let completed = async {
+            let service = self.ensure_service(id, thread, &pod).await?;
+            self.ensure_network_policy(id, thread, &pod).await?;
+            Ok::<_, Error>(service)
+        };
+        let service = match completed.await {
+            Ok(service) => service,
+            Err(e) => {
+                if created {
+                    self.roll_back(id).await;
+                }
+                return Err(e);
+            }
+        };
+        let sandbox = self.view(id.as_str(), &pod, Some(&service), Read::Touch);
+        if created {
+            // Until the watch delivers it, LIST shows it from memory (GET confirms a cache
+            // miss with the apiserver), so a read right after this write sees it.
+            self.memory.created(sandbox.clone(), Instant::now());
+            self.metrics.sandbox_created(started.elapsed());
+            tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
+        }
+        Ok(Provisioned { sandbox, created })
+    }
+
+    /// Creates the pod, creating a missing namespace first and waiting out the moment after a
+    /// namespace is created when its default ServiceAccount does not exist yet.
+    async fn create_pod(&self, pod: &Pod) -> Result<Pod, cluster::Error> {
+        const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
+        let started = Instant::now();
+        loop {
+            match self.cluster.create(pod).await {
+                Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
+                    tracing::info!(
+                        namespace = self.namespace(),
+                        "namespace is missing; creating it"
+                    );
+                    self.cluster
+                        .ensure_namespace(&manifests::namespace(self.namespace()))
+                        .await?;
+                }
+                Err(e)
+                    if e.is_service_account_pending()
+                        && started.elapsed() < SERVICE_ACCOUNT_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The pod that a create collided with, if it is this thread's and not on its way out.
+    async fn existing_pod(&self, id: &SandboxId, thread: &ThreadId) -> Result<Pod> {
+        let pod = self
+            .cluster
+            .get::<Pod>(&manifests::pod_name(id))
+            .await?
+            // Deleted between our create and this read: it is on its way out.
+            .ok_or_else(|| Error::Terminating(id.to_string()))?;
+        let existing = manifests::thread_of(&pod.metadata).unwrap_or_default();
+        if existing != thread.as_str() {
+            return Err(Error::ThreadConflict {
+                id: id.to_string(),
+                existing: existing.to_string(),
+                requested: thread.to_string(),
+            });
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Err(Error::Terminating(id.to_string()));
+        }
+        Ok(pod)
+    }
+
+    /// Returns the pod's Service, creating it when missing and replacing one left over from an
+    /// earlier pod of the same name.
+    pub(super) async fn ensure_service(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        pod: &Pod,
+    ) -> Result<Service> {
+        self.ensure_owned(&manifests::service(&self.template, id, thread, pod), pod)
+            .await
+    }
+
+    /// The sandbox's NetworkPolicy, when configured: created when missing, replaced when it was
+    /// left over from an earlier pod of the same name.
+    pub(super) async fn ensure_network_policy(
+        &self,
+        id: &SandboxId,
+        thread: &ThreadId,
+        pod: &Pod,
+    ) -> Result<()> {
+        match manifests::network_policy(&self.template, id, thread, pod) {
+            Some(wanted) => self.ensure_owned(&wanted, pod).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates an object that belongs to the pod, or returns the one that exists; an object of
+    /// that name owned by an earlier pod of the same sandbox is deleted and made anew.
+    async fn ensure_owned<K: Kind>(&self, wanted: &K, pod: &Pod) -> Result<K> {
+        let name = wanted.meta().name.clone().unwrap_or_default();
+        let kind = K::kind(&()).to_lowercase();
+        for _ in 0..3 {
+            match self.cluster.create(wanted).await {
+                Ok(created) => return Ok(created),
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.cluster.get::<K>(&name).await? {
+                Some(existing) if manifests::meta_owned_by(existing.meta(), pod) => {
+                    return Ok(existing)
+                }
+                Some(_) => {
+                    tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
+                    self.cluster.delete::<K>(&name).await?;
+                }
+                None => {}
+            }
+        }
+        Err(Error::KeptReappearing { kind, name })
+    }
+
+    /// Removes what this call created when the sandbox could not be completed.
+    async fn roll_back(&self, id: &SandboxId) {
+        let _ = self
+            .cluster
+            .delete::<Service>(&manifests::service_name(id))
+            .await;
+        match self.cluster.delete::<Pod>(&manifests::pod_name(id)).await {
+            Ok(_) => {
+                tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
+            }
+            Err(e) => {
+                tracing::error!(sandbox_id = %id, error = %e, "the sandbox could not be completed and its pod could not be removed; the next POST for this id repairs it")
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Deleting a sandbox: its Service, Pod and NetworkPolicy, at once, and everything this
+//! process remembers about it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    networking::v1::NetworkPolicy,
+};
+
+use super::{Provisioner, Result};
+use crate::{k8s::manifests, metrics::DeletionReason as Reason, sandbox::SandboxId};
+
+/// How long a delete waits for the cache to drop the sandbox, so that a read right after it
+/// from this service does not see it.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+
+impl Provisioner {
+    /// Deletes the sandbox's Service and Pod at a caller's request. Returns whether anything
+    /// existed.
+    pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
+        self.remove(id, Reason::Api).await
+    }
+
+    /// Deletes the sandbox's objects, counting the deletion under `reason`.
+    pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
+        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        let (service, pod) = tokio::join!(
+            self.cluster.delete::<Service>(&service_name),
+            self.cluster.delete::<Pod>(&pod_name),
+        );
+        let existed = service? | pod?;
+        if self.policies_on() {
+            // The garbage collector would remove it with the pod; this makes it immediate.
+            self.cluster
+                .delete::<NetworkPolicy>(&manifests::network_policy_name(id))
+                .await?;
+        }
+        if existed {
+            self.metrics.sandbox_deleted(reason);
+            tracing::info!(sandbox_id = %id, "sandbox deleted");
+            if self.cache.state().usable() {
+                self.cache
+                    .wait_for(CACHE_CATCH_UP, |c| {
+                        c.pod(&pod_name).is_none() && c.service(&service_name).is_none()
+                    })
+                    .await;
+            }
+        }
+        self.memory.forget(id.as_str());
+        Ok(existed)
+    }
+}

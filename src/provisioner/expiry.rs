@@ -1,0 +1,237 @@
+//! Expiry: which sandboxes are due (a pure plan over a snapshot of the cache and the clock),
+//! and the reaper's thin step that removes them, several at a time.
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+
+use super::Provisioner;
+use crate::{
+    k8s::manifests,
+    metrics::DeletionReason as Reason,
+    sandbox::{Expiry, SandboxId, SandboxStatus, Timers},
+};
+
+/// How many expired sandboxes the reaper removes at a time.
+const REAP_CONCURRENCY: usize = 8;
+
+/// One managed sandbox as expiry sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: SandboxId,
+    pub timers: Timers,
+    pub created: Timestamp,
+    /// Where the idle timer starts (last activity plus the replicas' grace).
+    pub idle_since: Timestamp,
+    pub status: SandboxStatus,
+}
+
+/// A sandbox to remove, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub id: SandboxId,
+    pub reason: Reason,
+    /// For the log line.
+    pub why: String,
+}
+
+/// The sandboxes due at `now`.
+pub fn plan(candidates: &[Candidate], now: Timestamp) -> Vec<Removal> {
+    candidates
+        .iter()
+        .filter_map(|c| {
+            let expiry = c.timers.due(now, c.created, c.idle_since, c.status.ready)?;
+            let (reason, why) = match expiry {
+                Expiry::Lifetime => (Reason::Lifetime, "its lifetime ended".to_string()),
+                Expiry::Idle => (Reason::Idle, "it was idle too long".to_string()),
+                Expiry::NeverReady => (
+                    Reason::NeverReady,
+                    format!(
+                        "it never became ready ({}: {})",
+                        c.status.reason.as_deref().unwrap_or("no reason reported"),
+                        c.status.message.as_deref().unwrap_or("-")
+                    ),
+                ),
+            };
+            Some(Removal {
+                id: c.id.clone(),
+                reason,
+                why,
+            })
+        })
+        .collect()
+}
+
+impl Provisioner {
+    /// The managed sandboxes in the cache, as expiry sees them.
+    fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
+        self.cache
+            .pods()
+            .iter()
+            .filter_map(|pod| {
+                let id = SandboxId::parse(&manifests::sandbox_id_of(&pod.metadata)?).ok()?;
+                Some(Candidate {
+                    timers: manifests::timers_of(pod, self.template.timers.ready),
+                    created: manifests::created_of(pod).unwrap_or(now),
+                    idle_since: self.idle_since(id.as_str(), pod),
+                    status: SandboxStatus::of(pod),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes every managed sandbox whose lifetime, idle or ready timer ran out. Only objects
+    /// that carry this service's labels are seen (the cache is label-selected). Returns how
+    /// many were removed. Stops early once `leading` says this replica lost the lease.
+    pub async fn reap(&self, leading: impl Fn() -> bool) -> usize {
+        if !self.cache.state().usable() {
+            return 0;
+        }
+        let now = Timestamp::now();
+        let candidates = self.expiry_candidates(now);
+        self.memory
+            .keep_only(&candidates.iter().map(|c| c.id.to_string()).collect());
+        let due = plan(&candidates, now);
+        // Several at a time, so that many deadlines falling together (a backend that went
+        // away with all its sandboxes) are still met within the promised lag.
+        let removals = futures::stream::iter(due).map(|removal| {
+            let leading = &leading;
+            async move {
+                if !leading() {
+                    return false;
+                }
+                match self.remove(&removal.id, removal.reason).await {
+                    Ok(true) => {
+                        tracing::warn!(sandbox_id = %removal.id, reason = %removal.why, "sandbox expired and was removed");
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) if e.is_permission_denied() => false,
+                    Err(e) => {
+                        tracing::warn!(sandbox_id = %removal.id, error = %e, "removing an expired sandbox failed; retrying next round");
+                        false
+                    }
+                }
+            }
+        });
+        removals
+            .buffer_unordered(REAP_CONCURRENCY)
+            .filter(|removed| std::future::ready(*removed))
+            .count()
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sandbox::Phase;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn candidate(id: &str, timers: Timers, ready: bool) -> Candidate {
+        Candidate {
+            id: SandboxId::parse(id).unwrap(),
+            timers,
+            created: at("2026-01-01T00:00:00Z"),
+            idle_since: at("2026-01-01T00:05:00Z"),
+            status: SandboxStatus {
+                phase: if ready {
+                    Phase::Running
+                } else {
+                    Phase::Pending
+                },
+                ready,
+                reason: (!ready).then(|| "ImagePullBackOff".to_string()),
+                message: (!ready).then(|| "back-off pulling".to_string()),
+            },
+        }
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn each_timer_removes_for_its_own_reason() {
+        let now = at("2026-01-01T00:10:00Z");
+        let candidates = [
+            candidate(
+                "lifetime",
+                Timers {
+                    lifetime: 10 * MIN,
+                    ..Timers::default()
+                },
+                true,
+            ),
+            candidate(
+                "idle",
+                Timers {
+                    idle: 5 * MIN,
+                    ..Timers::default()
+                },
+                true,
+            ),
+            candidate(
+                "never",
+                Timers {
+                    ready: 10 * MIN,
+                    ..Timers::default()
+                },
+                false,
+            ),
+            candidate(
+                "young",
+                Timers {
+                    lifetime: 11 * MIN,
+                    idle: 6 * MIN,
+                    ready: 11 * MIN,
+                },
+                false,
+            ),
+            candidate(
+                "ready",
+                Timers {
+                    ready: MIN,
+                    ..Timers::default()
+                },
+                true,
+            ),
+            candidate("untimed", Timers::default(), false),
+        ];
+        let removed = plan(&candidates, now);
+        let reasons: Vec<(&str, Reason)> =
+            removed.iter().map(|r| (r.id.as_str(), r.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("lifetime", Reason::Lifetime),
+                ("idle", Reason::Idle),
+                ("never", Reason::NeverReady)
+            ]
+        );
+        assert!(
+            removed[2]
+                .why
+                .contains("ImagePullBackOff: back-off pulling"),
+            "{}",
+            removed[2].why
+        );
+    }
+
+    #[test]
+    fn lifetime_wins_over_idle() {
+        let timers = Timers {
+            lifetime: MIN,
+            idle: MIN,
+            ready: MIN,
+        };
+        let removed = plan(
+            &[candidate("both", timers, false)],
+            at("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(removed[0].reason, Reason::Lifetime);
+    }
+}

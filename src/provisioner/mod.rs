@@ -1,0 +1,189 @@
+//! The sandbox rules the API promises, on top of the cluster operations: idempotent creates,
+//! no half-made sandboxes, repair of a sandbox missing one of its objects, reads from the
+//! watch cache, and the background decisions (expiry, sweep, baseline policy).
+//!
+//! ```text
+//!   api ──► Provisioner ──► create / read / delete        (one file each)
+//!               │      └──► expiry / sweep / baseline       (plan: pure; apply: thin)
+//!               ├── Cluster  (timed, retried, counted Kubernetes calls)
+//!               ├── Cache    (watched Pods, Services, NetworkPolicies)
+//!               └── Memory   (what this process remembers per sandbox)
+//! ```
+
+mod baseline;
+mod create;
+mod delete;
+pub mod expiry;
+mod memory;
+mod read;
+mod startup;
+pub mod sweep;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+
+pub use memory::Memory;
+
+use crate::{
+    k8s::{
+        cache::{Cache, CacheSummary},
+        cluster::{self, Cluster},
+        manifests::{self, SandboxTemplate},
+    },
+    metrics::Metrics,
+    permissions::Refusals,
+    sandbox::{InvalidId, Sandbox, SandboxStatus, Timers},
+};
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] InvalidId),
+    #[error("sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("sandbox {id:?} already exists for thread {existing:?}, but this request names thread {requested:?}; use another sandbox_id, or delete the existing sandbox first")]
+    ThreadConflict {
+        id: String,
+        existing: String,
+        requested: String,
+    },
+    #[error("sandbox {0:?} is being deleted; retry in a moment")]
+    Terminating(String),
+    #[error("cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in a moment")]
+    KeptReappearing { kind: String, name: String },
+    #[error(transparent)]
+    Kubernetes(#[from] cluster::Error),
+}
+
+impl Error {
+    /// A refused permission: already logged (rate-limited) and counted where it happened.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Kubernetes(e) if e.is_permission_denied())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The sandbox service: one per process, shared by all requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Provisioner {
+    cluster: Cluster,
+    cache: Cache,
+    template: SandboxTemplate,
+    metrics: Metrics,
+    memory: Memory,
+    /// Whether the baseline NetworkPolicy is known to be as the configuration wants it.
+    baseline_settled: Arc<AtomicBool>,
+}
+
+/// A created or found sandbox, and whether this call created it.
+pub struct Provisioned {
+    pub sandbox: Sandbox,
+    pub created: bool,
+}
+
+impl Provisioner {
+    pub fn new(
+        cluster: Cluster,
+        cache: Cache,
+        template: SandboxTemplate,
+        metrics: Metrics,
+    ) -> Self {
+        Provisioner {
+            cluster,
+            cache,
+            template,
+            metrics,
+            memory: Memory::default(),
+            baseline_settled: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether reads are served from the watch cache.
+    pub fn cache_summary(&self) -> CacheSummary {
+        self.cache.state().summary()
+    }
+
+    /// The permissions the apiserver refused and that have not worked since.
+    pub fn refusals(&self) -> &Refusals {
+        self.cluster.refusals()
+    }
+
+    /// The client, for background tasks that need their own API access.
+    pub fn client(&self) -> kube::Client {
+        self.cluster.client()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.cluster.namespace()
+    }
+
+    /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
+    pub fn refresh_status_gauge(&self) {
+        self.metrics.cache_synced(self.cache.state().usable());
+        if self.cache.state().usable() {
+            let phases = self
+                .cache
+                .pods()
+                .iter()
+                .map(|p| SandboxStatus::of(p).phase)
+                .collect::<Vec<_>>();
+            self.metrics.sandboxes_by_status(phases);
+        }
+    }
+
+    /// The timers of a new sandbox: the request's, within the configured ceilings.
+    pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {
+        self.template.timers.for_request(ttl_seconds, idle_seconds)
+    }
+
+    /// Notes activity on a sandbox: kept in memory, and written to the pod at most once per
+    /// SANDBOX_ACTIVITY_PERSIST_INTERVAL (in the background, so a GET costs no write).
+    fn touch(&self, id: &str, pod: &Pod) {
+        let now = Timestamp::now();
+        // Creation counts as written activity: a create costs no extra write.
+        let written = manifests::activity_of(pod)
+            .or_else(|| manifests::created_of(pod))
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        if !self
+            .memory
+            .touch(id, now, written, self.template.activity_persist_interval)
+        {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        tokio::spawn(async move {
+            if let Err(e) = cluster
+                .annotate_pod(&name, manifests::ACTIVITY_ANNOTATION, &now.to_string())
+                .await
+            {
+                // A refusal is reported by the cluster layer, once.
+                tracing::debug!(pod = %name, error = %e, "recording activity failed; it stays in memory");
+            }
+        });
+    }
+
+    /// Where the idle timer starts: the latest known activity (in memory here, written on the
+    /// pod, or the creation), plus the grace that covers activity other replicas saw but have
+    /// not written yet. The published `expires_at` and the reaper both use it, so a sandbox
+    /// goes when its answer said it would.
+    fn idle_since(&self, id: &str, pod: &Pod) -> Timestamp {
+        let last = [
+            self.memory.last_activity(id),
+            manifests::activity_of(pod),
+            manifests::created_of(pod),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_else(Timestamp::now);
+        last + self.template.idle_grace
+    }
+}

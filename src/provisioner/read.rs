@@ -1,0 +1,224 @@
+//! Reading sandboxes: one, all, or one once it is ready. From the watch cache when it is
+//! synced (no apiserver call), otherwise from the apiserver.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
+
+use super::{Error, Provisioner, Result};
+use crate::{
+    k8s::manifests,
+    sandbox::{Phase, Sandbox, SandboxId, SandboxStatus},
+};
+
+/// Reasons that mean a sandbox will not become ready by waiting.
+const HOPELESS_REASONS: [&str; 8] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "Unschedulable",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "Terminating",
+];
+
+/// Ready, or never going to be without someone changing something.
+fn done_waiting(status: &SandboxStatus) -> bool {
+    status.ready
+        || matches!(status.phase, Phase::Failed | Phase::Succeeded)
+        || status
+            .reason
+            .as_deref()
+            .is_some_and(|r| HOPELESS_REASONS.contains(&r))
+}
+
+/// How a read counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// A caller asked about this sandbox: activity.
+    Touch,
+    /// Part of a listing: not activity.
+    Look,
+}
+
+impl Provisioner {
+    /// The API's view of a sandbox from its objects, with its deadline; a `Touch` counts as
+    /// activity. Time-to-ready is recorded the first time it is seen Ready.
+    pub(super) fn view(
+        &self,
+        id: &str,
+        pod: &Pod,
+        service: Option<&Service>,
+        read: Read,
+    ) -> Sandbox {
+        let mut sandbox = manifests::sandbox_view(id, pod, service, &self.template);
+        if read == Read::Touch {
+            self.touch(id, pod);
+        }
+        let timers = manifests::timers_of(pod, self.template.timers.ready);
+        let created = manifests::created_of(pod).unwrap_or_else(Timestamp::now);
+        sandbox.expires_at = timers
+            .expires_at(created, self.idle_since(id, pod))
+            .map(|t| t.to_string());
+        self.note_readiness(&sandbox);
+        sandbox
+    }
+
+    /// Records time-to-ready the first time this process sees a sandbox Ready.
+    fn note_readiness(&self, sandbox: &Sandbox) {
+        if !sandbox.ready || !self.memory.first_ready(&sandbox.sandbox_id) {
+            return;
+        }
+        let created = sandbox
+            .created_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        if let Some(created) = created {
+            if let Ok(waited) = Duration::try_from(Timestamp::now().duration_since(created)) {
+                self.metrics.sandbox_ready(waited);
+            }
+        }
+    }
+
+    /// One sandbox: from the cache when it is synced and has the pod (no apiserver call),
+    /// otherwise from the apiserver (so a miss is confirmed before answering 404).
+    pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
+        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        if self.cache.state().usable() {
+            if let Some(pod) = self.cache.pod(&pod_name) {
+                let service = match self.cache.service(&service_name) {
+                    Some(s) => Some((*s).clone()),
+                    None => self.cluster.get::<Service>(&service_name).await?,
+                };
+                return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
+            }
+        }
+        let (pod, service) = tokio::join!(
+            self.cluster.get::<Pod>(&pod_name),
+            self.cluster.get::<Service>(&service_name),
+        );
+        let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
+    }
+
+    /// Counts as activity and returns the sandbox with its new deadline.
+    pub async fn keepalive(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.get(id).await
+    }
+
+    /// Returns as soon as the sandbox is ready or cannot become ready (image pull failure,
+    /// crash loop, unschedulable, ended), or after `limit` with its current status. Driven by
+    /// the watch; only while the cache is not usable does it poll the apiserver.
+    pub async fn wait_ready(&self, id: &SandboxId, limit: Duration) -> Result<Sandbox> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let pod_name = manifests::pod_name(id);
+        loop {
+            let sandbox = self.get(id).await?;
+            let status = SandboxStatus {
+                phase: sandbox.status,
+                ready: sandbox.ready,
+                reason: sandbox.reason.clone(),
+                message: None,
+            };
+            let now = tokio::time::Instant::now();
+            if done_waiting(&status) || now >= deadline {
+                return Ok(sandbox);
+            }
+            if self.cache.state().usable() {
+                self.cache
+                    .wait_for(deadline - now, |c| {
+                        !c.state().usable()
+                            || c.pod(&pod_name)
+                                .is_none_or(|p| done_waiting(&SandboxStatus::of(&p)))
+                    })
+                    .await;
+            } else {
+                tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
+            }
+        }
+    }
+
+    /// All managed sandboxes, sorted by id: from the cache when it is synced (plus those just
+    /// created here that the watch has not delivered), otherwise from one pod list and one
+    /// service list.
+    pub async fn list(&self) -> Result<Vec<Sandbox>> {
+        let from_cache = self.cache.state().usable();
+        let (pods, services) = if from_cache {
+            (self.cache.pods(), self.cache.services())
+        } else {
+            let selector = manifests::managed_selector();
+            let (pods, services) = tokio::join!(
+                self.cluster.list::<Pod>(&selector),
+                self.cluster.list::<Service>(&selector),
+            );
+            (shared(pods?), shared(services?))
+        };
+        let services: HashMap<String, &Service> = services
+            .iter()
+            .filter_map(|s| Some((manifests::sandbox_id_of(&s.metadata)?, s.as_ref())))
+            .collect();
+        let mut sandboxes: Vec<Sandbox> = pods
+            .iter()
+            .filter_map(|pod| {
+                let id = manifests::sandbox_id_of(&pod.metadata)?;
+                Some(self.view(&id, pod, services.get(&id).copied(), Read::Look))
+            })
+            .collect();
+        if from_cache {
+            let unwatched = self.memory.unwatched(&sandboxes, std::time::Instant::now());
+            sandboxes.extend(unwatched);
+        }
+        sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        self.metrics
+            .sandboxes_by_status(sandboxes.iter().map(|s| s.status));
+        Ok(sandboxes)
+    }
+}
+
+fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
+    items.into_iter().map(Arc::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(phase: Phase, ready: bool, reason: Option<&str>) -> SandboxStatus {
+        SandboxStatus {
+            phase,
+            ready,
+            reason: reason.map(str::to_string),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn waiting_ends_when_ready_or_hopeless() {
+        assert!(done_waiting(&status(Phase::Running, true, None)));
+        assert!(done_waiting(&status(Phase::Failed, false, None)));
+        assert!(done_waiting(&status(
+            Phase::Pending,
+            false,
+            Some("ImagePullBackOff")
+        )));
+        assert!(done_waiting(&status(
+            Phase::Running,
+            false,
+            Some("CrashLoopBackOff")
+        )));
+        assert!(!done_waiting(&status(
+            Phase::Pending,
+            false,
+            Some("ContainerCreating")
+        )));
+        assert!(!done_waiting(&status(
+            Phase::Running,
+            false,
+            Some("ContainersNotReady")
+        )));
+    }
+}

@@ -1,0 +1,41 @@
+//! Checks the service runs before it serves: the namespace, the claims, and a dry run of the
+//! pod this configuration makes.
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{Provisioner, Result};
+use crate::{
+    k8s::{cluster, manifests},
+    sandbox::{SandboxId, ThreadId},
+};
+
+impl Provisioner {
+    /// Has the apiserver validate and admit the pod this configuration makes (dry run), so that
+    /// a placement, size or security setting it refuses is found at start, not at first use.
+    pub async fn check_pod_template(&self) -> Result<(), cluster::Error> {
+        let id = SandboxId::parse("startup-check").expect("a valid id");
+        let thread = ThreadId::parse("startup-check").expect("a valid thread id");
+        let pod = manifests::pod(
+            &self.template,
+            &id,
+            &thread,
+            Timestamp::now(),
+            &self.template.default_resources,
+            &self.template.timers,
+        );
+        self.cluster.dry_run_pod(&pod).await.map(|_| ())
+    }
+
+    /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.
+    pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.cluster.pvc_exists(name).await?)
+    }
+
+    /// Creates the sandbox namespace when missing. Returns whether it was created.
+    pub async fn ensure_namespace(&self) -> Result<bool> {
+        Ok(self
+            .cluster
+            .ensure_namespace(&manifests::namespace(self.namespace()))
+            .await?)
+    }
+}
