@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, kubeconfig_path, TestNamespace};
+use common::{kubeconfig_path, RunningBinary, TestNamespace};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -115,90 +115,23 @@ async fn raw_create_rate(
     (clients * per_client) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The provisioner binary, started as an operator would, and its start-up time.
-struct Provisioner {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Provisioner {
-    async fn start(namespace: &str, image: &str) -> (Provisioner, Duration) {
-        Provisioner::start_with(namespace, image, &[]).await
-    }
-
-    async fn start_with(
-        namespace: &str,
-        image: &str,
-        env: &[(&str, &str)],
-    ) -> (Provisioner, Duration) {
-        let port = free_port();
-        let started = Instant::now();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
-            .env_clear()
-            .env("KUBECONFIG_PATH", kubeconfig_path())
-            .env("K8S_NAMESPACE", namespace)
-            .env("SANDBOX_IMAGE", image)
-            .env("NODE_HOST", "127.0.0.1")
-            .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http.get(format!("{base}/health")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the provisioner did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let serving = started.elapsed();
-        (Provisioner { child, base }, serving)
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap();
-        kib / 1024.0
-    }
-
-    async fn wait_synced(&self, http: &reqwest::Client) {
-        loop {
-            let body: Value = http
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or_default();
-            if body["cache"] == "synced" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Provisioner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The provisioner binary, started as an operator would (the shared test runner), and its
+/// start-up time.
+async fn start_provisioner(
+    namespace: &str,
+    image: &str,
+    env: &[(&str, &str)],
+) -> (RunningBinary, Duration) {
+    let mut all: Vec<(&str, String)> = vec![
+        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
+        ("K8S_NAMESPACE", namespace.into()),
+        ("SANDBOX_IMAGE", image.into()),
+        ("NODE_HOST", "127.0.0.1".into()),
+        ("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    RunningBinary::start_quiet(&all).await
 }
 
 async fn create(http: &reqwest::Client, base: &str, id: &str) {
@@ -280,8 +213,8 @@ async fn main() {
     // --- The provisioner. ---
     eprintln!("measuring the provisioner");
     let ns = TestNamespace::new("bench").await;
-    let (svc, _) = Provisioner::start(&ns.name, "sandbox:bench").await;
-    svc.wait_synced(&http).await;
+    let (svc, _) = start_provisioner(&ns.name, "sandbox:bench", &[]).await;
+    svc.wait_synced().await;
     let idle_rss = svc.rss_mib();
     let mut creates = Vec::new();
     let sequential = sandboxes.min(100);
@@ -395,7 +328,7 @@ async fn main() {
     drop(svc);
 
     // Start-up: a fresh process against a namespace with all those sandboxes.
-    let (again, serving) = Provisioner::start(&ns.name, "sandbox:bench").await;
+    let (again, serving) = start_provisioner(&ns.name, "sandbox:bench", &[]).await;
     report.row(
         "start to serving (apiserver answering)",
         ms(serving),
@@ -408,8 +341,8 @@ async fn main() {
     // --- Ready notification: the bench marks pods Ready itself, as the node simulator would,
     // and measures until a waiting client gets its answer. ---
     let ready_ns = TestNamespace::new("bench-ready").await;
-    let (waiter_svc, _) = Provisioner::start(&ready_ns.name, "sandbox:sim-never-ready").await;
-    waiter_svc.wait_synced(&http).await;
+    let (waiter_svc, _) = start_provisioner(&ready_ns.name, "sandbox:sim-never-ready", &[]).await;
+    waiter_svc.wait_synced().await;
     let ready_pods: Api<Pod> = ready_ns.pods();
     let mut latencies = Vec::new();
     for i in 0..50 {
@@ -458,13 +391,13 @@ async fn main() {
 /// restart: how late past its deadline is each one gone?
 async fn mass_expiry(report: &mut Report, http: &reqwest::Client, expiring: usize) {
     let expiry_ns = TestNamespace::new("bench-expiry").await;
-    let (reaper_svc, _) = Provisioner::start_with(
+    let (reaper_svc, _) = start_provisioner(
         &expiry_ns.name,
         "sandbox:bench",
         &[("SANDBOX_REAP_INTERVAL", "1s")],
     )
     .await;
-    reaper_svc.wait_synced(http).await;
+    reaper_svc.wait_synced().await;
     let ttl = 3 + expiring as u64 / 50;
     let deadlines: Vec<(String, Instant)> = futures::future::join_all((0..expiring).map(|i| {
         let (http, base) = (http.clone(), reaper_svc.base.clone());

@@ -43,7 +43,7 @@ pub enum StartError {
 
 /// Builds the provisioner from validated configuration and starts its watch cache, which runs
 /// until `shutdown` turns true or its sender is dropped.
-pub async fn provisioner(
+async fn provisioner(
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Provisioner, StartError> {
@@ -76,33 +76,141 @@ pub async fn provisioner(
     ))
 }
 
+/// A service built from its configuration: the provisioner with its watch cache, the router,
+/// and (once started) the background tasks. `main`, the tests and the benchmark's binary all
+/// build the service here.
+pub struct Server {
+    config: Config,
+    provisioner: Provisioner,
+    stop: watch::Sender<bool>,
+    background: Option<Background>,
+}
+
+/// Ends a server's leader election at once without giving the lease up, as a crash would.
+pub struct CrashHandle(Option<tokio::task::AbortHandle>);
+
+impl CrashHandle {
+    pub fn crash(&self) {
+        if let Some(election) = &self.0 {
+            election.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Connects to Kubernetes and starts the watch cache; serves nothing yet.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        let (stop, stopped) = watch::channel(false);
+        let provisioner = provisioner(&config, stopped).await?;
+        Ok(Server {
+            config,
+            provisioner,
+            stop,
+            background: None,
+        })
+    }
+
+    pub fn provisioner(&self) -> &Provisioner {
+        &self.provisioner
+    }
+
+    /// The HTTP API over this server's provisioner.
+    pub fn app(&self) -> axum::Router {
+        api::app(self.provisioner.clone(), api_settings(&self.config))
+    }
+
+    /// The start-up checks: the namespace (created when missing), the claims, and a dry run of
+    /// the sandbox pod. Only a configuration the apiserver refuses stops the service; an
+    /// apiserver that cannot be asked now is logged and left to the requests.
+    pub async fn prepare(&self) -> Result<(), StartError> {
+        let provisioner = &self.provisioner;
+        match provisioner.ensure_namespace().await {
+            Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
+            Ok(false) => tracing::info!(namespace = provisioner.namespace(), "namespace present"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
+            }
+        }
+        check_claims(&self.config, provisioner).await?;
+        match provisioner.check_pod_template().await {
+            Ok(()) => tracing::info!(
+                "the apiserver accepts the sandbox pod this configuration makes (dry run)"
+            ),
+            Err(
+                e @ cluster::Error::Refused {
+                    code: 400 | 422, ..
+                },
+            ) => return Err(StartError::PodRefused(e.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the leader election (when configured) and the reaper.
+    pub fn start_background(&mut self) {
+        if self.background.is_none() {
+            self.background = Some(Background::spawn(
+                &self.config,
+                &self.provisioner,
+                &self.stop,
+            ));
+        }
+    }
+
+    pub fn crash_handle(&self) -> CrashHandle {
+        CrashHandle(
+            self.background
+                .as_ref()
+                .and_then(|b| b.election.as_ref())
+                .map(|e| e.abort_handle()),
+        )
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, lets in-flight requests finish within
+    /// PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS, then stops the background tasks (handing the
+    /// lease over).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (signalled, mut signal) = watch::channel(false);
+        let server = axum::serve(listener, self.app()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+        });
+        let grace = self.config.limits.shutdown_timeout;
+        let deadline = async move {
+            let _ = signal.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
+            _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops the background tasks and the watch cache, waiting until the election has given
+    /// the lease up (itself bounded) so that another replica can take over at once.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(background) = self.background.take() {
+            background.finished().await;
+        }
+    }
+}
+
 /// Runs the service until a shutdown signal arrives.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let (stop_background, background_stopped) = watch::channel(false);
-    let provisioner = provisioner(&config, background_stopped).await?;
-    warn_about_defaults(&config);
-    match provisioner.ensure_namespace().await {
-        Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
-        Ok(false) => tracing::info!(namespace = provisioner.namespace(), "namespace present"),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
-        }
-    }
-    check_claims(&config, &provisioner).await?;
-    let background = Background::spawn(&config, &provisioner, &stop_background);
-    match provisioner.check_pod_template().await {
-        Ok(()) => tracing::info!(
-            "the apiserver accepts the sandbox pod this configuration makes (dry run)"
-        ),
-        Err(
-            e @ cluster::Error::Refused {
-                code: 400 | 422, ..
-            },
-        ) => return Err(StartError::PodRefused(e.to_string())),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
-        }
-    }
+    let mut server = Server::build(config).await?;
+    warn_about_defaults(&server.config);
+    server.prepare().await?;
+    server.start_background();
+    let config = &server.config;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen {
@@ -110,35 +218,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             cause: e.to_string(),
         })?;
     tracing::info!(listen = %config.listen, namespace = %config.namespace, image = %config.sandbox_image, node_host = %config.node_host, "serving");
-    let app = api::router(provisioner, api_settings(&config));
-    let (signalled, mut signal) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = signalled.send(true);
-    });
-    let grace = config.limits.shutdown_timeout;
-    let deadline = async move {
-        let _ = signal.wait_for(|s| *s).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
-        _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
-    }
-    let _ = stop_background.send(true);
-    background.finished().await;
+    server.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The background tasks of a running service: the leader election (when configured) and the
 /// reaper. Both stop when the `stop` channel they were given turns true.
-pub struct Background {
+struct Background {
     election: Option<JoinHandle<()>>,
 }
 
 impl Background {
-    pub fn spawn(config: &Config, provisioner: &Provisioner, stop: &watch::Sender<bool>) -> Self {
+    fn spawn(config: &Config, provisioner: &Provisioner, stop: &watch::Sender<bool>) -> Self {
         let (leadership, election) = if config.leader_lease.is_zero() {
             (Leadership::always(), None)
         } else {
@@ -161,18 +253,9 @@ impl Background {
         Background { election }
     }
 
-    /// After `stop` was sent: waits until the election has given the lease up (itself bounded),
-    /// so that another replica can take over at once instead of waiting out the lease.
-    pub async fn finished(self) {
+    async fn finished(self) {
         if let Some(election) = self.election {
             let _ = election.await;
-        }
-    }
-
-    /// Ends the election without giving the lease up, as a crash would (for tests).
-    pub fn abandon(&self) {
-        if let Some(election) = &self.election {
-            election.abort();
         }
     }
 }
@@ -223,7 +306,7 @@ pub fn replica_identity() -> String {
 }
 
 /// The router's settings from the configuration.
-pub fn api_settings(config: &Config) -> ApiSettings {
+pub(crate) fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
         api_key: config.api_key.as_deref().map(ApiKey::new),
         limits: config.limits.clone(),

@@ -5,6 +5,8 @@ mod auth;
 mod error;
 mod handlers;
 mod limits;
+#[cfg(test)]
+mod tests;
 
 pub use auth::ApiKey;
 pub use error::{ApiError, ErrorBody};
@@ -51,8 +53,8 @@ pub struct ApiSettings {
     pub capabilities: Capabilities,
 }
 
-/// The whole API, ready to serve.
-pub fn router(provisioner: Provisioner, settings: ApiSettings) -> Router {
+/// The whole API, ready to serve (or to call with `oneshot` in tests).
+pub fn app(provisioner: Provisioner, settings: ApiSettings) -> Router {
     let state = AppState {
         provisioner,
         max_body_bytes: settings.limits.max_body_bytes,

@@ -152,6 +152,19 @@ impl Cache {
         }
     }
 
+    /// A cache that watches nothing and never syncs, so that every read goes to the
+    /// apiserver: for tests of the HTTP layer that must not reach a cluster.
+    pub fn unwatched(namespace: &str) -> Cache {
+        let (_, state) = watch::channel(CacheState::default());
+        Cache {
+            namespace: namespace.to_string(),
+            pods: reflector::store().0,
+            services: reflector::store().0,
+            policies: None,
+            state,
+        }
+    }
+
     pub fn state(&self) -> CacheState {
         *self.state.borrow()
     }

@@ -20,7 +20,6 @@ use kube::{
     Api, Client,
 };
 use sandbox_provisioner::{
-    api,
     cli::Cli,
     config::{Config, ServeArgs},
     server,
@@ -240,45 +239,49 @@ pub fn serve_args(namespace: &str) -> ServeArgs {
     args
 }
 
-/// The provisioner's HTTP API served in-process on a free port.
+/// The provisioner's HTTP API served in-process on a free port, built as `main` builds it
+/// (without the start-up checks, which tests of them run through the binary).
 pub struct TestService {
     pub base: String,
     pub http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
-    background: Option<server::Background>,
-    stop_background: tokio::sync::watch::Sender<bool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    crash: server::CrashHandle,
 }
 
 impl TestService {
     pub async fn start(args: ServeArgs) -> TestService {
         let config = Config::try_from(args).expect("valid test configuration");
-        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
-        let provisioner = server::provisioner(&config, background_stopped)
+        let mut server = server::Server::build(config)
             .await
             .expect("building the provisioner");
-        let background = server::Background::spawn(&config, &provisioner, &stop_background);
+        server.start_background();
+        let crash = server.crash_handle();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let app = api::router(provisioner, server::api_settings(&config));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server.serve(listener, shutdown).await.unwrap();
         });
         TestService {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             task,
-            background: Some(background),
-            stop_background,
+            stop: Some(stop),
+            crash,
         }
     }
 
-    /// Stops as on SIGTERM: background tasks end and the leader lease is given up.
+    /// Stops as on SIGTERM: in-flight requests finish, background tasks end and the leader
+    /// lease is given up.
     pub async fn stop_gracefully(mut self) {
-        self.task.abort();
-        let _ = self.stop_background.send(true);
-        if let Some(background) = self.background.take() {
-            background.finished().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        let _ = (&mut self.task).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -384,10 +387,8 @@ impl TestService {
 impl Drop for TestService {
     /// Goes away as in a crash: the lease, if held, is left to expire.
     fn drop(&mut self) {
+        self.crash.crash();
         self.task.abort();
-        if let Some(background) = &self.background {
-            background.abandon();
-        }
     }
 }
 
@@ -480,17 +481,36 @@ pub struct RunningBinary {
 }
 
 impl RunningBinary {
-    /// Starts the binary and waits until `/health` answers.
+    /// Starts the binary and waits until `/health` answers; its output is kept for
+    /// `wait_exit`.
     pub async fn start(env: &[(&str, String)]) -> RunningBinary {
+        Self::launch(env, true).await.0
+    }
+
+    /// Starts the binary with its output discarded (nobody reads it under load); returns it
+    /// and how long it took to serve `/health`.
+    pub async fn start_quiet(env: &[(&str, String)]) -> (RunningBinary, Duration) {
+        Self::launch(env, false).await
+    }
+
+    async fn launch(env: &[(&str, String)], keep_output: bool) -> (RunningBinary, Duration) {
         let port = free_port();
+        let output = || {
+            if keep_output {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
+        let started = std::time::Instant::now();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stdout(output())
+            .stderr(output());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -500,20 +520,45 @@ impl RunningBinary {
             base: format!("http://127.0.0.1:{port}"),
         };
         let http = reqwest::Client::new();
-        eventually(
-            Duration::from_secs(30),
-            "the service to answer /health",
-            || async {
-                let r = http
-                    .get(format!("{}/health", running.base))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status() == 200).then_some(())
-            },
-        )
+        loop {
+            let answer = http.get(format!("{}/health", running.base)).send().await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return (running, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the service did not answer /health within 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The process's resident memory, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
+    /// Waits until `/readyz` reports the cache synced.
+    pub async fn wait_synced(&self) {
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "the cache to sync", || async {
+            let body: serde_json::Value = http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["cache"] == "synced").then_some(())
+        })
         .await;
-        running
     }
 
     pub fn sigterm(&self) {

@@ -1,0 +1,322 @@
+//! The HTTP behaviour that needs no cluster, driven with `oneshot` against an app whose
+//! Kubernetes calls would go nowhere (a closed port): every request here must be answered
+//! before any of them is made.
+
+use axum::{
+    body::{to_bytes, Body},
+    http::{Method, Request, StatusCode},
+    Router,
+};
+use clap::Parser;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::{
+    cli::Cli,
+    config::Config,
+    k8s::{cache::Cache, cluster::Cluster, manifests::SandboxTemplate},
+    metrics::Metrics,
+    permissions::Refusals,
+    provisioner::Provisioner,
+};
+
+const KEY: &str = "test-key-0123456789";
+
+/// The app as `serve` builds it from these flags, with a cluster that is never reached.
+fn app_with(flags: &[&str]) -> Router {
+    let mut argv = vec!["sandbox-provisioner"];
+    argv.extend_from_slice(flags);
+    let args = Cli::try_parse_from(argv).unwrap().serve_args().unwrap();
+    let config = Config::try_from(args).expect("valid flags");
+    let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let metrics = Metrics::new();
+    let cluster = Cluster::new(
+        kube::Client::try_from(nowhere).unwrap(),
+        &config.namespace,
+        config.k8s_api_timeout,
+        metrics.clone(),
+        Refusals::new(&config.namespace, metrics.clone()),
+    );
+    let provisioner = Provisioner::new(
+        cluster,
+        Cache::unwatched(&config.namespace),
+        SandboxTemplate::from_config(&config),
+        metrics,
+    );
+    super::app(provisioner, crate::server::api_settings(&config))
+}
+
+fn app() -> Router {
+    app_with(&["--api-key", KEY])
+}
+
+async fn send(app: Router, request: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let response = app.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, 1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, json, parts.headers)
+}
+
+fn request(method: Method, path: &str) -> axum::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-api-key", KEY)
+}
+
+async fn post_json(body: &str) -> (StatusCode, Value) {
+    let req = request(Method::POST, "/api/sandboxes")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, json, _) = send(app(), req).await;
+    (status, json)
+}
+
+fn detail(body: &Value) -> &str {
+    body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail in {body}"))
+}
+
+#[tokio::test]
+async fn health_answers_without_a_key() {
+    let req = Request::get("/health").body(Body::empty()).unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_key() {
+    let req = Request::get("/openapi.json").body(Body::empty()).unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["paths"]["/api/sandboxes"]["post"].is_object(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_key_is_401_with_a_challenge() {
+    let req = Request::get("/api/sandboxes").body(Body::empty()).unwrap();
+    let (status, body, headers) = send(app(), req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(detail(&body).contains("API key"), "{body}");
+    assert!(headers.contains_key("www-authenticate"));
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_401_and_not_echoed() {
+    let req = Request::get("/api/capabilities")
+        .header("x-api-key", "wrong-key-xyz")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!body.to_string().contains("wrong-key-xyz"), "{body}");
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_a_key_too() {
+    let req = Request::get("/api/capabilities")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(app(), req).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn capabilities_list_sizes_and_modes() {
+    let req = request(Method::GET, "/api/capabilities")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["service_type"], "NodePort");
+    assert_eq!(body["network_policy"], "none");
+    assert_eq!(body["container_port"], 8080);
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_json() {
+    let req = request(Method::GET, "/api/nothing")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!detail(&body).is_empty());
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405_json() {
+    let req = request(Method::PUT, "/api/sandboxes")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(app(), req).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!detail(&body).is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let req = request(Method::POST, "/api/sandboxes")
+        .header("content-type", "text/plain")
+        .body(Body::from("sandbox_id=a"))
+        .unwrap();
+    assert_eq!(send(app(), req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let big = format!(
+        r#"{{"sandbox_id":"a","thread_id":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let req = request(Method::POST, "/api/sandboxes")
+        .header("content-type", "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    let (status, body, _) = send(
+        app_with(&["--api-key", KEY, "--max-body-bytes", "1024"]),
+        req,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(detail(&body).contains("1024"), "{body}");
+}
+
+#[tokio::test]
+async fn malformed_and_non_object_bodies_are_422() {
+    for body in [
+        "{",
+        "[]",
+        "\"a\"",
+        "{\"sandbox_id\": 1, \"thread_id\": \"t\"}",
+    ] {
+        let (status, answer) = post_json(body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_fields_are_422() {
+    let (status, body) = post_json(r#"{"sandbox_id":"a","sandbox_id":"b","thread_id":"t"}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn hostile_ids_are_422_before_any_call() {
+    for (sandbox_id, thread_id) in [
+        ("UPPER", "t"),
+        ("-a", "t"),
+        (&*"a".repeat(52), "t"),
+        ("a", "../../etc"),
+        ("a", "a/b"),
+        ("a", ""),
+        ("a", "nul\u{0}byte"),
+    ] {
+        let body = json!({"sandbox_id": sandbox_id, "thread_id": thread_id}).to_string();
+        let (status, answer) = post_json(&body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_size_lists_the_known_ones() {
+    let (status, body) = post_json(r#"{"sandbox_id":"a","thread_id":"t","size":"huge"}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = detail(&body);
+    assert!(
+        detail.contains("\"huge\"") && detail.contains("the known sizes are: default"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn resources_above_the_ceiling_are_422() {
+    let body = r#"{"sandbox_id":"a","thread_id":"t","resources":{"limits":{"cpu":"64"}}}"#;
+    let (status, answer) = post_json(body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+}
+
+#[tokio::test]
+async fn timers_beyond_a_year_are_422() {
+    let body = r#"{"sandbox_id":"a","thread_id":"t","ttl_seconds":40000000}"#;
+    let (status, answer) = post_json(body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(detail(&answer).contains("ttl_seconds"), "{answer}");
+}
+
+#[tokio::test]
+async fn wait_limits_out_of_range_are_422() {
+    let (status, _) =
+        post_json(r#"{"sandbox_id":"a","thread_id":"t","wait_ready_seconds":301}"#).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for query in ["wait_ready=301", "wait_ready=-1", "wait_ready=abc"] {
+        let req = request(Method::GET, &format!("/api/sandboxes/a?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            send(app(), req).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_ids_in_paths_are_422() {
+    for (method, path) in [
+        (Method::GET, "/api/sandboxes/Not_Valid"),
+        (Method::DELETE, "/api/sandboxes/Not_Valid"),
+        (Method::POST, "/api/sandboxes/Not_Valid/keepalive"),
+    ] {
+        let req = request(method.clone(), path).body(Body::empty()).unwrap();
+        let (status, body, _) = send(app(), req).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let req = Request::get("/health")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    // Probes are outside the request log: an API route carries the id.
+    let _ = send(app(), req).await;
+    let req = request(Method::GET, "/api/capabilities")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, headers) = send(app(), req).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+    let req = request(Method::GET, "/api/capabilities")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, headers) = send(app(), req).await;
+    assert_eq!(headers["x-request-id"].len(), 16, "{headers:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_503_not_500() {
+    let req = request(Method::GET, "/api/sandboxes/a")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(
+        app_with(&["--api-key", KEY, "--k8s-api-timeout-seconds", "2"]),
+        req,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        detail(&body).contains("cannot reach the Kubernetes API"),
+        "{body}"
+    );
+}
