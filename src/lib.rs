@@ -1,8 +1,20 @@
 //! sandbox-provisioner: isolated code-execution sandboxes for AI agents on Kubernetes.
 //!
-//! Layers, outermost first: [`api`] (HTTP) → [`provisioner`] (the sandbox rules) →
-//! [`k8s`] (manifests and cluster calls), with the pure [`sandbox`] domain beside them and
-//! [`config`] parsed once at start.
+//! Layers, outermost first:
+//!
+//! ```text
+//!   main ─► server (the one wiring: Server::build / prepare / serve)
+//!             ├─► api          HTTP: app(), handlers, auth, limits, error → status + JSON
+//!             ├─► provisioner  the sandbox rules; expiry / sweep / baseline as pure plans
+//!             │     └─► k8s    client, timed calls, watch cache, manifests, objects → domain
+//!             └─► tasks        leader election, the reaper loop
+//!   config ─► spec, sandbox    parsed once at start into typed sections (no k8s)
+//!   spec                       what operators configure about the sandbox objects
+//!   sandbox                    the pure domain: ids, status, timers, resources, the API view
+//!   permissions                the one table of Kubernetes verbs (Role check, doctor, refusals)
+//! ```
+//!
+//! `config` and `k8s` do not import each other: the manifests receive a [`spec::SandboxSpec`].
 
 pub mod api;
 pub mod cli;
@@ -15,5 +27,6 @@ pub mod permissions;
 pub mod provisioner;
 pub mod sandbox;
 pub mod server;
+pub mod spec;
 pub mod tasks;
 pub mod telemetry;

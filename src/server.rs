@@ -9,17 +9,17 @@ use crate::tasks::{
 
 use crate::{
     api::{self, ApiKey, ApiSettings, Capabilities},
-    config::{Config, ServiceType},
+    config::{ClusterSection, Config},
     k8s::{
         cache::{Cache, CacheScope},
         client,
         cluster::{self, Cluster},
-        manifests::{self, SandboxTemplate},
-        network_policy::NetworkPolicyMode,
+        manifests,
     },
     metrics::Metrics,
     permissions::Refusals,
     provisioner::Provisioner,
+    spec::{NetworkPolicyMode, SkillsMount, UserDataMount},
 };
 
 /// What stops the service from starting; each message says what to fix.
@@ -47,23 +47,24 @@ async fn provisioner(
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Provisioner, StartError> {
-    let connected = client::connect(config).await?;
+    let connected = client::connect(&connection(&config.cluster)).await?;
     tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
     let metrics = Metrics::new();
-    let refusals = Refusals::new(&config.namespace, metrics.clone());
+    let namespace = &config.cluster.namespace;
+    let refusals = Refusals::new(namespace, metrics.clone());
     let cluster = Cluster::new(
         connected.client,
-        &config.namespace,
-        config.k8s_api_timeout,
+        namespace,
+        config.cluster.api_timeout,
         metrics.clone(),
         refusals.clone(),
     );
     let cache = Cache::start(
         connected.watch_client,
         CacheScope {
-            namespace: &config.namespace,
+            namespace,
             selector: &manifests::managed_selector(),
-            network_policies: !matches!(config.network_policy, NetworkPolicyMode::None),
+            network_policies: config.sandbox.policies_on(),
         },
         refusals,
         shutdown,
@@ -71,7 +72,8 @@ async fn provisioner(
     Ok(Provisioner::new(
         cluster,
         cache,
-        SandboxTemplate::from_config(config),
+        config.sandbox.clone(),
+        config.lifecycle,
         metrics,
     ))
 }
@@ -181,7 +183,7 @@ impl Server {
             shutdown.await;
             let _ = signalled.send(true);
         });
-        let grace = self.config.limits.shutdown_timeout;
+        let grace = self.config.http.limits.shutdown_timeout;
         let deadline = async move {
             let _ = signal.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
@@ -211,13 +213,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     server.prepare().await?;
     server.start_background();
     let config = &server.config;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listen = config.http.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Listen {
-            addr: config.listen.to_string(),
+            addr: listen.to_string(),
             cause: e.to_string(),
         })?;
-    tracing::info!(listen = %config.listen, namespace = %config.namespace, image = %config.sandbox_image, node_host = %config.node_host, "serving");
+    tracing::info!(%listen, namespace = %config.cluster.namespace, image = %config.sandbox.image, exposure = ?config.sandbox.exposure, "serving");
     server.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -231,14 +234,15 @@ struct Background {
 
 impl Background {
     fn spawn(config: &Config, provisioner: &Provisioner, stop: &watch::Sender<bool>) -> Self {
-        let (leadership, election) = if config.leader_lease.is_zero() {
+        let lease = config.lifecycle.leader_lease;
+        let (leadership, election) = if lease.is_zero() {
             (Leadership::always(), None)
         } else {
             let (leadership, task) = leader::spawn(
                 provisioner.client(),
-                &config.namespace,
+                &config.cluster.namespace,
                 replica_identity(),
-                config.leader_lease,
+                lease,
                 provisioner.refusals().clone(),
                 stop.subscribe(),
             );
@@ -246,7 +250,7 @@ impl Background {
         };
         reaper::spawn(
             provisioner.clone(),
-            config.reap_interval,
+            config.lifecycle.reap_interval,
             leadership,
             stop.subscribe(),
         );
@@ -263,22 +267,14 @@ impl Background {
 /// The configured PersistentVolumeClaims must exist; when the apiserver cannot be asked, the
 /// check is left to the pods (which then stay Pending with the reason).
 async fn check_claims(config: &Config, provisioner: &Provisioner) -> Result<(), StartError> {
-    let claims = [
-        (
-            "SKILLS_PVC_NAME",
-            config.skills_pvc.as_ref().map(|c| c.0.clone()),
-        ),
-        ("USERDATA_PVC_NAME", config.userdata_pvc.clone()),
-    ];
-    for (variable, claim) in claims {
-        let Some(claim) = claim else { continue };
-        match provisioner.pvc_exists(&claim).await {
+    for (variable, claim) in config.sandbox.claims() {
+        match provisioner.pvc_exists(claim).await {
             Ok(true) => tracing::info!(variable, claim, "PersistentVolumeClaim present"),
             Ok(false) => {
                 return Err(StartError::MissingClaim {
                     variable,
-                    claim,
-                    namespace: config.namespace.clone(),
+                    claim: claim.to_string(),
+                    namespace: config.cluster.namespace.clone(),
                 })
             }
             Err(e) => {
@@ -308,17 +304,13 @@ pub fn replica_identity() -> String {
 /// The router's settings from the configuration.
 pub(crate) fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
-        api_key: config.api_key.as_deref().map(ApiKey::new),
-        limits: config.limits.clone(),
+        api_key: config.http.api_key.as_deref().map(ApiKey::new),
+        limits: config.http.limits.clone(),
         capabilities: Capabilities {
             sizes: config.sizes.clone(),
-            service_type: match config.service_type {
-                ServiceType::NodePort => "NodePort",
-                ServiceType::ClusterIp => "ClusterIP",
-            }
-            .into(),
-            container_port: config.container_port,
-            network_policy: match config.network_policy {
+            service_type: config.sandbox.exposure.service_type().into(),
+            container_port: config.sandbox.port,
+            network_policy: match config.sandbox.network_policy {
                 NetworkPolicyMode::None => "none",
                 NetworkPolicyMode::Isolated { .. } => "isolated",
                 NetworkPolicyMode::Template(_) => "template",
@@ -328,14 +320,24 @@ pub(crate) fn api_settings(config: &Config) -> ApiSettings {
     }
 }
 
+/// How the Kubernetes client connects, from the cluster section.
+pub fn connection(cluster: &ClusterSection) -> client::Connection {
+    client::Connection {
+        kubeconfig_path: cluster.kubeconfig_path.clone(),
+        api_server: cluster.api_server.clone(),
+        insecure_skip_tls_verify: cluster.insecure_skip_tls_verify,
+        timeout: cluster.api_timeout,
+    }
+}
+
 fn warn_about_defaults(config: &Config) {
-    if config.api_key.is_none() {
+    if config.http.api_key.is_none() {
         tracing::warn!("PROVISIONER_API_KEY is not set: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key (and PROVISIONER_REQUIRE_API_KEY=true to enforce it) unless the port is reachable only by the backend");
     }
-    if config.skills_host_path.is_none() && config.skills_pvc.is_none() {
+    if config.sandbox.skills == SkillsMount::None {
         tracing::warn!("SKILLS_HOST_PATH is not set: sandboxes get no /mnt/skills");
     }
-    if config.threads_host_path.is_none() && config.userdata_pvc.is_none() {
+    if config.sandbox.user_data == UserDataMount::EmptyDir {
         tracing::warn!("THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost with the sandbox");
     }
 }

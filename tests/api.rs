@@ -374,7 +374,7 @@ async fn failure_reasons_reach_the_caller() {
         ),
     ] {
         let mut args = serve_args(&ns.name);
-        args.sandbox_image = image.into();
+        args.sandbox.sandbox_image = image.into();
         let svc = TestService::start(args).await;
         let (code, _) = svc.create(id, "thread-1").await;
         assert_eq!(code, 200);
@@ -455,7 +455,7 @@ async fn unreachable_apiserver_is_503_for_every_call() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(format!("https://127.0.0.1:{port}"));
+    args.cluster.k8s_api_server = Some(format!("https://127.0.0.1:{port}"));
     let svc = TestService::start(args).await;
     let create = json!({"sandbox_id": "d-1", "thread_id": "t"});
     for (method, path, body) in [
@@ -479,8 +479,8 @@ async fn silent_apiserver_times_out_with_503() {
     let ns = TestNamespace::uncreated("silent").await;
     let (silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(url);
-    args.k8s_api_timeout_seconds = 1.0;
+    args.cluster.k8s_api_server = Some(url);
+    args.cluster.k8s_api_timeout_seconds = 1.0;
     let svc = TestService::start(args).await;
     let started = std::time::Instant::now();
     let (code, answer) = svc.get("s-1").await;

@@ -84,7 +84,7 @@ async fn a_cold_create_costs_exactly_two_writes() {
 async fn waiting_for_readiness_returns_when_ready() {
     let ns = TestNamespace::new("wait-ready").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_image = "sandbox:sim-delay-1500".into();
+    args.sandbox.sandbox_image = "sandbox:sim-delay-1500".into();
     let svc = TestService::start(args).await;
     svc.synced().await;
     let started = Instant::now();
@@ -122,7 +122,7 @@ async fn waiting_for_readiness_returns_when_ready() {
 async fn waiting_stops_at_once_on_failure_and_at_the_limit_otherwise() {
     let ns = TestNamespace::new("wait-fail").await;
     let mut pull = serve_args(&ns.name);
-    pull.sandbox_image = "sandbox:sim-image-pull-failure".into();
+    pull.sandbox.sandbox_image = "sandbox:sim-image-pull-failure".into();
     let pull = TestService::start(pull).await;
     pull.synced().await;
     let started = Instant::now();
@@ -145,7 +145,7 @@ async fn waiting_stops_at_once_on_failure_and_at_the_limit_otherwise() {
     );
 
     let mut never = serve_args(&ns.name);
-    never.sandbox_image = "sandbox:sim-never-ready".into();
+    never.sandbox.sandbox_image = "sandbox:sim-never-ready".into();
     let never = TestService::start(never).await;
     assert_eq!(never.create("n-1", "t").await.0, 200);
     let started = Instant::now();

@@ -19,7 +19,7 @@ const KEY: &str = "test-key-0123456789abcdef";
 async fn api_key_guards_the_api_but_not_the_probes() {
     let ns = TestNamespace::new("auth").await;
     let mut args = serve_args(&ns.name);
-    args.api_key = Some(KEY.into());
+    args.http.api_key = Some(KEY.into());
     let svc = TestService::start(args).await;
     let list = || svc.http.get(svc.url("/api/sandboxes"));
 
@@ -157,12 +157,12 @@ async fn sandbox_pods_are_locked_down_by_default() {
 async fn pod_security_can_be_relaxed_for_images_that_need_it() {
     let ns = TestNamespace::new("relaxed").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_automount_service_account_token = true;
-    args.sandbox_enable_service_links = true;
-    args.sandbox_seccomp_profile = "Unconfined".into();
-    args.sandbox_allow_privilege_escalation = true;
-    args.sandbox_capabilities_drop = "NET_RAW".into();
-    args.sandbox_capabilities_add = "SYS_PTRACE".into();
+    args.security.sandbox_automount_service_account_token = true;
+    args.security.sandbox_enable_service_links = true;
+    args.security.sandbox_seccomp_profile = "Unconfined".into();
+    args.security.sandbox_allow_privilege_escalation = true;
+    args.security.sandbox_capabilities_drop = "NET_RAW".into();
+    args.security.sandbox_capabilities_add = "SYS_PTRACE".into();
     let svc = TestService::start(args).await;
     assert_eq!(svc.create("rel-1", "t").await.0, 200);
     let pod = ns.pods().get("sandbox-rel-1").await.unwrap();
@@ -202,7 +202,7 @@ async fn readyz_reports_the_apiserver_and_namespace() {
     );
 
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(format!("https://127.0.0.1:{}", common::free_port()));
+    args.cluster.k8s_api_server = Some(format!("https://127.0.0.1:{}", common::free_port()));
     let down = TestService::start(args).await;
     let (code, body) = down.call(Method::GET, "/readyz", None).await;
     assert_eq!(code, 503, "{body}");
@@ -225,8 +225,8 @@ async fn apiserver_outage_gives_503_and_the_service_recovers_without_restart() {
     let ns = TestNamespace::new("outage").await;
     let apiserver = ExtraApiserver::start(&[]);
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(apiserver.url());
-    args.k8s_api_timeout_seconds = 2.0;
+    args.cluster.k8s_api_server = Some(apiserver.url());
+    args.cluster.k8s_api_timeout_seconds = 2.0;
     let svc = TestService::start(args).await;
     let (code, before) = svc.create("out-1", "t").await;
     assert_eq!(code, 200, "{before}");
@@ -291,8 +291,8 @@ async fn apiserver_429s_are_retried() {
         .service_account_kubeconfig("provisioner", common::provisioner_rules())
         .await;
     let mut args = serve_args(&ns.name);
-    args.kubeconfig_path = kubeconfig.clone();
-    args.k8s_api_server = Some(apiserver.url());
+    args.cluster.kubeconfig_path = kubeconfig.clone();
+    args.cluster.k8s_api_server = Some(apiserver.url());
     let svc = TestService::start(args).await;
 
     // Other clients keep the one mutating slot busy with dry-run pod creates.
@@ -380,7 +380,7 @@ async fn dropped_requests(port: u16) -> f64 {
 async fn oversized_bodies_are_413_and_wrong_content_types_415() {
     let ns = TestNamespace::new("limits").await;
     let mut args = serve_args(&ns.name);
-    args.max_body_bytes = 1024;
+    args.http.max_body_bytes = 1024;
     let svc = TestService::start(args).await;
     let big = json!({"sandbox_id": "big-1", "thread_id": "t", "padding": "x".repeat(4096)});
     let (code, body) = svc.call(Method::POST, "/api/sandboxes", Some(big)).await;
@@ -408,9 +408,9 @@ async fn slow_requests_hit_the_request_timeout() {
     let ns = TestNamespace::uncreated("reqtimeout").await;
     let (_silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(url);
-    args.k8s_api_timeout_seconds = 30.0;
-    args.request_timeout_seconds = 1.0;
+    args.cluster.k8s_api_server = Some(url);
+    args.cluster.k8s_api_timeout_seconds = 30.0;
+    args.http.request_timeout_seconds = 1.0;
     let svc = TestService::start(args).await;
     let started = std::time::Instant::now();
     let (code, body) = svc.get("slow-1").await;
@@ -430,9 +430,9 @@ async fn excess_concurrent_requests_are_shed_with_retry_after() {
     let ns = TestNamespace::uncreated("shed").await;
     let (_silent, url) = common::silent_apiserver();
     let mut args = serve_args(&ns.name);
-    args.k8s_api_server = Some(url);
-    args.k8s_api_timeout_seconds = 3.0;
-    args.max_concurrent_requests = 2;
+    args.cluster.k8s_api_server = Some(url);
+    args.cluster.k8s_api_timeout_seconds = 3.0;
+    args.http.max_concurrent_requests = 2;
     let svc = TestService::start(args).await;
     let requests = (0..10).map(|_| async {
         let resp = svc
@@ -652,7 +652,7 @@ async fn hostile_input_everywhere_gets_4xx_json_and_creates_nothing() {
 async fn requests_after_idle_pauses_of_about_the_timeout_succeed() {
     let ns = TestNamespace::new("idle-conns").await;
     let mut args = serve_args(&ns.name);
-    args.k8s_api_timeout_seconds = 0.5;
+    args.cluster.k8s_api_timeout_seconds = 0.5;
     let svc = TestService::start(args).await;
     let mut failures = Vec::new();
     for i in 0..60u64 {

@@ -30,10 +30,10 @@ async fn gone_within(ns: &TestNamespace, id: &str, limit: Duration) {
 
 fn fast(ns: &TestNamespace) -> sandbox_provisioner::config::ServeArgs {
     let mut args = serve_args(&ns.name);
-    args.sandbox_reap_interval = "1s".into();
-    args.sandbox_ready_timeout = "0".into();
+    args.lifecycle.sandbox_reap_interval = "1s".into();
+    args.lifecycle.sandbox_ready_timeout = "0".into();
     // With the election on (the default) idle deadlines include this interval.
-    args.sandbox_activity_persist_interval = "1s".into();
+    args.lifecycle.sandbox_activity_persist_interval = "1s".into();
     args
 }
 
@@ -89,7 +89,7 @@ async fn lifetime_removes_exactly_the_expired_sandbox() {
 async fn idle_sandboxes_go_and_kept_alive_ones_stay() {
     let ns = TestNamespace::new("idle").await;
     let mut args = fast(&ns);
-    args.sandbox_idle_timeout = "3s".into();
+    args.lifecycle.sandbox_idle_timeout = "3s".into();
     let svc = TestService::start(args).await;
     assert_eq!(svc.create("idle-1", "t").await.0, 200);
     assert_eq!(svc.create("busy-1", "t").await.0, 200);
@@ -135,8 +135,8 @@ async fn never_ready_sandboxes_are_removed_and_ready_ones_are_not() {
     let ns = TestNamespace::new("neverready").await;
     let with_image = |image: &str| {
         let mut args = fast(&ns);
-        args.sandbox_ready_timeout = "2s".into();
-        args.sandbox_image = image.into();
+        args.lifecycle.sandbox_ready_timeout = "2s".into();
+        args.sandbox.sandbox_image = image.into();
         args
     };
     let ready = TestService::start(with_image("sandbox:test")).await;
@@ -172,8 +172,8 @@ async fn never_ready_sandboxes_are_removed_and_ready_ones_are_not() {
 async fn activity_is_written_to_the_pod_and_survives_a_restart() {
     let ns = TestNamespace::new("activity").await;
     let mut args = fast(&ns);
-    args.sandbox_idle_timeout = "10m".into();
-    args.sandbox_activity_persist_interval = "0".into();
+    args.lifecycle.sandbox_idle_timeout = "10m".into();
+    args.lifecycle.sandbox_activity_persist_interval = "0".into();
     let first = TestService::start(args.clone()).await;
     assert_eq!(first.create("act-1", "t").await.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -223,7 +223,7 @@ async fn orphans_are_repaired_or_removed() {
     use k8s_openapi::api::core::v1::Service;
     let ns = TestNamespace::new("orphans").await;
     let mut args = fast(&ns);
-    args.sandbox_orphan_grace = "1s".into();
+    args.lifecycle.sandbox_orphan_grace = "1s".into();
     let svc = TestService::start(args).await;
 
     // A pod whose Service vanished gets it back.
@@ -322,8 +322,8 @@ async fn a_lost_network_policy_is_put_back() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     let ns = TestNamespace::new("orphan-netpol").await;
     let mut args = fast(&ns);
-    args.sandbox_orphan_grace = "1s".into();
-    args.sandbox_network_policy = "isolated".into();
+    args.lifecycle.sandbox_orphan_grace = "1s".into();
+    args.security.sandbox_network_policy = "isolated".into();
     let svc = TestService::start(args).await;
     let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(ns.client.clone(), &ns.name);
     assert_eq!(svc.create("np-1", "t").await.0, 200);
@@ -404,7 +404,7 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     let ns = TestNamespace::new("replicas").await;
     let args = || {
         let mut a = fast(&ns);
-        a.sandbox_leader_lease = "3s".into();
+        a.lifecycle.sandbox_leader_lease = "3s".into();
         a
     };
     let first = TestService::start(args()).await;
@@ -483,7 +483,7 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
     let ns = TestNamespace::new("lease-lost").await;
     let mut args = fast(&ns);
-    args.sandbox_leader_lease = "3s".into();
+    args.lifecycle.sandbox_leader_lease = "3s".into();
     let svc = TestService::start(args).await;
     eventually(Duration::from_secs(10), "the lease", || async {
         (svc.metric("sandbox_provisioner_leader").await == 1.0).then_some(())
@@ -554,7 +554,7 @@ async fn a_stopping_leader_hands_the_lease_over_at_once() {
     // A long lease: waiting it out would take 10 s; a handover takes one round (10/3 s).
     let args = || {
         let mut a = fast(&ns);
-        a.sandbox_leader_lease = "10s".into();
+        a.lifecycle.sandbox_leader_lease = "10s".into();
         a
     };
     let first = TestService::start(args()).await;
@@ -631,8 +631,8 @@ async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
     let ns = TestNamespace::new("idle-replicas").await;
     let args = || {
         let mut a = fast(&ns);
-        a.sandbox_leader_lease = "3s".into();
-        a.sandbox_activity_persist_interval = "3s".into();
+        a.lifecycle.sandbox_leader_lease = "3s".into();
+        a.lifecycle.sandbox_activity_persist_interval = "3s".into();
         a
     };
     let first = TestService::start(args()).await;

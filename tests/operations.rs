@@ -335,13 +335,13 @@ async fn the_shipped_role_runs_every_feature() {
     let ns = TestNamespace::new("deploy").await;
     let kubeconfig = apply_the_manifests(&ns).await;
     let mut args = serve_args(&ns.name);
-    args.kubeconfig_path = kubeconfig.clone();
-    args.sandbox_network_policy = "isolated".into();
-    args.sandbox_activity_persist_interval = "1s".into();
-    args.sandbox_leader_lease = "3s".into();
-    args.sandbox_reap_interval = "1s".into();
-    args.sandbox_orphan_grace = "1s".into();
-    args.sandbox_max_lifetime = "1h".into();
+    args.cluster.kubeconfig_path = kubeconfig.clone();
+    args.security.sandbox_network_policy = "isolated".into();
+    args.lifecycle.sandbox_activity_persist_interval = "1s".into();
+    args.lifecycle.sandbox_leader_lease = "3s".into();
+    args.lifecycle.sandbox_reap_interval = "1s".into();
+    args.lifecycle.sandbox_orphan_grace = "1s".into();
+    args.lifecycle.sandbox_max_lifetime = "1h".into();
     let svc = TestService::start(args).await;
 
     // Watches work: reads come from memory.
@@ -505,19 +505,13 @@ fn networkpolicy_component_renders() {
 }
 
 #[test]
-fn readme_configuration_table_matches_help() {
+fn the_configuration_table_matches_help() {
     let from_help: BTreeSet<String> = sandbox_provisioner::cli::Cli::command()
         .get_arguments()
         .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
         .collect();
-    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
-    let section = readme
-        .split("## Configuration")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
+    let docs = std::fs::read_to_string(Path::new(ROOT).join("docs/configuration.md")).unwrap();
+    let section = docs.split("\n## ").next().unwrap();
     let from_readme: BTreeSet<String> = section
         .lines()
         .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(String::from))
@@ -525,7 +519,7 @@ fn readme_configuration_table_matches_help() {
         .collect();
     assert_eq!(
         from_readme, from_help,
-        "README's configuration table and --help disagree"
+        "docs/configuration.md's table and --help disagree"
     );
 }
 
@@ -750,5 +744,103 @@ async fn a_missing_permission_is_logged_once_not_every_round() {
                 && k.contains(&format!("permission=\"{verb} {resource}\""))),
             "{verb} {resource} not logged at ERROR: {seen:#?}"
         );
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a markdown file's headings (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut in_code = false;
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            found.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_relative_link_and_anchor_in_the_docs_resolves() {
+    let root = Path::new(ROOT);
+    let mut files = vec![root.join("README.md"), root.join("BENCHMARKS.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let link = regex_lite_links();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for target in link(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, fragment) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            if !resolved.exists() {
+                broken.push(format!("{}: {target} (no such file)", file.display()));
+                continue;
+            }
+            if !fragment.is_empty() {
+                let body = std::fs::read_to_string(&resolved).unwrap_or_default();
+                if !anchors(&body).contains(fragment) {
+                    broken.push(format!("{}: {target} (no such heading)", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} links found: the parser is broken"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// Markdown link targets `[text](target)` outside code blocks and inline code.
+fn regex_lite_links() -> impl Fn(&str) -> Vec<String> {
+    |text: &str| {
+        let mut targets = Vec::new();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if in_code {
+                continue;
+            }
+            // Drop inline code, where brackets are not links.
+            let plain: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
+            let mut rest = plain.as_str();
+            while let Some(start) = rest.find("](") {
+                let after = &rest[start + 2..];
+                match after.find(')') {
+                    Some(end) => {
+                        targets.push(after[..end].to_string());
+                        rest = &after[end..];
+                    }
+                    None => break,
+                }
+            }
+        }
+        targets
     }
 }

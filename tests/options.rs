@@ -10,8 +10,8 @@ use common::{eventually, serve_args, TestNamespace, TestService};
 async fn cluster_ip_mode_gives_cluster_dns_urls_and_opens_no_node_port() {
     let ns = TestNamespace::new("clusterip").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_service_type = "ClusterIP".into();
-    args.sandbox_container_port = 9090;
+    args.sandbox.sandbox_service_type = "ClusterIP".into();
+    args.sandbox.sandbox_container_port = 9090;
     let svc = TestService::start(args).await;
     let (code, created) = svc.create("cip-1", "t").await;
     assert_eq!(code, 200, "{created}");
@@ -45,7 +45,7 @@ async fn cluster_ip_mode_gives_cluster_dns_urls_and_opens_no_node_port() {
 async fn node_port_mode_with_another_container_port_is_reachable() {
     let ns = TestNamespace::new("port9090").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_container_port = 9090;
+    args.sandbox.sandbox_container_port = 9090;
     let svc = TestService::start(args).await;
     let (code, created) = svc.create("np-1", "t").await;
     assert_eq!(code, 200, "{created}");
@@ -74,10 +74,10 @@ fn resources_of(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
 async fn sizes_and_explicit_resources_are_applied_within_the_maxima() {
     let ns = TestNamespace::new("sizes").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_sizes = Some(
+    args.sizes.sandbox_sizes = Some(
         r#"{"small": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}}"#.into(),
     );
-    args.sandbox_max_resources =
+    args.sizes.sandbox_max_resources =
         r#"{"cpu": "2", "memory": "4Gi", "ephemeral-storage": "2Gi"}"#.into();
     let svc = TestService::start(args).await;
 
@@ -193,11 +193,11 @@ async fn pvc_mode_mounts_claims_with_thread_sub_paths() {
         claims.create(&Default::default(), &claim).await.unwrap();
     }
     let mut args = serve_args(&ns.name);
-    args.skills_host_path = None;
-    args.threads_host_path = None;
-    args.skills_pvc_name = Some("skills".into());
-    args.skills_pvc_subpath = Some("public".into());
-    args.userdata_pvc_name = Some("user-data".into());
+    args.storage.skills_host_path = None;
+    args.storage.threads_host_path = None;
+    args.storage.skills_pvc_name = Some("skills".into());
+    args.storage.skills_pvc_subpath = Some("public".into());
+    args.storage.userdata_pvc_name = Some("user-data".into());
     let svc = TestService::start(args).await;
     assert_eq!(svc.create("pvc-1", "thread_7").await.0, 200);
     let spec =
@@ -276,7 +276,7 @@ async fn placement_fields_reach_the_pod() {
         "runtimeClassName": rc,
     });
     let mut args = serve_args(&ns.name);
-    args.sandbox_placement = Some(placement.to_string());
+    args.sandbox.sandbox_placement = Some(placement.to_string());
     let svc = TestService::start(args).await;
     let (code, body) = svc.create("pl-1", "t").await;
     assert_eq!(code, 200, "{body}");
@@ -348,8 +348,8 @@ async fn isolated_sandboxes_get_a_network_policy_that_goes_with_the_pod() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     let ns = TestNamespace::new("netpol").await;
     let mut args = serve_args(&ns.name);
-    args.sandbox_network_policy = "isolated".into();
-    args.sandbox_network_policy_ingress_from = Some(
+    args.security.sandbox_network_policy = "isolated".into();
+    args.security.sandbox_network_policy_ingress_from = Some(
         r#"[{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "deer-flow-gateway"}}}]"#
             .into(),
     );
@@ -442,7 +442,7 @@ async fn a_network_policy_template_is_used_with_the_sandbox_selector() {
     let file = std::env::temp_dir().join(format!("{}-netpol.json", ns.name));
     std::fs::write(&file, r#"{"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"ports": [{"port": 8080}]}]}"#).unwrap();
     let mut args = serve_args(&ns.name);
-    args.sandbox_network_policy = file.display().to_string();
+    args.security.sandbox_network_policy = file.display().to_string();
     let svc = TestService::start(args).await;
     assert_eq!(svc.create("tpl-1", "t").await.0, 200);
     std::fs::remove_file(&file).unwrap();
@@ -469,8 +469,8 @@ async fn a_policy_that_cannot_be_created_rolls_the_sandbox_back() {
         .service_account_kubeconfig("no-netpol", common::provisioner_rules())
         .await;
     let mut args = serve_args(&ns.name);
-    args.kubeconfig_path = kubeconfig;
-    args.sandbox_network_policy = "isolated".into();
+    args.cluster.kubeconfig_path = kubeconfig;
+    args.security.sandbox_network_policy = "isolated".into();
     let svc = TestService::start(args).await;
     let (code, body) = svc.create("rb-1", "t").await;
     assert_eq!(code, 502, "{body}");

@@ -142,9 +142,9 @@ async fn list_status(
 ) -> (u16, serde_json::Value) {
     let ns = TestNamespace::uncreated("override").await;
     let mut args = serve_args(&ns.name);
-    args.kubeconfig_path = kubeconfig.to_path_buf();
-    args.k8s_api_server = Some(server);
-    args.k8s_insecure_skip_tls_verify = insecure;
+    args.cluster.kubeconfig_path = kubeconfig.to_path_buf();
+    args.cluster.k8s_api_server = Some(server);
+    args.cluster.k8s_insecure_skip_tls_verify = insecure;
     let svc = TestService::start(args).await;
     svc.call(Method::GET, "/api/sandboxes", None).await
 }

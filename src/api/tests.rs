@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use crate::{
     cli::Cli,
     config::Config,
-    k8s::{cache::Cache, cluster::Cluster, manifests::SandboxTemplate},
+    k8s::{cache::Cache, cluster::Cluster},
     metrics::Metrics,
     permissions::Refusals,
     provisioner::Provisioner,
@@ -30,17 +30,19 @@ fn app_with(flags: &[&str]) -> Router {
     let config = Config::try_from(args).expect("valid flags");
     let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let metrics = Metrics::new();
+    let namespace = &config.cluster.namespace;
     let cluster = Cluster::new(
         kube::Client::try_from(nowhere).unwrap(),
-        &config.namespace,
-        config.k8s_api_timeout,
+        namespace,
+        config.cluster.api_timeout,
         metrics.clone(),
-        Refusals::new(&config.namespace, metrics.clone()),
+        Refusals::new(namespace, metrics.clone()),
     );
     let provisioner = Provisioner::new(
         cluster,
-        Cache::unwatched(&config.namespace),
-        SandboxTemplate::from_config(&config),
+        Cache::unwatched(namespace),
+        config.sandbox.clone(),
+        config.lifecycle,
         metrics,
     );
     super::app(provisioner, crate::server::api_settings(&config))

@@ -1,12 +1,10 @@
-//! Building the Kubernetes client from the seed's settings, with the fixes for its known traps:
+//! Building the Kubernetes client from DeerFlow's provisioner's settings, with the fixes for its known traps:
 //! a kubeconfig "file" that Docker made into a directory, and an API server override that must
 //! not turn TLS verification off.
 
 use std::{path::Path, time::Duration};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
-
-use crate::config::Config;
 
 /// Why no client could be built; each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +31,23 @@ pub struct Connected {
 
 /// Loads the configuration (KUBECONFIG_PATH, then KUBECONFIG, then in-cluster), applies the
 /// override and timeouts, and builds the client. No request is made.
-pub async fn connect(config: &Config) -> Result<Connected, ClientError> {
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub kubeconfig_path: std::path::PathBuf,
+    /// Overrides the kubeconfig's server; TLS is still verified against the kubeconfig's name.
+    pub api_server: Option<http::Uri>,
+    pub insecure_skip_tls_verify: bool,
+    /// Connect timeout of both clients (calls are bounded by `k8s::cluster`).
+    pub timeout: Duration,
+}
+
+pub async fn connect(config: &Connection) -> Result<Connected, ClientError> {
     let (mut kube_config, source) = load(&config.kubeconfig_path).await?;
-    if let Some(server) = &config.k8s_api_server {
+    if let Some(server) = &config.api_server {
         override_server(&mut kube_config, server.clone());
     }
-    if config.k8s_insecure_skip_tls_verify {
+    if config.insecure_skip_tls_verify {
         tracing::warn!("K8S_INSECURE_SKIP_TLS_VERIFY is set: the API server's certificate is NOT verified; anyone on the path can impersonate it");
         kube_config.accept_invalid_certs = true;
     }
@@ -46,8 +55,8 @@ pub async fn connect(config: &Config) -> Result<Connected, ClientError> {
     // inside the client (whose default waits out Retry-After without a time limit).
     kube_config.default_retry = false;
     let mut watch_config = kube_config.clone();
-    watch_config.connect_timeout = Some(config.k8s_api_timeout);
-    set_timeouts(&mut kube_config, config.k8s_api_timeout);
+    watch_config.connect_timeout = Some(config.timeout);
+    set_timeouts(&mut kube_config, config.timeout);
     let server = kube_config.cluster_url.to_string();
     let build =
         |c: kube::Config| kube::Client::try_from(c).map_err(|e| ClientError::Build(e.to_string()));

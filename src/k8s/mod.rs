@@ -1,8 +1,9 @@
-//! Kubernetes access: building the client, manifest builders (pure), and cluster operations.
+//! Kubernetes access: the client, timed cluster operations, the watch cache, the objects a
+//! sandbox is made of (pure builders) and the way back from objects to the domain.
 
 pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod manifests;
-pub mod network_policy;
-pub mod placement;
+pub mod read;
+pub mod status;

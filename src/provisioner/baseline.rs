@@ -18,10 +18,10 @@ pub enum BaselineAction {
     Remove,
 }
 
-/// `policies_on`: sandboxes get NetworkPolicies. `settled`: this process already made the
+/// `policies_on`: sandboxes get NetworkPolicies. `done`: this process already made the
 /// baseline match. `watched`: whether the watched copy shows it (None when not known).
-pub fn plan(policies_on: bool, settled: bool, watched: Option<bool>) -> Option<BaselineAction> {
-    match (policies_on, settled, watched) {
+pub fn plan(policies_on: bool, done: bool, watched: Option<bool>) -> Option<BaselineAction> {
+    match (policies_on, done, watched) {
         (true, _, Some(false)) | (true, false, _) => Some(BaselineAction::Create),
         (false, false, _) => Some(BaselineAction::Remove),
         _ => None,
@@ -30,10 +30,7 @@ pub fn plan(policies_on: bool, settled: bool, watched: Option<bool>) -> Option<B
 
 impl Provisioner {
     pub(super) fn policies_on(&self) -> bool {
-        !matches!(
-            self.template.network_policy,
-            crate::k8s::network_policy::NetworkPolicyMode::None
-        )
+        self.spec.policies_on()
     }
 
     /// Brings the baseline in line with the configuration: once per process, and again when
@@ -41,13 +38,13 @@ impl Provisioner {
     /// quiet when the policy is absent or not permitted: without policies the service needs
     /// no rights on them.
     pub(super) async fn settle_baseline(&self, watched: Option<bool>) -> Result<bool> {
-        let settled = self.baseline_settled.load(Ordering::Relaxed);
-        let Some(action) = plan(self.policies_on(), settled, watched) else {
+        let done = self.baseline_done.load(Ordering::Relaxed);
+        let Some(action) = plan(self.policies_on(), done, watched) else {
             return Ok(false);
         };
         match action {
             BaselineAction::Create => {
-                let baseline = manifests::baseline_network_policy(&self.template)
+                let baseline = manifests::baseline_network_policy(&self.spec)
                     .expect("policies are on");
                 match self.cluster.create(&baseline).await {
                     Ok(_) => tracing::info!(
@@ -73,7 +70,7 @@ impl Provisioner {
                 }
             },
         }
-        self.baseline_settled.store(true, Ordering::Relaxed);
+        self.baseline_done.store(true, Ordering::Relaxed);
         Ok(true)
     }
 }

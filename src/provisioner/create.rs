@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::{
-    api::core::v1::{Pod, Service},
-    jiff::Timestamp,
-};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Service};
 
 use super::{read::Read, Error, Provisioned, Provisioner, Result};
+use crate::k8s::read as objects;
 use crate::{
     k8s::{
         cluster::{self, Kind},
@@ -34,14 +33,7 @@ impl Provisioner {
         // Before the first pod: whatever happens between the pod and its own policy, the
         // sandbox is then shut off rather than open.
         self.settle_baseline(None).await?;
-        let wanted = manifests::pod(
-            &self.template,
-            id,
-            thread,
-            Timestamp::now(),
-            resources,
-            timers,
-        );
+        let wanted = manifests::pod(&self.spec, id, thread, Timestamp::now(), resources, timers);
         let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
             Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
@@ -107,7 +99,7 @@ impl Provisioner {
             .await?
             // Deleted between our create and this read: it is on its way out.
             .ok_or_else(|| Error::Terminating(id.to_string()))?;
-        let existing = manifests::thread_of(&pod.metadata).unwrap_or_default();
+        let existing = objects::thread_of(&pod.metadata).unwrap_or_default();
         if existing != thread.as_str() {
             return Err(Error::ThreadConflict {
                 id: id.to_string(),
@@ -129,7 +121,7 @@ impl Provisioner {
         thread: &ThreadId,
         pod: &Pod,
     ) -> Result<Service> {
-        self.ensure_owned(&manifests::service(&self.template, id, thread, pod), pod)
+        self.ensure_owned(&manifests::service(&self.spec, id, thread, pod), pod)
             .await
     }
 
@@ -141,7 +133,7 @@ impl Provisioner {
         thread: &ThreadId,
         pod: &Pod,
     ) -> Result<()> {
-        match manifests::network_policy(&self.template, id, thread, pod) {
+        match manifests::network_policy(&self.spec, id, thread, pod) {
             Some(wanted) => self.ensure_owned(&wanted, pod).await.map(drop),
             None => Ok(()),
         }
@@ -159,7 +151,7 @@ impl Provisioner {
                 Err(e) => return Err(e.into()),
             }
             match self.cluster.get::<K>(&name).await? {
-                Some(existing) if manifests::meta_owned_by(existing.meta(), pod) => {
+                Some(existing) if objects::meta_owned_by(existing.meta(), pod) => {
                     return Ok(existing)
                 }
                 Some(_) => {

@@ -2,11 +2,12 @@
 //! and the reaper's thin step that removes them, several at a time.
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 
 use super::Provisioner;
+use crate::k8s::read as objects;
+use crate::k8s::status::status_of;
 use crate::{
-    k8s::manifests,
     metrics::DeletionReason as Reason,
     sandbox::{Expiry, SandboxId, SandboxStatus, Timers},
 };
@@ -68,12 +69,12 @@ impl Provisioner {
             .pods()
             .iter()
             .filter_map(|pod| {
-                let id = SandboxId::parse(&manifests::sandbox_id_of(&pod.metadata)?).ok()?;
+                let id = SandboxId::parse(&objects::sandbox_id_of(&pod.metadata)?).ok()?;
                 Some(Candidate {
-                    timers: manifests::timers_of(pod, self.template.timers.ready),
-                    created: manifests::created_of(pod).unwrap_or(now),
+                    timers: objects::timers_of(pod, self.lifecycle.timers.ready),
+                    created: objects::created_of(pod).unwrap_or(now),
                     idle_since: self.idle_since(id.as_str(), pod),
-                    status: SandboxStatus::of(pod),
+                    status: status_of(pod),
                     id,
                 })
             })

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 
 use crate::sandbox::Sandbox;
 

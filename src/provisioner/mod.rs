@@ -23,17 +23,21 @@ use std::sync::{atomic::AtomicBool, Arc};
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 
+use crate::k8s::read as objects;
+use crate::k8s::status::status_of;
 pub use memory::Memory;
 
 use crate::{
+    config::Lifecycle,
     k8s::{
         cache::{Cache, CacheSummary},
         cluster::{self, Cluster},
-        manifests::{self, SandboxTemplate},
+        manifests,
     },
     metrics::Metrics,
     permissions::Refusals,
-    sandbox::{InvalidId, Sandbox, SandboxStatus, Timers},
+    sandbox::{InvalidId, Sandbox, Timers},
+    spec::SandboxSpec,
 };
 
 /// Why a sandbox operation failed.
@@ -71,11 +75,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Provisioner {
     cluster: Cluster,
     cache: Cache,
-    template: SandboxTemplate,
+    spec: SandboxSpec,
+    lifecycle: Lifecycle,
     metrics: Metrics,
     memory: Memory,
     /// Whether the baseline NetworkPolicy is known to be as the configuration wants it.
-    baseline_settled: Arc<AtomicBool>,
+    baseline_done: Arc<AtomicBool>,
 }
 
 /// A created or found sandbox, and whether this call created it.
@@ -88,16 +93,18 @@ impl Provisioner {
     pub fn new(
         cluster: Cluster,
         cache: Cache,
-        template: SandboxTemplate,
+        spec: SandboxSpec,
+        lifecycle: Lifecycle,
         metrics: Metrics,
     ) -> Self {
         Provisioner {
             cluster,
             cache,
-            template,
+            spec,
+            lifecycle,
             metrics,
             memory: Memory::default(),
-            baseline_settled: Arc::default(),
+            baseline_done: Arc::default(),
         }
     }
 
@@ -132,7 +139,7 @@ impl Provisioner {
                 .cache
                 .pods()
                 .iter()
-                .map(|p| SandboxStatus::of(p).phase)
+                .map(|p| status_of(p).phase)
                 .collect::<Vec<_>>();
             self.metrics.sandboxes_by_status(phases);
         }
@@ -140,7 +147,7 @@ impl Provisioner {
 
     /// The timers of a new sandbox: the request's, within the configured ceilings.
     pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {
-        self.template.timers.for_request(ttl_seconds, idle_seconds)
+        self.lifecycle.timers.for_request(ttl_seconds, idle_seconds)
     }
 
     /// Notes activity on a sandbox: kept in memory, and written to the pod at most once per
@@ -148,12 +155,12 @@ impl Provisioner {
     fn touch(&self, id: &str, pod: &Pod) {
         let now = Timestamp::now();
         // Creation counts as written activity: a create costs no extra write.
-        let written = manifests::activity_of(pod)
-            .or_else(|| manifests::created_of(pod))
+        let written = objects::activity_of(pod)
+            .or_else(|| objects::created_of(pod))
             .unwrap_or(Timestamp::UNIX_EPOCH);
         if !self
             .memory
-            .touch(id, now, written, self.template.activity_persist_interval)
+            .touch(id, now, written, self.lifecycle.activity_persist_interval)
         {
             return;
         }
@@ -177,13 +184,13 @@ impl Provisioner {
     fn idle_since(&self, id: &str, pod: &Pod) -> Timestamp {
         let last = [
             self.memory.last_activity(id),
-            manifests::activity_of(pod),
-            manifests::created_of(pod),
+            objects::activity_of(pod),
+            objects::created_of(pod),
         ]
         .into_iter()
         .flatten()
         .max()
         .unwrap_or_else(Timestamp::now);
-        last + self.template.idle_grace
+        last + self.lifecycle.idle_grace()
     }
 }

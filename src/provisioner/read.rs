@@ -3,12 +3,12 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::{Pod, Service},
-    jiff::Timestamp,
-};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Service};
 
 use super::{Error, Provisioner, Result};
+use crate::k8s::read as objects;
+use crate::k8s::status::status_of;
 use crate::{
     k8s::manifests,
     sandbox::{Phase, Sandbox, SandboxId, SandboxStatus},
@@ -55,12 +55,12 @@ impl Provisioner {
         service: Option<&Service>,
         read: Read,
     ) -> Sandbox {
-        let mut sandbox = manifests::sandbox_view(id, pod, service, &self.template);
+        let mut sandbox = objects::sandbox_view(id, pod, service, &self.spec);
         if read == Read::Touch {
             self.touch(id, pod);
         }
-        let timers = manifests::timers_of(pod, self.template.timers.ready);
-        let created = manifests::created_of(pod).unwrap_or_else(Timestamp::now);
+        let timers = objects::timers_of(pod, self.lifecycle.timers.ready);
+        let created = objects::created_of(pod).unwrap_or_else(Timestamp::now);
         sandbox.expires_at = timers
             .expires_at(created, self.idle_since(id, pod))
             .map(|t| t.to_string());
@@ -133,7 +133,7 @@ impl Provisioner {
                     .wait_for(deadline - now, |c| {
                         !c.state().usable()
                             || c.pod(&pod_name)
-                                .is_none_or(|p| done_waiting(&SandboxStatus::of(&p)))
+                                .is_none_or(|p| done_waiting(&status_of(&p)))
                     })
                     .await;
             } else {
@@ -159,12 +159,12 @@ impl Provisioner {
         };
         let services: HashMap<String, &Service> = services
             .iter()
-            .filter_map(|s| Some((manifests::sandbox_id_of(&s.metadata)?, s.as_ref())))
+            .filter_map(|s| Some((objects::sandbox_id_of(&s.metadata)?, s.as_ref())))
             .collect();
         let mut sandboxes: Vec<Sandbox> = pods
             .iter()
             .filter_map(|pod| {
-                let id = manifests::sandbox_id_of(&pod.metadata)?;
+                let id = objects::sandbox_id_of(&pod.metadata)?;
                 Some(self.view(&id, pod, services.get(&id).copied(), Read::Look))
             })
             .collect();

@@ -1,7 +1,7 @@
 //! Checks the service runs before it serves: the namespace, the claims, and a dry run of the
 //! pod this configuration makes.
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 
 use super::{Provisioner, Result};
 use crate::{
@@ -16,12 +16,12 @@ impl Provisioner {
         let id = SandboxId::parse("startup-check").expect("a valid id");
         let thread = ThreadId::parse("startup-check").expect("a valid thread id");
         let pod = manifests::pod(
-            &self.template,
+            &self.spec,
             &id,
             &thread,
             Timestamp::now(),
-            &self.template.default_resources,
-            &self.template.timers,
+            &self.spec.default_resources,
+            &self.lifecycle.timers,
         );
         self.cluster.dry_run_pod(&pod).await.map(|_| ())
     }

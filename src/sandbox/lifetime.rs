@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use jiff::{SignedDuration, Timestamp};
 
 /// Parses `90s`, `10m`, `2h`, `1h30m`, `45` (seconds) or `0` (off).
 pub fn parse_duration(text: &str) -> Option<Duration> {

@@ -7,12 +7,14 @@ mod status;
 
 pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
 pub use lifetime::{parse_duration, Expiry, Timers};
-pub use resources::{parse_quantity, InvalidResources, Resources, Sizes, RESOURCE_NAMES};
+pub use resources::{
+    parse_quantity, InvalidResources, InvalidSizes, Resources, Sizes, RESOURCE_NAMES,
+};
 pub use status::{Phase, SandboxStatus};
 
 use serde::{Deserialize, Serialize};
 
-/// One sandbox as the API reports it. The first three fields are the seed's contract; the rest
+/// One sandbox as the API reports it. The first three fields are DeerFlow's contract; the rest
 /// help callers see why a sandbox is not (yet) usable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sandbox {

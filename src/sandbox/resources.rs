@@ -98,6 +98,23 @@ pub fn parse_quantity(text: &str) -> Option<f64> {
     (value.is_finite() && value >= 0.0).then_some(value * factor)
 }
 
+/// Why a deployment's sizes are unusable, by the setting that is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidSizes {
+    /// SANDBOX_DEFAULT_SIZE names no size.
+    #[error("the default size {name:?} is not among the sizes ({known})")]
+    UnknownDefault { name: String, known: String },
+    /// SANDBOX_MAX_RESOURCES is wrong.
+    #[error("{0}")]
+    Maximum(String),
+    /// One of SANDBOX_SIZES is wrong.
+    #[error("size {name:?}: {error}")]
+    Size {
+        name: String,
+        error: InvalidResources,
+    },
+}
+
 /// The sizes of a deployment and its ceiling.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Sizes {
@@ -110,9 +127,9 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// The seed's resources: requests cpu 100m / memory 256Mi / ephemeral-storage 500Mi, limits
+    /// DeerFlow's resources: requests cpu 100m / memory 256Mi / ephemeral-storage 500Mi, limits
     /// cpu 1000m / memory 1Gi / ephemeral-storage 500Mi.
-    pub fn seed_default() -> Resources {
+    pub fn deerflow_default() -> Resources {
         let map = |pairs: [(&str, &str); 3]| {
             pairs
                 .into_iter()
@@ -133,23 +150,27 @@ impl Sizes {
         }
     }
 
-    /// Checks the operator's sizes against the maxima; the error names the size.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the operator's sizes against the maxima; the error says which setting is wrong.
+    pub fn validate(&self) -> Result<(), InvalidSizes> {
         if !self.sizes.contains_key(&self.default_size) {
-            return Err(format!(
-                "the default size {:?} is not among the sizes ({})",
-                self.default_size,
-                self.known()
-            ));
+            return Err(InvalidSizes::UnknownDefault {
+                name: self.default_size.clone(),
+                known: self.known(),
+            });
         }
         for (name, value) in &self.max_resources {
-            check_name(name).map_err(|e| e.to_string())?;
-            parse_quantity(value)
-                .ok_or_else(|| format!("max {name} {value:?} is not a Kubernetes quantity"))?;
+            check_name(name).map_err(|e| InvalidSizes::Maximum(e.to_string()))?;
+            if parse_quantity(value).is_none() {
+                return Err(InvalidSizes::Maximum(format!(
+                    "max {name} {value:?} is not a Kubernetes quantity"
+                )));
+            }
         }
         for (name, resources) in &self.sizes {
-            self.check(resources)
-                .map_err(|e| format!("size {name:?}: {e}"))?;
+            self.check(resources).map_err(|error| InvalidSizes::Size {
+                name: name.clone(),
+                error,
+            })?;
         }
         Ok(())
     }
@@ -256,8 +277,8 @@ mod tests {
 
     fn sizes() -> Sizes {
         let mut named = BTreeMap::new();
-        named.insert("default".to_string(), Sizes::seed_default());
-        let mut large = Sizes::seed_default();
+        named.insert("default".to_string(), Sizes::deerflow_default());
+        let mut large = Sizes::deerflow_default();
         large.limits.insert("cpu".into(), "4".into());
         named.insert("large".to_string(), large);
         Sizes {
@@ -285,7 +306,7 @@ mod tests {
     fn choose_sizes_and_overrides() {
         let s = sizes();
         assert!(s.validate().is_ok());
-        assert_eq!(s.choose(None, None).unwrap(), Sizes::seed_default());
+        assert_eq!(s.choose(None, None).unwrap(), Sizes::deerflow_default());
         assert_eq!(s.choose(Some("large"), None).unwrap().limits["cpu"], "4");
         let explicit = Resources {
             limits: [("memory".to_string(), "2Gi".to_string())].into(),
@@ -340,13 +361,15 @@ mod tests {
     fn operator_sizes_are_validated() {
         let mut s = sizes();
         s.default_size = "medium".into();
-        assert!(s.validate().unwrap_err().contains("medium"));
+        assert!(s.validate().unwrap_err().to_string().contains("medium"));
         let mut s = sizes();
         s.sizes
             .get_mut("large")
             .unwrap()
             .limits
             .insert("memory".into(), "16Gi".into());
-        assert!(s.validate().unwrap_err().contains("size \"large\""));
+        assert!(
+            matches!(s.validate().unwrap_err(), InvalidSizes::Size { name, .. } if name == "large")
+        );
     }
 }

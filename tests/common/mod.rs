@@ -227,15 +227,15 @@ pub fn serve_args(namespace: &str) -> ServeArgs {
         .unwrap()
         .serve_args()
         .unwrap();
-    args.listen = "127.0.0.1:0".into();
-    args.namespace = namespace.into();
-    args.sandbox_image = "sandbox:test".into();
-    args.skills_host_path = Some("/srv/skills".into());
-    args.threads_host_path = Some("/srv/threads".into());
-    args.kubeconfig_path = kubeconfig_path();
-    args.node_host = "127.0.0.1".into();
-    args.k8s_api_server = None;
-    args.k8s_api_timeout_seconds = 5.0;
+    args.http.listen = "127.0.0.1:0".into();
+    args.cluster.namespace = namespace.into();
+    args.sandbox.sandbox_image = "sandbox:test".into();
+    args.storage.skills_host_path = Some("/srv/skills".into());
+    args.storage.threads_host_path = Some("/srv/threads".into());
+    args.cluster.kubeconfig_path = kubeconfig_path();
+    args.sandbox.node_host = "127.0.0.1".into();
+    args.cluster.k8s_api_server = None;
+    args.cluster.k8s_api_timeout_seconds = 5.0;
     args
 }
 

@@ -1,28 +1,11 @@
-//! The sweep: repairs or removes what a crash or a third party left behind. A pure plan over
-//! a snapshot of the watched objects, then a thin step that applies it.
-//!
-//! Among managed objects older than SANDBOX_ORPHAN_GRACE: a pod without its Service (or,
-//! when configured, its NetworkPolicy) gets it back; a Service or NetworkPolicy without its
-//! pod is removed (the garbage collector would, later); a sandbox whose pod ended is removed;
-//! a missing baseline policy is restored.
+//! The sweep's decision: what to repair or remove, from a snapshot of the watched objects
+//! and the clock. Pure, so that every kind of action is unit tested.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Pod, Service},
-        networking::v1::NetworkPolicy,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    jiff::Timestamp,
-};
+use jiff::Timestamp;
 
-use super::Provisioner;
-use crate::{
-    k8s::{cluster::Kind, manifests},
-    metrics::DeletionReason as Reason,
-    sandbox::{Phase, SandboxId, SandboxStatus, ThreadId},
-};
+use crate::sandbox::{SandboxId, ThreadId};
 
 /// A sandbox pod as the sweep sees it.
 #[derive(Debug, Clone)]
@@ -142,177 +125,10 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp, grace: Duration) -> Vec<Action>
     actions
 }
 
-fn owned_facts(meta: &ObjectMeta) -> OwnedFacts {
-    OwnedFacts {
-        name: meta.name.clone().unwrap_or_default(),
-        owners: meta
-            .owner_references
-            .iter()
-            .flatten()
-            .filter(|r| r.kind == "Pod")
-            .map(|r| r.uid.clone())
-            .collect(),
-        created: meta.creation_timestamp.as_ref().map(|t| t.0),
-        per_sandbox: manifests::sandbox_id_of(meta).is_some(),
-    }
-}
-
-fn pod_facts(pod: &Pod) -> Option<PodFacts> {
-    let meta = &pod.metadata;
-    Some(PodFacts {
-        id: SandboxId::parse(&manifests::sandbox_id_of(meta)?).ok()?,
-        uid: meta.uid.clone()?,
-        thread: manifests::thread_of(meta).and_then(|t| ThreadId::parse(t).ok()),
-        created: meta.creation_timestamp.as_ref().map(|t| t.0),
-        ended: matches!(
-            SandboxStatus::of(pod).phase,
-            Phase::Succeeded | Phase::Failed
-        ),
-        terminating: meta.deletion_timestamp.is_some(),
-    })
-}
-
-/// The sweep's view of the watched objects.
-pub fn snapshot(
-    pods: &[Arc<Pod>],
-    services: &[Arc<Service>],
-    policies: Option<&[Arc<NetworkPolicy>]>,
-) -> Snapshot {
-    Snapshot {
-        pods: pods.iter().filter_map(|p| pod_facts(p)).collect(),
-        services: services.iter().map(|s| owned_facts(&s.metadata)).collect(),
-        baseline_present: policies.is_some_and(|ps| {
-            ps.iter()
-                .any(|p| p.metadata.name.as_deref() == Some(manifests::BASELINE_POLICY_NAME))
-        }),
-        policies: policies.map(|ps| ps.iter().map(|p| owned_facts(&p.metadata)).collect()),
-    }
-}
-
-impl Provisioner {
-    /// Runs one sweep over the cache (see the module). Returns how many objects it acted on.
-    /// Stops early once `leading` says this replica lost the lease.
-    pub async fn sweep(&self, leading: impl Fn() -> bool) -> usize {
-        if !self.cache.state().usable() {
-            return 0;
-        }
-        if !self.policies_on() {
-            // Never fails without policies: a stale baseline is removed or left quietly.
-            let _ = self.settle_baseline(None).await;
-        }
-        let policies = self.cache.policies().filter(|_| self.policies_on());
-        let snapshot = snapshot(
-            &self.cache.pods(),
-            &self.cache.services(),
-            policies.as_deref(),
-        );
-        let actions = plan(&snapshot, Timestamp::now(), self.template.orphan_grace);
-        let mut removed: HashSet<SandboxId> = HashSet::new();
-        let mut acted = 0;
-        for action in actions {
-            if !leading() {
-                break;
-            }
-            acted += usize::from(self.apply(action, &mut removed).await);
-        }
-        acted
-    }
-
-    /// Applies one action; returns whether it changed anything. Actions for a sandbox removed
-    /// earlier in the round are skipped.
-    async fn apply(&self, action: Action, removed: &mut HashSet<SandboxId>) -> bool {
-        match action {
-            Action::RemoveOwnerless { kind, name } => match kind {
-                Owned::Service => self.remove_ownerless::<Service>(&name, true).await,
-                Owned::NetworkPolicy => self.remove_ownerless::<NetworkPolicy>(&name, false).await,
-            },
-            Action::RestoreBaseline => match self.settle_baseline(Some(false)).await {
-                Ok(acted) => {
-                    if acted {
-                        tracing::warn!("the baseline NetworkPolicy was missing; restored it");
-                    }
-                    acted
-                }
-                Err(e) => {
-                    if !e.is_permission_denied() {
-                        tracing::warn!(error = %e, "restoring the baseline NetworkPolicy failed; retrying next round");
-                    }
-                    false
-                }
-            },
-            Action::RemoveEnded(id) => {
-                let done = matches!(self.remove(&id, Reason::Orphan).await, Ok(true));
-                if done {
-                    tracing::warn!(sandbox_id = %id, "removed a sandbox whose pod ended");
-                }
-                removed.insert(id);
-                done
-            }
-            Action::RestoreService { id, thread } => {
-                let repaired = match (&thread, self.cache.pod(&manifests::pod_name(&id))) {
-                    (Some(thread), Some(pod)) => {
-                        self.ensure_service(&id, thread, &pod).await.is_ok()
-                    }
-                    _ => false,
-                };
-                if repaired {
-                    tracing::warn!(sandbox_id = %id, "gave a pod its missing Service back");
-                    return true;
-                }
-                let done = matches!(self.remove(&id, Reason::Orphan).await, Ok(true));
-                if done {
-                    tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
-                }
-                removed.insert(id);
-                done
-            }
-            Action::RestorePolicy { id, thread } => {
-                let Some(pod) = self.cache.pod(&manifests::pod_name(&id)) else {
-                    return false;
-                };
-                if removed.contains(&id) {
-                    return false;
-                }
-                match self.ensure_network_policy(&id, &thread, &pod).await {
-                    Ok(()) => {
-                        tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
-                        true
-                    }
-                    Err(e) => {
-                        if !e.is_permission_denied() {
-                            tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round");
-                        }
-                        false
-                    }
-                }
-            }
-        }
-    }
-
-    /// Deletes an object whose pod is gone; a Service counts as an orphaned sandbox.
-    async fn remove_ownerless<K: Kind>(&self, name: &str, counted_as_sandbox: bool) -> bool {
-        let kind = K::kind(&()).to_lowercase();
-        match self.cluster.delete::<K>(name).await {
-            Ok(true) => {
-                if counted_as_sandbox {
-                    self.metrics.sandbox_deleted(Reason::Orphan);
-                }
-                tracing::warn!(%name, %kind, "removed an object whose pod is gone");
-                true
-            }
-            Ok(false) => false,
-            Err(e) if e.is_permission_denied() => false,
-            Err(e) => {
-                tracing::warn!(%name, %kind, error = %e, "removing an orphaned object failed");
-                false
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::manifests;
 
     const GRACE: Duration = Duration::from_secs(60);
 

@@ -1,21 +1,20 @@
 //! `sandbox-provisioner doctor`: the troubleshooting list as checks, each printed as ok / warn /
 //! fail with the fix, so that a broken setup is diagnosed in one command.
 
-use std::{fmt::Write as _, time::Duration};
+mod cluster;
 
-use k8s_openapi::api::{
-    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Namespace, PersistentVolumeClaim, Service},
-};
-use kube::{
-    api::{Api, PostParams},
-    Client,
-};
+use cluster::{namespace_check, node_port_check, rbac_checks};
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::Api;
 
 use crate::{
-    config::{Config, ServeArgs, ServiceType},
-    k8s::{client, manifests, network_policy::NetworkPolicyMode},
-    permissions::{self, Features, Permission},
+    config::{Config, ServeArgs},
+    k8s::client,
+    permissions::Features,
+    spec::Exposure,
 };
 
 /// The outcome of one check.
@@ -68,7 +67,7 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     let Ok(config) = Config::try_from(args) else {
         return checks;
     };
-    let connected = match client::connect(&config).await {
+    let connected = match client::connect(&crate::server::connection(&config.cluster)).await {
         Ok(c) => {
             checks.push(Check::ok("kubeconfig", c.source.clone()));
             c
@@ -79,7 +78,9 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
         }
     };
     let client = connected.client;
-    match tokio::time::timeout(config.k8s_api_timeout, client.apiserver_version()).await {
+    let timeout = config.cluster.api_timeout;
+    let namespace = &config.cluster.namespace;
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => checks.push(Check::ok(
             "apiserver",
             format!(
@@ -106,29 +107,22 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     }
     let namespace_exists = namespace_check(&client, &config, &mut checks).await;
     let features = Features {
-        leader_election: !config.leader_lease.is_zero(),
-        network_policies: !matches!(config.network_policy, NetworkPolicyMode::None),
-        claims: config.skills_pvc.is_some() || config.userdata_pvc.is_some(),
+        leader_election: !config.lifecycle.leader_lease.is_zero(),
+        network_policies: config.sandbox.policies_on(),
+        claims: !config.sandbox.claims().is_empty(),
         namespace_missing: namespace_exists == Some(false),
     };
-    rbac_checks(&client, &config.namespace, features, &mut checks).await;
-    for (variable, claim) in [
-        (
-            "SKILLS_PVC_NAME",
-            config.skills_pvc.as_ref().map(|c| c.0.clone()),
-        ),
-        ("USERDATA_PVC_NAME", config.userdata_pvc.clone()),
-    ] {
-        let Some(claim) = claim else { continue };
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &config.namespace);
+    rbac_checks(&client, namespace, features, &mut checks).await;
+    for (variable, claim) in config.sandbox.claims() {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
         checks.push(
-            match tokio::time::timeout(config.k8s_api_timeout, api.get_opt(&claim)).await {
+            match tokio::time::timeout(timeout, api.get_opt(claim)).await {
                 Ok(Ok(Some(_))) => Check::ok("volume claim", format!("{variable}={claim} exists")),
                 Ok(Ok(None)) => Check::fail(
                     "volume claim",
                     format!(
                         "{variable}={claim}: no such PersistentVolumeClaim in {}",
-                        config.namespace
+                        namespace
                     ),
                     format!("create the claim or unset {variable}"),
                 ),
@@ -145,8 +139,9 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
             },
         );
     }
-    if namespace_exists == Some(true) && config.service_type == ServiceType::NodePort {
-        checks.push(node_port_check(&client, &config.namespace, config.container_port).await);
+    let node_ports = matches!(config.sandbox.exposure, Exposure::NodePort { .. });
+    if namespace_exists == Some(true) && node_ports {
+        checks.push(node_port_check(&client, namespace, config.sandbox.port).await);
     }
     checks
 }
@@ -155,8 +150,8 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
 fn settings(args: &ServeArgs) -> Vec<Check> {
     let mut checks = Vec::new();
     for (variable, value) in [
-        ("SKILLS_HOST_PATH", &args.skills_host_path),
-        ("THREADS_HOST_PATH", &args.threads_host_path),
+        ("SKILLS_HOST_PATH", &args.storage.skills_host_path),
+        ("THREADS_HOST_PATH", &args.storage.threads_host_path),
     ] {
         checks.push(match value.as_deref().filter(|v| !v.is_empty()) {
             None => Check::warn(
@@ -172,16 +167,19 @@ fn settings(args: &ServeArgs) -> Vec<Check> {
             Some(v) => Check::ok("host path", format!("{variable}={v}")),
         });
     }
-    checks.push(if args.sandbox_image.trim().is_empty() {
+    checks.push(if args.sandbox.sandbox_image.trim().is_empty() {
         Check::fail(
             "image",
             "SANDBOX_IMAGE is empty",
             "set SANDBOX_IMAGE to the sandbox container image",
         )
     } else {
-        Check::ok("image", format!("SANDBOX_IMAGE={}", args.sandbox_image))
+        Check::ok(
+            "image",
+            format!("SANDBOX_IMAGE={}", args.sandbox.sandbox_image),
+        )
     });
-    let host = args.node_host.trim();
+    let host = args.sandbox.node_host.trim();
     checks.push(match host {
         "" => Check::fail("node host", "NODE_HOST is empty", "set NODE_HOST to the name the backend uses to reach the node"),
         "localhost" | "127.0.0.1" | "0.0.0.0" | "::1" => Check::warn(
@@ -251,172 +249,6 @@ fn unreachable(server: &str, summary: &str, chain: &str) -> Check {
         format!("{server}: {chain}")
     };
     Check::fail("apiserver", detail, fix)
-}
-
-/// Returns whether the namespace exists (None when it could not be read).
-async fn namespace_check(
-    client: &Client,
-    config: &Config,
-    checks: &mut Vec<Check>,
-) -> Option<bool> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let name = &config.namespace;
-    match tokio::time::timeout(config.k8s_api_timeout, api.get_opt(name)).await {
-        Ok(Ok(Some(ns)))
-            if ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
-        {
-            checks.push(Check::fail(
-                "namespace",
-                format!("{name} is being deleted"),
-                "wait until it is gone; the provisioner then creates it again",
-            ));
-            Some(true)
-        }
-        Ok(Ok(Some(_))) => {
-            checks.push(Check::ok("namespace", format!("{name} exists")));
-            Some(true)
-        }
-        Ok(Ok(None)) => Some(false),
-        Ok(Err(e)) => {
-            checks.push(Check::fail(
-                "namespace",
-                format!("cannot read namespace {name}: {e}"),
-                permissions::find("get", "namespaces")
-                    .expect("in the table")
-                    .fix(name),
-            ));
-            None
-        }
-        Err(_) => {
-            checks.push(Check::fail(
-                "namespace",
-                format!("reading namespace {name} timed out"),
-                "check the API server",
-            ));
-            None
-        }
-    }
-}
-
-/// Asks the apiserver whether this credential may use `permission`, with the attributes the
-/// real call has: in the sandbox namespace, and for the namespace itself by its name.
-async fn can(client: &Client, namespace: &str, permission: &Permission) -> Result<bool, String> {
-    let (scope, name) = match (permission.resource, permission.verb) {
-        ("namespaces", "create") => (None, None),
-        ("namespaces", _) => (Some(namespace), Some(namespace)),
-        _ => (Some(namespace), None),
-    };
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                namespace: scope.map(str::to_string),
-                name: name.map(str::to_string),
-                group: Some(permission.group.to_string()),
-                verb: Some(permission.verb.into()),
-                resource: Some(permission.resource.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        api.create(&PostParams::default(), &review),
-    )
-    .await
-    {
-        Ok(Ok(answer)) => Ok(answer.status.is_some_and(|s| s.allowed)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// One check per permission this configuration needs (from the permissions table).
-async fn rbac_checks(
-    client: &Client,
-    namespace: &str,
-    features: Features,
-    checks: &mut Vec<Check>,
-) {
-    let reviews =
-        permissions::needed(features).map(|p| async move { (p, can(client, namespace, p).await) });
-    for (permission, answer) in futures::future::join_all(reviews).await {
-        let name = format!("rbac {}", permission.label());
-        checks.push(match answer {
-            Ok(true) => Check::ok(&name, "allowed"),
-            Ok(false) => Check::fail(
-                &name,
-                format!(
-                    "not allowed to {} in namespace {namespace} (needed to {})",
-                    permission.label(),
-                    permission.why
-                ),
-                permission.fix(namespace),
-            ),
-            Err(e) => Check::fail(
-                &name,
-                format!("cannot ask the API server: {e}"),
-                "check the API server and that SelfSubjectAccessReview is allowed",
-            ),
-        });
-    }
-    if features.namespace_missing {
-        let creatable = checks
-            .iter()
-            .any(|c| c.name == "rbac create namespaces" && c.verdict == Verdict::Ok);
-        checks.push(if creatable {
-            Check::ok("namespace", format!("{namespace} does not exist yet; the provisioner will create it"))
-        } else {
-            Check::fail("namespace", format!("{namespace} does not exist and the provisioner may not create it"), format!("create it (`kubectl create namespace {namespace}`) or grant create on namespaces"))
-        });
-    }
-}
-
-/// Node ports are allocated: a dry-run NodePort Service gets one from the apiserver.
-async fn node_port_check(client: &Client, namespace: &str, port: u16) -> Check {
-    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let mut probe: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "sandbox-provisioner-doctor-probe"},
-        "spec": {"type": "NodePort", "selector": {manifests::SANDBOX_ID_LABEL: "doctor-probe"},
-                 "ports": [{"port": port}]},
-    }))
-    .expect("a valid Service");
-    probe.metadata.namespace = Some(namespace.into());
-    let params = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    match tokio::time::timeout(Duration::from_secs(10), api.create(&params, &probe)).await {
-        Ok(Ok(svc)) => {
-            let port = svc
-                .spec
-                .and_then(|s| s.ports)
-                .and_then(|p| p.first()?.node_port);
-            match port {
-                Some(p) => Check::ok(
-                    "node ports",
-                    format!("NodePort Services get ports (dry run allocated {p})"),
-                ),
-                None => Check::warn(
-                    "node ports",
-                    "a dry-run NodePort Service got no port",
-                    "check the cluster's --service-node-port-range",
-                ),
-            }
-        }
-        Ok(Err(e)) => Check::fail(
-            "node ports",
-            format!("a dry-run NodePort Service was refused: {e}"),
-            "check the Role (create services) and the cluster's node port range and quota",
-        ),
-        Err(_) => Check::fail(
-            "node ports",
-            "a dry-run NodePort Service timed out",
-            "check the API server",
-        ),
-    }
 }
 
 /// The report as printed: one line per check, the fix indented below failures and warnings.

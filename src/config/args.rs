@@ -1,0 +1,277 @@
+//! The command line of `sandbox-provisioner serve`: every flag, each also read from the named
+//! environment variable (DeerFlow's names and defaults). Grouped by concern; the values are
+//! checked and typed by `Config::try_from`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::DEFAULT_IMAGE;
+use crate::spec::network_policy::DEFAULT_EGRESS_DENY;
+
+/// Flags of `sandbox-provisioner serve`; each can also be given as the named environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub http: ListenArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// HTTP API: where it listens, who may call it, and its limits.
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Address and port the HTTP API listens on.
+    #[arg(long, env = "PROVISIONER_LISTEN", default_value = "0.0.0.0:8002")]
+    pub listen: String,
+
+    /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
+    /// Unset: the API is open (a warning is logged).
+    #[arg(long, env = "PROVISIONER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Refuse to start without PROVISIONER_API_KEY.
+    #[arg(long, env = "PROVISIONER_REQUIRE_API_KEY", default_value_t = false)]
+    pub require_api_key: bool,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "PROVISIONER_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+
+    /// Time limit of a whole API request, in seconds (503 after it).
+    #[arg(
+        long,
+        env = "PROVISIONER_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub request_timeout_seconds: f64,
+
+    /// Requests served at once; more are refused at once with 503 and Retry-After.
+    #[arg(
+        long,
+        env = "PROVISIONER_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// After SIGTERM or Ctrl-C, how long in-flight requests may take before the process exits.
+    #[arg(
+        long,
+        env = "PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 20.0
+    )]
+    pub shutdown_timeout_seconds: f64,
+}
+
+/// The Kubernetes cluster and namespace.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Namespace that holds the sandboxes' Pods and Services (created when missing).
+    #[arg(long, env = "K8S_NAMESPACE", default_value = "deer-flow")]
+    pub namespace: String,
+
+    /// Kubeconfig file; when it does not exist, KUBECONFIG and then the in-cluster service
+    /// account are tried.
+    #[arg(long, env = "KUBECONFIG_PATH", default_value = "/root/.kube/config")]
+    pub kubeconfig_path: PathBuf,
+
+    /// Replaces the kubeconfig's API server address (e.g. https://host.docker.internal:6443).
+    /// The certificate is still verified against the kubeconfig's own host name.
+    #[arg(long, env = "K8S_API_SERVER")]
+    pub k8s_api_server: Option<String>,
+
+    /// Turns off TLS verification of the API server. Unsafe: only for throw-away clusters.
+    #[arg(long, env = "K8S_INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
+    pub k8s_insecure_skip_tls_verify: bool,
+
+    /// Time limit of every Kubernetes API call, in seconds.
+    #[arg(long, env = "K8S_API_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub k8s_api_timeout_seconds: f64,
+}
+
+/// What a sandbox runs and how the backend reaches it.
+#[derive(Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Container image of every sandbox.
+    #[arg(long, env = "SANDBOX_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub sandbox_image: String,
+
+    /// Port the sandbox image serves on: container port, probes and service port.
+    #[arg(long, env = "SANDBOX_CONTAINER_PORT", default_value_t = 8080)]
+    pub sandbox_container_port: u16,
+
+    /// How the backend reaches sandboxes: NodePort (URL http://NODE_HOST:nodePort) or ClusterIP
+    /// (URL http://sandbox-{id}-svc.{namespace}.svc.cluster.local:PORT, for in-cluster backends).
+    #[arg(long, env = "SANDBOX_SERVICE_TYPE", default_value = "NodePort")]
+    pub sandbox_service_type: String,
+
+    /// Host name the backend uses to reach node ports; sandbox URLs are `http://NODE_HOST:port`.
+    #[arg(long, env = "NODE_HOST", default_value = "host.docker.internal")]
+    pub node_host: String,
+
+    /// Where sandboxes run: a JSON object of PodSpec fields (nodeSelector, tolerations,
+    /// affinity, topologySpreadConstraints, priorityClassName, runtimeClassName), or the path
+    /// of a file holding one.
+    #[arg(long, env = "SANDBOX_PLACEMENT")]
+    pub sandbox_placement: Option<String>,
+}
+
+/// Where /mnt/skills and /mnt/user-data come from.
+#[derive(Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Host directory of shared skills, mounted read-only at /mnt/skills (absolute path).
+    #[arg(long, env = "SKILLS_HOST_PATH")]
+    pub skills_host_path: Option<String>,
+
+    /// Host directory of per-thread data; `{path}/{thread_id}/user-data` is mounted at
+    /// /mnt/user-data (absolute path). Unset: an emptyDir that lives as long as the pod.
+    #[arg(long, env = "THREADS_HOST_PATH")]
+    pub threads_host_path: Option<String>,
+
+    /// PersistentVolumeClaim mounted read-only at /mnt/skills, instead of SKILLS_HOST_PATH (for
+    /// clusters without shared host paths).
+    #[arg(long, env = "SKILLS_PVC_NAME")]
+    pub skills_pvc_name: Option<String>,
+
+    /// Directory inside SKILLS_PVC_NAME to mount (relative, no '..'); the whole volume when unset.
+    #[arg(long, env = "SKILLS_PVC_SUBPATH")]
+    pub skills_pvc_subpath: Option<String>,
+
+    /// PersistentVolumeClaim holding user data, instead of THREADS_HOST_PATH: sub-path
+    /// `threads/{thread_id}/user-data` is mounted at /mnt/user-data.
+    #[arg(long, env = "USERDATA_PVC_NAME")]
+    pub userdata_pvc_name: Option<String>,
+}
+
+/// The resources callers may choose.
+#[derive(Args, Debug, Clone)]
+pub struct SizeArgs {
+    /// Named resource sizes callers may choose, as JSON: {"NAME": {"requests": {...}, "limits":
+    /// {...}}, ...} with cpu, memory and ephemeral-storage quantities. A size "default" with the
+    /// DeerFlow's values always exists unless redefined here.
+    #[arg(long, env = "SANDBOX_SIZES")]
+    pub sandbox_sizes: Option<String>,
+
+    /// The size used when a request names none.
+    #[arg(long, env = "SANDBOX_DEFAULT_SIZE", default_value = "default")]
+    pub sandbox_default_size: String,
+
+    /// Ceiling of every request and limit, as JSON {"cpu": ..., "memory": ...,
+    /// "ephemeral-storage": ...}; callers asking for more get 422.
+    #[arg(
+        long,
+        env = "SANDBOX_MAX_RESOURCES",
+        default_value = r#"{"cpu":"4","memory":"8Gi","ephemeral-storage":"10Gi"}"#
+    )]
+    pub sandbox_max_resources: String,
+}
+
+/// When sandboxes are removed, and who removes them.
+#[derive(Args, Debug, Clone)]
+pub struct LifecycleArgs {
+    /// Longest a sandbox may live from creation (e.g. 2h); 0 = no limit. Also the ceiling of a
+    /// request's ttl_seconds.
+    #[arg(long, env = "SANDBOX_MAX_LIFETIME", default_value = "0")]
+    pub sandbox_max_lifetime: String,
+
+    /// Remove a sandbox after this long without activity (create, GET, keepalive); 0 = never.
+    /// Also the ceiling of a request's idle_timeout_seconds.
+    #[arg(long, env = "SANDBOX_IDLE_TIMEOUT", default_value = "0")]
+    pub sandbox_idle_timeout: String,
+
+    /// Remove a sandbox that has not become ready this long after creation; 0 = never.
+    #[arg(long, env = "SANDBOX_READY_TIMEOUT", default_value = "15m")]
+    pub sandbox_ready_timeout: String,
+
+    /// How often expired sandboxes are looked for.
+    #[arg(long, env = "SANDBOX_REAP_INTERVAL", default_value = "10s")]
+    pub sandbox_reap_interval: String,
+
+    /// How often, at most, a sandbox's last activity is written to its pod (so that a restarted
+    /// or second provisioner knows it); activity in between is kept in memory. With the
+    /// election on, idle deadlines are this much later, so that activity another replica saw is
+    /// never missed.
+    #[arg(long, env = "SANDBOX_ACTIVITY_PERSIST_INTERVAL", default_value = "30s")]
+    pub sandbox_activity_persist_interval: String,
+
+    /// Lease duration for electing the one replica that reaps and sweeps, so that any number
+    /// of replicas can run; 0 = no election (only safe with a single replica).
+    #[arg(long, env = "SANDBOX_LEADER_LEASE", default_value = "15s")]
+    pub sandbox_leader_lease: String,
+
+    /// How old a pod without its Service or NetworkPolicy, or a Service or NetworkPolicy without
+    /// its pod, must be before the sweeper repairs or removes it.
+    #[arg(long, env = "SANDBOX_ORPHAN_GRACE", default_value = "60s")]
+    pub sandbox_orphan_grace: String,
+}
+
+/// Locking sandboxes down: pod security and network policy.
+#[derive(Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// Mount a Kubernetes API token into sandboxes (off: sandboxed code gets no cluster credential).
+    #[arg(
+        long,
+        env = "SANDBOX_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN",
+        default_value_t = false
+    )]
+    pub sandbox_automount_service_account_token: bool,
+
+    /// Inject environment variables for every Service in the namespace (off: sandboxes do not
+    /// learn about each other).
+    #[arg(long, env = "SANDBOX_ENABLE_SERVICE_LINKS", default_value_t = false)]
+    pub sandbox_enable_service_links: bool,
+
+    /// Seccomp profile of sandboxes: RuntimeDefault, Unconfined, or Localhost/<profile path>.
+    #[arg(
+        long,
+        env = "SANDBOX_SECCOMP_PROFILE",
+        default_value = "RuntimeDefault"
+    )]
+    pub sandbox_seccomp_profile: String,
+
+    /// Let sandbox processes gain privileges (setuid binaries such as sudo).
+    #[arg(
+        long,
+        env = "SANDBOX_ALLOW_PRIVILEGE_ESCALATION",
+        default_value_t = false
+    )]
+    pub sandbox_allow_privilege_escalation: bool,
+
+    /// Linux capabilities dropped from the sandbox container (comma-separated; empty for none).
+    #[arg(long, env = "SANDBOX_CAPABILITIES_DROP", default_value = "ALL")]
+    pub sandbox_capabilities_drop: String,
+
+    /// Linux capabilities added back (comma-separated; empty for none). The default is what a
+    /// root-based image usually needs, without NET_RAW, MKNOD, SETFCAP, SYS_CHROOT, AUDIT_WRITE.
+    #[arg(
+        long,
+        env = "SANDBOX_CAPABILITIES_ADD",
+        default_value = "CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SETPCAP"
+    )]
+    pub sandbox_capabilities_add: String,
+
+    /// Network isolation of sandboxes: none, isolated, or the absolute path of a JSON file with
+    /// a NetworkPolicy spec to use as the template.
+    #[arg(long, env = "SANDBOX_NETWORK_POLICY", default_value = "none")]
+    pub sandbox_network_policy: String,
+
+    /// With `isolated`: who may connect to sandboxes, as a JSON list of NetworkPolicy peers
+    /// (podSelector / namespaceSelector / ipBlock); anyone when unset.
+    #[arg(long, env = "SANDBOX_NETWORK_POLICY_INGRESS_FROM")]
+    pub sandbox_network_policy_ingress_from: Option<String>,
+
+    /// With `isolated`: ranges sandboxes may not reach (comma-separated CIDRs). Add the cluster's
+    /// pod and service ranges when they lie outside these.
+    #[arg(long, env = "SANDBOX_EGRESS_DENY_CIDRS", default_value = DEFAULT_EGRESS_DENY)]
+    pub sandbox_egress_deny_cidrs: String,
+}

@@ -1,0 +1,361 @@
+//! Configuration: every flag and environment variable, parsed once and validated at start
+//! into typed sections. A bad setting stops the service with a [`ConfigError`] that names the
+//! variable and the fix.
+//!
+//! The environment variable names and defaults are those of DeerFlow's provisioner, so an
+//! existing deployment keeps working unchanged.
+
+mod args;
+mod check;
+#[cfg(test)]
+mod tests;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use args::{
+    ClusterArgs, LifecycleArgs, ListenArgs, SandboxArgs, SecurityArgs, ServeArgs, SizeArgs,
+    StorageArgs,
+};
+
+use crate::{
+    sandbox::{Sizes, Timers},
+    spec::{Exposure, PodSecurity, SandboxSpec, SkillsMount, UserDataMount},
+};
+
+/// DeerFlow's default sandbox image.
+pub const DEFAULT_IMAGE: &str =
+    "enterprise-public-cn-beijing.cr.volces.com/vefaas-public/all-in-one-sandbox:latest";
+
+/// Limits that keep the HTTP API responsive under abuse.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// The HTTP API: where it listens and who may call it.
+#[derive(Debug, Clone)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+    pub api_key: Option<String>,
+    pub limits: HttpLimits,
+}
+
+/// The cluster and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ClusterSection {
+    pub namespace: String,
+    pub kubeconfig_path: PathBuf,
+    /// Overrides the kubeconfig's server; TLS is still verified against the kubeconfig's name.
+    pub api_server: Option<http::Uri>,
+    pub insecure_skip_tls_verify: bool,
+    /// Bound of every Kubernetes call.
+    pub api_timeout: Duration,
+}
+
+/// When sandboxes are removed, and how replicas share that work.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    /// Defaults and ceilings of the per-request timers.
+    pub timers: Timers,
+    pub reap_interval: Duration,
+    /// Zero: no election (a single replica).
+    pub leader_lease: Duration,
+    /// Age after which the sweep acts on an orphan.
+    pub orphan_grace: Duration,
+    /// How often, at most, activity is written to a pod.
+    pub activity_persist_interval: Duration,
+}
+
+impl Lifecycle {
+    /// How long past its idle deadline (as this replica knows it) a sandbox is kept: with
+    /// several replicas, activity another replica saw may not be written to the pod yet, but
+    /// is at most one persist interval newer than what is (zero for a single replica).
+    pub fn idle_grace(&self) -> Duration {
+        if self.leader_lease.is_zero() {
+            Duration::ZERO
+        } else {
+            self.activity_persist_interval
+        }
+    }
+}
+
+/// Validated configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: HttpSection,
+    pub cluster: ClusterSection,
+    /// What every sandbox's objects look like.
+    pub sandbox: SandboxSpec,
+    pub sizes: Sizes,
+    pub lifecycle: Lifecycle,
+}
+
+/// A setting that stops the service at start; the message names the variable and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {variable}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            value: value.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let ServeArgs {
+            http,
+            cluster,
+            sandbox,
+            storage,
+            sizes,
+            lifecycle,
+            security,
+        } = args;
+        let cluster = ClusterSection::try_from(cluster)?;
+        let sizes = check::sizes(&sizes)?;
+        let sandbox = sandbox_spec(&cluster.namespace, sandbox, storage, security, &sizes)?;
+        Ok(Config {
+            http: HttpSection::try_from(http)?,
+            cluster,
+            sandbox,
+            sizes,
+            lifecycle: Lifecycle::try_from(lifecycle)?,
+        })
+    }
+}
+
+impl TryFrom<ListenArgs> for HttpSection {
+    type Error = ConfigError;
+
+    fn try_from(args: ListenArgs) -> Result<Self, ConfigError> {
+        let listen = args.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "PROVISIONER_LISTEN",
+                &args.listen,
+                "must be ADDRESS:PORT, for example 0.0.0.0:8002",
+            )
+        })?;
+        let api_key = args.api_key.filter(|k| !k.is_empty());
+        if let Some(key) = &api_key {
+            if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(
+                    "PROVISIONER_API_KEY",
+                    "(hidden)",
+                    "must be at least 16 characters without spaces or control characters, for example from `openssl rand -hex 32`",
+                ));
+            }
+        } else if args.require_api_key {
+            return Err(ConfigError::new(
+                "PROVISIONER_API_KEY",
+                "",
+                "is required because PROVISIONER_REQUIRE_API_KEY is set: set a key (for example from `openssl rand -hex 32`) or unset PROVISIONER_REQUIRE_API_KEY",
+            ));
+        }
+        let limits = HttpLimits {
+            max_body_bytes: check::positive("PROVISIONER_MAX_BODY_BYTES", args.max_body_bytes)?,
+            request_timeout: check::seconds(
+                "PROVISIONER_REQUEST_TIMEOUT_SECONDS",
+                args.request_timeout_seconds,
+                3600.0,
+            )?,
+            max_concurrent_requests: check::positive(
+                "PROVISIONER_MAX_CONCURRENT_REQUESTS",
+                args.max_concurrent_requests,
+            )?,
+            shutdown_timeout: check::seconds(
+                "PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS",
+                args.shutdown_timeout_seconds,
+                3600.0,
+            )?,
+        };
+        Ok(HttpSection {
+            listen,
+            api_key,
+            limits,
+        })
+    }
+}
+
+impl TryFrom<ClusterArgs> for ClusterSection {
+    type Error = ConfigError;
+
+    fn try_from(args: ClusterArgs) -> Result<Self, ConfigError> {
+        check::validate_namespace(&args.namespace)?;
+        let api_server = match args.k8s_api_server.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(s) => Some(check::api_server_uri(&s)?),
+        };
+        Ok(ClusterSection {
+            namespace: args.namespace,
+            kubeconfig_path: args.kubeconfig_path,
+            api_server,
+            insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
+            api_timeout: check::seconds(
+                "K8S_API_TIMEOUT_SECONDS",
+                args.k8s_api_timeout_seconds,
+                300.0,
+            )?,
+        })
+    }
+}
+
+impl TryFrom<LifecycleArgs> for Lifecycle {
+    type Error = ConfigError;
+
+    fn try_from(args: LifecycleArgs) -> Result<Self, ConfigError> {
+        let timers = Timers {
+            lifetime: check::duration("SANDBOX_MAX_LIFETIME", &args.sandbox_max_lifetime)?,
+            idle: check::duration("SANDBOX_IDLE_TIMEOUT", &args.sandbox_idle_timeout)?,
+            ready: check::duration("SANDBOX_READY_TIMEOUT", &args.sandbox_ready_timeout)?,
+        };
+        let reap_interval = check::duration("SANDBOX_REAP_INTERVAL", &args.sandbox_reap_interval)?;
+        if reap_interval.is_zero() {
+            return Err(ConfigError::new(
+                "SANDBOX_REAP_INTERVAL",
+                &args.sandbox_reap_interval,
+                "must be above 0, for example 10s",
+            ));
+        }
+        let leader_lease = check::duration("SANDBOX_LEADER_LEASE", &args.sandbox_leader_lease)?;
+        if !leader_lease.is_zero() && leader_lease < Duration::from_secs(3) {
+            return Err(ConfigError::new(
+                "SANDBOX_LEADER_LEASE",
+                &args.sandbox_leader_lease,
+                "must be 0 (no election) or at least 3s",
+            ));
+        }
+        Ok(Lifecycle {
+            timers,
+            reap_interval,
+            leader_lease,
+            orphan_grace: check::duration("SANDBOX_ORPHAN_GRACE", &args.sandbox_orphan_grace)?,
+            activity_persist_interval: check::duration(
+                "SANDBOX_ACTIVITY_PERSIST_INTERVAL",
+                &args.sandbox_activity_persist_interval,
+            )?,
+        })
+    }
+}
+
+/// What every sandbox's objects look like, from the sandbox, storage and security groups.
+fn sandbox_spec(
+    namespace: &str,
+    sandbox: SandboxArgs,
+    storage: StorageArgs,
+    security: SecurityArgs,
+    sizes: &Sizes,
+) -> Result<SandboxSpec, ConfigError> {
+    if sandbox.sandbox_image.trim().is_empty() {
+        return Err(ConfigError::new(
+            "SANDBOX_IMAGE",
+            &sandbox.sandbox_image,
+            "must name a container image, for example python:3.12-slim",
+        ));
+    }
+    let node_host = sandbox.node_host.trim();
+    if node_host.is_empty() || node_host.contains(['/', ' ', '@']) {
+        return Err(ConfigError::new(
+            "NODE_HOST",
+            &sandbox.node_host,
+            "must be a bare host name or IP address, for example host.docker.internal",
+        ));
+    }
+    let exposure = match sandbox.sandbox_service_type.trim() {
+        "NodePort" => Exposure::NodePort {
+            node_host: node_host.to_string(),
+        },
+        "ClusterIP" => Exposure::ClusterIp,
+        other => {
+            return Err(ConfigError::new(
+                "SANDBOX_SERVICE_TYPE",
+                other,
+                "must be NodePort (URLs on NODE_HOST) or ClusterIP (cluster DNS URLs for backends inside the cluster)",
+            ))
+        }
+    };
+    if sandbox.sandbox_container_port == 0 {
+        return Err(ConfigError::new(
+            "SANDBOX_CONTAINER_PORT",
+            "0",
+            "must be a port from 1 to 65535, for example 8080",
+        ));
+    }
+    let (skills, user_data) = mounts(storage)?;
+    Ok(SandboxSpec {
+        namespace: namespace.to_string(),
+        image: sandbox.sandbox_image.trim().to_string(),
+        port: sandbox.sandbox_container_port,
+        skills,
+        user_data,
+        exposure,
+        placement: check::placement(sandbox.sandbox_placement.as_deref())?,
+        network_policy: check::network_policy(&security)?,
+        security: PodSecurity {
+            automount_service_account_token: security.sandbox_automount_service_account_token,
+            enable_service_links: security.sandbox_enable_service_links,
+            seccomp: check::seccomp(&security.sandbox_seccomp_profile)?,
+            allow_privilege_escalation: security.sandbox_allow_privilege_escalation,
+            capabilities_drop: check::capabilities(
+                "SANDBOX_CAPABILITIES_DROP",
+                &security.sandbox_capabilities_drop,
+            )?,
+            capabilities_add: check::capabilities(
+                "SANDBOX_CAPABILITIES_ADD",
+                &security.sandbox_capabilities_add,
+            )?,
+        },
+        default_resources: sizes
+            .choose(None, None)
+            .unwrap_or_else(|_| Sizes::deerflow_default()),
+    })
+}
+
+/// One source for each of /mnt/skills and /mnt/user-data: a host path or a claim.
+fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount), ConfigError> {
+    let skills_host_path = check::host_path("SKILLS_HOST_PATH", storage.skills_host_path)?;
+    let threads_host_path = check::host_path("THREADS_HOST_PATH", storage.threads_host_path)?;
+    let skills_claim = check::claim_name("SKILLS_PVC_NAME", storage.skills_pvc_name)?;
+    let user_data_claim = check::claim_name("USERDATA_PVC_NAME", storage.userdata_pvc_name)?;
+    let skills = match (skills_claim, skills_host_path) {
+        (Some(claim), Some(_)) => {
+            return Err(ConfigError::new(
+                "SKILLS_PVC_NAME",
+                claim,
+                "is set together with SKILLS_HOST_PATH: choose one source for /mnt/skills",
+            ))
+        }
+        (Some(name), None) => SkillsMount::Claim {
+            name,
+            sub_path: check::sub_path("SKILLS_PVC_SUBPATH", storage.skills_pvc_subpath)?,
+        },
+        (None, Some(path)) => SkillsMount::HostPath(path),
+        (None, None) => SkillsMount::None,
+    };
+    let user_data = match (user_data_claim, threads_host_path) {
+        (Some(claim), Some(_)) => {
+            return Err(ConfigError::new(
+                "USERDATA_PVC_NAME",
+                claim,
+                "is set together with THREADS_HOST_PATH: choose one source for /mnt/user-data",
+            ))
+        }
+        (Some(name), None) => UserDataMount::Claim(name),
+        (None, Some(path)) => UserDataMount::HostPath(path),
+        (None, None) => UserDataMount::EmptyDir,
+    };
+    Ok((skills, user_data))
+}

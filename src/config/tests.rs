@@ -1,0 +1,394 @@
+//! Parsing and validation of every setting.
+
+use super::*;
+use crate::spec::{NetworkPolicyMode, Placement, Seccomp};
+use clap::Parser;
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    let mut argv = vec!["test"];
+    argv.extend_from_slice(args);
+    Config::try_from(TestCli::try_parse_from(argv).unwrap().serve)
+}
+
+#[test]
+fn defaults_are_deerflows() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.http.listen.to_string(), "0.0.0.0:8002");
+    assert_eq!(c.cluster.namespace, "deer-flow");
+    assert_eq!(c.sandbox.image, DEFAULT_IMAGE);
+    assert_eq!(
+        c.sandbox.exposure,
+        Exposure::NodePort {
+            node_host: "host.docker.internal".into()
+        }
+    );
+    assert_eq!(
+        c.cluster.kubeconfig_path,
+        PathBuf::from("/root/.kube/config")
+    );
+    assert_eq!(c.cluster.api_server, None);
+    assert!(!c.cluster.insecure_skip_tls_verify);
+}
+
+#[test]
+fn relative_host_path_names_the_variable() {
+    let e = parse(&["--skills-host-path", "skills"]).unwrap_err();
+    assert_eq!(e.variable, "SKILLS_HOST_PATH");
+    assert!(e.to_string().contains("absolute"), "{e}");
+}
+
+#[test]
+fn dotdot_host_path_is_refused() {
+    let e = parse(&["--threads-host-path", "/srv/../etc"]).unwrap_err();
+    assert_eq!(e.variable, "THREADS_HOST_PATH");
+    assert!(e.to_string().contains(".."), "{e}");
+    assert!(parse(&["--threads-host-path", "/srv/..data"]).is_ok());
+}
+
+#[test]
+fn host_paths_lose_trailing_slashes() {
+    let c = parse(&["--threads-host-path", "/srv/threads/"]).unwrap();
+    assert_eq!(
+        c.sandbox.user_data,
+        UserDataMount::HostPath("/srv/threads".into())
+    );
+}
+
+#[test]
+fn bad_namespace_listen_server_and_timeout_are_refused() {
+    assert_eq!(
+        parse(&["--namespace", "Deer_Flow"]).unwrap_err().variable,
+        "K8S_NAMESPACE"
+    );
+    assert_eq!(
+        parse(&["--listen", "8002"]).unwrap_err().variable,
+        "PROVISIONER_LISTEN"
+    );
+    assert_eq!(
+        parse(&["--k8s-api-server", "host.docker.internal"])
+            .unwrap_err()
+            .variable,
+        "K8S_API_SERVER"
+    );
+    assert_eq!(
+        parse(&["--k8s-api-timeout-seconds", "0"])
+            .unwrap_err()
+            .variable,
+        "K8S_API_TIMEOUT_SECONDS"
+    );
+    assert_eq!(
+        parse(&["--node-host", "http://x"]).unwrap_err().variable,
+        "NODE_HOST"
+    );
+}
+
+#[test]
+fn security_defaults_are_strict() {
+    let c = parse(&[]).unwrap();
+    let s = c.sandbox.security;
+    assert!(
+        !s.automount_service_account_token
+            && !s.enable_service_links
+            && !s.allow_privilege_escalation
+    );
+    assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
+    assert_eq!(s.capabilities_drop, ["ALL"]);
+    assert!(!s.capabilities_add.contains(&"NET_RAW".to_string()));
+    assert!(s.capabilities_add.contains(&"SETUID".to_string()));
+    assert_eq!(c.http.api_key, None);
+}
+
+#[test]
+fn security_settings_are_parsed_and_checked() {
+    let c = parse(&[
+        "--sandbox-seccomp-profile",
+        "Localhost/profiles/sandbox.json",
+        "--sandbox-capabilities-add",
+        "cap_sys_ptrace, NET_ADMIN",
+        "--sandbox-capabilities-drop",
+        "",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.sandbox.security.seccomp,
+        Seccomp::Localhost("profiles/sandbox.json".into())
+    );
+    assert_eq!(
+        c.sandbox.security.capabilities_add,
+        ["SYS_PTRACE", "NET_ADMIN"]
+    );
+    assert!(c.sandbox.security.capabilities_drop.is_empty());
+    assert_eq!(
+        parse(&["--sandbox-seccomp-profile", "Bogus"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_SECCOMP_PROFILE"
+    );
+    assert_eq!(
+        parse(&["--sandbox-capabilities-add", "NET ADMIN"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_CAPABILITIES_ADD"
+    );
+}
+
+#[test]
+fn api_key_rules() {
+    let e = parse(&["--require-api-key"]).unwrap_err();
+    assert_eq!(e.variable, "PROVISIONER_API_KEY");
+    let short = parse(&["--api-key", "short"]).unwrap_err();
+    assert!(
+        !short.to_string().contains("short"),
+        "the key is never echoed: {short}"
+    );
+    let c = parse(&["--api-key", "0123456789abcdef0123", "--require-api-key"]).unwrap();
+    assert_eq!(c.http.api_key.as_deref(), Some("0123456789abcdef0123"));
+    assert_eq!(
+        parse(&["--max-concurrent-requests", "0"])
+            .unwrap_err()
+            .variable,
+        "PROVISIONER_MAX_CONCURRENT_REQUESTS"
+    );
+}
+
+#[test]
+fn service_type_and_port() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(
+        (c.sandbox.exposure.service_type(), c.sandbox.port),
+        ("NodePort", 8080)
+    );
+    let c = parse(&[
+        "--sandbox-service-type",
+        "ClusterIP",
+        "--sandbox-container-port",
+        "9090",
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.sandbox.exposure, c.sandbox.port),
+        (Exposure::ClusterIp, 9090)
+    );
+    assert_eq!(
+        parse(&["--sandbox-service-type", "LoadBalancer"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_SERVICE_TYPE"
+    );
+    assert_eq!(
+        parse(&["--sandbox-container-port", "0"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_CONTAINER_PORT"
+    );
+}
+
+#[test]
+fn sizes_from_the_environment() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.sizes.sizes["default"], Sizes::deerflow_default());
+    let c = parse(&[
+        "--sandbox-sizes",
+        r#"{"large": {"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "4Gi"}}}"#,
+        "--sandbox-default-size",
+        "large",
+    ])
+    .unwrap();
+    assert_eq!(c.sizes.default_size, "large");
+    assert_eq!(c.sizes.sizes.len(), 2);
+    assert_eq!(
+        parse(&["--sandbox-sizes", "{not json"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_SIZES"
+    );
+    let too_big = r#"{"huge": {"limits": {"memory": "64Gi"}}}"#;
+    let e = parse(&["--sandbox-sizes", too_big]).unwrap_err();
+    assert_eq!(e.variable, "SANDBOX_SIZES");
+    assert!(
+        e.problem.contains("huge") && e.problem.contains("8Gi"),
+        "{e}"
+    );
+    assert_eq!(
+        parse(&["--sandbox-default-size", "nope"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_DEFAULT_SIZE"
+    );
+    assert_eq!(
+        parse(&["--sandbox-max-resources", "[]"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_MAX_RESOURCES"
+    );
+}
+
+#[test]
+fn pvc_settings() {
+    let c = parse(&[
+        "--skills-pvc-name",
+        "skills",
+        "--skills-pvc-subpath",
+        "public/skills",
+        "--userdata-pvc-name",
+        "data",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.sandbox.skills,
+        SkillsMount::Claim {
+            name: "skills".into(),
+            sub_path: Some("public/skills".into())
+        }
+    );
+    assert_eq!(c.sandbox.user_data, UserDataMount::Claim("data".into()));
+    assert_eq!(
+        parse(&["--userdata-pvc-name", "Bad_Name"])
+            .unwrap_err()
+            .variable,
+        "USERDATA_PVC_NAME"
+    );
+    assert_eq!(
+        parse(&["--skills-pvc-name", "s", "--skills-pvc-subpath", "../x"])
+            .unwrap_err()
+            .variable,
+        "SKILLS_PVC_SUBPATH"
+    );
+    assert_eq!(
+        parse(&["--userdata-pvc-name", "d", "--threads-host-path", "/srv/t"])
+            .unwrap_err()
+            .variable,
+        "USERDATA_PVC_NAME"
+    );
+}
+
+#[test]
+fn placement_inline_or_from_a_file() {
+    assert_eq!(parse(&[]).unwrap().sandbox.placement, Placement::default());
+    let c = parse(&["--sandbox-placement", r#"{"runtimeClassName": "gvisor"}"#]).unwrap();
+    assert_eq!(
+        c.sandbox.placement.runtime_class_name.as_deref(),
+        Some("gvisor")
+    );
+    let e = parse(&["--sandbox-placement", r#"{"nodeSelecter": {}}"#]).unwrap_err();
+    assert_eq!(e.variable, "SANDBOX_PLACEMENT");
+    assert!(e.problem.contains("nodeSelecter"), "{e}");
+    let file = std::env::temp_dir().join(format!("placement-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"priorityClassName": "low"}"#).unwrap();
+    let c = parse(&["--sandbox-placement", file.to_str().unwrap()]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        c.sandbox.placement.priority_class_name.as_deref(),
+        Some("low")
+    );
+    assert!(parse(&["--sandbox-placement", "/nonexistent/placement.json"]).is_err());
+}
+
+#[test]
+fn network_policy_modes() {
+    assert_eq!(
+        parse(&[]).unwrap().sandbox.network_policy,
+        NetworkPolicyMode::None
+    );
+    let c = parse(&["--sandbox-network-policy", "isolated"]).unwrap();
+    let NetworkPolicyMode::Isolated {
+        ingress_from,
+        egress_deny,
+    } = c.sandbox.network_policy
+    else {
+        panic!()
+    };
+    assert!(ingress_from.is_empty());
+    assert_eq!(egress_deny.len(), 4);
+    assert_eq!(
+        parse(&["--sandbox-network-policy", "open"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_NETWORK_POLICY"
+    );
+    assert_eq!(
+        parse(&[
+            "--sandbox-network-policy",
+            "isolated",
+            "--sandbox-egress-deny-cidrs",
+            "10.0.0.0/8,nope"
+        ])
+        .unwrap_err()
+        .variable,
+        "SANDBOX_EGRESS_DENY_CIDRS"
+    );
+    assert_eq!(
+        parse(&[
+            "--sandbox-network-policy",
+            "isolated",
+            "--sandbox-network-policy-ingress-from",
+            "{}"
+        ])
+        .unwrap_err()
+        .variable,
+        "SANDBOX_NETWORK_POLICY_INGRESS_FROM"
+    );
+    let file = std::env::temp_dir().join(format!("netpol-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"policyTypes": ["Ingress"], "ingress": []}"#).unwrap();
+    let c = parse(&["--sandbox-network-policy", file.to_str().unwrap()]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(
+        c.sandbox.network_policy,
+        NetworkPolicyMode::Template(_)
+    ));
+}
+
+#[test]
+fn timers() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(
+        c.lifecycle.timers,
+        Timers {
+            lifetime: Duration::ZERO,
+            idle: Duration::ZERO,
+            ready: Duration::from_secs(900)
+        }
+    );
+    assert_eq!(c.lifecycle.reap_interval, Duration::from_secs(10));
+    let c = parse(&[
+        "--sandbox-max-lifetime",
+        "2h",
+        "--sandbox-idle-timeout",
+        "10m",
+    ])
+    .unwrap();
+    assert_eq!(
+        (
+            c.lifecycle.timers.lifetime.as_secs(),
+            c.lifecycle.timers.idle.as_secs()
+        ),
+        (7200, 600)
+    );
+    assert_eq!(
+        parse(&["--sandbox-idle-timeout", "soon"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_IDLE_TIMEOUT"
+    );
+    assert_eq!(
+        parse(&["--sandbox-reap-interval", "0"])
+            .unwrap_err()
+            .variable,
+        "SANDBOX_REAP_INTERVAL"
+    );
+}
+
+#[test]
+fn api_server_override_is_parsed() {
+    let c = parse(&["--k8s-api-server", "https://host.docker.internal:26443"]).unwrap();
+    assert_eq!(
+        c.cluster.api_server.unwrap().host(),
+        Some("host.docker.internal")
+    );
+}

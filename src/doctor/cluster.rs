@@ -1,0 +1,186 @@
+//! Checks that ask the cluster: the namespace, one SelfSubjectAccessReview per permission of
+//! the table, and node port allocation.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::{Namespace, Service},
+};
+use kube::{
+    api::{Api, PostParams},
+    Client,
+};
+
+use super::{Check, Verdict};
+use crate::{
+    config::Config,
+    k8s::manifests,
+    permissions::{self, Features, Permission},
+};
+
+/// Returns whether the namespace exists (None when it could not be read).
+pub(super) async fn namespace_check(
+    client: &Client,
+    config: &Config,
+    checks: &mut Vec<Check>,
+) -> Option<bool> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let name = &config.cluster.namespace;
+    match tokio::time::timeout(config.cluster.api_timeout, api.get_opt(name)).await {
+        Ok(Ok(Some(ns)))
+            if ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
+        {
+            checks.push(Check::fail(
+                "namespace",
+                format!("{name} is being deleted"),
+                "wait until it is gone; the provisioner then creates it again",
+            ));
+            Some(true)
+        }
+        Ok(Ok(Some(_))) => {
+            checks.push(Check::ok("namespace", format!("{name} exists")));
+            Some(true)
+        }
+        Ok(Ok(None)) => Some(false),
+        Ok(Err(e)) => {
+            checks.push(Check::fail(
+                "namespace",
+                format!("cannot read namespace {name}: {e}"),
+                permissions::find("get", "namespaces")
+                    .expect("in the table")
+                    .fix(name),
+            ));
+            None
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "namespace",
+                format!("reading namespace {name} timed out"),
+                "check the API server",
+            ));
+            None
+        }
+    }
+}
+
+/// Asks the apiserver whether this credential may use `permission`, with the attributes the
+/// real call has: in the sandbox namespace, and for the namespace itself by its name.
+async fn can(client: &Client, namespace: &str, permission: &Permission) -> Result<bool, String> {
+    let (scope, name) = match (permission.resource, permission.verb) {
+        ("namespaces", "create") => (None, None),
+        ("namespaces", _) => (Some(namespace), Some(namespace)),
+        _ => (Some(namespace), None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: scope.map(str::to_string),
+                name: name.map(str::to_string),
+                group: Some(permission.group.to_string()),
+                verb: Some(permission.verb.into()),
+                resource: Some(permission.resource.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        api.create(&PostParams::default(), &review),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => Ok(answer.status.is_some_and(|s| s.allowed)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// One check per permission this configuration needs (from the permissions table).
+pub(super) async fn rbac_checks(
+    client: &Client,
+    namespace: &str,
+    features: Features,
+    checks: &mut Vec<Check>,
+) {
+    let reviews =
+        permissions::needed(features).map(|p| async move { (p, can(client, namespace, p).await) });
+    for (permission, answer) in futures::future::join_all(reviews).await {
+        let name = format!("rbac {}", permission.label());
+        checks.push(match answer {
+            Ok(true) => Check::ok(&name, "allowed"),
+            Ok(false) => Check::fail(
+                &name,
+                format!(
+                    "not allowed to {} in namespace {namespace} (needed to {})",
+                    permission.label(),
+                    permission.why
+                ),
+                permission.fix(namespace),
+            ),
+            Err(e) => Check::fail(
+                &name,
+                format!("cannot ask the API server: {e}"),
+                "check the API server and that SelfSubjectAccessReview is allowed",
+            ),
+        });
+    }
+    if features.namespace_missing {
+        let creatable = checks
+            .iter()
+            .any(|c| c.name == "rbac create namespaces" && c.verdict == Verdict::Ok);
+        checks.push(if creatable {
+            Check::ok("namespace", format!("{namespace} does not exist yet; the provisioner will create it"))
+        } else {
+            Check::fail("namespace", format!("{namespace} does not exist and the provisioner may not create it"), format!("create it (`kubectl create namespace {namespace}`) or grant create on namespaces"))
+        });
+    }
+}
+
+/// Node ports are allocated: a dry-run NodePort Service gets one from the apiserver.
+pub(super) async fn node_port_check(client: &Client, namespace: &str, port: u16) -> Check {
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let mut probe: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sandbox-provisioner-doctor-probe"},
+        "spec": {"type": "NodePort", "selector": {manifests::SANDBOX_ID_LABEL: "doctor-probe"},
+                 "ports": [{"port": port}]},
+    }))
+    .expect("a valid Service");
+    probe.metadata.namespace = Some(namespace.into());
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match tokio::time::timeout(Duration::from_secs(10), api.create(&params, &probe)).await {
+        Ok(Ok(svc)) => {
+            let port = svc
+                .spec
+                .and_then(|s| s.ports)
+                .and_then(|p| p.first()?.node_port);
+            match port {
+                Some(p) => Check::ok(
+                    "node ports",
+                    format!("NodePort Services get ports (dry run allocated {p})"),
+                ),
+                None => Check::warn(
+                    "node ports",
+                    "a dry-run NodePort Service got no port",
+                    "check the cluster's --service-node-port-range",
+                ),
+            }
+        }
+        Ok(Err(e)) => Check::fail(
+            "node ports",
+            format!("a dry-run NodePort Service was refused: {e}"),
+            "check the Role (create services) and the cluster's node port range and quota",
+        ),
+        Err(_) => Check::fail(
+            "node ports",
+            "a dry-run NodePort Service timed out",
+            "check the API server",
+        ),
+    }
+}

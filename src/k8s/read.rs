@@ -1,0 +1,197 @@
+//! From the objects back to the domain: a pod's timers, creation and activity, which sandbox
+//! and thread an object belongs to, and the API's view of a sandbox.
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+
+use super::{
+    manifests::{
+        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, SANDBOX_ID_LABEL,
+        THREAD_ANNOTATION, TTL_ANNOTATION,
+    },
+    status::status_of,
+};
+use crate::{
+    sandbox::{Sandbox, Timers},
+    spec::{Exposure, SandboxSpec},
+};
+
+/// The timers a pod was created with (the ready timeout is the service's own).
+pub fn timers_of(pod: &Pod, ready: std::time::Duration) -> Timers {
+    let seconds = |key: &str| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or_default()
+    };
+    Timers {
+        lifetime: seconds(TTL_ANNOTATION),
+        idle: seconds(IDLE_ANNOTATION),
+        ready,
+    }
+}
+
+/// When the pod was created, by the provisioner's annotation or the apiserver's timestamp.
+pub fn created_of(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CREATED_ANNOTATION))
+        .and_then(|t| t.parse().ok())
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// The last activity written on the pod, if any.
+pub fn activity_of(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACTIVITY_ANNOTATION))
+        .and_then(|t| t.parse().ok())
+}
+
+/// The sandbox a managed object belongs to (its `sandbox-id` label).
+pub fn sandbox_id_of(meta: &ObjectMeta) -> Option<String> {
+    meta.labels.as_ref()?.get(SANDBOX_ID_LABEL).cloned()
+}
+
+/// The thread a sandbox object was created for.
+pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(THREAD_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
+pub fn owned_by(service: &Service, pod: &Pod) -> bool {
+    meta_owned_by(&service.metadata, pod)
+}
+
+/// Whether an object belongs to this incarnation of the Pod.
+pub fn meta_owned_by(meta: &ObjectMeta, pod: &Pod) -> bool {
+    let uid = pod.metadata.uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.kind == "Pod" && Some(r.uid.as_str()) == uid)
+}
+
+/// Where the backend reaches the sandbox through its Service: the node port on NODE_HOST, or
+/// the Service's cluster DNS name.
+fn sandbox_url(service: &Service, t: &SandboxSpec) -> Option<String> {
+    match &t.exposure {
+        Exposure::NodePort { node_host } => {
+            node_port(service).map(|p| format!("http://{node_host}:{p}"))
+        }
+        Exposure::ClusterIp => {
+            let name = service.metadata.name.as_deref()?;
+            Some(format!(
+                "http://{name}.{}.svc.cluster.local:{}",
+                t.namespace, t.port
+            ))
+        }
+    }
+}
+
+/// The node port the backend reaches the sandbox on.
+pub fn node_port(service: &Service) -> Option<i32> {
+    service
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some("http"))?
+        .node_port
+}
+
+/// The API's view of a sandbox, from its Pod and (when present) its Service.
+pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxSpec) -> Sandbox {
+    let mut status = status_of(pod);
+    let url = service
+        .filter(|s| owned_by(s, pod))
+        .and_then(|s| sandbox_url(s, t));
+    if url.is_none() && status.reason.is_none() {
+        status.reason = Some("ServiceMissing".into());
+        status.message =
+            Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());
+    }
+    Sandbox {
+        sandbox_id: id.to_string(),
+        sandbox_url: url.unwrap_or_default(),
+        status: status.phase,
+        ready: status.ready,
+        reason: status.reason,
+        message: status.message,
+        thread_id: thread_of(&pod.metadata).map(str::to_string),
+        created_at: created_of(pod).map(|t| t.to_string()),
+        expires_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        k8s::manifests::{service, test_support::*},
+        spec::Exposure,
+    };
+
+    #[test]
+    fn view_builds_the_url_from_the_node_port() {
+        let (id, thread) = ids();
+        let t = spec(None, None);
+        let p = a_pod(&t);
+        let mut s = service(&t, &id, &thread, &p);
+        s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
+        let v = sandbox_view("abc-123", &p, Some(&s), &t);
+        assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
+        assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
+        assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
+        let missing = sandbox_view("abc-123", &p, None, &t);
+        assert_eq!(missing.sandbox_url, "");
+        assert_eq!(missing.reason.as_deref(), Some("ServiceMissing"));
+    }
+
+    #[test]
+    fn cluster_ip_mode_uses_the_dns_name_and_the_configured_port() {
+        let (id, thread) = ids();
+        let mut t = spec(None, None);
+        t.exposure = Exposure::ClusterIp;
+        t.port = 9090;
+        let p = a_pod(&t);
+        let s = service(&t, &id, &thread, &p);
+        let view = sandbox_view("abc-123", &p, Some(&s), &t);
+        assert_eq!(
+            view.sandbox_url,
+            "http://sandbox-abc-123-svc.deer-flow.svc.cluster.local:9090"
+        );
+    }
+
+    #[test]
+    fn timers_and_times_are_read_from_the_annotations() {
+        let t = spec(None, None);
+        let mut p = a_pod(&t);
+        let annotations = p.metadata.annotations.as_mut().unwrap();
+        annotations.insert(TTL_ANNOTATION.into(), "90".into());
+        annotations.insert(ACTIVITY_ANNOTATION.into(), "2026-01-01T00:00:00Z".into());
+        let timers = timers_of(&p, std::time::Duration::from_secs(5));
+        assert_eq!(timers.lifetime, std::time::Duration::from_secs(90));
+        assert_eq!(timers.idle, std::time::Duration::ZERO);
+        assert_eq!(timers.ready, std::time::Duration::from_secs(5));
+        assert_eq!(created_of(&p), Some(Timestamp::UNIX_EPOCH));
+        assert_eq!(
+            activity_of(&p),
+            Some("2026-01-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(sandbox_id_of(&p.metadata).as_deref(), Some("abc-123"));
+        assert_eq!(thread_of(&p.metadata), Some("thread-456"));
+    }
+}

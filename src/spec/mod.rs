@@ -1,0 +1,114 @@
+//! What operators configure about the sandbox objects: image, port, mounts, exposure,
+//! security, placement and network policy. Built once from the configuration; the manifests
+//! are made from it. Placement and policy templates are fragments of Kubernetes objects by
+//! definition, so they keep Kubernetes types; everything else is plain data.
+
+pub mod network_policy;
+pub mod placement;
+
+pub use network_policy::NetworkPolicyMode;
+pub use placement::Placement;
+
+use crate::sandbox::Resources;
+
+/// Port DeerFlow's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Where `/mnt/skills` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkillsMount {
+    /// No skills mount.
+    None,
+    /// A host directory (SKILLS_HOST_PATH), read-only.
+    HostPath(String),
+    /// A PersistentVolumeClaim (SKILLS_PVC_NAME), optionally a directory inside it.
+    Claim {
+        name: String,
+        sub_path: Option<String>,
+    },
+}
+
+/// Where `/mnt/user-data` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserDataMount {
+    /// An emptyDir that dies with the sandbox.
+    EmptyDir,
+    /// `{dir}/{thread_id}/user-data` on the host (THREADS_HOST_PATH).
+    HostPath(String),
+    /// Sub-path `threads/{thread_id}/user-data` of a claim (USERDATA_PVC_NAME).
+    Claim(String),
+}
+
+/// How sandbox Services expose the sandbox to the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exposure {
+    /// URL `http://{node_host}:{nodePort}`.
+    NodePort { node_host: String },
+    /// URL `http://sandbox-{id}-svc.{namespace}.svc.cluster.local:{port}`.
+    ClusterIp,
+}
+
+impl Exposure {
+    /// The Service type, as Kubernetes and `/api/capabilities` name it.
+    pub fn service_type(&self) -> &'static str {
+        match self {
+            Exposure::NodePort { .. } => "NodePort",
+            Exposure::ClusterIp => "ClusterIP",
+        }
+    }
+}
+
+/// Security settings of every sandbox pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSecurity {
+    pub automount_service_account_token: bool,
+    pub enable_service_links: bool,
+    pub seccomp: Seccomp,
+    pub allow_privilege_escalation: bool,
+    pub capabilities_drop: Vec<String>,
+    pub capabilities_add: Vec<String>,
+}
+
+/// The pod's seccomp profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    RuntimeDefault,
+    Unconfined,
+    Localhost(String),
+}
+
+/// Everything the manifests need to make a sandbox's objects.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub namespace: String,
+    pub image: String,
+    /// Container port, probe port and service port.
+    pub port: u16,
+    pub skills: SkillsMount,
+    pub user_data: UserDataMount,
+    pub exposure: Exposure,
+    pub security: PodSecurity,
+    pub placement: Placement,
+    pub network_policy: NetworkPolicyMode,
+    /// Resources of the default size (for the start-up dry run).
+    pub default_resources: Resources,
+}
+
+impl SandboxSpec {
+    /// Whether sandboxes get NetworkPolicies.
+    pub fn policies_on(&self) -> bool {
+        !matches!(self.network_policy, NetworkPolicyMode::None)
+    }
+
+    /// The claims sandboxes mount, with the variable that names each.
+    pub fn claims(&self) -> Vec<(&'static str, &str)> {
+        let mut claims = Vec::new();
+        if let SkillsMount::Claim { name, .. } = &self.skills {
+            claims.push(("SKILLS_PVC_NAME", name.as_str()));
+        }
+        if let UserDataMount::Claim(name) = &self.user_data {
+            claims.push(("USERDATA_PVC_NAME", name.as_str()));
+        }
+        claims
+    }
+}
