@@ -208,18 +208,13 @@ mod tests {
         CREATED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, THREAD_ANNOTATION,
     };
 
+    fn pod_json(t: &SandboxSpec) -> serde_json::Value {
+        serde_json::to_value(a_pod(t)).unwrap()
+    }
+
     #[test]
     fn pod_is_locked_down_by_default() {
-        let (id, thread) = ids();
-        let p = serde_json::to_value(pod(
-            &spec(None, None),
-            &id,
-            &thread,
-            Timestamp::UNIX_EPOCH,
-            &crate::sandbox::Sizes::deerflow_default(),
-            &Timers::default(),
-        ))
-        .unwrap();
+        let p = pod_json(&spec(None, None));
         assert_eq!(p["spec"]["automountServiceAccountToken"], false);
         assert_eq!(p["spec"]["enableServiceLinks"], false);
         assert_eq!(
@@ -234,7 +229,6 @@ mod tests {
 
     #[test]
     fn security_can_be_relaxed() {
-        let (id, thread) = ids();
         let mut t = spec(None, None);
         t.security = PodSecurity {
             automount_service_account_token: true,
@@ -244,15 +238,7 @@ mod tests {
             capabilities_drop: vec![],
             capabilities_add: vec![],
         };
-        let p = serde_json::to_value(pod(
-            &t,
-            &id,
-            &thread,
-            Timestamp::UNIX_EPOCH,
-            &crate::sandbox::Sizes::deerflow_default(),
-            &Timers::default(),
-        ))
-        .unwrap();
+        let p = pod_json(&t);
         assert_eq!(p["spec"]["automountServiceAccountToken"], true);
         assert_eq!(
             p["spec"]["securityContext"],
@@ -266,17 +252,8 @@ mod tests {
 
     #[test]
     fn pod_matches_deerflows() {
-        let (id, thread) = ids();
         let t = spec(Some("/srv/threads"), Some("/srv/skills"));
-        let p = serde_json::to_value(pod(
-            &t,
-            &id,
-            &thread,
-            Timestamp::UNIX_EPOCH,
-            &crate::sandbox::Sizes::deerflow_default(),
-            &Timers::default(),
-        ))
-        .unwrap();
+        let p = pod_json(&t);
         assert_eq!(p["metadata"]["name"], "sandbox-abc-123");
         assert_eq!(p["metadata"]["namespace"], "deer-flow");
         assert_eq!(p["metadata"]["labels"]["app"], "deer-flow-sandbox");
@@ -337,16 +314,7 @@ mod tests {
 
     #[test]
     fn without_host_paths_user_data_is_an_empty_dir() {
-        let (id, thread) = ids();
-        let p = serde_json::to_value(pod(
-            &spec(None, None),
-            &id,
-            &thread,
-            Timestamp::UNIX_EPOCH,
-            &crate::sandbox::Sizes::deerflow_default(),
-            &Timers::default(),
-        ))
-        .unwrap();
+        let p = pod_json(&spec(None, None));
         assert_eq!(
             p["spec"]["volumes"],
             json!([{"name": "user-data", "emptyDir": {}}])
