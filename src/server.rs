@@ -65,6 +65,7 @@ async fn provisioner(
             namespace,
             selector: &manifests::managed_selector(),
             network_policies: config.sandbox.policies_on(),
+            call_timeout: config.cluster.api_timeout,
         },
         refusals,
         shutdown,

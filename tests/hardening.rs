@@ -274,6 +274,17 @@ async fn apiserver_outage_gives_503_and_the_service_recovers_without_restart() {
     .await;
     assert_eq!(after["sandbox_url"], before["sandbox_url"]);
     assert_eq!(svc.call(Method::GET, "/readyz", None).await.0, 200);
+    // Nothing changed meanwhile, so the watch has no event to report: the cache must still
+    // come back (reads from memory, and the reaper, depend on it).
+    eventually(
+        Duration::from_secs(30),
+        "the cache to recover in a quiet namespace",
+        || async {
+            let (_, body) = svc.call(Method::GET, "/readyz", None).await;
+            (body["cache"] == "synced").then_some(())
+        },
+    )
+    .await;
     assert_eq!(svc.create("out-2", "t").await.0, 200);
 }
 

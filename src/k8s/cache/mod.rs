@@ -2,25 +2,25 @@
 //! apiserver call and waiters learn about changes the moment the watch delivers them.
 //!
 //! Only what the API needs is kept: managed fields are dropped, and pods lose their spec.
+//! NetworkPolicies are watched too when sandboxes get them (for the sweep).
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    runtime::{
-        reflector::{self, ObjectRef, Store},
-        watcher, WatchStreamExt,
-    },
-    Api, Client, Resource,
+    runtime::reflector::{self, ObjectRef, Store},
+    Client,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::permissions::Refusals;
+use reflect::Watch;
+
+mod reflect;
 
 /// Where one watch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +111,8 @@ pub struct CacheScope<'a> {
     pub selector: &'a str,
     /// Whether sandboxes get NetworkPolicies (they are then watched too).
     pub network_policies: bool,
+    /// Bound of the probe that confirms a watch has recovered (K8S_API_TIMEOUT_SECONDS).
+    pub call_timeout: Duration,
 }
 
 impl Cache {
@@ -131,6 +133,7 @@ impl Cache {
             client,
             namespace: scope.namespace,
             selector: scope.selector,
+            call_timeout: scope.call_timeout,
             state: Arc::new(state_tx),
             refusals,
             shutdown,
@@ -207,125 +210,6 @@ impl Cache {
             }
         }
     }
-}
-
-/// What every watch of the cache shares.
-struct Watch<'a> {
-    client: Client,
-    namespace: &'a str,
-    selector: &'a str,
-    state: Arc<watch::Sender<CacheState>>,
-    refusals: Refusals,
-    shutdown: watch::Receiver<bool>,
-}
-
-/// Failures of one watch that are not refusals: logged when they start and then at most once
-/// a minute while they last (a watch retries about once a second).
-const WATCH_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
-
-impl Watch<'_> {
-    /// Runs one reflector in the background and returns its store.
-    fn run<K>(&self, trim: fn(&mut K), mine: fn(&mut CacheState) -> &mut WatchState) -> Store<K>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        let config = watcher::Config::default().labels(self.selector);
-        let kind = K::kind(&()).to_string();
-        let plural = K::plural(&()).to_string();
-        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
-        let stream = watcher(api, config)
-            .default_backoff()
-            .modify(move |obj: &mut K| {
-                obj.meta_mut().managed_fields = None;
-                trim(obj);
-            })
-            .reflect(writer);
-        let (state, refusals, mut shutdown) = (
-            Arc::clone(&self.state),
-            self.refusals.clone(),
-            self.shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let mut last_logged: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    event = stream.next() => match event {
-                        Some(Ok(event)) => {
-                            let synced = matches!(event, watcher::Event::InitDone);
-                            if synced {
-                                refusals.allowed("list", &plural);
-                            }
-                            // Only these come from the watch itself (the others from the listing).
-                            if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
-                                refusals.allowed("watch", &plural);
-                            }
-                            if last_logged.take().is_some() {
-                                tracing::info!(kind, "watch works again; reads come from memory");
-                            }
-                            state.send_modify(|s| {
-                                let w = mine(s);
-                                w.synced |= synced;
-                                w.healthy = true;
-                                w.forbidden = false;
-                                s.generation += 1;
-                            });
-                        }
-                        Some(Err(e)) => {
-                            let forbidden = refused_permission(&e);
-                            match &forbidden {
-                                Some((verb, message)) => refusals.refused(verb, &plural, message),
-                                None if last_logged.is_none_or(|t| t.elapsed() >= WATCH_FAILURE_LOG_EVERY) => {
-                                    last_logged = Some(tokio::time::Instant::now());
-                                    tracing::warn!(kind, error = %e, "watch failed; reads fall back to the apiserver until it recovers (logged again at most once a minute)");
-                                }
-                                None => tracing::debug!(kind, error = %e, "watch failed again"),
-                            }
-                            state.send_modify(|s| {
-                                let w = mine(s);
-                                w.healthy = false;
-                                w.forbidden = forbidden.is_some();
-                            });
-                        }
-                        None => break,
-                    },
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            break;
-                        }
-                    }
-                }
-            }
-            tracing::debug!(kind, "watch stopped");
-        });
-        reader
-    }
-}
-
-/// The verb a watch failure was refused for (403), with the apiserver's message.
-fn refused_permission(e: &watcher::Error) -> Option<(&'static str, String)> {
-    let (verb, status) = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) => ("list", s),
-        watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => ("watch", s),
-        watcher::Error::WatchError(s) => ("watch", s),
-        _ => return None,
-    };
-    // The apiserver names the verb it refused ("... cannot watch resource ..."): a listing
-    // may be refused for watch when it streams.
-    let named = status
-        .message
-        .split_once(" cannot ")
-        .and_then(|(_, rest)| rest.split(' ').next())
-        .and_then(|named| ["list", "watch"].into_iter().find(|v| *v == named));
-    (status.code == 403).then(|| (named.unwrap_or(verb), status.message.clone()))
 }
 
 #[cfg(test)]
