@@ -6,7 +6,8 @@
 //!   main ─► server (the one wiring: Server::build / prepare / serve)
 //!             ├─► api          HTTP: app(), handlers, auth, limits, error → status + JSON
 //!             ├─► provisioner  the sandbox rules; expiry / sweep / baseline as pure plans
-//!             │     └─► k8s    client, timed calls, watch cache, manifests, objects → domain
+//!             │     └─► member one cluster: client, timed calls, watch cache, namespace
+//!             │           └─► k8s  client, timed calls, watch cache, manifests, objects → domain
 //!             └─► tasks        leader election, the reaper loop
 //!   config ─► spec, sandbox    parsed once at start into typed sections (no k8s)
 //!   spec                       what operators configure about the sandbox objects
@@ -22,6 +23,7 @@ pub mod config;
 pub mod doctor;
 pub mod healthcheck;
 pub mod k8s;
+pub mod member;
 pub mod metrics;
 pub mod permissions;
 pub mod provisioner;

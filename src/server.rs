@@ -9,15 +9,10 @@ use crate::tasks::{
 
 use crate::{
     api::{self, ApiKey, ApiSettings, Capabilities},
-    config::{ClusterSection, Config},
-    k8s::{
-        cache::{Cache, CacheScope},
-        client,
-        cluster::{self, Cluster},
-        manifests,
-    },
+    config::Config,
+    k8s::{client, cluster},
+    member::{Member, DEFAULT_MEMBER},
     metrics::Metrics,
-    permissions::Refusals,
     provisioner::Provisioner,
     spec::{NetworkPolicyMode, SkillsMount, UserDataMount},
 };
@@ -47,32 +42,17 @@ async fn provisioner(
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Provisioner, StartError> {
-    let connected = client::connect(&connection(&config.cluster)).await?;
-    tracing::info!(source = %connected.source, server = %connected.server, "Kubernetes client configured");
     let metrics = Metrics::new();
-    let namespace = &config.cluster.namespace;
-    let refusals = Refusals::new(namespace, metrics.clone());
-    let cluster = Cluster::new(
-        connected.client,
-        namespace,
-        config.cluster.api_timeout,
-        metrics.clone(),
-        refusals.clone(),
-    );
-    let cache = Cache::start(
-        connected.watch_client,
-        CacheScope {
-            namespace,
-            selector: &manifests::managed_selector(),
-            network_policies: config.sandbox.policies_on(),
-            call_timeout: config.cluster.api_timeout,
-        },
-        refusals,
+    let member = Member::connect(
+        DEFAULT_MEMBER,
+        &config.cluster,
+        config.sandbox.policies_on(),
+        &metrics,
         shutdown,
-    );
+    )
+    .await?;
     Ok(Provisioner::new(
-        cluster,
-        cache,
+        member,
         config.sandbox.clone(),
         config.lifecycle,
         metrics,
@@ -239,12 +219,13 @@ impl Background {
         let (leadership, election) = if lease.is_zero() {
             (Leadership::always(), None)
         } else {
+            let member = provisioner.member();
             let (leadership, task) = leader::spawn(
-                provisioner.client(),
-                &config.cluster.namespace,
+                member.client(),
+                member.namespace(),
                 replica_identity(),
                 lease,
-                provisioner.refusals().clone(),
+                member.refusals().clone(),
                 stop.subscribe(),
             );
             (leadership, Some(task))
@@ -318,16 +299,6 @@ pub(crate) fn api_settings(config: &Config) -> ApiSettings {
             }
             .into(),
         },
-    }
-}
-
-/// How the Kubernetes client connects, from the cluster section.
-pub fn connection(cluster: &ClusterSection) -> client::Connection {
-    client::Connection {
-        kubeconfig_path: cluster.kubeconfig_path.clone(),
-        api_server: cluster.api_server.clone(),
-        insecure_skip_tls_verify: cluster.insecure_skip_tls_verify,
-        timeout: cluster.api_timeout,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::{
     cli::Cli,
     config::Config,
     k8s::{cache::Cache, cluster::Cluster},
+    member::Member,
     metrics::Metrics,
     permissions::Refusals,
     provisioner::Provisioner,
@@ -39,8 +40,7 @@ fn app_with(flags: &[&str]) -> Router {
         Refusals::new(namespace, metrics.clone()),
     );
     let provisioner = Provisioner::new(
-        cluster,
-        Cache::unwatched(namespace),
+        Member::new("default", cluster, Cache::unwatched(namespace)),
         config.sandbox.clone(),
         config.lifecycle,
         metrics,

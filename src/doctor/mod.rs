@@ -67,7 +67,7 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     let Ok(config) = Config::try_from(args) else {
         return checks;
     };
-    let connected = match client::connect(&crate::server::connection(&config.cluster)).await {
+    let connected = match client::connect(&crate::member::connection(&config.cluster)).await {
         Ok(c) => {
             checks.push(Check::ok("kubeconfig", c.source.clone()));
             c

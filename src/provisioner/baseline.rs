@@ -46,7 +46,7 @@ impl Provisioner {
             BaselineAction::Create => {
                 let baseline = manifests::baseline_network_policy(&self.spec)
                     .expect("policies are on");
-                match self.cluster.create(&baseline).await {
+                match self.member.cluster.create(&baseline).await {
                     Ok(_) => tracing::info!(
                         name = manifests::BASELINE_POLICY_NAME,
                         "created the baseline NetworkPolicy that shuts off sandboxes without their own"
@@ -56,7 +56,8 @@ impl Provisioner {
                 }
             }
             BaselineAction::Remove => match self
-                .cluster
+                .member
+            .cluster
                 .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
                 .await
             {

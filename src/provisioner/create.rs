@@ -70,13 +70,14 @@ impl Provisioner {
         const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
         let started = Instant::now();
         loop {
-            match self.cluster.create(pod).await {
+            match self.member.cluster.create(pod).await {
                 Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
                     tracing::info!(
                         namespace = self.namespace(),
                         "namespace is missing; creating it"
                     );
-                    self.cluster
+                    self.member
+                        .cluster
                         .ensure_namespace(&manifests::namespace(self.namespace()))
                         .await?;
                 }
@@ -94,6 +95,7 @@ impl Provisioner {
     /// The pod that a create collided with, if it is this thread's and not on its way out.
     async fn existing_pod(&self, id: &SandboxId, thread: &ThreadId) -> Result<Pod> {
         let pod = self
+            .member
             .cluster
             .get::<Pod>(&manifests::pod_name(id))
             .await?
@@ -145,18 +147,18 @@ impl Provisioner {
         let name = wanted.meta().name.clone().unwrap_or_default();
         let kind = K::kind(&()).to_lowercase();
         for _ in 0..3 {
-            match self.cluster.create(wanted).await {
+            match self.member.cluster.create(wanted).await {
                 Ok(created) => return Ok(created),
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            match self.cluster.get::<K>(&name).await? {
+            match self.member.cluster.get::<K>(&name).await? {
                 Some(existing) if objects::meta_owned_by(existing.meta(), pod) => {
                     return Ok(existing)
                 }
                 Some(_) => {
                     tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
-                    self.cluster.delete::<K>(&name).await?;
+                    self.member.cluster.delete::<K>(&name).await?;
                 }
                 None => {}
             }
@@ -167,10 +169,16 @@ impl Provisioner {
     /// Removes what this call created when the sandbox could not be completed.
     async fn roll_back(&self, id: &SandboxId) {
         let _ = self
+            .member
             .cluster
             .delete::<Service>(&manifests::service_name(id))
             .await;
-        match self.cluster.delete::<Pod>(&manifests::pod_name(id)).await {
+        match self
+            .member
+            .cluster
+            .delete::<Pod>(&manifests::pod_name(id))
+            .await
+        {
             Ok(_) => {
                 tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
             }

@@ -26,21 +26,23 @@ impl Provisioner {
     pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         let (service, pod) = tokio::join!(
-            self.cluster.delete::<Service>(&service_name),
-            self.cluster.delete::<Pod>(&pod_name),
+            self.member.cluster.delete::<Service>(&service_name),
+            self.member.cluster.delete::<Pod>(&pod_name),
         );
         let existed = service? | pod?;
         if self.policies_on() {
             // The garbage collector would remove it with the pod; this makes it immediate.
-            self.cluster
+            self.member
+                .cluster
                 .delete::<NetworkPolicy>(&manifests::network_policy_name(id))
                 .await?;
         }
         if existed {
             self.metrics.sandbox_deleted(reason);
             tracing::info!(sandbox_id = %id, "sandbox deleted");
-            if self.cache.state().usable() {
-                self.cache
+            if self.member.cache.state().usable() {
+                self.member
+                    .cache
                     .wait_for(CACHE_CATCH_UP, |c| {
                         c.pod(&pod_name).is_none() && c.service(&service_name).is_none()
                     })

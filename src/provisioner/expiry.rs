@@ -65,7 +65,8 @@ pub fn plan(candidates: &[Candidate], now: Timestamp) -> Vec<Removal> {
 impl Provisioner {
     /// The managed sandboxes in the cache, as expiry sees them.
     fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
-        self.cache
+        self.member
+            .cache
             .pods()
             .iter()
             .filter_map(|pod| {
@@ -85,7 +86,7 @@ impl Provisioner {
     /// that carry this service's labels are seen (the cache is label-selected). Returns how
     /// many were removed. Stops early once `leading` says this replica lost the lease.
     pub async fn reap(&self, leading: impl Fn() -> bool) -> usize {
-        if !self.cache.state().usable() {
+        if !self.member.cache.state().usable() {
             return 0;
         }
         let now = Timestamp::now();

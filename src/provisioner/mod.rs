@@ -29,11 +29,8 @@ pub use memory::Memory;
 
 use crate::{
     config::Lifecycle,
-    k8s::{
-        cache::{Cache, CacheSummary},
-        cluster::{self, Cluster},
-        manifests,
-    },
+    k8s::{cache::CacheSummary, cluster, manifests},
+    member::Member,
     metrics::Metrics,
     permissions::Refusals,
     sandbox::{InvalidId, Sandbox, Timers},
@@ -73,8 +70,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The sandbox service: one per process, shared by all requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Provisioner {
-    cluster: Cluster,
-    cache: Cache,
+    member: Member,
     spec: SandboxSpec,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -90,16 +86,9 @@ pub struct Provisioned {
 }
 
 impl Provisioner {
-    pub fn new(
-        cluster: Cluster,
-        cache: Cache,
-        spec: SandboxSpec,
-        lifecycle: Lifecycle,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(member: Member, spec: SandboxSpec, lifecycle: Lifecycle, metrics: Metrics) -> Self {
         Provisioner {
-            cluster,
-            cache,
+            member,
             spec,
             lifecycle,
             metrics,
@@ -114,28 +103,30 @@ impl Provisioner {
 
     /// Whether reads are served from the watch cache.
     pub fn cache_summary(&self) -> CacheSummary {
-        self.cache.state().summary()
+        self.member.cache.state().summary()
+    }
+
+    /// The cluster this provisioner works in.
+    pub fn member(&self) -> &Member {
+        &self.member
     }
 
     /// The permissions the apiserver refused and that have not worked since.
     pub fn refusals(&self) -> &Refusals {
-        self.cluster.refusals()
-    }
-
-    /// The client, for background tasks that need their own API access.
-    pub fn client(&self) -> kube::Client {
-        self.cluster.client()
+        self.member.refusals()
     }
 
     pub fn namespace(&self) -> &str {
-        self.cluster.namespace()
+        self.member.namespace()
     }
 
     /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
     pub fn refresh_status_gauge(&self) {
-        self.metrics.cache_synced(self.cache.state().usable());
-        if self.cache.state().usable() {
+        self.metrics
+            .cache_synced(self.member.cache.state().usable());
+        if self.member.cache.state().usable() {
             let phases = self
+                .member
                 .cache
                 .pods()
                 .iter()
@@ -164,7 +155,7 @@ impl Provisioner {
         {
             return;
         }
-        let cluster = self.cluster.clone();
+        let cluster = self.member.cluster.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         tokio::spawn(async move {
             if let Err(e) = cluster

@@ -88,18 +88,18 @@ impl Provisioner {
     /// otherwise from the apiserver (so a miss is confirmed before answering 404).
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
-        if self.cache.state().usable() {
-            if let Some(pod) = self.cache.pod(&pod_name) {
-                let service = match self.cache.service(&service_name) {
+        if self.member.cache.state().usable() {
+            if let Some(pod) = self.member.cache.pod(&pod_name) {
+                let service = match self.member.cache.service(&service_name) {
                     Some(s) => Some((*s).clone()),
-                    None => self.cluster.get::<Service>(&service_name).await?,
+                    None => self.member.cluster.get::<Service>(&service_name).await?,
                 };
                 return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
             }
         }
         let (pod, service) = tokio::join!(
-            self.cluster.get::<Pod>(&pod_name),
-            self.cluster.get::<Service>(&service_name),
+            self.member.cluster.get::<Pod>(&pod_name),
+            self.member.cluster.get::<Service>(&service_name),
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
@@ -128,8 +128,9 @@ impl Provisioner {
             if done_waiting(&status) || now >= deadline {
                 return Ok(sandbox);
             }
-            if self.cache.state().usable() {
-                self.cache
+            if self.member.cache.state().usable() {
+                self.member
+                    .cache
                     .wait_for(deadline - now, |c| {
                         !c.state().usable()
                             || c.pod(&pod_name)
@@ -146,14 +147,14 @@ impl Provisioner {
     /// created here that the watch has not delivered), otherwise from one pod list and one
     /// service list.
     pub async fn list(&self) -> Result<Vec<Sandbox>> {
-        let from_cache = self.cache.state().usable();
+        let from_cache = self.member.cache.state().usable();
         let (pods, services) = if from_cache {
-            (self.cache.pods(), self.cache.services())
+            (self.member.cache.pods(), self.member.cache.services())
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
-                self.cluster.list::<Pod>(&selector),
-                self.cluster.list::<Service>(&selector),
+                self.member.cluster.list::<Pod>(&selector),
+                self.member.cluster.list::<Service>(&selector),
             );
             (shared(pods?), shared(services?))
         };

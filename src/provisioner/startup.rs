@@ -23,17 +23,18 @@ impl Provisioner {
             &self.spec.default_resources,
             &self.lifecycle.timers,
         );
-        self.cluster.dry_run_pod(&pod).await.map(|_| ())
+        self.member.cluster.dry_run_pod(&pod).await.map(|_| ())
     }
 
     /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.
     pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
-        Ok(self.cluster.pvc_exists(name).await?)
+        Ok(self.member.cluster.pvc_exists(name).await?)
     }
 
     /// Creates the sandbox namespace when missing. Returns whether it was created.
     pub async fn ensure_namespace(&self) -> Result<bool> {
         Ok(self
+            .member
             .cluster
             .ensure_namespace(&manifests::namespace(self.namespace()))
             .await?)
