@@ -8,7 +8,7 @@ use crate::tasks::{
 };
 
 use crate::{
-    api::{self, ApiKey, ApiSettings, Capabilities},
+    api::{self, ApiAccess, ApiKey, ApiSettings, Capabilities},
     config::Config,
     k8s::{client, cluster},
     member::{Member, DEFAULT_MEMBER},
@@ -286,7 +286,11 @@ pub fn replica_identity() -> String {
 /// The router's settings from the configuration.
 pub(crate) fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
-        api_key: config.http.api_key.as_deref().map(ApiKey::new),
+        access: match (&config.http.api_key, config.http.allow_no_api_key) {
+            (Some(key), _) => ApiAccess::Key(ApiKey::new(key)),
+            (None, true) => ApiAccess::Open,
+            (None, false) => ApiAccess::Closed,
+        },
         limits: config.http.limits.clone(),
         capabilities: Capabilities {
             sizes: config.sizes.clone(),
@@ -298,16 +302,20 @@ pub(crate) fn api_settings(config: &Config) -> ApiSettings {
                 NetworkPolicyMode::Template(_) => "template",
             }
             .into(),
+            lark_cli_init_image: config.sandbox.lark.init_image.is_some(),
+            lark_cli_broker_image: config.sandbox.lark.broker_image.is_some(),
         },
     }
 }
 
 fn warn_about_defaults(config: &Config) {
-    if config.http.api_key.is_none() {
-        tracing::warn!("PROVISIONER_API_KEY is not set: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key (and PROVISIONER_REQUIRE_API_KEY=true to enforce it) unless the port is reachable only by the backend");
+    match (&config.http.api_key, config.http.allow_no_api_key) {
+        (Some(_), _) => {}
+        (None, true) => tracing::warn!("PROVISIONER_ALLOW_NO_API_KEY=true and no PROVISIONER_API_KEY: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key unless the port is reachable only by the backend"),
+        (None, false) => tracing::warn!("PROVISIONER_API_KEY is not set: every /api/* request is refused with 401. Set a key (for example from `openssl rand -hex 32`) and give the backend the same one, or set PROVISIONER_ALLOW_NO_API_KEY=true to serve without a key"),
     }
     if config.sandbox.skills == SkillsMount::None {
-        tracing::warn!("SKILLS_HOST_PATH is not set: sandboxes get no /mnt/skills");
+        tracing::warn!("no skills source is set (SKILLS_HOST_PATH, SKILLS_PVC_NAME, DEER_FLOW_HOST_BASE_DIR or a THREADS_HOST_PATH ending in /threads): sandboxes get no /mnt/skills");
     }
     if config.sandbox.user_data == UserDataMount::EmptyDir {
         tracing::warn!("THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost with the sandbox");

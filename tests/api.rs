@@ -166,7 +166,9 @@ async fn hostile_and_malformed_input_is_422_and_creates_nothing() {
         json!({"sandbox_id": "", "thread_id": "t"}),
         json!({"sandbox_id": "-a", "thread_id": "t"}),
         json!({"sandbox_id": long_id, "thread_id": "t"}),
-        json!({"sandbox_id": "ok-1"}),
+        json!({"sandbox_id": "ok-1", "user_id": "a/b"}),
+        json!({"sandbox_id": "ok-1", "thread_id": null, "user_id": ""}),
+        json!({"sandbox_id": "ok-1", "user_id": "u".repeat(129)}),
         json!({"thread_id": "t"}),
         json!({"sandbox_id": 5, "thread_id": "t"}),
         json!(["ok-1", "t"]),
@@ -179,7 +181,9 @@ async fn hostile_and_malformed_input_is_422_and_creates_nothing() {
         assert_eq!(code, 422, "{body} -> {answer}");
         let detail = answer["detail"].as_str().expect("a detail string");
         assert!(
-            detail.contains("sandbox_id") || detail.contains("thread_id"),
+            ["sandbox_id", "thread_id", "user_id"]
+                .iter()
+                .any(|field| detail.contains(field)),
             "{detail}"
         );
     }

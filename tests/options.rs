@@ -221,7 +221,7 @@ async fn pvc_mode_mounts_claims_with_thread_sub_paths() {
         spec["containers"][0]["volumeMounts"],
         serde_json::json!([
             {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true, "subPath": "public"},
-            {"name": "user-data", "mountPath": "/mnt/user-data", "subPath": "threads/thread_7/user-data"},
+            {"name": "user-data", "mountPath": "/mnt/user-data", "subPath": "deer-flow/users/default/threads/thread_7/user-data"},
         ])
     );
 }

@@ -61,22 +61,37 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-/// Middleware: lets a request through when no key is configured, when it is not an API call,
-/// or when it presents the key; answers 401 otherwise.
+/// Who may call `/api/*`.
+#[derive(Clone, Debug)]
+pub enum ApiAccess {
+    /// Callers that present this key.
+    Key(ApiKey),
+    /// Anyone: no key, and PROVISIONER_ALLOW_NO_API_KEY=true says that is intended.
+    Open,
+    /// No one: no key is configured (fail closed, as DeerFlow's provisioner does).
+    Closed,
+}
+
+/// Middleware: lets a request through when it is not an API call, when it presents the key,
+/// or when the API is open by choice; answers 401 otherwise.
 pub async fn require_api_key(
-    State(key): State<Option<ApiKey>>,
+    State(access): State<ApiAccess>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(key) = key else {
-        return next.run(request).await;
-    };
     let path = request.uri().path();
     let protected = path == "/api" || path.starts_with("/api/");
-    if !protected || presented(request.headers()).is_some_and(|k| key.matches(k)) {
+    if !protected {
         return next.run(request).await;
     }
-    ApiError::Unauthorized.into_response()
+    match access {
+        ApiAccess::Open => next.run(request).await,
+        ApiAccess::Key(key) if presented(request.headers()).is_some_and(|k| key.matches(k)) => {
+            next.run(request).await
+        }
+        ApiAccess::Key(_) => ApiError::Unauthorized.into_response(),
+        ApiAccess::Closed => ApiError::NoKeyConfigured.into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// The request itself is malformed (bad JSON, missing field, invalid id).
     #[error("{0}")]
     InvalidRequest(String),
+    /// An extra mount breaks a mount rule (DeerFlow answers these with 400).
+    #[error(transparent)]
+    InvalidMount(#[from] crate::sandbox::InvalidMount),
     #[error(transparent)]
     Provision(#[from] provisioner::Error),
     #[error("Not Found")]
@@ -33,6 +36,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("missing or invalid API key: send it in the X-API-Key header or as Authorization: Bearer <key>")]
     Unauthorized,
+    #[error("this provisioner has no API key configured, so it refuses every /api/* request: set PROVISIONER_API_KEY on the provisioner (for example to the output of `openssl rand -hex 32`) and the same key in the backend (DeerFlow: sandbox.provisioner_api_key), or set PROVISIONER_ALLOW_NO_API_KEY=true to run without a key where only the backend can reach this port")]
+    NoKeyConfigured,
     #[error("the request body is larger than {0} bytes (PROVISIONER_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
     #[error("the request body must be JSON: send Content-Type: application/json (got {0:?})")]
@@ -63,14 +68,19 @@ impl ApiError {
             }
             ApiError::Provision(P::NotFound(_)) | ApiError::NoSuchRoute => StatusCode::NOT_FOUND,
             ApiError::Provision(
-                P::ThreadConflict { .. } | P::Terminating(_) | P::KeptReappearing { .. },
+                P::ThreadConflict { .. }
+                | P::UserConflict { .. }
+                | P::ShellCapacity { .. }
+                | P::Terminating(_)
+                | P::KeptReappearing { .. },
             ) => StatusCode::CONFLICT,
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Provision(P::Kubernetes(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::InvalidMount(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::NoKeyConfigured => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded | ApiError::RequestTimeout(_) | ApiError::NotReady(_) => {
@@ -100,7 +110,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::NoKeyConfigured => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Overloaded => {

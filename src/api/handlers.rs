@@ -23,8 +23,14 @@ use crate::{
     k8s::cache::CacheSummary,
     permissions::MissingPermission,
     provisioner,
-    sandbox::{Resources, Sandbox, SandboxId, Sizes, ThreadId},
+    sandbox::{
+        mounts::ExtraMountRequest, LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest,
+        Sizes, ThreadId, UserId,
+    },
 };
+
+/// The most shell sessions a request may ask for.
+const MAX_SHELL_SESSIONS: u32 = 1000;
 
 /// Body of `POST /api/sandboxes`; unknown fields are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -37,14 +43,46 @@ pub struct CreateRequest {
         example = "abc-123"
     )]
     pub sandbox_id: String,
-    /// Becomes part of the user-data host path.
+    /// Becomes part of the user-data path. Absent or null: the sandbox_id is the thread (an
+    /// anonymous sandbox).
+    #[serde(default)]
     #[schema(
         min_length = 1,
         max_length = 64,
         pattern = "^[A-Za-z0-9_-]+$",
         example = "thread-456"
     )]
-    pub thread_id: String,
+    pub thread_id: Option<String>,
+    /// Whose sandbox this is: part of the per-user skills and claim paths, and recorded on the
+    /// pod. Absent or null: `default`.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_-]+$",
+        example = "default"
+    )]
+    pub user_id: Option<String>,
+    /// Host directories to mount, each at one of DeerFlow's allowed container paths (at most
+    /// 10; a breach of a mount rule is 400 and nothing is created).
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub extra_mounts: Vec<ExtraMountRequest>,
+    /// Accepted for DeerFlow's gateway and ignored, as DeerFlow's provisioner does.
+    #[serde(default)]
+    pub include_legacy_skills: bool,
+    /// Stage the Lark CLI runtime with an init container (when LARK_CLI_INIT_IMAGE is set).
+    #[serde(default)]
+    pub provision_lark_cli_runtime: bool,
+    /// Run the Lark CLI broker sidecar, which alone gets the Lark credential mounts (when
+    /// LARK_CLI_BROKER_IMAGE is set; supersedes provision_lark_cli_runtime).
+    #[serde(default)]
+    pub provision_lark_cli_broker: bool,
+    /// Shell sessions the sandbox keeps (env MAX_SHELL_SESSIONS); the image's default when
+    /// absent. A create for an existing sandbox with less capacity is 409.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_shell_sessions: Option<u32>,
     /// Answer only once the sandbox is ready (or cannot become ready), waiting at most this
     /// many seconds; then answer with its current status.
     #[serde(default)]
@@ -79,6 +117,10 @@ pub struct Capabilities {
     pub container_port: u16,
     /// `none`, `isolated` or `template`.
     pub network_policy: String,
+    /// Whether LARK_CLI_INIT_IMAGE is set (provision_lark_cli_runtime takes effect).
+    pub lark_cli_init_image: bool,
+    /// Whether LARK_CLI_BROKER_IMAGE is set (provision_lark_cli_broker takes effect).
+    pub lark_cli_broker_image: bool,
 }
 
 /// Query of `GET /api/sandboxes/{sandbox_id}`.
@@ -177,11 +219,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     security((), ("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Created, or already there for the same thread", body = Sandbox),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 409, description = "The sandbox exists for another thread, or is being deleted", body = ErrorBody),
+        (status = 400, description = "An extra mount breaks a mount rule; nothing was created", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key, or no key configured", body = ErrorBody),
+        (status = 409, description = "The sandbox exists for another thread or user, with less shell capacity, or is being deleted", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid body, sandbox_id or thread_id", body = ErrorBody),
+        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
     ))]
@@ -197,7 +240,7 @@ pub async fn create(
     })?;
     let invalid = |e: &dyn std::fmt::Display| {
         ApiError::InvalidRequest(format!(
-            "the body must be a JSON object with string fields \"sandbox_id\" and \"thread_id\": {e}"
+            "the body must be a JSON object with a string field \"sandbox_id\" (see the CreateRequest schema in /openapi.json): {e}"
         ))
     };
     // An object, not an array that serde would also accept for a struct; duplicate fields are
@@ -207,7 +250,21 @@ pub async fn create(
     }
     let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| invalid(&e))?;
     let id = SandboxId::parse(&request.sandbox_id)?;
-    let thread = ThreadId::parse(&request.thread_id)?;
+    let thread = match request.thread_id.as_deref() {
+        Some(thread) => ThreadId::parse(thread)?,
+        None => ThreadId::of_sandbox(&id),
+    };
+    let user = match request.user_id.as_deref() {
+        Some(user) => UserId::parse(user)?,
+        None => UserId::default(),
+    };
+    if let Some(n) = request.max_shell_sessions {
+        if !(1..=MAX_SHELL_SESSIONS).contains(&n) {
+            return Err(ApiError::InvalidRequest(format!(
+                "max_shell_sessions must be a whole number from 1 to {MAX_SHELL_SESSIONS}, got {n}"
+            )));
+        }
+    }
     let wait = wait_duration("wait_ready_seconds", request.wait_ready_seconds)?;
     for (field, value) in [
         ("ttl_seconds", request.ttl_seconds),
@@ -224,13 +281,26 @@ pub async fn create(
         .sizes
         .choose(request.size.as_deref(), request.resources.as_ref())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let extra_mounts = state
+        .provisioner
+        .check_extra_mounts(&request.extra_mounts)?;
+    let wanted = SandboxRequest {
+        user,
+        timers: state
+            .provisioner
+            .timers_for(request.ttl_seconds, request.idle_timeout_seconds),
+        resources,
+        extra_mounts,
+        lark: LarkRequest {
+            runtime: request.provision_lark_cli_runtime,
+            broker: request.provision_lark_cli_broker,
+        },
+        max_shell_sessions: request.max_shell_sessions,
+        ..SandboxRequest::new(id.clone(), thread)
+    };
     let provisioner = state.provisioner.clone();
-    let waiting_id = id.clone();
-    let provisioned = run_to_completion(async move {
-        let timers = provisioner.timers_for(request.ttl_seconds, request.idle_timeout_seconds);
-        provisioner.create(&id, &thread, &resources, &timers).await
-    })
-    .await?;
+    let waiting_id = id;
+    let provisioned = run_to_completion(async move { provisioner.create(&wanted).await }).await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state

@@ -8,7 +8,7 @@ mod limits;
 #[cfg(test)]
 mod tests;
 
-pub use auth::ApiKey;
+pub use auth::{ApiAccess, ApiKey};
 pub use error::{ApiError, ErrorBody};
 pub use handlers::{Capabilities, CreateRequest, Deleted, Health, SandboxList};
 
@@ -48,7 +48,7 @@ pub struct AppState {
 /// Everything the router needs besides the provisioner.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
-    pub api_key: Option<ApiKey>,
+    pub access: ApiAccess,
     pub limits: HttpLimits,
     pub capabilities: Capabilities,
 }
@@ -80,7 +80,7 @@ pub fn app(provisioner: Provisioner, settings: ApiSettings) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            settings.api_key,
+            settings.access,
             auth::require_api_key,
         ))
         .layer(middleware::from_fn_with_state(

@@ -322,3 +322,102 @@ async fn an_unreachable_cluster_is_503_not_500() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn without_a_key_the_api_is_closed_unless_opened_on_purpose() {
+    let list = || Request::get("/api/sandboxes").body(Body::empty()).unwrap();
+    let (status, body, headers) = send(app_with(&[]), list()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let why = detail(&body);
+    assert!(
+        why.contains("no API key configured")
+            && why.contains("PROVISIONER_API_KEY")
+            && why.contains("PROVISIONER_ALLOW_NO_API_KEY=true"),
+        "{body}"
+    );
+    assert!(headers.contains_key("www-authenticate"));
+    // Probes and the document stay open.
+    for open in ["/health", "/openapi.json"] {
+        let req = Request::get(open).body(Body::empty()).unwrap();
+        assert_eq!(send(app_with(&[]), req).await.0, StatusCode::OK, "{open}");
+    }
+    // Opened on purpose: served without a key (capabilities make no Kubernetes call).
+    let req = Request::get("/api/capabilities")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(app_with(&["--allow-no-api-key"]), req).await.0,
+        StatusCode::OK
+    );
+    // A configured key still guards the API when the opt-out is also set.
+    let (status, _, _) = send(app_with(&["--api-key", KEY, "--allow-no-api-key"]), list()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn capabilities_say_which_lark_images_are_set() {
+    let get = || {
+        request(Method::GET, "/api/capabilities")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, body, _) = send(app(), get()).await;
+    assert_eq!(
+        (&body["lark_cli_init_image"], &body["lark_cli_broker_image"]),
+        (&json!(false), &json!(false))
+    );
+    let (_, body, _) = send(
+        app_with(&["--api-key", KEY, "--lark-cli-broker-image", "broker:1"]),
+        get(),
+    )
+    .await;
+    assert_eq!(
+        (&body["lark_cli_init_image"], &body["lark_cli_broker_image"]),
+        (&json!(false), &json!(true))
+    );
+}
+
+#[tokio::test]
+async fn gateway_fields_are_checked_before_kubernetes() {
+    for (body, status, expected) in [
+        (
+            r#"{"sandbox_id":"a","user_id":"a/b"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "user_id \"a/b\" is invalid",
+        ),
+        (
+            r#"{"sandbox_id":"a","thread_id":"thread.with.dot"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "thread_id \"thread.with.dot\" is invalid",
+        ),
+        (
+            r#"{"sandbox_id":"a","max_shell_sessions":0}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_shell_sessions must be a whole number from 1 to 1000, got 0",
+        ),
+        (
+            r#"{"sandbox_id":"a","max_shell_sessions":1001}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "got 1001",
+        ),
+        (
+            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/etc","container_path":"/mnt/acp-workspace"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "extra_mounts[0].host_path \"/etc\" is outside the DeerFlow base directory /.deer-flow",
+        ),
+        (
+            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/.deer-flow/a","container_path":"/root"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "extra_mounts[0].container_path \"/root\" is not a path extra mounts may use",
+        ),
+        (
+            r#"{"sandbox_id":"a","extra_mounts":[{"container_path":"/mnt/acp-workspace"}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `host_path`",
+        ),
+    ] {
+        let (got, answer) = post_json(body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(detail(&answer).contains(expected), "{body}: {answer}");
+    }
+}

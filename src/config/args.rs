@@ -36,9 +36,14 @@ pub struct ListenArgs {
     pub listen: String,
 
     /// Key every /api/* request must present as `X-API-Key: KEY` or `Authorization: Bearer KEY`.
-    /// Unset: the API is open (a warning is logged).
+    /// Unset: every /api/* request is refused with 401 (unless PROVISIONER_ALLOW_NO_API_KEY).
     #[arg(long, env = "PROVISIONER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// Without PROVISIONER_API_KEY, serve /api/* to anyone instead of refusing it (only where
+    /// nobody but the backend can reach the port; logged at WARN).
+    #[arg(long, env = "PROVISIONER_ALLOW_NO_API_KEY", default_value_t = false)]
+    pub allow_no_api_key: bool,
 
     /// Refuse to start without PROVISIONER_API_KEY.
     #[arg(long, env = "PROVISIONER_REQUIRE_API_KEY", default_value_t = false)]
@@ -124,14 +129,35 @@ pub struct SandboxArgs {
     /// of a file holding one.
     #[arg(long, env = "SANDBOX_PLACEMENT")]
     pub sandbox_placement: Option<String>,
+
+    /// Image of the Lark CLI init container that stages the CLI runtime for sandboxes that ask
+    /// for it (provision_lark_cli_runtime). Unset: off.
+    #[arg(long, env = "LARK_CLI_INIT_IMAGE")]
+    pub lark_cli_init_image: Option<String>,
+
+    /// Image of the Lark CLI broker: a shim init container plus a sidecar that alone holds the
+    /// credential mounts, for sandboxes that ask for it (provision_lark_cli_broker). Unset: off.
+    #[arg(long, env = "LARK_CLI_BROKER_IMAGE")]
+    pub lark_cli_broker_image: Option<String>,
+
+    /// Comma-separated Lark CLI subcommands the broker refuses (passed to it as is).
+    #[arg(long, env = "DEERFLOW_LARK_BROKER_DENY_SUBCOMMANDS")]
+    pub lark_broker_deny_subcommands: Option<String>,
 }
 
-/// Where /mnt/skills and /mnt/user-data come from.
+/// Where /mnt/skills, /mnt/user-data and extra mounts come from.
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
     /// Host directory of shared skills, mounted read-only at /mnt/skills (absolute path).
+    /// Unset: DeerFlow's per-user skills below DEER_FLOW_HOST_BASE_DIR, when that is known.
     #[arg(long, env = "SKILLS_HOST_PATH")]
     pub skills_host_path: Option<String>,
+
+    /// DeerFlow's state directory on the host (absolute path): extra mounts must lie in it, and
+    /// per-user skills are mounted from it. Unset: the parent of THREADS_HOST_PATH when that
+    /// ends in /threads, else /.deer-flow (for extra mounts only).
+    #[arg(long, env = "DEER_FLOW_HOST_BASE_DIR")]
+    pub deer_flow_host_base_dir: Option<String>,
 
     /// Host directory of per-thread data; `{path}/{thread_id}/user-data` is mounted at
     /// /mnt/user-data (absolute path). Unset: an emptyDir that lives as long as the pod.
@@ -147,10 +173,24 @@ pub struct StorageArgs {
     #[arg(long, env = "SKILLS_PVC_SUBPATH")]
     pub skills_pvc_subpath: Option<String>,
 
-    /// PersistentVolumeClaim holding user data, instead of THREADS_HOST_PATH: sub-path
-    /// `threads/{thread_id}/user-data` is mounted at /mnt/user-data.
+    /// Like SKILLS_PVC_SUBPATH, with placeholders {user_id} and {thread_id}.
+    #[arg(long, env = "SKILLS_PVC_SUBPATH_TEMPLATE")]
+    pub skills_pvc_subpath_template: Option<String>,
+
+    /// PersistentVolumeClaim holding user data, instead of THREADS_HOST_PATH: the sub-path of
+    /// USERDATA_PVC_SUBPATH_TEMPLATE is mounted at /mnt/user-data, and extra mounts are
+    /// sub-paths `deer-flow/<host path below the base directory>` of it.
     #[arg(long, env = "USERDATA_PVC_NAME")]
     pub userdata_pvc_name: Option<String>,
+
+    /// Sub-path of USERDATA_PVC_NAME mounted at /mnt/user-data, with placeholders {user_id}
+    /// and {thread_id}.
+    #[arg(
+        long,
+        env = "USERDATA_PVC_SUBPATH_TEMPLATE",
+        default_value = "deer-flow/users/{user_id}/threads/{thread_id}/user-data"
+    )]
+    pub userdata_pvc_subpath_template: String,
 }
 
 /// The resources callers may choose.

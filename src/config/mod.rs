@@ -18,9 +18,14 @@ pub use args::{
 };
 
 use crate::{
-    sandbox::{Sizes, Timers},
-    spec::{Exposure, PodSecurity, SandboxSpec, SkillsMount, UserDataMount},
+    sandbox::{HostBase, Sizes, Timers},
+    spec::{
+        Exposure, LarkImages, PodSecurity, SandboxSpec, SkillsMount, SubPathTemplate, UserDataMount,
+    },
 };
+
+/// DeerFlow's default state directory on the host.
+pub const DEFAULT_HOST_BASE_DIR: &str = "/.deer-flow";
 
 /// DeerFlow's default sandbox image.
 pub const DEFAULT_IMAGE: &str =
@@ -40,6 +45,8 @@ pub struct HttpLimits {
 pub struct HttpSection {
     pub listen: SocketAddr,
     pub api_key: Option<String>,
+    /// Without a key, serve /api/* to anyone (else refuse it).
+    pub allow_no_api_key: bool,
     pub limits: HttpLimits,
 }
 
@@ -185,6 +192,7 @@ impl TryFrom<ListenArgs> for HttpSection {
         Ok(HttpSection {
             listen,
             api_key,
+            allow_no_api_key: args.allow_no_api_key,
             limits,
         })
     }
@@ -294,13 +302,36 @@ fn sandbox_spec(
             "must be a port from 1 to 65535, for example 8080",
         ));
     }
-    let (skills, user_data) = mounts(storage)?;
+    let (skills, user_data, host_base) = mounts(storage)?;
+    let image = |variable, value: Option<String>| {
+        let value = value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        match value {
+            Some(v) if v.contains(char::is_whitespace) => Err(ConfigError::new(
+                variable,
+                v,
+                "must name a container image, without spaces",
+            )),
+            other => Ok(other),
+        }
+    };
+    let lark = LarkImages {
+        init_image: image("LARK_CLI_INIT_IMAGE", sandbox.lark_cli_init_image)?,
+        broker_image: image("LARK_CLI_BROKER_IMAGE", sandbox.lark_cli_broker_image)?,
+        broker_deny_subcommands: sandbox
+            .lark_broker_deny_subcommands
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+    };
     Ok(SandboxSpec {
         namespace: namespace.to_string(),
         image: sandbox.sandbox_image.trim().to_string(),
         port: sandbox.sandbox_container_port,
         skills,
         user_data,
+        host_base,
+        lark,
         exposure,
         placement: check::placement(sandbox.sandbox_placement.as_deref())?,
         network_policy: check::network_policy(&security)?,
@@ -324,12 +355,60 @@ fn sandbox_spec(
     })
 }
 
-/// One source for each of /mnt/skills and /mnt/user-data: a host path or a claim.
-fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount), ConfigError> {
+/// A template variable, parsed (the error names the variable).
+fn template(variable: &'static str, value: &str) -> Result<SubPathTemplate, ConfigError> {
+    SubPathTemplate::parse(value).map_err(|problem| ConfigError::new(variable, value, problem))
+}
+
+/// One source for each of /mnt/skills and /mnt/user-data, and the directory extra mounts must
+/// lie in. Skills come from, in this order: SKILLS_PVC_NAME, SKILLS_HOST_PATH, DeerFlow's
+/// per-user layout below DEER_FLOW_HOST_BASE_DIR (or the parent of a THREADS_HOST_PATH that
+/// ends in /threads), else nothing.
+fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount, HostBase), ConfigError> {
     let skills_host_path = check::host_path("SKILLS_HOST_PATH", storage.skills_host_path)?;
     let threads_host_path = check::host_path("THREADS_HOST_PATH", storage.threads_host_path)?;
+    let base_dir = check::host_path("DEER_FLOW_HOST_BASE_DIR", storage.deer_flow_host_base_dir)?
+        .map(|dir| normalised(&dir));
     let skills_claim = check::claim_name("SKILLS_PVC_NAME", storage.skills_pvc_name)?;
     let user_data_claim = check::claim_name("USERDATA_PVC_NAME", storage.userdata_pvc_name)?;
+    let threads_parent = threads_host_path.as_deref().and_then(|t| {
+        let t = normalised(t);
+        t.strip_suffix("/threads").map(|parent| {
+            if parent.is_empty() {
+                "/".to_string()
+            } else {
+                parent.to_string()
+            }
+        })
+    });
+    let known_base = match (base_dir, threads_parent) {
+        (Some(dir), _) => Some(HostBase {
+            dir,
+            origin: "DEER_FLOW_HOST_BASE_DIR",
+        }),
+        (None, Some(dir)) => Some(HostBase {
+            dir,
+            origin: "the parent of THREADS_HOST_PATH",
+        }),
+        (None, None) => None,
+    };
+    let skills_sub_path = match (
+        check::sub_path("SKILLS_PVC_SUBPATH", storage.skills_pvc_subpath)?,
+        storage
+            .skills_pvc_subpath_template
+            .filter(|t| !t.is_empty()),
+    ) {
+        (Some(fixed), Some(_)) => {
+            return Err(ConfigError::new(
+                "SKILLS_PVC_SUBPATH_TEMPLATE",
+                fixed,
+                "is set together with SKILLS_PVC_SUBPATH: keep one (a template without placeholders is a fixed sub-path)",
+            ))
+        }
+        (Some(fixed), None) => Some(template("SKILLS_PVC_SUBPATH", &fixed)?),
+        (None, Some(t)) => Some(template("SKILLS_PVC_SUBPATH_TEMPLATE", &t)?),
+        (None, None) => None,
+    };
     let skills = match (skills_claim, skills_host_path) {
         (Some(claim), Some(_)) => {
             return Err(ConfigError::new(
@@ -340,10 +419,15 @@ fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount), ConfigEr
         }
         (Some(name), None) => SkillsMount::Claim {
             name,
-            sub_path: check::sub_path("SKILLS_PVC_SUBPATH", storage.skills_pvc_subpath)?,
+            sub_path: skills_sub_path,
         },
         (None, Some(path)) => SkillsMount::HostPath(path),
-        (None, None) => SkillsMount::None,
+        (None, None) => match &known_base {
+            Some(base) => SkillsMount::PerUser {
+                base: base.dir.clone(),
+            },
+            None => SkillsMount::None,
+        },
     };
     let user_data = match (user_data_claim, threads_host_path) {
         (Some(claim), Some(_)) => {
@@ -353,9 +437,28 @@ fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount), ConfigEr
                 "is set together with THREADS_HOST_PATH: choose one source for /mnt/user-data",
             ))
         }
-        (Some(name), None) => UserDataMount::Claim(name),
+        (Some(name), None) => UserDataMount::Claim {
+            name,
+            sub_path: template(
+                "USERDATA_PVC_SUBPATH_TEMPLATE",
+                &storage.userdata_pvc_subpath_template,
+            )?,
+        },
         (None, Some(path)) => UserDataMount::HostPath(path),
         (None, None) => UserDataMount::EmptyDir,
     };
-    Ok((skills, user_data))
+    let host_base = known_base.unwrap_or_else(|| HostBase {
+        dir: DEFAULT_HOST_BASE_DIR.into(),
+        origin: "DeerFlow's default; set DEER_FLOW_HOST_BASE_DIR to change it",
+    });
+    Ok((skills, user_data, host_base))
+}
+
+/// An absolute path without empty or '.' parts and without a trailing '/'.
+fn normalised(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
 }

@@ -244,10 +244,19 @@ fn pvc_settings() {
         c.sandbox.skills,
         SkillsMount::Claim {
             name: "skills".into(),
-            sub_path: Some("public/skills".into())
+            sub_path: Some(SubPathTemplate::parse("public/skills").unwrap())
         }
     );
-    assert_eq!(c.sandbox.user_data, UserDataMount::Claim("data".into()));
+    assert_eq!(
+        c.sandbox.user_data,
+        UserDataMount::Claim {
+            name: "data".into(),
+            sub_path: SubPathTemplate::parse(
+                "deer-flow/users/{user_id}/threads/{thread_id}/user-data"
+            )
+            .unwrap()
+        }
+    );
     assert_eq!(
         parse(&["--userdata-pvc-name", "Bad_Name"])
             .unwrap_err()
@@ -266,6 +275,150 @@ fn pvc_settings() {
             .variable,
         "USERDATA_PVC_NAME"
     );
+}
+
+#[test]
+fn sub_path_templates_are_checked_at_start() {
+    let c = parse(&[
+        "--userdata-pvc-name",
+        "data",
+        "--userdata-pvc-subpath-template",
+        "threads/{thread_id}/user-data",
+        "--skills-pvc-name",
+        "skills",
+        "--skills-pvc-subpath-template",
+        "skills/{user_id}",
+    ])
+    .unwrap();
+    let user = crate::sandbox::UserId::parse("u").unwrap();
+    let thread = crate::sandbox::ThreadId::parse("t").unwrap();
+    let UserDataMount::Claim { sub_path, .. } = &c.sandbox.user_data else {
+        panic!("{:?}", c.sandbox.user_data)
+    };
+    assert_eq!(sub_path.render(&user, &thread), "threads/t/user-data");
+    let SkillsMount::Claim {
+        sub_path: Some(skills),
+        ..
+    } = &c.sandbox.skills
+    else {
+        panic!("{:?}", c.sandbox.skills)
+    };
+    assert_eq!(skills.render(&user, &thread), "skills/u");
+    for (flags, variable, problem) in [
+        (
+            &[
+                "--userdata-pvc-name",
+                "d",
+                "--userdata-pvc-subpath-template",
+                "x/{thread}",
+            ][..],
+            "USERDATA_PVC_SUBPATH_TEMPLATE",
+            "unknown placeholder {thread}",
+        ),
+        (
+            &[
+                "--skills-pvc-name",
+                "s",
+                "--skills-pvc-subpath-template",
+                "/{user_id}",
+            ][..],
+            "SKILLS_PVC_SUBPATH_TEMPLATE",
+            "relative path",
+        ),
+        (
+            &[
+                "--skills-pvc-name",
+                "s",
+                "--skills-pvc-subpath",
+                "a",
+                "--skills-pvc-subpath-template",
+                "b",
+            ][..],
+            "SKILLS_PVC_SUBPATH_TEMPLATE",
+            "together with SKILLS_PVC_SUBPATH",
+        ),
+    ] {
+        let e = parse(flags).unwrap_err();
+        assert_eq!(e.variable, variable, "{e}");
+        assert!(e.problem.contains(problem), "{e}");
+    }
+}
+
+#[test]
+fn skills_precedence_and_the_base_directory() {
+    // Nothing set: no skills (as before), extra mounts checked against DeerFlow's default.
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.sandbox.skills, SkillsMount::None);
+    assert_eq!(c.sandbox.host_base.dir, "/.deer-flow");
+    // THREADS_HOST_PATH ending in /threads: its parent is the base, skills are per user.
+    let c = parse(&["--threads-host-path", "/srv/df/threads/"]).unwrap();
+    assert_eq!(c.sandbox.host_base.dir, "/srv/df");
+    assert_eq!(
+        c.sandbox.skills,
+        SkillsMount::PerUser {
+            base: "/srv/df".into()
+        }
+    );
+    // A THREADS_HOST_PATH ending otherwise says nothing about the base.
+    let c = parse(&["--threads-host-path", "/srv/df/data"]).unwrap();
+    assert_eq!(c.sandbox.skills, SkillsMount::None);
+    assert_eq!(c.sandbox.host_base.dir, "/.deer-flow");
+    // DEER_FLOW_HOST_BASE_DIR wins over the parent of THREADS_HOST_PATH.
+    let c = parse(&[
+        "--threads-host-path",
+        "/srv/df/threads",
+        "--deer-flow-host-base-dir",
+        "/data//deer-flow/",
+    ])
+    .unwrap();
+    assert_eq!(c.sandbox.host_base.dir, "/data/deer-flow");
+    assert_eq!(c.sandbox.host_base.origin, "DEER_FLOW_HOST_BASE_DIR");
+    // SKILLS_HOST_PATH wins over the per-user layout, SKILLS_PVC_NAME over both.
+    let c = parse(&[
+        "--deer-flow-host-base-dir",
+        "/df",
+        "--skills-host-path",
+        "/srv/skills",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.sandbox.skills,
+        SkillsMount::HostPath("/srv/skills".into())
+    );
+    assert_eq!(c.sandbox.host_base.dir, "/df");
+    let c = parse(&["--deer-flow-host-base-dir", "/df", "--skills-pvc-name", "s"]).unwrap();
+    assert!(matches!(c.sandbox.skills, SkillsMount::Claim { .. }));
+    let e = parse(&["--deer-flow-host-base-dir", "df"]).unwrap_err();
+    assert_eq!(e.variable, "DEER_FLOW_HOST_BASE_DIR");
+}
+
+#[test]
+fn lark_images_and_the_api_key_opt_out() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.sandbox.lark, crate::spec::LarkImages::default());
+    assert!(!c.http.allow_no_api_key);
+    let c = parse(&[
+        "--lark-cli-init-image",
+        "lark-init:1",
+        "--lark-cli-broker-image",
+        " lark-broker:1 ",
+        "--lark-broker-deny-subcommands",
+        "config,auth",
+        "--allow-no-api-key",
+    ])
+    .unwrap();
+    assert_eq!(c.sandbox.lark.init_image.as_deref(), Some("lark-init:1"));
+    assert_eq!(
+        c.sandbox.lark.broker_image.as_deref(),
+        Some("lark-broker:1")
+    );
+    assert_eq!(
+        c.sandbox.lark.broker_deny_subcommands.as_deref(),
+        Some("config,auth")
+    );
+    assert!(c.http.allow_no_api_key);
+    let e = parse(&["--lark-cli-broker-image", "a b"]).unwrap_err();
+    assert_eq!(e.variable, "LARK_CLI_BROKER_IMAGE");
 }
 
 #[test]

@@ -10,12 +10,12 @@ use k8s_openapi::{
 use super::{
     manifests::{
         ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, SANDBOX_ID_LABEL,
-        THREAD_ANNOTATION, TTL_ANNOTATION,
+        SHELL_SESSIONS_ANNOTATION, THREAD_ANNOTATION, TTL_ANNOTATION, USER_ANNOTATION,
     },
     status::status_of,
 };
 use crate::{
-    sandbox::{Sandbox, Timers},
+    sandbox::{Sandbox, Timers, DEFAULT_USER_ID},
     spec::{Exposure, SandboxSpec},
 };
 
@@ -67,6 +67,26 @@ pub fn thread_of(meta: &ObjectMeta) -> Option<&str> {
         .as_ref()?
         .get(THREAD_ANNOTATION)
         .map(String::as_str)
+}
+
+/// The user a sandbox pod was created for, when it says (pods made before user ids did not).
+pub fn user_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(USER_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// The shell-session capacity set on the sandbox container (MAX_SHELL_SESSIONS), if any, as
+/// the pod's annotation records it.
+pub fn shell_sessions_of(pod: &Pod) -> Option<u32> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(SHELL_SESSIONS_ANNOTATION)?
+        .parse()
+        .ok()
 }
 
 /// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
@@ -131,6 +151,8 @@ pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxS
         reason: status.reason,
         message: status.message,
         thread_id: thread_of(&pod.metadata).map(str::to_string),
+        user_id: user_of(pod).unwrap_or(DEFAULT_USER_ID).to_string(),
+        max_shell_sessions: shell_sessions_of(pod),
         created_at: created_of(pod).map(|t| t.to_string()),
         expires_at: None,
     }
@@ -154,6 +176,8 @@ mod tests {
         let v = sandbox_view("abc-123", &p, Some(&s), &t);
         assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
         assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
+        assert_eq!(v.user_id, "default");
+        assert_eq!(v.max_shell_sessions, None);
         assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
         let missing = sandbox_view("abc-123", &p, None, &t);
         assert_eq!(missing.sandbox_url, "");
@@ -193,5 +217,32 @@ mod tests {
         );
         assert_eq!(sandbox_id_of(&p.metadata).as_deref(), Some("abc-123"));
         assert_eq!(thread_of(&p.metadata), Some("thread-456"));
+    }
+
+    #[test]
+    fn user_and_shell_capacity_are_read_back() {
+        let t = spec(None, None);
+        let mut request = a_request();
+        request.user = crate::sandbox::UserId::parse("alice").unwrap();
+        request.max_shell_sessions = Some(24);
+        let p = pod_of(&t, &request);
+        assert_eq!(user_of(&p), Some("alice"));
+        assert_eq!(shell_sessions_of(&p), Some(24));
+        // The watch cache keeps no spec: the annotation is enough.
+        let mut cached = p.clone();
+        cached.spec = None;
+        assert_eq!(shell_sessions_of(&cached), Some(24));
+        let view = sandbox_view("abc-123", &p, None, &t);
+        assert_eq!(
+            (view.user_id.as_str(), view.max_shell_sessions),
+            ("alice", Some(24))
+        );
+        let mut old = a_pod(&t);
+        old.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(USER_ANNOTATION);
+        assert_eq!(sandbox_view("abc-123", &old, None, &t).user_id, "default");
     }
 }

@@ -13,30 +13,26 @@ use crate::{
         cluster::{self, Kind},
         manifests,
     },
-    sandbox::{Resources, SandboxId, ThreadId, Timers},
+    sandbox::{SandboxId, SandboxRequest, ThreadId, IMAGE_DEFAULT_SHELL_SESSIONS},
 };
 
 impl Provisioner {
-    /// Creates the sandbox, or returns the existing one when it belongs to the same thread
-    /// (repairing a missing Service or NetworkPolicy).
+    /// Creates the sandbox, or returns the existing one when it belongs to the same thread and
+    /// user and has at least the shell capacity asked for (repairing a missing Service or
+    /// NetworkPolicy; a Service left without its Pod gets a new Pod).
     ///
     /// Callers should not cancel this future half-way (run it in its own task): a cancelled
     /// create could leave a Pod without its Service until the next POST repairs it.
-    pub async fn create(
-        &self,
-        id: &SandboxId,
-        thread: &ThreadId,
-        resources: &Resources,
-        timers: &Timers,
-    ) -> Result<Provisioned> {
+    pub async fn create(&self, request: &SandboxRequest) -> Result<Provisioned> {
         let started = Instant::now();
+        let (id, thread) = (&request.id, &request.thread);
         // Before the first pod: whatever happens between the pod and its own policy, the
         // sandbox is then shut off rather than open.
         self.settle_baseline(None).await?;
-        let wanted = manifests::pod(&self.spec, id, thread, Timestamp::now(), resources, timers);
+        let wanted = manifests::pod(&self.spec, request, Timestamp::now());
         let (pod, created) = match self.create_pod(&wanted).await {
             Ok(pod) => (pod, true),
-            Err(e) if e.is_already_exists() => (self.existing_pod(id, thread).await?, false),
+            Err(e) if e.is_already_exists() => (self.existing_pod(request).await?, false),
             Err(e) => return Err(e.into()),
         };
         let completed = async {
@@ -92,8 +88,10 @@ impl Provisioner {
         }
     }
 
-    /// The pod that a create collided with, if it is this thread's and not on its way out.
-    async fn existing_pod(&self, id: &SandboxId, thread: &ThreadId) -> Result<Pod> {
+    /// The pod that a create collided with, if it is this thread's and user's, has the shell
+    /// capacity asked for, and is not on its way out.
+    async fn existing_pod(&self, request: &SandboxRequest) -> Result<Pod> {
+        let (id, thread) = (&request.id, &request.thread);
         let pod = self
             .member
             .cluster
@@ -109,8 +107,30 @@ impl Provisioner {
                 requested: thread.to_string(),
             });
         }
+        // Pods made before user ids were recorded belong to whoever asks.
+        if let Some(existing) = objects::user_of(&pod) {
+            if existing != request.user.as_str() {
+                return Err(Error::UserConflict {
+                    id: id.to_string(),
+                    existing: existing.to_string(),
+                    requested: request.user.to_string(),
+                });
+            }
+        }
         if pod.metadata.deletion_timestamp.is_some() {
             return Err(Error::Terminating(id.to_string()));
+        }
+        if let Some(requested) = request.max_shell_sessions {
+            let set = objects::shell_sessions_of(&pod);
+            let existing = set.unwrap_or(IMAGE_DEFAULT_SHELL_SESSIONS);
+            if existing < requested {
+                return Err(Error::ShellCapacity {
+                    id: id.to_string(),
+                    existing,
+                    existing_is_default: set.is_none(),
+                    requested,
+                });
+            }
         }
         Ok(pod)
     }

@@ -145,6 +145,8 @@ mod tests {
             reason: None,
             message: None,
             thread_id: None,
+            user_id: "default".into(),
+            max_shell_sessions: None,
             created_at: None,
             expires_at: None,
         }

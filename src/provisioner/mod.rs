@@ -50,6 +50,19 @@ pub enum Error {
         existing: String,
         requested: String,
     },
+    #[error("sandbox {id:?} already exists for user {existing:?}, but this request names user {requested:?}; use another sandbox_id, or delete the existing sandbox first")]
+    UserConflict {
+        id: String,
+        existing: String,
+        requested: String,
+    },
+    #[error("sandbox {id:?} exists with a shell-session capacity of {existing}{default}, below the {requested} this request asks for; its pod was left alone: delete the sandbox and create it again to get the larger capacity", default = if *.existing_is_default { " (the image's default)" } else { "" })]
+    ShellCapacity {
+        id: String,
+        existing: u32,
+        existing_is_default: bool,
+        requested: u32,
+    },
     #[error("sandbox {0:?} is being deleted; retry in a moment")]
     Terminating(String),
     #[error("cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in a moment")]
@@ -137,6 +150,14 @@ impl Provisioner {
     }
 
     /// The timers of a new sandbox: the request's, within the configured ceilings.
+    /// The request's extra mounts, checked against DeerFlow's rules and the base directory.
+    pub fn check_extra_mounts(
+        &self,
+        requested: &[crate::sandbox::mounts::ExtraMountRequest],
+    ) -> Result<Vec<crate::sandbox::ExtraMount>, crate::sandbox::InvalidMount> {
+        crate::sandbox::mounts::check_extra_mounts(requested, &self.spec.host_base)
+    }
+
     pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {
         self.lifecycle.timers.for_request(ttl_seconds, idle_seconds)
     }

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use super::{Provisioner, Result};
 use crate::{
     k8s::{cluster, manifests},
-    sandbox::{SandboxId, ThreadId},
+    sandbox::{LarkRequest, SandboxId, SandboxRequest, ThreadId},
 };
 
 impl Provisioner {
@@ -15,14 +15,15 @@ impl Provisioner {
     pub async fn check_pod_template(&self) -> Result<(), cluster::Error> {
         let id = SandboxId::parse("startup-check").expect("a valid id");
         let thread = ThreadId::parse("startup-check").expect("a valid thread id");
-        let pod = manifests::pod(
-            &self.spec,
-            &id,
-            &thread,
-            Timestamp::now(),
-            &self.spec.default_resources,
-            &self.lifecycle.timers,
-        );
+        let mut request = SandboxRequest::new(id, thread);
+        request.resources = self.spec.default_resources.clone();
+        request.timers = self.lifecycle.timers;
+        // With the helpers the configuration allows, so that their containers are checked too.
+        request.lark = LarkRequest {
+            runtime: true,
+            broker: true,
+        };
+        let pod = manifests::pod(&self.spec, &request, Timestamp::now());
         self.member.cluster.dry_run_pod(&pod).await.map(|_| ())
     }
 

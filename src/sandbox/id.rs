@@ -9,6 +9,10 @@ use std::fmt;
 pub const MAX_SANDBOX_ID_LEN: usize = 63 - "sandbox-".len() - "-svc".len();
 /// Longest thread id.
 pub const MAX_THREAD_ID_LEN: usize = 64;
+/// Longest user id (a pod annotation holds it: label values stop at 63 characters).
+pub const MAX_USER_ID_LEN: usize = 128;
+/// The user of a request that names none (DeerFlow's default).
+pub const DEFAULT_USER_ID: &str = "default";
 
 /// Why an identifier was refused; the text says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +27,11 @@ pub enum InvalidId {
         value: String,
         problem: &'static str,
     },
+    #[error("user_id {value} is invalid: {problem}; a user_id is 1-{max} characters of letters, digits, '_' and '-' (it becomes part of host paths)", max = MAX_USER_ID_LEN)]
+    UserId {
+        value: String,
+        problem: &'static str,
+    },
 }
 
 /// A DNS-1123 label short enough for every object name derived from it.
@@ -32,6 +41,10 @@ pub struct SandboxId(String);
 /// A thread id that is safe as one path component.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ThreadId(String);
+
+/// A user id that is safe as one path component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(String);
 
 impl SandboxId {
     pub fn parse(value: &str) -> Result<Self, InvalidId> {
@@ -64,30 +77,64 @@ impl SandboxId {
 
 impl ThreadId {
     pub fn parse(value: &str) -> Result<Self, InvalidId> {
-        let fail = |problem| InvalidId::ThreadId {
+        path_component(value, MAX_THREAD_ID_LEN, |problem| InvalidId::ThreadId {
             value: shown(value),
             problem,
-        };
-        if value.is_empty() {
-            return Err(fail("it is empty"));
-        }
-        if value.len() > MAX_THREAD_ID_LEN {
-            return Err(fail("it is too long"));
-        }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(fail(
-                "it contains a character other than letters, digits, '_' and '-'",
-            ));
-        }
-        Ok(ThreadId(value.to_string()))
+        })
+        .map(ThreadId)
+    }
+
+    /// The thread of a sandbox created without one: its own id (DeerFlow's rule).
+    pub fn of_sandbox(id: &SandboxId) -> Self {
+        ThreadId(id.as_str().to_string())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+impl UserId {
+    pub fn parse(value: &str) -> Result<Self, InvalidId> {
+        path_component(value, MAX_USER_ID_LEN, |problem| InvalidId::UserId {
+            value: shown(value),
+            problem,
+        })
+        .map(UserId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for UserId {
+    fn default() -> Self {
+        UserId(DEFAULT_USER_ID.to_string())
+    }
+}
+
+/// 1 to `max` letters, digits, '_' and '-': safe as one path component.
+fn path_component(
+    value: &str,
+    max: usize,
+    fail: impl Fn(&'static str) -> InvalidId,
+) -> Result<String, InvalidId> {
+    if value.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    if value.len() > max {
+        return Err(fail("it is too long"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(fail(
+            "it contains a character other than letters, digits, '_' and '-'",
+        ));
+    }
+    Ok(value.to_string())
 }
 
 impl fmt::Display for SandboxId {
@@ -97,6 +144,12 @@ impl fmt::Display for SandboxId {
 }
 
 impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -153,6 +206,25 @@ mod tests {
         ] {
             assert!(ThreadId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn user_ids() {
+        assert_eq!(UserId::default().as_str(), "default");
+        for ok in ["default", "u_1-A", &"x".repeat(128)] {
+            assert!(UserId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "..", "a.b", &"x".repeat(129), "a b", "ü"] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = UserId::parse("a/b").unwrap_err().to_string();
+        assert!(e.starts_with("user_id \"a/b\" is invalid"), "{e}");
+    }
+
+    #[test]
+    fn a_thread_less_sandbox_is_its_own_thread() {
+        let id = SandboxId::parse("0a1b2c3d").unwrap();
+        assert_eq!(ThreadId::of_sandbox(&id).as_str(), "0a1b2c3d");
     }
 
     #[test]

@@ -2,11 +2,16 @@
 
 mod id;
 mod lifetime;
+pub mod mounts;
 mod resources;
 mod status;
 
-pub use id::{InvalidId, SandboxId, ThreadId, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN};
+pub use id::{
+    InvalidId, SandboxId, ThreadId, UserId, DEFAULT_USER_ID, MAX_SANDBOX_ID_LEN, MAX_THREAD_ID_LEN,
+    MAX_USER_ID_LEN,
+};
 pub use lifetime::{parse_duration, Expiry, Timers};
+pub use mounts::{ExtraMount, HostBase, InvalidMount};
 pub use resources::{
     parse_quantity, InvalidResources, InvalidSizes, Resources, Sizes, RESOURCE_NAMES,
 };
@@ -29,10 +34,64 @@ pub struct Sandbox {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_id: Option<String>,
+    /// The user the sandbox was created for (`default` when the request named none).
+    #[serde(default = "default_user")]
+    pub user_id: String,
+    /// The shell-session capacity set on the sandbox (env MAX_SHELL_SESSIONS), or null when
+    /// the image's default applies.
+    #[serde(default)]
+    pub max_shell_sessions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     /// When the sandbox will be removed unless something changes (RFC 3339), or null when no
     /// lifetime or idle timer applies. Activity (GET, keepalive) moves an idle deadline.
     #[serde(default)]
     pub expires_at: Option<String>,
+}
+
+fn default_user() -> String {
+    DEFAULT_USER_ID.to_string()
+}
+
+/// Shell sessions DeerFlow's sandbox images keep when MAX_SHELL_SESSIONS is not set (what
+/// DeerFlow's gateway assumes of a sandbox that reports none).
+pub const IMAGE_DEFAULT_SHELL_SESSIONS: u32 = 10;
+
+/// The Lark CLI helpers a request asks for (each takes effect only when its image is set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LarkRequest {
+    /// Pattern A: an init container stages the Lark CLI runtime into a shared emptyDir.
+    pub runtime: bool,
+    /// Pattern B: a shim plus a broker sidecar that alone holds the credential mounts.
+    pub broker: bool,
+}
+
+/// Everything one create asks for, checked.
+#[derive(Debug, Clone)]
+pub struct SandboxRequest {
+    pub id: SandboxId,
+    pub thread: ThreadId,
+    pub user: UserId,
+    pub resources: Resources,
+    pub timers: Timers,
+    pub extra_mounts: Vec<ExtraMount>,
+    pub lark: LarkRequest,
+    /// Sets MAX_SHELL_SESSIONS on the sandbox container.
+    pub max_shell_sessions: Option<u32>,
+}
+
+impl SandboxRequest {
+    /// A request with DeerFlow's defaults for everything but the ids.
+    pub fn new(id: SandboxId, thread: ThreadId) -> Self {
+        SandboxRequest {
+            id,
+            thread,
+            user: UserId::default(),
+            resources: Sizes::deerflow_default(),
+            timers: Timers::default(),
+            extra_mounts: Vec::new(),
+            lark: LarkRequest::default(),
+            max_shell_sessions: None,
+        }
+    }
 }

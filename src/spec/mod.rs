@@ -5,11 +5,13 @@
 
 pub mod network_policy;
 pub mod placement;
+pub mod sub_path;
 
 pub use network_policy::NetworkPolicyMode;
 pub use placement::Placement;
+pub use sub_path::SubPathTemplate;
 
-use crate::sandbox::Resources;
+use crate::sandbox::{HostBase, LarkRequest, Resources};
 
 /// Port DeerFlow's sandbox image serves its API on (the default of SANDBOX_CONTAINER_PORT).
 pub const DEFAULT_PORT: u16 = 8080;
@@ -19,12 +21,16 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub enum SkillsMount {
     /// No skills mount.
     None,
-    /// A host directory (SKILLS_HOST_PATH), read-only.
+    /// A host directory (SKILLS_HOST_PATH), read-only at /mnt/skills.
     HostPath(String),
+    /// DeerFlow's three-way layout below the base directory, read-only:
+    /// `{base}/skills_view/public` at /mnt/skills/public, and
+    /// `{base}/users/{user_id}/skills_view/{custom,legacy}` at /mnt/skills/{custom,legacy}.
+    PerUser { base: String },
     /// A PersistentVolumeClaim (SKILLS_PVC_NAME), optionally a directory inside it.
     Claim {
         name: String,
-        sub_path: Option<String>,
+        sub_path: Option<SubPathTemplate>,
     },
 }
 
@@ -35,8 +41,33 @@ pub enum UserDataMount {
     EmptyDir,
     /// `{dir}/{thread_id}/user-data` on the host (THREADS_HOST_PATH).
     HostPath(String),
-    /// Sub-path `threads/{thread_id}/user-data` of a claim (USERDATA_PVC_NAME).
-    Claim(String),
+    /// A sub-path of a claim (USERDATA_PVC_NAME); extra mounts are sub-paths of it too.
+    Claim {
+        name: String,
+        sub_path: SubPathTemplate,
+    },
+}
+
+/// The Lark CLI helper images (each unset: that pattern is off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LarkImages {
+    /// LARK_CLI_INIT_IMAGE: pattern A, the runtime staged by an init container.
+    pub init_image: Option<String>,
+    /// LARK_CLI_BROKER_IMAGE: pattern B, a shim and a broker sidecar holding the credentials.
+    pub broker_image: Option<String>,
+    /// DEERFLOW_LARK_BROKER_DENY_SUBCOMMANDS, passed to the broker.
+    pub broker_deny_subcommands: Option<String>,
+}
+
+impl LarkImages {
+    /// What of a request takes effect: the broker supersedes the runtime.
+    pub fn effective(&self, requested: LarkRequest) -> LarkRequest {
+        let broker = requested.broker && self.broker_image.is_some();
+        LarkRequest {
+            runtime: requested.runtime && self.init_image.is_some() && !broker,
+            broker,
+        }
+    }
 }
 
 /// How sandbox Services expose the sandbox to the backend.
@@ -86,6 +117,9 @@ pub struct SandboxSpec {
     pub port: u16,
     pub skills: SkillsMount,
     pub user_data: UserDataMount,
+    /// The directory extra mounts must lie in.
+    pub host_base: HostBase,
+    pub lark: LarkImages,
     pub exposure: Exposure,
     pub security: PodSecurity,
     pub placement: Placement,
@@ -106,9 +140,57 @@ impl SandboxSpec {
         if let SkillsMount::Claim { name, .. } = &self.skills {
             claims.push(("SKILLS_PVC_NAME", name.as_str()));
         }
-        if let UserDataMount::Claim(name) = &self.user_data {
+        if let UserDataMount::Claim { name, .. } = &self.user_data {
             claims.push(("USERDATA_PVC_NAME", name.as_str()));
         }
         claims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_supersedes_the_runtime_and_needs_its_image() {
+        let both = LarkRequest {
+            runtime: true,
+            broker: true,
+        };
+        let none = LarkImages::default();
+        assert_eq!(none.effective(both), LarkRequest::default());
+        let init_only = LarkImages {
+            init_image: Some("init".into()),
+            ..LarkImages::default()
+        };
+        assert_eq!(
+            init_only.effective(both),
+            LarkRequest {
+                runtime: true,
+                broker: false
+            }
+        );
+        let all = LarkImages {
+            init_image: Some("init".into()),
+            broker_image: Some("broker".into()),
+            broker_deny_subcommands: None,
+        };
+        assert_eq!(
+            all.effective(both),
+            LarkRequest {
+                runtime: false,
+                broker: true
+            }
+        );
+        assert_eq!(
+            all.effective(LarkRequest {
+                runtime: true,
+                broker: false
+            }),
+            LarkRequest {
+                runtime: true,
+                broker: false
+            }
+        );
     }
 }

@@ -236,6 +236,8 @@ pub fn serve_args(namespace: &str) -> ServeArgs {
     args.sandbox.node_host = "127.0.0.1".into();
     args.cluster.k8s_api_server = None;
     args.cluster.k8s_api_timeout_seconds = 5.0;
+    // Tests that are not about the key run without one, which must be said explicitly.
+    args.http.allow_no_api_key = true;
     args
 }
 
@@ -508,6 +510,8 @@ impl RunningBinary {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
+            // Without a key the API is closed; tests about the key set one (or unset this).
+            .env("PROVISIONER_ALLOW_NO_API_KEY", "true")
             .stdin(std::process::Stdio::null())
             .stdout(output())
             .stderr(output());

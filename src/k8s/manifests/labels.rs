@@ -19,6 +19,11 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sandbox-provisioner";
 /// The thread the sandbox was created for (annotation: thread ids may exceed label rules).
 pub const THREAD_ANNOTATION: &str = "sandbox-provisioner.dev/thread-id";
+/// The user the sandbox was created for (annotation: user ids may be up to 128 characters).
+pub const USER_ANNOTATION: &str = "sandbox-provisioner.dev/user-id";
+/// The shell-session capacity set on the sandbox container (the watch cache keeps no pod
+/// specs, so reads take it from here).
+pub const SHELL_SESSIONS_ANNOTATION: &str = "sandbox-provisioner.dev/max-shell-sessions";
 /// When the provisioner created the sandbox (RFC 3339).
 pub const CREATED_ANNOTATION: &str = "sandbox-provisioner.dev/created-at";
 /// The sandbox's lifetime in seconds (absent: none).

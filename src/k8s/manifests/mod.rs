@@ -11,22 +11,24 @@ mod namespace;
 mod network_policy;
 mod pod;
 mod service;
+mod volumes;
 
 pub use labels::*;
 pub use namespace::namespace;
 pub use network_policy::{
     baseline_network_policy, isolated_spec, network_policy, BASELINE_POLICY_NAME,
 };
-pub use pod::pod;
+pub use pod::{pod, SANDBOX_CONTAINER, SHELL_SESSIONS_ENV};
 pub use service::service;
+pub use volumes::{LARK_BROKER_URL, LARK_RUNTIME_VOLUME};
 
 #[cfg(test)]
 pub(crate) mod test_support {
     use crate::{
-        sandbox::{SandboxId, Sizes, ThreadId},
+        sandbox::{HostBase, SandboxId, SandboxRequest, ThreadId},
         spec::{
-            Exposure, NetworkPolicyMode, Placement, PodSecurity, SandboxSpec, Seccomp, SkillsMount,
-            UserDataMount, DEFAULT_PORT,
+            Exposure, LarkImages, NetworkPolicyMode, Placement, PodSecurity, SandboxSpec, Seccomp,
+            SkillsMount, UserDataMount, DEFAULT_PORT,
         },
     };
 
@@ -57,7 +59,12 @@ pub(crate) mod test_support {
             security: strict(),
             placement: Placement::default(),
             network_policy: NetworkPolicyMode::None,
-            default_resources: Sizes::deerflow_default(),
+            default_resources: crate::sandbox::Sizes::deerflow_default(),
+            host_base: HostBase {
+                dir: "/.deer-flow".into(),
+                origin: "DeerFlow's default",
+            },
+            lark: LarkImages::default(),
         }
     }
 
@@ -68,18 +75,21 @@ pub(crate) mod test_support {
         )
     }
 
-    /// The pod of `spec` for [`ids`], created at the epoch, with a uid.
-    pub fn a_pod(spec: &SandboxSpec) -> k8s_openapi::api::core::v1::Pod {
+    /// A request for [`ids`] with the defaults.
+    pub fn a_request() -> SandboxRequest {
         let (id, thread) = ids();
-        let mut pod = super::pod(
-            spec,
-            &id,
-            &thread,
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            &Sizes::deerflow_default(),
-            &crate::sandbox::Timers::default(),
-        );
+        SandboxRequest::new(id, thread)
+    }
+
+    /// The pod of `request`, created at the epoch, with a uid.
+    pub fn pod_of(spec: &SandboxSpec, request: &SandboxRequest) -> k8s_openapi::api::core::v1::Pod {
+        let mut pod = super::pod(spec, request, k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         pod.metadata.uid = Some("uid-1".into());
         pod
+    }
+
+    /// The pod of `spec` for [`ids`], created at the epoch, with a uid.
+    pub fn a_pod(spec: &SandboxSpec) -> k8s_openapi::api::core::v1::Pod {
+        pod_of(spec, &a_request())
     }
 }

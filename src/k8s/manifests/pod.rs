@@ -4,19 +4,29 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-        HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-        Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSecurityContext,
+        PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
     jiff::Timestamp,
 };
 
-use super::labels::{metadata, pod_name, IDLE_ANNOTATION, TTL_ANNOTATION};
-use crate::{
-    sandbox::{Resources, SandboxId, ThreadId, Timers},
-    spec::{PodSecurity, SandboxSpec, Seccomp, SkillsMount, UserDataMount},
+use super::{
+    labels::{
+        metadata, pod_name, IDLE_ANNOTATION, SHELL_SESSIONS_ANNOTATION, TTL_ANNOTATION,
+        USER_ANNOTATION,
+    },
+    volumes::pod_volumes,
 };
+use crate::{
+    sandbox::SandboxRequest,
+    spec::{PodSecurity, SandboxSpec, Seccomp},
+};
+
+/// The sandbox container's variable for its shell-session capacity (DeerFlow's sandbox images).
+pub const SHELL_SESSIONS_ENV: &str = "MAX_SHELL_SESSIONS";
+/// The name of the container that runs the sandbox.
+pub const SANDBOX_CONTAINER: &str = "sandbox";
 
 fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
     (!values.is_empty()).then(|| {
@@ -40,13 +50,6 @@ fn probe(port: i32, initial_delay: i32, period: i32) -> Probe {
         failure_threshold: Some(3),
         ..Probe::default()
     }
-}
-
-fn host_path(path: String, type_: &str) -> Option<HostPathVolumeSource> {
-    Some(HostPathVolumeSource {
-        path,
-        type_: Some(type_.to_string()),
-    })
 }
 
 fn pod_security_context(security: &PodSecurity) -> PodSecurityContext {
@@ -77,105 +80,63 @@ fn container_security_context(security: &PodSecurity) -> SecurityContext {
 }
 
 /// The sandbox Pod. Host paths are joined only from validated parts: the configured (absolute,
-/// `..`-free) directory and a thread id that cannot contain `/` or `.`.
-pub fn pod(
-    t: &SandboxSpec,
-    id: &SandboxId,
-    thread: &ThreadId,
-    created: Timestamp,
-    resources: &Resources,
-    timers: &Timers,
-) -> Pod {
+/// `..`-free) directories, checked extra mounts, and user and thread ids that cannot contain
+/// `/` or `.`.
+pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod {
     let port = i32::from(t.port);
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
-    let claim = |name: &str, read_only: bool| {
-        Some(PersistentVolumeClaimVolumeSource {
-            claim_name: name.to_string(),
-            read_only: Some(read_only),
+    // The Lark helpers get the sandbox's capabilities (they read credential files the backend
+    // wrote) but never a way to gain more, as in DeerFlow's provisioner.
+    let helper_security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        ..container_security_context(&t.security)
+    };
+    let volumes = pod_volumes(t, request, helper_security);
+    let mut env: Vec<EnvVar> = request
+        .max_shell_sessions
+        .map(|n| EnvVar {
+            name: SHELL_SESSIONS_ENV.into(),
+            value: Some(n.to_string()),
+            ..EnvVar::default()
         })
-    };
-    let mut mount = |name: &str, path: &str, read_only: bool, sub_path: Option<String>| {
-        mounts.push(VolumeMount {
-            name: name.into(),
-            mount_path: path.into(),
-            read_only: Some(read_only),
-            sub_path,
-            ..VolumeMount::default()
-        })
-    };
-    match &t.skills {
-        SkillsMount::None => {}
-        SkillsMount::Claim { name, sub_path } => {
-            volumes.push(Volume {
-                name: "skills".into(),
-                persistent_volume_claim: claim(name, true),
-                ..Volume::default()
-            });
-            mount("skills", "/mnt/skills", true, sub_path.clone());
-        }
-        SkillsMount::HostPath(skills) => {
-            volumes.push(Volume {
-                name: "skills".into(),
-                host_path: host_path(skills.clone(), "Directory"),
-                ..Volume::default()
-            });
-            mount("skills", "/mnt/skills", true, None);
-        }
-    }
-    let (user_data, sub_path) = match &t.user_data {
-        UserDataMount::Claim(name) => (
-            Volume {
-                name: "user-data".into(),
-                persistent_volume_claim: claim(name, false),
-                ..Volume::default()
-            },
-            Some(format!("threads/{thread}/user-data")),
-        ),
-        UserDataMount::HostPath(threads) => (
-            Volume {
-                name: "user-data".into(),
-                host_path: host_path(format!("{threads}/{thread}/user-data"), "DirectoryOrCreate"),
-                ..Volume::default()
-            },
-            None,
-        ),
-        UserDataMount::EmptyDir => (
-            Volume {
-                name: "user-data".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            },
-            None,
-        ),
-    };
-    volumes.push(user_data);
-    mount("user-data", "/mnt/user-data", false, sub_path);
+        .into_iter()
+        .collect();
+    env.extend(volumes.env);
+    let mut containers = vec![Container {
+        name: SANDBOX_CONTAINER.into(),
+        image: Some(t.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&request.resources.requests),
+            limits: quantities(&request.resources.limits),
+            ..ResourceRequirements::default()
+        }),
+        readiness_probe: Some(probe(port, 5, 5)),
+        liveness_probe: Some(probe(port, 10, 10)),
+        volume_mounts: Some(volumes.mounts),
+        security_context: Some(container_security_context(&t.security)),
+        ..Container::default()
+    }];
+    containers.extend(volumes.sidecars);
     let mut pod = Pod {
-        metadata: metadata(pod_name(id), &t.namespace, id, thread, created),
+        metadata: metadata(
+            pod_name(&request.id),
+            &t.namespace,
+            &request.id,
+            &request.thread,
+            created,
+        ),
         spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "sandbox".into(),
-                image: Some(t.image.clone()),
-                image_pull_policy: Some("IfNotPresent".into()),
-                ports: Some(vec![ContainerPort {
-                    name: Some("http".into()),
-                    container_port: port,
-                    protocol: Some("TCP".into()),
-                    ..ContainerPort::default()
-                }]),
-                resources: Some(ResourceRequirements {
-                    requests: quantities(&resources.requests),
-                    limits: quantities(&resources.limits),
-                    ..ResourceRequirements::default()
-                }),
-                readiness_probe: Some(probe(port, 5, 5)),
-                liveness_probe: Some(probe(port, 10, 10)),
-                volume_mounts: Some(mounts),
-                security_context: Some(container_security_context(&t.security)),
-                ..Container::default()
-            }],
-            volumes: Some(volumes),
+            containers,
+            init_containers: (!volumes.init_containers.is_empty())
+                .then_some(volumes.init_containers),
+            volumes: Some(volumes.volumes),
             restart_policy: Some("Always".into()),
             automount_service_account_token: Some(t.security.automount_service_account_token),
             enable_service_links: Some(t.security.enable_service_links),
@@ -188,9 +149,13 @@ pub fn pod(
         t.placement.apply(spec);
     }
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(USER_ANNOTATION.to_string(), request.user.to_string());
+    if let Some(n) = request.max_shell_sessions {
+        annotations.insert(SHELL_SESSIONS_ANNOTATION.to_string(), n.to_string());
+    }
     for (key, value) in [
-        (TTL_ANNOTATION, timers.lifetime),
-        (IDLE_ANNOTATION, timers.idle),
+        (TTL_ANNOTATION, request.timers.lifetime),
+        (IDLE_ANNOTATION, request.timers.idle),
     ] {
         if !value.is_zero() {
             annotations.insert(key.to_string(), value.as_secs().to_string());
@@ -204,12 +169,28 @@ mod tests {
     use serde_json::json;
 
     use super::{super::test_support::*, *};
-    use crate::k8s::manifests::{
-        CREATED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, THREAD_ANNOTATION,
+    use crate::{
+        k8s::manifests::{CREATED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, THREAD_ANNOTATION},
+        sandbox::{mounts::*, ExtraMount, LarkRequest, UserId},
+        spec::{LarkImages, SkillsMount, SubPathTemplate, UserDataMount},
     };
 
-    fn pod_json(t: &SandboxSpec) -> serde_json::Value {
-        serde_json::to_value(a_pod(t)).unwrap()
+    /// The JSON of a pod, or of the default pod of a spec.
+    trait AsJson {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl AsJson for SandboxSpec {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(a_pod(self)).unwrap()
+        }
+    }
+    impl AsJson for Pod {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap()
+        }
+    }
+    fn pod_json(of: &impl AsJson) -> serde_json::Value {
+        of.json()
     }
 
     #[test]
@@ -310,6 +291,301 @@ mod tests {
                 {"name": "user-data", "hostPath": {"path": "/srv/threads/thread-456/user-data", "type": "DirectoryOrCreate"}},
             ])
         );
+    }
+
+    fn extra(host: &str, container: &'static str, read_only: bool) -> ExtraMount {
+        ExtraMount {
+            host_path: format!("/.deer-flow/{host}"),
+            below_base: host.into(),
+            container_path: container,
+            read_only,
+        }
+    }
+
+    fn per_user_spec() -> SandboxSpec {
+        let mut t = spec(Some("/.deer-flow/threads"), None);
+        t.skills = SkillsMount::PerUser {
+            base: "/.deer-flow".into(),
+        };
+        t
+    }
+
+    fn alice() -> SandboxRequest {
+        let mut request = a_request();
+        request.user = UserId::parse("alice").unwrap();
+        request
+    }
+
+    #[test]
+    fn per_user_skills_take_deerflows_three_way_layout() {
+        let p = pod_json(&pod_of(&per_user_spec(), &alice()));
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([
+                {"name": "skills-public", "hostPath": {"path": "/.deer-flow/skills_view/public", "type": "Directory"}},
+                {"name": "skills-custom", "hostPath": {"path": "/.deer-flow/users/alice/skills_view/custom", "type": "Directory"}},
+                {"name": "skills-legacy", "hostPath": {"path": "/.deer-flow/users/alice/skills_view/legacy", "type": "Directory"}},
+                {"name": "user-data", "hostPath": {"path": "/.deer-flow/threads/thread-456/user-data", "type": "DirectoryOrCreate"}},
+            ])
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["volumeMounts"],
+            json!([
+                {"name": "skills-public", "mountPath": "/mnt/skills/public", "readOnly": true},
+                {"name": "skills-custom", "mountPath": "/mnt/skills/custom", "readOnly": true},
+                {"name": "skills-legacy", "mountPath": "/mnt/skills/legacy", "readOnly": true},
+                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false},
+            ])
+        );
+        assert_eq!(p["metadata"]["annotations"][USER_ANNOTATION], "alice");
+    }
+
+    #[test]
+    fn extra_mounts_are_host_paths_and_the_backends_custom_skills_win() {
+        let mut request = alice();
+        request.extra_mounts = vec![
+            extra(
+                "users/alice/threads/t/acp-workspace",
+                ACP_WORKSPACE_PATH,
+                true,
+            ),
+            extra("users/alice/custom", CUSTOM_SKILLS_PATH, true),
+            extra("users/alice/lark/locks", LARK_LOCKS_PATH, false),
+        ];
+        let p = pod_json(&pod_of(&per_user_spec(), &request));
+        let volumes = &p["spec"]["volumes"];
+        let names: Vec<&str> = volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "skills-public",
+                "skills-legacy",
+                "user-data",
+                "extra-0",
+                "extra-1",
+                "extra-2"
+            ]
+        );
+        assert_eq!(
+            volumes[3],
+            json!({"name": "extra-0", "hostPath": {"path": "/.deer-flow/users/alice/threads/t/acp-workspace", "type": "Directory"}})
+        );
+        assert_eq!(
+            volumes[5],
+            json!({"name": "extra-2", "hostPath": {"path": "/.deer-flow/users/alice/lark/locks", "type": "DirectoryOrCreate"}})
+        );
+        let mounts = &p["spec"]["containers"][0]["volumeMounts"];
+        assert_eq!(
+            mounts[3],
+            json!({"name": "extra-0", "mountPath": "/mnt/acp-workspace", "readOnly": true})
+        );
+        assert_eq!(
+            mounts[4],
+            json!({"name": "extra-1", "mountPath": "/mnt/skills/custom", "readOnly": true})
+        );
+        assert_eq!(
+            mounts[5],
+            json!({"name": "extra-2", "mountPath": LARK_LOCKS_PATH, "readOnly": false})
+        );
+    }
+
+    #[test]
+    fn in_claim_mode_user_data_and_extra_mounts_are_sub_paths_of_the_claim() {
+        let mut t = spec(None, None);
+        t.user_data = UserDataMount::Claim {
+            name: "home".into(),
+            sub_path: SubPathTemplate::parse(crate::spec::sub_path::DEFAULT_USER_DATA_TEMPLATE)
+                .unwrap(),
+        };
+        t.skills = SkillsMount::Claim {
+            name: "skills".into(),
+            sub_path: Some(SubPathTemplate::parse("views/{user_id}").unwrap()),
+        };
+        let mut request = alice();
+        request.extra_mounts = vec![extra("users/alice/acp", ACP_WORKSPACE_PATH, true)];
+        let p = pod_json(&pod_of(&t, &request));
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([
+                {"name": "skills", "persistentVolumeClaim": {"claimName": "skills", "readOnly": true}},
+                {"name": "user-data", "persistentVolumeClaim": {"claimName": "home", "readOnly": false}},
+                {"name": "extra-0", "persistentVolumeClaim": {"claimName": "home", "readOnly": false}},
+            ])
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["volumeMounts"],
+            json!([
+                {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true, "subPath": "views/alice"},
+                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false, "subPath": "deer-flow/users/alice/threads/thread-456/user-data"},
+                {"name": "extra-0", "mountPath": "/mnt/acp-workspace", "readOnly": true, "subPath": "deer-flow/users/alice/acp"},
+            ])
+        );
+    }
+
+    fn lark_request() -> SandboxRequest {
+        let mut request = alice();
+        request.extra_mounts = vec![
+            extra("lark/runtime", LARK_RUNTIME_PATH, true),
+            extra("lark/config", LARK_CONFIG_PATH, true),
+            extra("lark/config/locks", LARK_LOCKS_PATH, false),
+            extra("lark/data", LARK_DATA_PATH, false),
+        ];
+        request.lark = LarkRequest {
+            runtime: true,
+            broker: false,
+        };
+        request
+    }
+
+    fn lark_spec() -> SandboxSpec {
+        let mut t = spec(Some("/.deer-flow/threads"), None);
+        t.lark = LarkImages {
+            init_image: Some("lark-init:1".into()),
+            broker_image: Some("lark-broker:1".into()),
+            broker_deny_subcommands: Some("config,auth".into()),
+        };
+        t
+    }
+
+    #[test]
+    fn lark_runtime_is_staged_by_an_init_container_and_replaces_its_extra_mount() {
+        let p = pod_json(&pod_of(&lark_spec(), &lark_request()));
+        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}});
+        assert_eq!(
+            p["spec"]["initContainers"],
+            json!([{
+                "name": "lark-cli-init", "image": "lark-init:1", "imagePullPolicy": "IfNotPresent",
+                "env": [{"name": "LARK_CLI_RUNTIME_DEST", "value": LARK_RUNTIME_PATH}],
+                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": false}],
+                "securityContext": helper,
+            }])
+        );
+        let mounts = p["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let paths: Vec<&str> = mounts
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/mnt/user-data",
+                LARK_CONFIG_PATH,
+                LARK_LOCKS_PATH,
+                LARK_DATA_PATH,
+                LARK_RUNTIME_PATH
+            ]
+        );
+        assert_eq!(
+            mounts[4],
+            json!({"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": true})
+        );
+        assert!(p["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "lark-cli-runtime", "emptyDir": {}})));
+        assert_eq!(p["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn lark_broker_holds_the_credentials_and_the_sandbox_gets_only_the_shim() {
+        let mut request = lark_request();
+        request.lark.broker = true;
+        let p = pod_json(&pod_of(&lark_spec(), &request));
+        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}});
+        assert_eq!(
+            p["spec"]["initContainers"],
+            json!([{
+                "name": "lark-cli-shim-init", "image": "lark-broker:1", "imagePullPolicy": "IfNotPresent",
+                "args": ["install-shim", LARK_RUNTIME_PATH],
+                "env": [{"name": "LARK_CLI_RUNTIME_DEST", "value": LARK_RUNTIME_PATH}],
+                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": false}],
+                "securityContext": helper,
+            }])
+        );
+        let sandbox = &p["spec"]["containers"][0];
+        assert_eq!(
+            sandbox["volumeMounts"],
+            json!([
+                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false},
+                {"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": true},
+            ])
+        );
+        assert_eq!(
+            sandbox["env"],
+            json!([{"name": "DEERFLOW_LARK_BROKER_URL", "value": "http://127.0.0.1:8788"}])
+        );
+        assert_eq!(
+            p["spec"]["containers"][1],
+            json!({
+                "name": "lark-cli-broker", "image": "lark-broker:1", "imagePullPolicy": "IfNotPresent",
+                "args": ["serve"],
+                "env": [
+                    {"name": "LARKSUITE_CLI_CONFIG_DIR", "value": "/var/lark/config"},
+                    {"name": "LARKSUITE_CLI_DATA_DIR", "value": "/var/lark/data"},
+                    {"name": "DEERFLOW_LARK_BROKER_DENY_SUBCOMMANDS", "value": "config,auth"},
+                ],
+                "volumeMounts": [
+                    {"name": "lark-cli-config", "mountPath": "/var/lark/config", "readOnly": true},
+                    {"name": "lark-cli-locks", "mountPath": "/var/lark/config/locks", "readOnly": false},
+                    {"name": "lark-cli-data", "mountPath": "/var/lark/data", "readOnly": false},
+                ],
+                "securityContext": helper,
+            })
+        );
+        let names: Vec<&str> = p["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "user-data",
+                "lark-cli-runtime",
+                "lark-cli-config",
+                "lark-cli-locks",
+                "lark-cli-data"
+            ]
+        );
+        assert_eq!(
+            p["spec"]["volumes"][2],
+            json!({"name": "lark-cli-config", "hostPath": {"path": "/.deer-flow/lark/config", "type": "Directory"}})
+        );
+    }
+
+    #[test]
+    fn lark_requests_without_images_change_nothing() {
+        let mut request = lark_request();
+        request.lark.broker = true;
+        let p = pod_json(&pod_of(&spec(Some("/.deer-flow/threads"), None), &request));
+        assert!(p["spec"]["initContainers"].is_null());
+        assert_eq!(p["spec"]["containers"].as_array().unwrap().len(), 1);
+        let mounts = p["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(mounts, 5, "user data and the four extra mounts");
+    }
+
+    #[test]
+    fn shell_capacity_is_the_containers_environment() {
+        let mut request = a_request();
+        request.max_shell_sessions = Some(32);
+        let p = pod_json(&pod_of(&spec(None, None), &request));
+        assert_eq!(
+            p["spec"]["containers"][0]["env"],
+            json!([{"name": "MAX_SHELL_SESSIONS", "value": "32"}])
+        );
+        assert!(pod_json(&spec(None, None))["spec"]["containers"][0]["env"].is_null());
     }
 
     #[test]
