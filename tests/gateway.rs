@@ -523,15 +523,7 @@ async fn both_lark_patterns_make_pods_the_apiserver_accepts() {
     args.sandbox.lark_broker_deny_subcommands = Some("config".into());
     let svc = TestService::start(args).await;
     let gateway = Gateway::new(&svc.base, Some(KEY));
-    let capabilities: Value = reqwest::Client::new()
-        .get(svc.url("/api/capabilities"))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, capabilities) = keyed(&svc, reqwest::Method::GET, "/api/capabilities", None).await;
     assert_eq!(
         (
             &capabilities["lark_cli_init_image"],
