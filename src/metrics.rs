@@ -52,6 +52,22 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: String,
+}
+
+/// The steps of a sandbox's start, as its pod status records them (whole seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartSteps {
+    /// Creation until the pod was scheduled to a node.
+    pub scheduled: Duration,
+    /// Scheduled until the sandbox container started: image pulls and init containers.
+    pub started: Duration,
+    /// Started until Ready: the sandbox's boot and the kubelet's probes noticing it.
+    pub ready: Duration,
+}
+
 /// Why a sandbox was deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeletionReason {
@@ -91,6 +107,7 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram>,
     create_duration: Histogram,
     time_to_ready: Histogram,
+    start_steps: Family<StepLabels, Histogram>,
     sandboxes: Family<StatusLabels, Gauge>,
     deletions: Family<ReasonLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
@@ -104,6 +121,13 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+/// Whole seconds from 0 to 5 minutes.
+fn step_buckets() -> Histogram {
+    Histogram::new([
+        0.5, 1.5, 2.5, 3.5, 5.5, 10.5, 20.5, 30.5, 60.5, 120.5, 300.5,
+    ])
 }
 
 fn latency_buckets() -> Histogram {
@@ -144,6 +168,14 @@ impl Metrics {
             "sandbox_time_to_ready_seconds",
             "Time from a sandbox's creation until this provisioner first saw it Ready",
             time_to_ready.clone(),
+        );
+        let start_steps = Family::<StepLabels, Histogram>::new_with_constructor(
+            step_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "sandbox_start_step_seconds",
+            "Time-to-ready split by step, from the pod status (whole seconds): step=scheduled (creation to PodScheduled), started (scheduled to the sandbox container running: image pulls, init containers), ready (running to Ready: boot and probes)",
+            start_steps.clone(),
         );
         let sandboxes = Family::<StatusLabels, Gauge>::default();
         registry.register(
@@ -198,6 +230,7 @@ impl Metrics {
             http_duration,
             create_duration,
             time_to_ready,
+            start_steps,
             sandboxes,
             deletions,
             kube_requests,
@@ -234,8 +267,19 @@ impl Metrics {
         self.create_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn sandbox_ready(&self, since_creation: Duration) {
+    pub fn sandbox_ready(&self, since_creation: Duration, steps: Option<StartSteps>) {
         self.time_to_ready.observe(since_creation.as_secs_f64());
+        if let Some(steps) = steps {
+            for (step, took) in [
+                ("scheduled", steps.scheduled),
+                ("started", steps.started),
+                ("ready", steps.ready),
+            ] {
+                self.start_steps
+                    .get_or_create(&StepLabels { step: step.into() })
+                    .observe(took.as_secs_f64());
+            }
+        }
     }
 
     pub fn sandbox_deleted(&self, reason: DeletionReason) {
@@ -352,7 +396,14 @@ mod tests {
         let m = Metrics::new();
         m.http_request("GET", "/api/sandboxes", 200, Duration::from_millis(3));
         m.sandbox_created(Duration::from_millis(20));
-        m.sandbox_ready(Duration::from_secs(2));
+        m.sandbox_ready(
+            Duration::from_secs(2),
+            Some(StartSteps {
+                scheduled: Duration::ZERO,
+                started: Duration::from_secs(1),
+                ready: Duration::from_secs(1),
+            }),
+        );
         m.sandbox_deleted(DeletionReason::Api);
         m.sandboxes_by_status([Phase::Running, Phase::Running, Phase::Pending]);
         m.kube_request("create", "pods");
@@ -365,6 +416,7 @@ mod tests {
             "sandbox_provisioner_http_request_duration_seconds_bucket",
             "sandbox_provisioner_sandbox_create_duration_seconds_count 1",
             "sandbox_provisioner_sandbox_time_to_ready_seconds_count 1",
+            "sandbox_provisioner_sandbox_start_step_seconds_count{step=\"started\"} 1",
             "sandbox_provisioner_sandboxes{status=\"Running\"} 2",
             "sandbox_provisioner_sandboxes{status=\"Pending\"} 1",
             "sandbox_provisioner_sandbox_deletions_total{reason=\"api\"} 1",

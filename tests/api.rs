@@ -119,6 +119,13 @@ async fn created_objects_carry_the_documented_shape() {
     assert!(annotations.contains_key("sandbox-provisioner.dev/created-at"));
     let spec = serde_json::to_value(pod.spec.as_ref().unwrap()).unwrap();
     assert_eq!(spec["containers"][0]["image"], "sandbox:test");
+    // The apiserver (1.20) keeps the startup probe the service asks for.
+    assert_eq!(
+        spec["containers"][0]["startupProbe"],
+        json!({"httpGet": {"path": "/v1/sandbox", "port": 8080, "scheme": "HTTP"},
+               "periodSeconds": 1, "timeoutSeconds": 3,
+               "successThreshold": 1, "failureThreshold": 120})
+    );
     // Admission may add a service-account token volume; ours come first.
     let ours: Vec<Value> = spec["volumes"]
         .as_array()

@@ -32,6 +32,17 @@ fn pod(name: &str, annotations: serde_json::Value, host_path: Option<&str>) -> P
     .unwrap()
 }
 
+/// The pod with a readiness probe every second.
+fn with_readiness_probe(mut p: Pod) -> Pod {
+    p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
+        serde_json::from_value(
+            json!({"httpGet": {"path": "/v1/sandbox", "port": 8080}, "periodSeconds": 1}),
+        )
+        .unwrap(),
+    );
+    p
+}
+
 fn node_port_service(name: &str, selector_app: &str, owner: Option<&Pod>) -> Service {
     let mut svc = json!({
         "metadata": {"name": name},
@@ -281,9 +292,10 @@ async fn crash_loop_is_reported_with_rising_restarts() {
 async fn never_ready_pod_runs_but_is_not_ready() {
     let ns = TestNamespace::new("never").await;
     let pods = ns.pods();
+    // The kubelet knows a container is not ready only from a probe.
     pods.create(
         &PostParams::default(),
-        &pod("p", json!({MODE: "never-ready"}), None),
+        &with_readiness_probe(pod("p", json!({MODE: "never-ready"}), None)),
     )
     .await
     .unwrap();
@@ -327,9 +339,10 @@ async fn unschedulable_pod_stays_pending() {
 async fn start_delay_postpones_readiness() {
     let ns = TestNamespace::new("delay").await;
     let pods = ns.pods();
+    // The delay is the boot: the kubelet sees it end at the next readiness probe.
     pods.create(
         &PostParams::default(),
-        &pod("p", json!({DELAY: "2500"}), None),
+        &with_readiness_probe(pod("p", json!({DELAY: "2500"}), None)),
     )
     .await
     .unwrap();
@@ -377,4 +390,184 @@ async fn a_namespace_holding_a_claim_is_deleted_completely() {
         .contains(&"kubernetes.io/pvc-protection".to_string()));
     ns.delete_and_wait("the namespace and its claim to be gone")
         .await;
+}
+
+/// A pod whose one container has these probes (JSON, on `GET /v1/sandbox :8080`) and image.
+fn probed_pod(name: &str, image: &str, probes: serde_json::Value) -> Pod {
+    let mut container =
+        json!({"name": "sandbox", "image": image, "imagePullPolicy": "IfNotPresent"});
+    for (kind, timing) in probes.as_object().unwrap() {
+        let mut probe = json!({"httpGet": {"path": "/v1/sandbox", "port": 8080}});
+        probe
+            .as_object_mut()
+            .unwrap()
+            .extend(timing.as_object().unwrap().clone());
+        container[kind] = probe;
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": [container]},
+    }))
+    .unwrap()
+}
+
+fn deerflow_probes() -> serde_json::Value {
+    json!({
+        "readinessProbe": {"initialDelaySeconds": 5, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {"initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+    })
+}
+
+/// Creates the pods at once and returns, for each, the seconds from its creation until it was
+/// first seen Ready (polled every 50 ms, for at most `limit`).
+async fn seconds_to_ready(pods: &Api<Pod>, wanted: Vec<Pod>, limit: Duration) -> Vec<f64> {
+    let mut created = Vec::new();
+    for p in wanted {
+        let name = p.metadata.name.clone().unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        created.push((name, std::time::Instant::now()));
+    }
+    let mut ready: Vec<Option<f64>> = vec![None; created.len()];
+    let deadline = std::time::Instant::now() + limit;
+    while ready.iter().any(Option::is_none) && std::time::Instant::now() < deadline {
+        for (i, (name, at)) in created.iter().enumerate() {
+            if ready[i].is_none() && pods.get(name).await.is_ok_and(|p| is_ready(&p)) {
+                ready[i] = Some(at.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ready
+        .into_iter()
+        .zip(created)
+        .map(|(r, (name, _))| r.unwrap_or_else(|| panic!("{name} was not Ready within {limit:?}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn deerflows_probes_make_a_sandbox_wait_for_the_readiness_ticker() {
+    let ns = TestNamespace::new("probes-deerflow").await;
+    let pods = ns.pods();
+    let times = seconds_to_ready(
+        &pods,
+        vec![
+            probed_pod("boot-1000", "sandbox:sim-delay-1000", deerflow_probes()),
+            probed_pod("boot-5100", "sandbox:sim-delay-5100", deerflow_probes()),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    // Booted after 1 s, seen at the first probe 5 s after the start; booted after 5.1 s,
+    // missed by that probe and seen by the next, at 10 s. (Upper bounds leave room for a
+    // loaded machine; the lower ones are what the schedule guarantees.)
+    assert!(
+        (5.0..7.5).contains(&times[0]),
+        "a 1 s boot was Ready after {:.2} s",
+        times[0]
+    );
+    assert!(
+        (10.0..12.5).contains(&times[1]),
+        "a 5.1 s boot was Ready after {:.2} s",
+        times[1]
+    );
+}
+
+#[tokio::test]
+async fn a_startup_probe_makes_ready_follow_the_boot() {
+    let ns = TestNamespace::new("probes-startup").await;
+    let probes = json!({
+        "startupProbe": {"periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 3},
+        "readinessProbe": {"periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {"periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+    });
+    let times = seconds_to_ready(
+        &ns.pods(),
+        vec![
+            probed_pod("boot-1000", "sandbox:sim-delay-1000", probes.clone()),
+            probed_pod("boot-2300", "sandbox:sim-delay-2300", probes),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The startup probe runs every second: Ready at the first whole second after the boot.
+    assert!(
+        (1.0..2.5).contains(&times[0]),
+        "a 1 s boot was Ready after {:.2} s",
+        times[0]
+    );
+    assert!(
+        (3.0..4.5).contains(&times[1]),
+        "a 2.3 s boot was Ready after {:.2} s",
+        times[1]
+    );
+}
+
+#[tokio::test]
+async fn an_absent_image_is_pulled_once_then_listed_on_the_node() {
+    let ns = TestNamespace::new("pull").await;
+    let pods = ns.pods();
+    let image = format!("pull-{}:sim-pull-3000", common::random_suffix());
+    let first = probed_pod("first", &image, json!({}));
+    pods.create(&PostParams::default(), &first).await.unwrap();
+    let pulling = wait_for_pod(&pods, "first", "the pull to be reported", |p| {
+        waiting_reason(p).is_some()
+    })
+    .await;
+    assert_eq!(
+        waiting_reason(&pulling).as_deref(),
+        Some("ContainerCreating")
+    );
+    let times = seconds_to_ready(
+        &pods,
+        vec![probed_pod("second", &image, json!({}))],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The second pod waits for the first one's pull (3 s), not for a pull of its own.
+    assert!((1.0..4.5).contains(&times[0]), "{:.2} s", times[0]);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ns.client.clone());
+    let listed = eventually(
+        Duration::from_secs(10),
+        "the node to list the image",
+        || async {
+            let node = nodes.get("local-node").await.ok()?;
+            let names: Vec<String> = node
+                .status?
+                .images?
+                .into_iter()
+                .flat_map(|i| i.names.unwrap_or_default())
+                .collect();
+            names
+                .contains(&format!("docker.io/library/{image}"))
+                .then_some(names)
+        },
+    )
+    .await;
+    assert!(listed.contains(&image), "{listed:?}");
+    // Now present: a third pod starts without pulling.
+    let times = seconds_to_ready(
+        &pods,
+        vec![probed_pod("third", &image, json!({}))],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(times[0] < 1.5, "a present image took {:.2} s", times[0]);
+}
+
+#[tokio::test]
+async fn pull_policy_never_refuses_an_absent_image() {
+    let ns = TestNamespace::new("never-pull").await;
+    let pods = ns.pods();
+    let mut p = probed_pod(
+        "p",
+        &format!("absent-{}:1", common::random_suffix()),
+        json!({}),
+    );
+    p.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let p = wait_for_pod(&pods, "p", "ErrImageNeverPull", |p| {
+        waiting_reason(p).as_deref() == Some("ErrImageNeverPull")
+    })
+    .await;
+    assert!(!is_ready(&p));
 }

@@ -851,3 +851,145 @@ fn regex_lite_links() -> impl Fn(&str) -> Vec<String> {
         targets
     }
 }
+
+/// The images a node reports.
+async fn node_images(client: &kube::Client) -> Vec<String> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    nodes
+        .get("local-node")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.images)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|i| i.names.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_prepull_component_puts_the_sandbox_image_on_the_nodes_and_doctor_sees_it() {
+    let ns = TestNamespace::new("prepull").await;
+    // An image no node has yet, that takes 5 s to pull.
+    let (name, tag) = (
+        format!("prepull-{}", common::random_suffix()),
+        "sim-pull-5000",
+    );
+    let image = format!("{name}:{tag}");
+    let doctor_env = || {
+        vec![
+            ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
+            ("K8S_NAMESPACE", ns.name.clone()),
+            ("SANDBOX_IMAGE", image.clone()),
+        ]
+    };
+    let (code, before) = doctor(&doctor_env());
+    assert_eq!(code, 0, "a missing image is a warning:\n{before}");
+    let line = before
+        .lines()
+        .find(|l| l.contains("images on nodes"))
+        .unwrap_or_else(|| panic!("no image check:\n{before}"));
+    assert!(
+        line.starts_with("warn") && line.contains("local-node (lacks") && line.contains(&image),
+        "{before}"
+    );
+    assert!(before.contains("deploy/kubernetes/prepull"), "{before}");
+
+    // The component as a user adds it: the image set with kustomize, names made unique per
+    // installation for its cluster-wide RBAC.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prepull-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "namespace: {ns}\nnameSuffix: -{ns}\nresources:\n  - {base}\ncomponents:\n  - {component}\nimages:\n  - name: enterprise-public-cn-beijing.cr.volces.com/vefaas-public/all-in-one-sandbox\n    newName: {name}\n    newTag: {tag}\n",
+            ns = ns.name,
+            base = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes")),
+            component = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes/prepull")),
+        ),
+    )
+    .unwrap();
+    let dir_arg = dir.display().to_string();
+    kubectl(&["apply", "-k", &dir_arg]);
+    // The DaemonSet controller makes one pod per node; the simulator pulls the image for its
+    // init container and records it on the node.
+    let daemonsets: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let ds_name = format!("sandbox-image-prepull-{}", ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "the pre-pull pod to be ready",
+        || async {
+            let ds = daemonsets.get(&ds_name).await.ok()?;
+            let status = ds.status?;
+            (status.desired_number_scheduled >= 1
+                && status.number_ready == status.desired_number_scheduled)
+                .then_some(())
+        },
+    )
+    .await;
+    let listed = node_images(&ns.client).await;
+    assert!(
+        listed.contains(&format!("docker.io/library/{image}")),
+        "{listed:?}"
+    );
+    let pods = ns
+        .pods()
+        .list(
+            &kube::api::ListParams::default()
+                .labels("app.kubernetes.io/name=sandbox-image-prepull"),
+        )
+        .await
+        .unwrap()
+        .items;
+    let spec = pods[0].spec.as_ref().unwrap();
+    assert_eq!(
+        spec.init_containers.as_ref().unwrap()[0].image.as_deref(),
+        Some(image.as_str())
+    );
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let (code, after) = doctor(&doctor_env());
+    assert_eq!(code, 0, "{after}");
+    // With the provisioner's own ServiceAccount, the component's ClusterRole lets it look.
+    let kubeconfig = ns
+        .kubeconfig_for_service_account(&format!("sandbox-provisioner-{}", ns.name))
+        .await;
+    let (_, as_provisioner) = doctor(&[
+        ("KUBECONFIG_PATH", kubeconfig.display().to_string()),
+        ("K8S_NAMESPACE", ns.name.clone()),
+        ("SANDBOX_IMAGE", image.clone()),
+    ]);
+    assert!(
+        as_provisioner
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("images on nodes")),
+        "{as_provisioner}"
+    );
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("images on nodes") && l.contains("have")),
+        "{after}"
+    );
+    // A sandbox of that image now starts without the pull: it boots at once and is Ready
+    // well inside the 5 s a pull would take.
+    let mut args = serve_args(&ns.name);
+    args.sandbox.sandbox_image = image.clone();
+    let svc = TestService::start(args).await;
+    let started = std::time::Instant::now();
+    let (code, body) = svc
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": "warm-1", "thread_id": "t", "wait_ready_seconds": 30})),
+        )
+        .await;
+    assert_eq!((code, &body["ready"]), (200, &json!(true)), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    kubectl(&["delete", "-k", &dir_arg, "--wait=false"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

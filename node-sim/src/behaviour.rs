@@ -5,9 +5,16 @@
 //!   `crash-loop`, `never-ready` or `unschedulable`;
 //! - `node-sim.sandbox-provisioner.dev/start-delay-ms`: delay before the pod starts, in ms.
 //!
-//! Where the pod's creator cannot set annotations, the mode can also be chosen by the image
-//! tag of the first container: `sim-<mode>` (for example `sandbox:sim-crash-loop`), and the
-//! start delay by `sim-delay-<ms>` (for example `sandbox:sim-delay-1500`).
+//! - `node-sim.sandbox-provisioner.dev/pull-ms`: how long pulling each of the pod's images takes
+//!   when it is not on the node yet, in ms.
+//!
+//! Where the pod's creator cannot set annotations, the image tag can say the same in
+//! directives joined by `_`: the first container's tag chooses the mode (`sim-<mode>`, for
+//! example `sandbox:sim-crash-loop`) and the boot time (`sim-delay-<ms>`, for example
+//! `sandbox:sim-delay-1500`), and each image's own tag its pull time (`sim-pull-<ms>`), so
+//! `sandbox:sim-pull-20000_sim-delay-2000` takes 20 s to pull and 2 s to boot.
+//!
+//! The start delay is the container's boot: from its start until it answers probes.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -17,6 +24,8 @@ use k8s_openapi::api::core::v1::Pod;
 pub const MODE_ANNOTATION: &str = "node-sim.sandbox-provisioner.dev/mode";
 /// Annotation delaying the simulated start.
 pub const DELAY_ANNOTATION: &str = "node-sim.sandbox-provisioner.dev/start-delay-ms";
+/// Annotation setting how long pulling each absent image of the pod takes.
+pub const PULL_ANNOTATION: &str = "node-sim.sandbox-provisioner.dev/pull-ms";
 
 /// The simulated outcome for one pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +60,9 @@ pub fn mode_of(pod: &Pod) -> Mode {
         return mode;
     }
     first_image(pod)
-        .and_then(image_tag)
-        .and_then(|tag| tag.strip_prefix("sim-"))
-        .and_then(Mode::parse)
+        .into_iter()
+        .flat_map(directives)
+        .find_map(Mode::parse)
         .unwrap_or(Mode::Ready)
 }
 
@@ -63,14 +72,35 @@ pub fn start_delay(pod: &Pod, default: Duration) -> Duration {
     annotations
         .and_then(|a| a.get(DELAY_ANNOTATION))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .or_else(|| {
-            first_image(pod)
-                .and_then(image_tag)
-                .and_then(|t| t.strip_prefix("sim-delay-"))
-                .and_then(|ms| ms.parse().ok())
-        })
+        .or_else(|| first_image(pod).and_then(|image| directive_ms(image, "delay-")))
         .map(Duration::from_millis)
         .unwrap_or(default)
+}
+
+/// How long pulling `image` for this pod takes: the pod's annotation, the image's tag, or the
+/// simulator's default.
+pub fn pull_time(pod: &Pod, image: &str, default: Duration) -> Duration {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PULL_ANNOTATION))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| directive_ms(image, "pull-"))
+        .map(Duration::from_millis)
+        .unwrap_or(default)
+}
+
+/// The `sim-` directives of an image's tag, without the prefix.
+fn directives(image: &str) -> impl Iterator<Item = &str> {
+    image_tag(image)
+        .into_iter()
+        .flat_map(|tag| tag.split('_'))
+        .filter_map(|d| d.strip_prefix("sim-"))
+}
+
+/// The milliseconds of directive `sim-<name><ms>`.
+fn directive_ms(image: &str, name: &str) -> Option<u64> {
+    directives(image).find_map(|d| d.strip_prefix(name)?.parse().ok())
 }
 
 pub fn first_image(pod: &Pod) -> Option<&str> {
@@ -127,6 +157,28 @@ mod tests {
         assert_eq!(
             mode_of(&pod(&[(MODE_ANNOTATION, "bogus")], "i")),
             Mode::Ready
+        );
+    }
+
+    #[test]
+    fn directives_combine_in_one_tag() {
+        let p = pod(&[], "reg:5000/sandbox:sim-pull-20000_sim-delay-2000");
+        let d = Duration::from_millis(7);
+        assert_eq!(start_delay(&p, d), Duration::from_millis(2000));
+        assert_eq!(
+            pull_time(&p, "reg:5000/sandbox:sim-pull-20000_sim-delay-2000", d),
+            Duration::from_millis(20_000)
+        );
+        assert_eq!(pull_time(&p, "pause:3", d), d);
+        assert_eq!(mode_of(&p), Mode::Ready);
+        assert_eq!(
+            mode_of(&pod(&[], "s:sim-delay-10_sim-never-ready")),
+            Mode::NeverReady
+        );
+        let annotated = pod(&[(PULL_ANNOTATION, "900")], "s:sim-pull-5");
+        assert_eq!(
+            pull_time(&annotated, "s:sim-pull-5", d),
+            Duration::from_millis(900)
         );
     }
 

@@ -6,6 +6,8 @@
 //! pod deletions. Everything goes through the Kubernetes API, like kwok does.
 
 mod behaviour;
+mod images;
+mod kubelet;
 mod node;
 mod pods;
 mod status;
@@ -33,9 +35,14 @@ pub struct Args {
     /// Address the stubs listen on and the pods report as their IP.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: std::net::Ipv4Addr,
-    /// Delay before a pod becomes ready when its annotation sets none, in milliseconds.
+    /// How long a container takes to boot (until it answers probes) when its pod's annotation
+    /// and image tag set none, in milliseconds.
     #[arg(long, default_value_t = 0)]
     start_delay_ms: u64,
+    /// How long pulling an image the node lacks takes when the pod's annotation and the image's
+    /// tag set none, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pull_ms: u64,
     /// How often a crash-looping container "restarts", in milliseconds.
     #[arg(long, default_value_t = 2000)]
     crash_interval_ms: u64,
@@ -59,12 +66,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
-    node::register(&client, &args).await?;
+    let present = node::register(&client, &args).await?;
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), args.clone()));
     tracing::info!(node = %args.node_name, "node registered and Ready; watching pods");
 
     let result = tokio::select! {
-        r = pods::run(client, args) => r,
+        r = pods::run(client, args, present) => r,
         _ = &mut shutdown => {
             tracing::info!("shutting down");
             Ok(())

@@ -11,8 +11,9 @@ use serde_json::json;
 
 use crate::Args;
 
-/// Creates the Node when missing and marks it Ready with generous capacity.
-pub async fn register(client: &Client, args: &Args) -> anyhow::Result<()> {
+/// Creates the Node when missing and marks it Ready with generous capacity; returns the images
+/// its status already lists (pulled before a restart of the simulator).
+pub async fn register(client: &Client, args: &Args) -> anyhow::Result<Vec<String>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -32,7 +33,36 @@ pub async fn register(client: &Client, args: &Args) -> anyhow::Result<()> {
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    patch_status(&nodes, args).await
+    patch_status(&nodes, args).await?;
+    let node = nodes.get(&args.node_name).await?;
+    // The apiserver taints a new node not-ready; the node lifecycle controller (not run here)
+    // lifts that once the node reports Ready. Without it, DaemonSets would skip the node.
+    let taints: Vec<serde_json::Value> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.key != "node.kubernetes.io/not-ready" && t.key != "node.kubernetes.io/unreachable"
+        })
+        .map(|t| serde_json::to_value(t).unwrap_or_default())
+        .collect();
+    let lifted = json!({"spec": {"taints": taints}});
+    nodes
+        .patch(
+            &args.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&lifted),
+        )
+        .await?;
+    Ok(node
+        .status
+        .and_then(|s| s.images)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|i| i.names.unwrap_or_default())
+        .collect())
 }
 
 /// Refreshes the Ready condition now and then, so the node looks alive to anyone who checks.

@@ -18,7 +18,9 @@ use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::{
     behaviour::{self, Mode},
-    status::{self, Container},
+    images::{self, Images, Plan, Policy, Wanted},
+    kubelet::{self, Event, Probe, Probes},
+    status::{self, Container, View},
     stubs::{self, Stub},
     Args,
 };
@@ -56,8 +58,12 @@ struct NodePortService {
 
 /// Messages from the per-pod tasks back to the loop that owns the state.
 enum Internal {
-    /// The pod's (simulated) container started and passes its probe.
-    Started { uid: String },
+    /// The pod turned Ready; `status` is reported once its node ports are open.
+    Ready { uid: String, status: Option<Value> },
+    /// The pod is no longer Ready; `status` says why.
+    NotReady { uid: String, status: Value },
+    /// An image pull finished.
+    Pulled { image: String },
 }
 
 #[allow(clippy::large_enum_variant)] // one value at a time, moved straight into the handler
@@ -78,10 +84,14 @@ struct Sim {
     pods_seen_in_relist: Option<HashSet<String>>,
     services_seen_in_relist: Option<HashSet<Key>>,
     tx: mpsc::UnboundedSender<Internal>,
+    images: Images,
+    /// The simulator's clock for image pulls.
+    clock: tokio::time::Instant,
 }
 
 /// Watches pods and services cluster-wide until the streams end (they do not, normally).
-pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
+/// `present` are the images the node already has.
+pub async fn run(client: Client, args: Args, present: Vec<String>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -110,6 +120,8 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
         pods_seen_in_relist: None,
         services_seen_in_relist: None,
         tx,
+        images: Images::with_present(present),
+        clock: tokio::time::Instant::now(),
     };
     while let Some(input) = inputs.next().await {
         match input {
@@ -118,7 +130,9 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
             Input::Pod(Err(e)) | Input::Service(Err(e)) => {
                 tracing::warn!(error = %e, "watch failed; retrying with backoff")
             }
-            Input::Internal(Internal::Started { uid }) => sim.on_started(&uid),
+            Input::Internal(Internal::Ready { uid, status }) => sim.on_ready(&uid, status),
+            Input::Internal(Internal::NotReady { uid, status }) => sim.on_not_ready(&uid, status),
+            Input::Internal(Internal::Pulled { image }) => sim.on_pulled(&image),
         }
     }
     anyhow::bail!("watch streams ended")
@@ -202,72 +216,240 @@ impl Sim {
         );
         if mode == Mode::Ready && is_ready(&pod) {
             // Already Ready (the simulator restarted): only the stubs need to come back.
-            self.on_started(&uid);
+            self.on_ready(&uid, None);
             return;
         }
+        let task = match mode {
+            Mode::Ready | Mode::NeverReady | Mode::Unschedulable => self.play_kubelet(pod, mode),
+            Mode::ImagePullFailure | Mode::CrashLoop => self.play_failure(pod, mode),
+        };
+        if let Some(t) = self.tracked.get_mut(&uid) {
+            t.task = task;
+        }
+    }
+
+    /// A pod that fails the old way: its image never pulls, or its container keeps crashing.
+    fn play_failure(&mut self, pod: Pod, mode: Mode) -> Option<AbortHandle> {
+        let key = Key::of(&pod);
         let delay = behaviour::start_delay(&pod, Duration::from_millis(self.args.start_delay_ms));
-        let container = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
+        let container = first_container_name(&pod);
         let image = behaviour::first_image(&pod).unwrap_or_default().to_string();
         let ip = self.args.node_ip.to_string();
         let pods = self.pods(&key.namespace);
         let crash_interval = Duration::from_millis(self.args.crash_interval_ms);
-        let tx = self.tx.clone();
-        let task_uid = uid.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let doc = |phase: &str, c: Container<'_>, restarts: i32| {
                 status::pod_status(phase, &ip, &container, &image, c, restarts)
             };
-            match mode {
-                Mode::Ready | Mode::Unschedulable => {
-                    let _ = tx.send(Internal::Started { uid });
+            if mode == Mode::ImagePullFailure {
+                let message = format!("Back-off pulling image \"{image}\"");
+                let waiting = Container::Waiting {
+                    reason: "ImagePullBackOff",
+                    message: &message,
+                };
+                patch_status(pods, key, doc("Pending", waiting, 0)).await;
+                return;
+            }
+            let message = format!("back-off restarting failed container {container}");
+            for restarts in 1.. {
+                let waiting = Container::Waiting {
+                    reason: "CrashLoopBackOff",
+                    message: &message,
+                };
+                patch_status(pods.clone(), key.clone(), doc("Running", waiting, restarts)).await;
+                tokio::time::sleep(crash_interval).await;
+            }
+        });
+        Some(task.abort_handle())
+    }
+
+    /// A pod whose life the kubelet model decides: image pulls, boot and probes.
+    fn play_kubelet(&mut self, pod: Pod, mode: Mode) -> Option<AbortHandle> {
+        let uid = pod.uid().unwrap_or_default();
+        let key = Key::of(&pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let default_pull = Duration::from_millis(self.args.pull_ms);
+        let wanted: Vec<Wanted> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter_map(|c| {
+                let image = c.image.clone()?;
+                Some(Wanted {
+                    policy: Policy::of(c.image_pull_policy.as_deref(), &image),
+                    pull_ms: millis(behaviour::pull_time(&pod, &image, default_pull)),
+                    image,
+                })
+            })
+            .collect();
+        let names = |list: &[k8s_openapi::api::core::v1::Container]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        };
+        let containers = names(&spec.containers);
+        let init_containers = names(spec.init_containers.as_deref().unwrap_or_default());
+        let now = millis(self.clock.elapsed());
+        let admitted = k8s_openapi::jiff::Timestamp::now();
+        let ip = self.args.node_ip.to_string();
+        let pods = self.pods(&key.namespace);
+        let plan = self.images.plan(now, &wanted);
+        let start = match plan {
+            Plan::NeverPull(image) => {
+                let message =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                let doc = status_at_admission(
+                    &ip,
+                    &containers,
+                    &init_containers,
+                    admitted,
+                    "ErrImageNeverPull",
+                    &message,
+                );
+                self.spawn(patch_status(pods, key, doc));
+                return None;
+            }
+            Plan::StartsAt { at, pulls } => {
+                for (image, done) in pulls {
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(done.saturating_sub(now))).await;
+                        let _ = tx.send(Internal::Pulled { image });
+                    });
                 }
-                Mode::NeverReady => {
-                    let s = doc("Running", Container::Running { ready: false }, 0);
-                    patch_status(pods, key, s).await;
-                }
-                Mode::ImagePullFailure => {
-                    let message = format!("Back-off pulling image \"{image}\"");
-                    let s = doc(
-                        "Pending",
-                        Container::Waiting {
-                            reason: "ImagePullBackOff",
-                            message: &message,
-                        },
-                        0,
-                    );
-                    patch_status(pods, key, s).await;
-                }
-                Mode::CrashLoop => {
-                    let message = format!("back-off restarting failed container {container}");
-                    for restarts in 1.. {
-                        let s = doc(
-                            "Running",
-                            Container::Waiting {
-                                reason: "CrashLoopBackOff",
-                                message: &message,
-                            },
-                            restarts,
-                        );
-                        patch_status(pods.clone(), key.clone(), s).await;
-                        tokio::time::sleep(crash_interval).await;
+                at - now
+            }
+        };
+        let first = spec.containers.first();
+        let probe = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+            p.map(|p| {
+                Probe::new(
+                    p.initial_delay_seconds,
+                    p.period_seconds,
+                    p.failure_threshold,
+                    p.success_threshold,
+                )
+            })
+        };
+        let probes = Probes {
+            startup: probe(first.and_then(|c| c.startup_probe.as_ref())),
+            readiness: probe(first.and_then(|c| c.readiness_probe.as_ref())),
+            liveness: probe(first.and_then(|c| c.liveness_probe.as_ref())),
+        };
+        let boot = match mode {
+            Mode::NeverReady => None,
+            _ => Some(millis(behaviour::start_delay(
+                &pod,
+                Duration::from_millis(self.args.start_delay_ms),
+            ))),
+        };
+        let events = kubelet::timeline(&probes, start, boot, 10);
+        let tx = self.tx.clone();
+        let origin = tokio::time::Instant::now();
+        let task = tokio::spawn(async move {
+            if start > 0 {
+                let reason = if init_containers.is_empty() {
+                    "ContainerCreating"
+                } else {
+                    "PodInitializing"
+                };
+                let doc =
+                    status_at_admission(&ip, &containers, &init_containers, admitted, reason, "");
+                patch_status(pods.clone(), key.clone(), doc).await;
+            }
+            let wall = |t: u64| {
+                admitted
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(t as i64))
+                    .unwrap_or(admitted)
+            };
+            let mut restarts = 0i32;
+            let mut container_started = admitted;
+            let mut started = false;
+            let mut ready_since = None;
+            let mut last_terminated = None;
+            let mut running = false;
+            let mut i = 0;
+            while i < events.len() {
+                let t = events[i].0;
+                tokio::time::sleep_until(origin + Duration::from_millis(t)).await;
+                let was_ready = ready_since.is_some();
+                let mut turned_ready = false;
+                while i < events.len() && events[i].0 == t {
+                    match events[i].1 {
+                        Event::Started { restarts: r } => {
+                            restarts = r as i32;
+                            container_started = wall(t);
+                            started = false;
+                            ready_since = None;
+                            running = true;
+                        }
+                        Event::StartupSucceeded => started = true,
+                        Event::Ready => {
+                            ready_since = Some(wall(t));
+                            turned_ready = true;
+                        }
+                        Event::NotReady => ready_since = None,
+                        Event::Killed { .. } => {
+                            last_terminated = Some((wall(t), 137));
+                            ready_since = None;
+                            running = false;
+                        }
                     }
+                    i += 1;
+                }
+                let back_off = format!(
+                    "back-off restarting failed container {}",
+                    containers
+                        .first()
+                        .map(|(n, _)| n.as_str())
+                        .unwrap_or_default()
+                );
+                let container = if running {
+                    Container::Running {
+                        ready: ready_since.is_some(),
+                    }
+                } else {
+                    Container::Waiting {
+                        reason: "CrashLoopBackOff",
+                        message: &back_off,
+                    }
+                };
+                let doc = status::status_at(&View {
+                    phase: "Running",
+                    node_ip: &ip,
+                    containers: &containers,
+                    init_containers: &init_containers,
+                    container,
+                    admitted,
+                    container_started,
+                    started,
+                    ready_since,
+                    restarts,
+                    last_terminated,
+                });
+                if turned_ready && ready_since.is_some() {
+                    let _ = tx.send(Internal::Ready {
+                        uid: uid.clone(),
+                        status: Some(doc),
+                    });
+                } else if was_ready && ready_since.is_none() {
+                    let _ = tx.send(Internal::NotReady {
+                        uid: uid.clone(),
+                        status: doc,
+                    });
+                } else {
+                    patch_status(pods.clone(), key.clone(), doc).await;
                 }
             }
         });
-        if let Some(t) = self.tracked.get_mut(&task_uid) {
-            t.task = Some(task.abort_handle());
-        }
+        Some(task.abort_handle())
     }
 
-    /// A pod's container is up: open its node ports first, then report it Ready, so that a
-    /// client who sees Ready can reach the sandbox at once.
-    fn on_started(&mut self, uid: &str) {
+    /// A pod turned Ready: open its node ports first, then report it Ready, so that a client
+    /// who sees Ready can reach the sandbox at once (`status` None: it already says Ready).
+    fn on_ready(&mut self, uid: &str, status: Option<Value>) {
         let Some(t) = self.tracked.get_mut(uid) else {
             return;
         };
@@ -281,34 +463,53 @@ impl Sim {
             .or_default()
             .insert(key.name.clone(), labels.clone());
         self.refresh_services_selecting(&key.namespace, &labels);
-        let pods = self.pods(&key.namespace);
-        let ip = self.args.node_ip.to_string();
-        let client_pods = pods.clone();
-        let k = key.clone();
-        let uid = uid.to_string();
+        if let Some(status) = status {
+            self.spawn(patch_status(self.pods(&key.namespace), key, status));
+        }
+    }
+
+    /// A pod is no longer Ready: close its node ports, then report it.
+    fn on_not_ready(&mut self, uid: &str, status: Value) {
+        let Some(t) = self.tracked.get_mut(uid) else {
+            return;
+        };
+        let key = t.key.clone();
+        if t.ready {
+            t.ready = false;
+            let labels = t.labels.clone();
+            self.unready(&key, &labels);
+        }
+        self.spawn(patch_status(self.pods(&key.namespace), key, status));
+    }
+
+    /// An image finished pulling: the node lists it.
+    fn on_pulled(&mut self, image: &str) {
+        if !self.images.pulled(image) {
+            return;
+        }
+        tracing::info!(image, "image pulled");
+        let listed: Vec<Value> = self
+            .images
+            .present()
+            .map(|name| {
+                let canonical = images::canonical(name);
+                let names: Vec<&str> = if canonical == *name {
+                    vec![name.as_str()]
+                } else {
+                    vec![canonical.as_str(), name.as_str()]
+                };
+                json!({"names": names, "sizeBytes": 1})
+            })
+            .collect();
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let node = self.args.node_name.clone();
         self.spawn(async move {
-            let Ok(Ok(pod)) = with_timeout(client_pods.get(&k.name)).await else {
-                return;
-            };
-            if pod.uid().as_deref() != Some(uid.as_str()) || is_ready(&pod) {
-                return;
+            let patch = json!({"status": {"images": listed}});
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+            let call = nodes.patch_status(&node, &params, &patch);
+            if !matches!(with_timeout(call).await, Ok(Ok(_))) {
+                tracing::warn!(node, "recording pulled images on the node failed");
             }
-            let container = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            let image = behaviour::first_image(&pod).unwrap_or_default().to_string();
-            let s = status::pod_status(
-                "Running",
-                &ip,
-                &container,
-                &image,
-                Container::Running { ready: true },
-                0,
-            );
-            patch_status(pods, k, s).await;
         });
     }
 
@@ -321,14 +522,19 @@ impl Sim {
             task.abort();
         }
         if t.ready {
-            if let Some(ns) = self.ready_pods.get_mut(&t.key.namespace) {
-                ns.remove(&t.key.name);
-                if ns.is_empty() {
-                    self.ready_pods.remove(&t.key.namespace);
-                }
-            }
-            self.refresh_services_selecting(&t.key.namespace, &t.labels);
+            self.unready(&t.key, &t.labels);
         }
+    }
+
+    /// Takes a pod out of the ready set and closes the node ports only it kept open.
+    fn unready(&mut self, key: &Key, labels: &Labels) {
+        if let Some(ns) = self.ready_pods.get_mut(&key.namespace) {
+            ns.remove(&key.name);
+            if ns.is_empty() {
+                self.ready_pods.remove(&key.namespace);
+            }
+        }
+        self.refresh_services_selecting(&key.namespace, labels);
     }
 
     fn on_service_event(&mut self, event: watcher::Event<Service>) {
@@ -441,6 +647,42 @@ impl Sim {
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
         tokio::spawn(fut);
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn first_container_name(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
+/// The status of an admitted pod whose containers have not started.
+fn status_at_admission(
+    ip: &str,
+    containers: &[(String, String)],
+    init_containers: &[(String, String)],
+    admitted: k8s_openapi::jiff::Timestamp,
+    reason: &str,
+    message: &str,
+) -> Value {
+    status::status_at(&View {
+        phase: "Pending",
+        node_ip: ip,
+        containers,
+        init_containers,
+        container: Container::Waiting { reason, message },
+        admitted,
+        container_started: admitted,
+        started: false,
+        ready_since: None,
+        restarts: 0,
+        last_terminated: None,
+    })
 }
 
 fn selects(selector: &Labels, labels: &Labels) -> bool {

@@ -9,7 +9,7 @@ pub enum Container<'a> {
     Waiting { reason: &'a str, message: &'a str },
 }
 
-/// A full `status` merge patch for a pod bound to our node.
+/// A full `status` merge patch for a pod bound to our node, everything at this moment.
 pub fn pod_status(
     phase: &str,
     node_ip: &str,
@@ -18,58 +18,124 @@ pub fn pod_status(
     container: Container<'_>,
     restart_count: i32,
 ) -> Value {
-    let now = Time(Timestamp::now());
+    let now = Timestamp::now();
     let ready = matches!(container, Container::Running { ready: true });
-    let (state, started) = match &container {
-        Container::Running { .. } => (json!({"running": {"startedAt": now}}), true),
-        Container::Waiting { reason, message } => (
-            json!({"waiting": {"reason": reason, "message": message}}),
-            false,
-        ),
+    let names = [(container_name.to_string(), image.to_string())];
+    status_at(&View {
+        phase,
+        node_ip,
+        containers: &names,
+        init_containers: &[],
+        container,
+        admitted: now,
+        container_started: now,
+        started: true,
+        ready_since: ready.then_some(now),
+        restarts: restart_count,
+        last_terminated: (restart_count > 0).then_some((now, 1)),
+    })
+}
+
+/// A pod's state as a kubelet reports it, with the moment of each transition.
+pub struct View<'a> {
+    pub phase: &'a str,
+    pub node_ip: &'a str,
+    /// Name and image of each container; they share one state (the first one's probes decide).
+    pub containers: &'a [(String, String)],
+    /// Name and image of each init container (each has run to completion once the containers
+    /// run).
+    pub init_containers: &'a [(String, String)],
+    pub container: Container<'a>,
+    /// When the pod was admitted on the node (scheduled, `startTime`).
+    pub admitted: Timestamp,
+    /// When the current container incarnation started.
+    pub container_started: Timestamp,
+    /// The startup probe has passed (or there is none).
+    pub started: bool,
+    /// Ready since then, or not ready.
+    pub ready_since: Option<Timestamp>,
+    pub restarts: i32,
+    /// When the previous incarnation ended, and its exit code (137: killed by a probe).
+    pub last_terminated: Option<(Timestamp, i32)>,
+}
+
+/// The `status` merge patch for a [`View`].
+pub fn status_at(v: &View<'_>) -> Value {
+    let ready = v.ready_since.is_some();
+    let running = matches!(v.container, Container::Running { .. });
+    let state = match &v.container {
+        Container::Running { .. } => json!({"running": {"startedAt": Time(v.container_started)}}),
+        Container::Waiting { reason, message } => {
+            json!({"waiting": {"reason": reason, "message": message}})
+        }
     };
-    let last_state = if restart_count > 0 {
-        json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}})
-    } else {
-        json!({})
+    let last_state = match v.last_terminated {
+        Some((at, code)) => json!({"terminated": {"exitCode": code, "reason": "Error",
+            "startedAt": Time(v.container_started), "finishedAt": Time(at)}}),
+        None => json!({}),
     };
-    let not_ready_reason = (!ready).then_some("ContainersNotReady");
-    let condition = |type_: &str, ok: bool, reason: Option<&str>| {
+    let names: Vec<&str> = v.containers.iter().map(|(n, _)| n.as_str()).collect();
+    let not_ready_message = format!("containers with unready status: [{}]", names.join(" "));
+    let condition = |type_: &str, ok: bool, since: Timestamp, unready: bool| {
         let mut c = json!({
-            "type": type_, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now,
+            "type": type_, "status": if ok { "True" } else { "False" },
+            "lastTransitionTime": Time(since),
         });
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
-            c["message"] = json!(format!(
-                "containers with unready status: [{container_name}]"
-            ));
+        if unready {
+            c["reason"] = json!("ContainersNotReady");
+            c["message"] = json!(not_ready_message);
         }
         c
     };
-    json!({
-        "status": {
-            "phase": phase,
-            "hostIP": node_ip,
-            "podIP": node_ip,
-            "podIPs": [{"ip": node_ip}],
-            "startTime": now,
-            "conditions": [
-                condition("Initialized", true, None),
-                condition("Ready", ready, not_ready_reason),
-                condition("ContainersReady", ready, not_ready_reason),
-                condition("PodScheduled", true, None),
-            ],
-            "containerStatuses": [{
-                "name": container_name,
+    let ready_change = v.ready_since.unwrap_or(v.container_started);
+    let containers: Vec<Value> = v
+        .containers
+        .iter()
+        .map(|(name, image)| {
+            json!({
+                "name": name,
                 "image": image,
-                "imageID": if started { format!("sim://{image}") } else { String::new() },
+                "imageID": if running { format!("sim://{image}") } else { String::new() },
                 "ready": ready,
-                "started": started,
-                "restartCount": restart_count,
+                "started": running && v.started,
+                "restartCount": v.restarts,
                 "state": state,
                 "lastState": last_state,
-            }],
-        }
-    })
+            })
+        })
+        .collect();
+    let mut status = json!({
+        "phase": v.phase,
+        "hostIP": v.node_ip,
+        "podIP": v.node_ip,
+        "podIPs": [{"ip": v.node_ip}],
+        "startTime": Time(v.admitted),
+        "conditions": [
+            condition("Initialized", running || v.init_containers.is_empty(), v.admitted, false),
+            condition("Ready", ready, ready_change, !ready),
+            condition("ContainersReady", ready, ready_change, !ready),
+            condition("PodScheduled", true, v.admitted, false),
+        ],
+        "containerStatuses": containers,
+    });
+    if !v.init_containers.is_empty() {
+        let init: Vec<Value> = v
+            .init_containers
+            .iter()
+            .map(|(name, image)| {
+                let state = if running || v.restarts > 0 {
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                        "startedAt": Time(v.container_started), "finishedAt": Time(v.container_started)}})
+                } else {
+                    json!({"waiting": {"reason": "PodInitializing"}})
+                };
+                json!({"name": name, "image": image, "imageID": format!("sim://{image}"),
+                       "ready": running, "restartCount": 0, "state": state})
+            })
+            .collect();
+        status["initContainerStatuses"] = json!(init);
+    }
+    json!({ "status": status })
 }
 
 /// The status the scheduler writes when no node fits.
@@ -155,6 +221,49 @@ mod tests {
         assert_eq!(
             s["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
             1
+        );
+    }
+
+    #[test]
+    fn transitions_keep_their_own_times() {
+        let at = |s: i64| Timestamp::from_second(1_700_000_000 + s).unwrap();
+        let containers = [
+            ("sandbox".to_string(), "img".to_string()),
+            ("broker".to_string(), "b".to_string()),
+        ];
+        let init = [("init".to_string(), "i".to_string())];
+        let s = status_at(&View {
+            phase: "Running",
+            node_ip: "127.0.0.1",
+            containers: &containers,
+            init_containers: &init,
+            container: Container::Running { ready: true },
+            admitted: at(0),
+            container_started: at(20),
+            started: true,
+            ready_since: Some(at(22)),
+            restarts: 0,
+            last_terminated: None,
+        });
+        assert_eq!(
+            condition(&s, "PodScheduled")["lastTransitionTime"],
+            json!(Time(at(0)))
+        );
+        assert_eq!(
+            condition(&s, "Ready")["lastTransitionTime"],
+            json!(Time(at(22)))
+        );
+        assert_eq!(s["status"]["startTime"], json!(Time(at(0))));
+        let statuses = s["status"]["containerStatuses"].as_array().unwrap();
+        assert_eq!(statuses.len(), 2);
+        assert_eq!(
+            statuses[0]["state"]["running"]["startedAt"],
+            json!(Time(at(20)))
+        );
+        assert_eq!(statuses[1]["ready"], true);
+        assert_eq!(
+            s["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
         );
     }
 

@@ -26,6 +26,8 @@ pub struct ServeArgs {
     pub lifecycle: LifecycleArgs,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 }
 
 /// HTTP API: where it listens, who may call it, and its limits.
@@ -314,4 +316,57 @@ pub struct SecurityArgs {
     /// pod and service ranges when they lie outside these.
     #[arg(long, env = "SANDBOX_EGRESS_DENY_CIDRS", default_value = DEFAULT_EGRESS_DENY)]
     pub sandbox_egress_deny_cidrs: String,
+}
+
+/// How the kubelet checks a sandbox: a startup probe that finds a booted sandbox within a
+/// second, then readiness and liveness. DeerFlow's timings: SANDBOX_PROBE_STARTUP_TIMEOUT=0,
+/// SANDBOX_PROBE_READINESS_INITIAL_DELAY_SECONDS=5 and SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS=10.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Longest a sandbox may take to boot before the kubelet restarts it; a startup probe
+    /// checks it every SANDBOX_PROBE_STARTUP_PERIOD_SECONDS until then. 0: no startup probe.
+    #[arg(long, env = "SANDBOX_PROBE_STARTUP_TIMEOUT", default_value = "120s")]
+    pub sandbox_probe_startup_timeout: String,
+
+    /// Seconds between startup probes: at most this long passes between a sandbox booting
+    /// and the kubelet seeing it.
+    #[arg(
+        long,
+        env = "SANDBOX_PROBE_STARTUP_PERIOD_SECONDS",
+        default_value_t = 1
+    )]
+    pub sandbox_probe_startup_period_seconds: u32,
+
+    /// Seconds after the container starts before the first readiness probe.
+    #[arg(
+        long,
+        env = "SANDBOX_PROBE_READINESS_INITIAL_DELAY_SECONDS",
+        default_value_t = 0
+    )]
+    pub sandbox_probe_readiness_initial_delay_seconds: u32,
+
+    /// Seconds between readiness probes.
+    #[arg(
+        long,
+        env = "SANDBOX_PROBE_READINESS_PERIOD_SECONDS",
+        default_value_t = 5
+    )]
+    pub sandbox_probe_readiness_period_seconds: u32,
+
+    /// Seconds after the container starts before the first liveness probe (which, with a
+    /// startup probe, waits for it anyway).
+    #[arg(
+        long,
+        env = "SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS",
+        default_value_t = 0
+    )]
+    pub sandbox_probe_liveness_initial_delay_seconds: u32,
+
+    /// Seconds between liveness probes.
+    #[arg(
+        long,
+        env = "SANDBOX_PROBE_LIVENESS_PERIOD_SECONDS",
+        default_value_t = 10
+    )]
+    pub sandbox_probe_liveness_period_seconds: u32,
 }

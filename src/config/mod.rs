@@ -13,14 +13,15 @@ mod tests;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use args::{
-    ClusterArgs, LifecycleArgs, ListenArgs, SandboxArgs, SecurityArgs, ServeArgs, SizeArgs,
-    StorageArgs,
+    ClusterArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs, ServeArgs,
+    SizeArgs, StorageArgs,
 };
 
 use crate::{
     sandbox::{HostBase, Sizes, Timers},
     spec::{
-        Exposure, LarkImages, PodSecurity, SandboxSpec, SkillsMount, SubPathTemplate, UserDataMount,
+        Exposure, LarkImages, PodSecurity, ProbeTimings, SandboxSpec, SkillsMount, SubPathTemplate,
+        UserDataMount,
     },
 };
 
@@ -131,10 +132,12 @@ impl TryFrom<ServeArgs> for Config {
             sizes,
             lifecycle,
             security,
+            probes,
         } = args;
         let cluster = ClusterSection::try_from(cluster)?;
         let sizes = check::sizes(&sizes)?;
-        let sandbox = sandbox_spec(&cluster.namespace, sandbox, storage, security, &sizes)?;
+        let mut sandbox = sandbox_spec(&cluster.namespace, sandbox, storage, security, &sizes)?;
+        sandbox.probes = ProbeTimings::try_from(probes)?;
         Ok(Config {
             http: HttpSection::try_from(http)?,
             cluster,
@@ -259,6 +262,81 @@ impl TryFrom<LifecycleArgs> for Lifecycle {
     }
 }
 
+impl TryFrom<ProbeArgs> for ProbeTimings {
+    type Error = ConfigError;
+
+    fn try_from(args: ProbeArgs) -> Result<Self, ConfigError> {
+        const MAX: u32 = 3600;
+        let period = |variable: &'static str, value: u32| {
+            if (1..=MAX).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::new(
+                    variable,
+                    value.to_string(),
+                    format!("must be a whole number of seconds from 1 to {MAX}"),
+                ))
+            }
+        };
+        let delay = |variable: &'static str, value: u32| {
+            if value <= MAX {
+                Ok(value)
+            } else {
+                Err(ConfigError::new(
+                    variable,
+                    value.to_string(),
+                    format!("must be a whole number of seconds from 0 to {MAX}"),
+                ))
+            }
+        };
+        let startup_period = period(
+            "SANDBOX_PROBE_STARTUP_PERIOD_SECONDS",
+            args.sandbox_probe_startup_period_seconds,
+        )?;
+        let timeout = check::duration(
+            "SANDBOX_PROBE_STARTUP_TIMEOUT",
+            &args.sandbox_probe_startup_timeout,
+        )?;
+        let startup = if timeout.is_zero() {
+            None
+        } else {
+            // Enough failures to cover the whole timeout, as the kubelet counts them.
+            let failures = timeout.as_secs().div_ceil(u64::from(startup_period)).max(1);
+            if timeout.as_secs() > u64::from(MAX) * 24 {
+                return Err(ConfigError::new(
+                    "SANDBOX_PROBE_STARTUP_TIMEOUT",
+                    &args.sandbox_probe_startup_timeout,
+                    "must be at most 24h (0 turns the startup probe off)",
+                ));
+            }
+            Some((startup_period, failures as u32))
+        };
+        Ok(ProbeTimings {
+            startup,
+            readiness: (
+                delay(
+                    "SANDBOX_PROBE_READINESS_INITIAL_DELAY_SECONDS",
+                    args.sandbox_probe_readiness_initial_delay_seconds,
+                )?,
+                period(
+                    "SANDBOX_PROBE_READINESS_PERIOD_SECONDS",
+                    args.sandbox_probe_readiness_period_seconds,
+                )?,
+            ),
+            liveness: (
+                delay(
+                    "SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS",
+                    args.sandbox_probe_liveness_initial_delay_seconds,
+                )?,
+                period(
+                    "SANDBOX_PROBE_LIVENESS_PERIOD_SECONDS",
+                    args.sandbox_probe_liveness_period_seconds,
+                )?,
+            ),
+        })
+    }
+}
+
 /// What every sandbox's objects look like, from the sandbox, storage and security groups.
 fn sandbox_spec(
     namespace: &str,
@@ -328,6 +406,7 @@ fn sandbox_spec(
         namespace: namespace.to_string(),
         image: sandbox.sandbox_image.trim().to_string(),
         port: sandbox.sandbox_container_port,
+        probes: ProbeTimings::DEFAULT,
         skills,
         user_data,
         host_base,

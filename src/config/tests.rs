@@ -1,7 +1,7 @@
 //! Parsing and validation of every setting.
 
 use super::*;
-use crate::spec::{NetworkPolicyMode, Placement, Seccomp};
+use crate::spec::{NetworkPolicyMode, Placement, ProbeTimings, Seccomp};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -544,4 +544,61 @@ fn api_server_override_is_parsed() {
         c.cluster.api_server.unwrap().host(),
         Some("host.docker.internal")
     );
+}
+
+#[test]
+fn probe_timings_default_to_a_startup_probe_and_reach_deerflows() {
+    assert_eq!(parse(&[]).unwrap().sandbox.probes, ProbeTimings::DEFAULT);
+    let c = parse(&[
+        "--sandbox-probe-startup-timeout",
+        "0",
+        "--sandbox-probe-readiness-initial-delay-seconds",
+        "5",
+        "--sandbox-probe-liveness-initial-delay-seconds",
+        "10",
+    ])
+    .unwrap();
+    assert_eq!(c.sandbox.probes, ProbeTimings::DEERFLOW);
+    // The failure threshold covers the whole timeout.
+    let c = parse(&[
+        "--sandbox-probe-startup-timeout",
+        "5m",
+        "--sandbox-probe-startup-period-seconds",
+        "2",
+    ])
+    .unwrap();
+    assert_eq!(c.sandbox.probes.startup, Some((2, 150)));
+    for (flag, value, variable) in [
+        (
+            "--sandbox-probe-startup-period-seconds",
+            "0",
+            "SANDBOX_PROBE_STARTUP_PERIOD_SECONDS",
+        ),
+        (
+            "--sandbox-probe-readiness-period-seconds",
+            "0",
+            "SANDBOX_PROBE_READINESS_PERIOD_SECONDS",
+        ),
+        (
+            "--sandbox-probe-liveness-initial-delay-seconds",
+            "9999",
+            "SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS",
+        ),
+        (
+            "--sandbox-probe-startup-timeout",
+            "soon",
+            "SANDBOX_PROBE_STARTUP_TIMEOUT",
+        ),
+        (
+            "--sandbox-probe-startup-timeout",
+            "100h",
+            "SANDBOX_PROBE_STARTUP_TIMEOUT",
+        ),
+    ] {
+        assert_eq!(
+            parse(&[flag, value]).unwrap_err().variable,
+            variable,
+            "{flag} {value}"
+        );
+    }
 }

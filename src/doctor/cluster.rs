@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Namespace, Service},
+    core::v1::{Namespace, Node, Service},
 };
 use kube::{
-    api::{Api, PostParams},
+    api::{Api, ListParams, PostParams},
     Client,
 };
 
@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     k8s::manifests,
     permissions::{self, Features, Permission},
+    spec::image,
 };
 
 /// Returns whether the namespace exists (None when it could not be read).
@@ -183,4 +184,102 @@ pub(super) async fn node_port_check(client: &Client, namespace: &str, port: u16)
             "check the API server",
         ),
     }
+}
+
+/// Nodes that may run sandboxes (their labels match SANDBOX_PLACEMENT's nodeSelector) and
+/// lack one of the images sandboxes need: there the first sandbox waits for the pull.
+pub(super) async fn image_check(client: &Client, config: &Config) -> Check {
+    let mut images = vec![config.sandbox.image.clone()];
+    images.extend(config.sandbox.lark.init_image.clone());
+    images.extend(config.sandbox.lark.broker_image.clone());
+    let api: Api<Node> = Api::all(client.clone());
+    let nodes = match tokio::time::timeout(config.cluster.api_timeout, api.list(&ListParams::default())).await {
+        Ok(Ok(list)) => list.items,
+        Ok(Err(kube::Error::Api(e))) if e.code == 403 => {
+            return Check::warn(
+                "images on nodes",
+                "may not list nodes, so cannot see which nodes have the sandbox image",
+                "optional: grant list on nodes (deploy/kubernetes/prepull includes a ClusterRole for it)",
+            )
+        }
+        Ok(Err(e)) => {
+            return Check::warn("images on nodes", format!("cannot list nodes: {e}"), "check the API server")
+        }
+        Err(_) => return Check::warn("images on nodes", "listing nodes timed out", "check the API server"),
+    };
+    let selector = config
+        .sandbox
+        .placement
+        .node_selector
+        .clone()
+        .unwrap_or_default();
+    let eligible: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| {
+            let labels = n.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                && !n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false)
+        })
+        .collect();
+    let lacking: Vec<String> = eligible
+        .iter()
+        .filter_map(|n| {
+            let reported: Vec<&str> = n
+                .status
+                .as_ref()
+                .and_then(|s| s.images.as_ref())
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i.names.iter().flatten().map(String::as_str))
+                .collect();
+            let missing: Vec<&str> = images
+                .iter()
+                .filter(|want| !reported.iter().any(|r| image::is_reported_as(want, r)))
+                .map(String::as_str)
+                .collect();
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "{} (lacks {})",
+                    n.metadata.name.as_deref().unwrap_or("?"),
+                    missing.join(", ")
+                )
+            })
+        })
+        .collect();
+    if eligible.is_empty() {
+        return Check::warn(
+            "images on nodes",
+            "no schedulable node matches SANDBOX_PLACEMENT's nodeSelector",
+            "check the nodeSelector and the node labels",
+        );
+    }
+    if lacking.is_empty() {
+        return Check::ok(
+            "images on nodes",
+            format!(
+                "all {} nodes that may run sandboxes have {}",
+                eligible.len(),
+                images.join(", ")
+            ),
+        );
+    }
+    let shown: Vec<&str> = lacking.iter().take(10).map(String::as_str).collect();
+    let more = lacking.len().saturating_sub(shown.len());
+    Check::warn(
+        "images on nodes",
+        format!(
+            "{} of {} nodes that may run sandboxes lack an image, so their first sandbox waits for the pull: {}{}",
+            lacking.len(),
+            eligible.len(),
+            shown.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() }
+        ),
+        "pre-pull it: add the component deploy/kubernetes/prepull to the deployment (see docs/operations.md)",
+    )
 }

@@ -3,7 +3,7 @@
 
 mod cluster;
 
-use cluster::{namespace_check, node_port_check, rbac_checks};
+use cluster::{image_check, namespace_check, node_port_check, rbac_checks};
 
 use std::fmt::Write as _;
 
@@ -143,6 +143,7 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
     if namespace_exists == Some(true) && node_ports {
         checks.push(node_port_check(&client, namespace, config.sandbox.port).await);
     }
+    checks.push(image_check(&client, &config).await);
     checks
 }
 

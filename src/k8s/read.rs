@@ -47,6 +47,44 @@ pub fn created_of(pod: &Pod) -> Option<Timestamp> {
         .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// The steps of a Ready pod's start (creation, scheduled, sandbox container running, Ready),
+/// from its status; None while any of them is not recorded.
+pub fn start_steps(pod: &Pod) -> Option<crate::metrics::StartSteps> {
+    let status = pod.status.as_ref()?;
+    let since = |type_: &str| {
+        status
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")?
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+    };
+    let started = status
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == super::manifests::SANDBOX_CONTAINER)?
+        .state
+        .as_ref()?
+        .running
+        .as_ref()?
+        .started_at
+        .as_ref()?
+        .0;
+    let created = pod.metadata.creation_timestamp.as_ref()?.0;
+    let (scheduled, ready) = (since("PodScheduled")?, since("Ready")?);
+    let between = |from: Timestamp, to: Timestamp| {
+        std::time::Duration::try_from(to.duration_since(from)).unwrap_or_default()
+    };
+    Some(crate::metrics::StartSteps {
+        scheduled: between(created, scheduled),
+        started: between(scheduled, started),
+        ready: between(started, ready),
+    })
+}
+
 /// The last activity written on the pod, if any.
 pub fn activity_of(pod: &Pod) -> Option<Timestamp> {
     pod.metadata
@@ -217,6 +255,36 @@ mod tests {
         );
         assert_eq!(sandbox_id_of(&p.metadata).as_deref(), Some("abc-123"));
         assert_eq!(thread_of(&p.metadata), Some("thread-456"));
+    }
+
+    #[test]
+    fn start_steps_come_from_the_pod_status() {
+        let t = spec(None, None);
+        let mut p = a_pod(&t);
+        let at = |s: u64| format!("2026-01-01T00:00:{s:02}Z");
+        p.metadata.creation_timestamp =
+            Some(serde_json::from_value(serde_json::json!(at(0))).unwrap());
+        assert_eq!(start_steps(&p), None);
+        p.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": at(1)},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": at(24)},
+                ],
+                "containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {"startedAt": at(21)}}}],
+            }))
+            .unwrap(),
+        );
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            start_steps(&p),
+            Some(crate::metrics::StartSteps {
+                scheduled: secs(1),
+                started: secs(20),
+                ready: secs(3)
+            })
+        );
     }
 
     #[test]

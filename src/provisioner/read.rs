@@ -64,12 +64,12 @@ impl Provisioner {
         sandbox.expires_at = timers
             .expires_at(created, self.idle_since(id, pod))
             .map(|t| t.to_string());
-        self.note_readiness(&sandbox);
+        self.note_readiness(&sandbox, pod);
         sandbox
     }
 
-    /// Records time-to-ready the first time this process sees a sandbox Ready.
-    fn note_readiness(&self, sandbox: &Sandbox) {
+    /// Records time-to-ready (and its steps) the first time this process sees a sandbox Ready.
+    fn note_readiness(&self, sandbox: &Sandbox, pod: &Pod) {
         if !sandbox.ready || !self.memory.first_ready(&sandbox.sandbox_id) {
             return;
         }
@@ -79,7 +79,8 @@ impl Provisioner {
             .and_then(|t| t.parse::<Timestamp>().ok());
         if let Some(created) = created {
             if let Ok(waited) = Duration::try_from(Timestamp::now().duration_since(created)) {
-                self.metrics.sandbox_ready(waited);
+                self.metrics
+                    .sandbox_ready(waited, objects::start_steps(pod));
             }
         }
     }

@@ -3,6 +3,7 @@
 //! are made from it. Placement and policy templates are fragments of Kubernetes objects by
 //! definition, so they keep Kubernetes types; everything else is plain data.
 
+pub mod image;
 pub mod network_policy;
 pub mod placement;
 pub mod sub_path;
@@ -108,6 +109,33 @@ pub enum Seccomp {
     Localhost(String),
 }
 
+/// When the kubelet probes a sandbox (`GET /v1/sandbox` on its port). Timeouts (3 s) and
+/// failure thresholds (3) of readiness and liveness are DeerFlow's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTimings {
+    /// Period and failure threshold of the startup probe; None: no startup probe.
+    pub startup: Option<(u32, u32)>,
+    /// Initial delay and period of the readiness probe.
+    pub readiness: (u32, u32),
+    /// Initial delay and period of the liveness probe.
+    pub liveness: (u32, u32),
+}
+
+impl ProbeTimings {
+    /// DeerFlow's probes: readiness after 5 s every 5 s, liveness after 10 s every 10 s.
+    pub const DEERFLOW: ProbeTimings = ProbeTimings {
+        startup: None,
+        readiness: (5, 5),
+        liveness: (10, 10),
+    };
+    /// The defaults: a startup probe every second for up to 120 s, then readiness and liveness.
+    pub const DEFAULT: ProbeTimings = ProbeTimings {
+        startup: Some((1, 120)),
+        readiness: (0, 5),
+        liveness: (0, 10),
+    };
+}
+
 /// Everything the manifests need to make a sandbox's objects.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -115,6 +143,7 @@ pub struct SandboxSpec {
     pub image: String,
     /// Container port, probe port and service port.
     pub port: u16,
+    pub probes: ProbeTimings,
     pub skills: SkillsMount,
     pub user_data: UserDataMount,
     /// The directory extra mounts must lie in.

@@ -49,6 +49,7 @@ pub(crate) mod test_support {
             namespace: "deer-flow".into(),
             image: "img:1".into(),
             port: DEFAULT_PORT,
+            probes: crate::spec::ProbeTimings::DEFAULT,
             skills: skills.map_or(SkillsMount::None, |s| SkillsMount::HostPath(s.into())),
             user_data: threads.map_or(UserDataMount::EmptyDir, |t| {
                 UserDataMount::HostPath(t.into())

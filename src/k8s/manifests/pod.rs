@@ -37,17 +37,18 @@ fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quan
     })
 }
 
-fn probe(port: i32, initial_delay: i32, period: i32) -> Probe {
+fn probe(port: i32, initial_delay: u32, period: u32, failure_threshold: u32) -> Probe {
+    let seconds = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/v1/sandbox".into()),
             port: IntOrString::Int(port),
             ..HTTPGetAction::default()
         }),
-        initial_delay_seconds: Some(initial_delay),
-        period_seconds: Some(period),
+        initial_delay_seconds: Some(seconds(initial_delay)),
+        period_seconds: Some(seconds(period)),
         timeout_seconds: Some(3),
-        failure_threshold: Some(3),
+        failure_threshold: Some(seconds(failure_threshold)),
         ..Probe::default()
     }
 }
@@ -117,8 +118,12 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
             limits: quantities(&request.resources.limits),
             ..ResourceRequirements::default()
         }),
-        readiness_probe: Some(probe(port, 5, 5)),
-        liveness_probe: Some(probe(port, 10, 10)),
+        startup_probe: t
+            .probes
+            .startup
+            .map(|(period, failures)| probe(port, 0, period, failures)),
+        readiness_probe: Some(probe(port, t.probes.readiness.0, t.probes.readiness.1, 3)),
+        liveness_probe: Some(probe(port, t.probes.liveness.0, t.probes.liveness.1, 3)),
         volume_mounts: Some(volumes.mounts),
         security_context: Some(container_security_context(&t.security)),
         ..Container::default()
@@ -271,12 +276,23 @@ mod tests {
                 "limits": {"cpu": "1000m", "memory": "1Gi", "ephemeral-storage": "500Mi"},
             })
         );
-        let probe = |d: i64, p: i64| {
+        let probe = |d: i64, p: i64, f: i64| {
             json!({"httpGet": {"path": "/v1/sandbox", "port": 8080}, "initialDelaySeconds": d,
-                   "periodSeconds": p, "timeoutSeconds": 3, "failureThreshold": 3})
+                   "periodSeconds": p, "timeoutSeconds": 3, "failureThreshold": f})
         };
-        assert_eq!(c["readinessProbe"], probe(5, 5));
-        assert_eq!(c["livenessProbe"], probe(10, 10));
+        // A startup probe finds a booted sandbox within a second; readiness and liveness
+        // follow it without delays of their own.
+        assert_eq!(c["startupProbe"], probe(0, 1, 120));
+        assert_eq!(c["readinessProbe"], probe(0, 5, 3));
+        assert_eq!(c["livenessProbe"], probe(0, 10, 3));
+        // DeerFlow's own timings stay reachable.
+        let mut old = t.clone();
+        old.probes = crate::spec::ProbeTimings::DEERFLOW;
+        let o = pod_json(&old);
+        let c = &o["spec"]["containers"][0];
+        assert!(c["startupProbe"].is_null());
+        assert_eq!(c["readinessProbe"], probe(5, 5, 3));
+        assert_eq!(c["livenessProbe"], probe(10, 10, 3));
         assert_eq!(
             c["volumeMounts"],
             json!([
