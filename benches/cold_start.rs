@@ -209,6 +209,12 @@ async fn main() {
             &[][..],
             true,
         ),
+        (
+            "w",
+            "(ref) DeerFlow's probes, image pre-pulled",
+            &deerflow_probes[..],
+            true,
+        ),
     ] {
         let ns = TestNamespace::new(&format!("cold-{case}")).await;
         let image = fresh_image(case);
