@@ -928,11 +928,20 @@ async fn the_prepull_component_puts_the_sandbox_image_on_the_nodes_and_doctor_se
         },
     )
     .await;
-    let listed = node_images(&ns.client).await;
-    assert!(
-        listed.contains(&format!("docker.io/library/{image}")),
-        "{listed:?}"
-    );
+    // The node's image list is written beside the pod's status (a kubelet refreshes it
+    // every few seconds), so it may trail the pod by a moment.
+    let reported = format!("docker.io/library/{image}");
+    eventually(
+        Duration::from_secs(15),
+        "the node to list the image",
+        || async {
+            node_images(&ns.client)
+                .await
+                .contains(&reported)
+                .then_some(())
+        },
+    )
+    .await;
     let pods = ns
         .pods()
         .list(

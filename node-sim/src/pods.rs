@@ -58,8 +58,8 @@ struct NodePortService {
 
 /// Messages from the per-pod tasks back to the loop that owns the state.
 enum Internal {
-    /// The pod turned Ready; `status` is reported once its node ports are open.
-    Ready { uid: String, status: Option<Value> },
+    /// The apiserver has the pod Ready: its node ports open.
+    Ready { uid: String },
     /// The pod is no longer Ready; `status` says why.
     NotReady { uid: String, status: Value },
     /// An image pull finished.
@@ -130,7 +130,7 @@ pub async fn run(client: Client, args: Args, present: Vec<String>) -> anyhow::Re
             Input::Pod(Err(e)) | Input::Service(Err(e)) => {
                 tracing::warn!(error = %e, "watch failed; retrying with backoff")
             }
-            Input::Internal(Internal::Ready { uid, status }) => sim.on_ready(&uid, status),
+            Input::Internal(Internal::Ready { uid }) => sim.on_ready(&uid),
             Input::Internal(Internal::NotReady { uid, status }) => sim.on_not_ready(&uid, status),
             Input::Internal(Internal::Pulled { image }) => sim.on_pulled(&image),
         }
@@ -216,7 +216,7 @@ impl Sim {
         );
         if mode == Mode::Ready && is_ready(&pod) {
             // Already Ready (the simulator restarted): only the stubs need to come back.
-            self.on_ready(&uid, None);
+            self.on_ready(&uid);
             return;
         }
         let task = match mode {
@@ -430,10 +430,11 @@ impl Sim {
                     last_terminated,
                 });
                 if turned_ready && ready_since.is_some() {
-                    let _ = tx.send(Internal::Ready {
-                        uid: uid.clone(),
-                        status: Some(doc),
-                    });
+                    // As in a cluster, traffic follows the recorded status: the endpoints
+                    // controller and kube-proxy route to a pod only after the kubelet has
+                    // reported it Ready.
+                    patch_status(pods.clone(), key.clone(), doc).await;
+                    let _ = tx.send(Internal::Ready { uid: uid.clone() });
                 } else if was_ready && ready_since.is_none() {
                     let _ = tx.send(Internal::NotReady {
                         uid: uid.clone(),
@@ -447,9 +448,8 @@ impl Sim {
         Some(task.abort_handle())
     }
 
-    /// A pod turned Ready: open its node ports first, then report it Ready, so that a client
-    /// who sees Ready can reach the sandbox at once (`status` None: it already says Ready).
-    fn on_ready(&mut self, uid: &str, status: Option<Value>) {
+    /// The apiserver has a pod Ready: open the node ports of the Services selecting it.
+    fn on_ready(&mut self, uid: &str) {
         let Some(t) = self.tracked.get_mut(uid) else {
             return;
         };
@@ -463,9 +463,6 @@ impl Sim {
             .or_default()
             .insert(key.name.clone(), labels.clone());
         self.refresh_services_selecting(&key.namespace, &labels);
-        if let Some(status) = status {
-            self.spawn(patch_status(self.pods(&key.namespace), key, status));
-        }
     }
 
     /// A pod is no longer Ready: close its node ports, then report it.
