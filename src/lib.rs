@@ -13,6 +13,7 @@
 //!   spec                       what operators configure about the sandbox objects
 //!   sandbox                    the pure domain: ids, status, timers, resources, the API view
 //!   permissions                the one table of Kubernetes verbs (Role check, doctor, refusals)
+//!   fleet                      choosing a cluster among several (pure; not wired yet)
 //! ```
 //!
 //! `config` and `k8s` do not import each other: the manifests receive a [`spec::SandboxSpec`].
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod fleet;
 pub mod healthcheck;
 pub mod k8s;
 pub mod member;
