@@ -364,41 +364,19 @@ impl Sim {
                     .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(t as i64))
                     .unwrap_or(admitted)
             };
-            let mut restarts = 0i32;
-            let mut container_started = admitted;
-            let mut started = false;
-            let mut ready_since = None;
-            let mut last_terminated = None;
-            let mut running = false;
+            let mut seen = Seen::default();
             let mut i = 0;
             while i < events.len() {
                 let t = events[i].0;
                 tokio::time::sleep_until(origin + Duration::from_millis(t)).await;
-                let was_ready = ready_since.is_some();
+                let was_ready = seen.ready_since.is_some();
                 let mut turned_ready = false;
                 while i < events.len() && events[i].0 == t {
-                    match events[i].1 {
-                        Event::Started { restarts: r } => {
-                            restarts = r as i32;
-                            container_started = wall(t);
-                            started = false;
-                            ready_since = None;
-                            running = true;
-                        }
-                        Event::StartupSucceeded => started = true,
-                        Event::Ready => {
-                            ready_since = Some(wall(t));
-                            turned_ready = true;
-                        }
-                        Event::NotReady => ready_since = None,
-                        Event::Killed { .. } => {
-                            last_terminated = Some((wall(t), 137));
-                            ready_since = None;
-                            running = false;
-                        }
-                    }
+                    turned_ready |= events[i].1 == Event::Ready;
+                    seen.apply(events[i].1, wall(t));
                     i += 1;
                 }
+                let ready_since = seen.ready_since;
                 let back_off = format!(
                     "back-off restarting failed container {}",
                     containers
@@ -406,7 +384,7 @@ impl Sim {
                         .map(|(n, _)| n.as_str())
                         .unwrap_or_default()
                 );
-                let container = if running {
+                let container = if seen.running {
                     Container::Running {
                         ready: ready_since.is_some(),
                     }
@@ -423,11 +401,11 @@ impl Sim {
                     init_containers: &init_containers,
                     container,
                     admitted,
-                    container_started,
-                    started,
+                    container_started: seen.container_started.unwrap_or(admitted),
+                    started: seen.started,
                     ready_since,
-                    restarts,
-                    last_terminated,
+                    restarts: seen.restarts,
+                    last_terminated: seen.last_terminated,
                 });
                 if turned_ready && ready_since.is_some() {
                     // As in a cluster, traffic follows the recorded status: the endpoints
@@ -646,6 +624,41 @@ impl Sim {
     }
 }
 
+/// What a pod's status says of its container, as the schedule's events change it.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    restarts: i32,
+    container_started: Option<k8s_openapi::jiff::Timestamp>,
+    running: bool,
+    /// The startup probe passed.
+    started: bool,
+    ready_since: Option<k8s_openapi::jiff::Timestamp>,
+    last_terminated: Option<(k8s_openapi::jiff::Timestamp, i32)>,
+}
+
+impl Seen {
+    fn apply(&mut self, event: Event, at: k8s_openapi::jiff::Timestamp) {
+        match event {
+            Event::Started { restarts } => {
+                self.restarts = restarts as i32;
+                self.container_started = Some(at);
+                self.running = true;
+                self.started = false;
+                self.ready_since = None;
+            }
+            Event::StartupSucceeded => self.started = true,
+            Event::Ready => self.ready_since = Some(at),
+            Event::NotReady => self.ready_since = None,
+            Event::Killed { .. } => {
+                // Killed by a probe: SIGKILL's exit code.
+                self.last_terminated = Some((at, 137));
+                self.running = false;
+                self.ready_since = None;
+            }
+        }
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -766,6 +779,38 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn events_change_what_the_status_says() {
+        let at = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
+        let mut seen = Seen::default();
+        seen.apply(Event::Started { restarts: 0 }, at(1));
+        seen.apply(Event::StartupSucceeded, at(3));
+        seen.apply(Event::Ready, at(3));
+        assert_eq!(
+            (seen.running, seen.started, seen.ready_since),
+            (true, true, Some(at(3)))
+        );
+        seen.apply(
+            Event::Killed {
+                by: crate::kubelet::Kind::Liveness,
+            },
+            at(9),
+        );
+        assert_eq!((seen.running, seen.ready_since), (false, None));
+        seen.apply(Event::Started { restarts: 1 }, at(19));
+        assert_eq!(
+            seen,
+            Seen {
+                restarts: 1,
+                container_started: Some(at(19)),
+                running: true,
+                started: false,
+                ready_since: None,
+                last_terminated: Some((at(9), 137)),
+            }
+        );
     }
 
     #[test]

@@ -136,8 +136,15 @@ impl TryFrom<ServeArgs> for Config {
         } = args;
         let cluster = ClusterSection::try_from(cluster)?;
         let sizes = check::sizes(&sizes)?;
-        let mut sandbox = sandbox_spec(&cluster.namespace, sandbox, storage, security, &sizes)?;
-        sandbox.probes = ProbeTimings::try_from(probes)?;
+        let probes = ProbeTimings::try_from(probes)?;
+        let sandbox = sandbox_spec(
+            &cluster.namespace,
+            sandbox,
+            storage,
+            security,
+            probes,
+            &sizes,
+        )?;
         Ok(Config {
             http: HttpSection::try_from(http)?,
             cluster,
@@ -300,8 +307,6 @@ impl TryFrom<ProbeArgs> for ProbeTimings {
         let startup = if timeout.is_zero() {
             None
         } else {
-            // Enough failures to cover the whole timeout, as the kubelet counts them.
-            let failures = timeout.as_secs().div_ceil(u64::from(startup_period)).max(1);
             if timeout.as_secs() > u64::from(MAX) * 24 {
                 return Err(ConfigError::new(
                     "SANDBOX_PROBE_STARTUP_TIMEOUT",
@@ -309,6 +314,8 @@ impl TryFrom<ProbeArgs> for ProbeTimings {
                     "must be at most 24h (0 turns the startup probe off)",
                 ));
             }
+            // Enough failures to cover the whole timeout, as the kubelet counts them.
+            let failures = timeout.as_secs().div_ceil(u64::from(startup_period)).max(1);
             Some((startup_period, failures as u32))
         };
         Ok(ProbeTimings {
@@ -343,6 +350,7 @@ fn sandbox_spec(
     sandbox: SandboxArgs,
     storage: StorageArgs,
     security: SecurityArgs,
+    probes: ProbeTimings,
     sizes: &Sizes,
 ) -> Result<SandboxSpec, ConfigError> {
     if sandbox.sandbox_image.trim().is_empty() {
@@ -406,7 +414,7 @@ fn sandbox_spec(
         namespace: namespace.to_string(),
         image: sandbox.sandbox_image.trim().to_string(),
         port: sandbox.sandbox_container_port,
-        probes: ProbeTimings::DEFAULT,
+        probes,
         skills,
         user_data,
         host_base,
