@@ -85,6 +85,8 @@ struct Sim {
     services_seen_in_relist: Option<HashSet<Key>>,
     tx: mpsc::UnboundedSender<Internal>,
     images: Images,
+    /// The image list the Node's status should show, written by one task.
+    node_images: tokio::sync::watch::Sender<Vec<Value>>,
     /// The simulator's clock for image pulls.
     clock: tokio::time::Instant,
 }
@@ -93,6 +95,7 @@ struct Sim {
 /// `present` are the images the node already has.
 pub async fn run(client: Client, args: Args, present: Vec<String>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (client_for_images, node_name) = (client.clone(), args.node_name.clone());
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(Input::Pod);
@@ -121,6 +124,7 @@ pub async fn run(client: Client, args: Args, present: Vec<String>) -> anyhow::Re
         services_seen_in_relist: None,
         tx,
         images: Images::with_present(present),
+        node_images: image_writer(&client_for_images, node_name),
         clock: tokio::time::Instant::now(),
     };
     while let Some(input) = inputs.next().await {
@@ -476,16 +480,9 @@ impl Sim {
                 json!({"names": names, "sizeBytes": 1})
             })
             .collect();
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let node = self.args.node_name.clone();
-        self.spawn(async move {
-            let patch = json!({"status": {"images": listed}});
-            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-            let call = nodes.patch_status(&node, &params, &patch);
-            if !matches!(with_timeout(call).await, Ok(Ok(_))) {
-                tracing::warn!(node, "recording pulled images on the node failed");
-            }
-        });
+        // The one writer sends the newest list (two patches in flight could land out of
+        // order, and the older list would drop an image).
+        self.node_images.send_replace(listed);
     }
 
     /// Stops playing a pod: cancels its task and closes ports that no longer have a ready pod.
@@ -657,6 +654,29 @@ impl Seen {
             }
         }
     }
+}
+
+/// Writes the node's image list whenever it changes, the newest one each time.
+fn image_writer(client: &Client, node: String) -> tokio::sync::watch::Sender<Vec<Value>> {
+    let (sender, mut changed) = tokio::sync::watch::channel(Vec::new());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            // Until it is written: a failed write is tried again with the newest list.
+            loop {
+                let listed = changed.borrow_and_update().clone();
+                let patch = json!({"status": {"images": listed}});
+                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+                let call = nodes.patch_status(&node, &params, &patch);
+                if matches!(with_timeout(call).await, Ok(Ok(_))) {
+                    break;
+                }
+                tracing::warn!(node, "recording pulled images on the node failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    sender
 }
 
 fn millis(d: Duration) -> u64 {
