@@ -5,6 +5,7 @@
 //! ```text
 //!   main ─► server (the one wiring: Server::build / prepare / serve)
 //!             ├─► api          HTTP: app(), handlers, auth, limits, error → status + JSON
+//!             ├─► fleet        every cluster behind one API; placement (pure) picks one
 //!             ├─► provisioner  the sandbox rules; expiry / sweep / baseline as pure plans
 //!             │     └─► member one cluster: client, timed calls, watch cache, namespace
 //!             │           └─► k8s  client, timed calls, watch cache, manifests, objects → domain
@@ -13,7 +14,6 @@
 //!   spec                       what operators configure about the sandbox objects
 //!   sandbox                    the pure domain: ids, status, timers, resources, the API view
 //!   permissions                the one table of Kubernetes verbs (Role check, doctor, refusals)
-//!   fleet                      choosing a cluster among several (pure; not wired yet)
 //! ```
 //!
 //! `config` and `k8s` do not import each other: the manifests receive a [`spec::SandboxSpec`].

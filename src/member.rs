@@ -1,7 +1,12 @@
 //! One Kubernetes cluster the service works in: its client, its timed calls, its watch cache,
-//! its namespace and the permissions it refused, behind one type. Today there is one member,
-//! named `default`; serving several clusters means holding a set of members, not threading a
-//! second client through every call.
+//! its namespace, whether its apiserver answers, and the permissions it refused, behind one
+//! type. Without SANDBOX_CLUSTERS there is one member, named `default`; with it, the fleet
+//! holds one member per entry.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use tokio::sync::watch;
 
@@ -26,7 +31,13 @@ pub struct Member {
     name: String,
     pub(crate) cluster: Cluster,
     pub(crate) cache: Cache,
+    /// Why the apiserver did not answer the last reachability probe; None while it answers.
+    unreachable: Arc<RwLock<Option<String>>>,
 }
+
+/// How often each cluster's apiserver is asked whether it answers. A stopped apiserver keeps
+/// its connections open and the watch silent, so only asking shows it.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Member {
     /// Connects to the cluster and starts its watch cache, which runs until `shutdown` turns
@@ -58,9 +69,52 @@ impl Member {
                 call_timeout: section.api_timeout,
             },
             refusals,
-            shutdown,
+            shutdown.clone(),
         );
-        Ok(Member::new(name, cluster, cache))
+        let member = Member::new(name, cluster, cache);
+        member.spawn_probe(section.api_timeout, shutdown);
+        Ok(member)
+    }
+
+    /// Asks the apiserver for its version every [`PROBE_INTERVAL`] (within `timeout`) until
+    /// `shutdown`, recording whether it answered; a change is logged once.
+    fn spawn_probe(&self, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
+        let (client, state, name) = (self.client(), self.unreachable.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                let failure = match tokio::time::timeout(timeout, client.apiserver_version()).await
+                {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!(
+                        "no answer within {timeout:?}, K8S_API_TIMEOUT_SECONDS"
+                    )),
+                };
+                let mut current = state.write().unwrap_or_else(|e| e.into_inner());
+                match (&*current, &failure) {
+                    (None, Some(why)) => {
+                        tracing::warn!(cluster = %name, cause = %why, "cluster unreachable: its sandboxes answer 503 and new ones go to other clusters until it answers again; check that its apiserver runs and is reachable from here")
+                    }
+                    (Some(_), None) => tracing::info!(cluster = %name, "cluster reachable again"),
+                    _ => {}
+                }
+                *current = failure;
+            }
+        });
+    }
+
+    /// Why the cluster's apiserver is taken to be unreachable now, if it is.
+    pub fn unreachable(&self) -> Option<String> {
+        self.unreachable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A member from parts (tests build one whose calls go nowhere).
@@ -69,6 +123,7 @@ impl Member {
             name: name.to_string(),
             cluster,
             cache,
+            unreachable: Arc::default(),
         }
     }
 
@@ -78,6 +133,18 @@ impl Member {
 
     pub fn namespace(&self) -> &str {
         self.cluster.namespace()
+    }
+
+    /// Whether the cache holds the sandbox's pod, even from before the watch broke: where a
+    /// sandbox lives does not change while its cluster is out of reach.
+    pub fn holds(&self, pod_name: &str) -> bool {
+        self.cache.pod(pod_name).is_some()
+    }
+
+    /// Sandboxes in the cluster as the synced cache counts them (None while it is not usable).
+    pub fn sandbox_count(&self) -> Option<usize> {
+        let cache = &self.cache;
+        cache.state().usable().then(|| cache.pods().len())
     }
 
     /// The client, for tasks that need their own API access (the leader election).
@@ -95,6 +162,7 @@ impl Member {
 pub fn connection(section: &ClusterSection) -> client::Connection {
     client::Connection {
         kubeconfig_path: section.kubeconfig_path.clone(),
+        context: section.context.clone(),
         api_server: section.api_server.clone(),
         insecure_skip_tls_verify: section.insecure_skip_tls_verify,
         timeout: section.api_timeout,

@@ -30,12 +30,14 @@ struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KubeLabels {
+    cluster: String,
     verb: String,
     resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KubeErrorLabels {
+    cluster: String,
     verb: String,
     resource: String,
     /// HTTP status of the refusal, or `timeout` / `unreachable`.
@@ -44,16 +46,24 @@ struct KubeErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
+    cluster: String,
     status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
+    cluster: String,
     reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
+    cluster: String,
     step: String,
 }
 
@@ -105,16 +115,18 @@ pub struct Metrics {
     registry: Arc<Registry>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
-    create_duration: Histogram,
-    time_to_ready: Histogram,
+    create_duration: Family<ClusterLabels, Histogram>,
+    time_to_ready: Family<ClusterLabels, Histogram>,
     start_steps: Family<StepLabels, Histogram>,
     sandboxes: Family<StatusLabels, Gauge>,
     deletions: Family<ReasonLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
     kube_errors: Family<KubeErrorLabels, Counter>,
     kube_forbidden: Family<KubeLabels, Counter>,
-    cache_synced: Gauge,
-    leader: Gauge,
+    cache_synced: Family<ClusterLabels, Gauge>,
+    leader: Family<ClusterLabels, Gauge>,
+    /// The cluster whose events this handle records (`default` with a single cluster).
+    cluster: Arc<str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +140,10 @@ fn step_buckets() -> Histogram {
     Histogram::new([
         0.5, 1.5, 2.5, 3.5, 5.5, 10.5, 20.5, 30.5, 60.5, 120.5, 300.5,
     ])
+}
+
+fn ready_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
 }
 
 fn latency_buckets() -> Histogram {
@@ -157,13 +173,17 @@ impl Metrics {
             "Time to answer HTTP requests, by method and route",
             http_duration.clone(),
         );
-        let create_duration = latency_buckets();
+        let create_duration = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
         registry.register(
             "sandbox_create_duration_seconds",
             "Time to create a sandbox's Pod and Service (successful creates)",
             create_duration.clone(),
         );
-        let time_to_ready = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        let time_to_ready = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            ready_buckets as fn() -> Histogram,
+        );
         registry.register(
             "sandbox_time_to_ready_seconds",
             "Time from a sandbox's creation until this provisioner first saw it Ready",
@@ -189,11 +209,6 @@ impl Metrics {
             "Sandboxes deleted, by reason",
             deletions.clone(),
         );
-        for reason in DeletionReason::ALL {
-            let _ = deletions.get_or_create(&ReasonLabels {
-                reason: reason.label().into(),
-            });
-        }
         let kube_requests = Family::<KubeLabels, Counter>::default();
         registry.register(
             "kubernetes_requests",
@@ -212,13 +227,13 @@ impl Metrics {
             "Kubernetes calls refused for lack of a permission (403), by verb and resource",
             kube_forbidden.clone(),
         );
-        let cache_synced = Gauge::default();
+        let cache_synced = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "cache_synced",
             "1 while reads are served from the watch cache, 0 while they go to the apiserver",
             cache_synced.clone(),
         );
-        let leader = Gauge::default();
+        let leader = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "leader",
             "1 while this replica holds the lease and runs the reaper and sweeper",
@@ -238,15 +253,49 @@ impl Metrics {
             kube_forbidden,
             cache_synced,
             leader,
+            cluster: crate::member::DEFAULT_MEMBER.into(),
+        }
+        .for_cluster(crate::member::DEFAULT_MEMBER)
+    }
+
+    /// A handle on the same registry that records under `cluster` (every per-cluster family
+    /// carries a `cluster` label; the HTTP families do not). Zero samples are created for the
+    /// counters a dashboard expects to see from the start.
+    pub fn for_cluster(&self, cluster: &str) -> Metrics {
+        let scoped = Metrics {
+            cluster: cluster.into(),
+            ..self.clone()
+        };
+        for reason in DeletionReason::ALL {
+            let _ = scoped.deletions.get_or_create(&ReasonLabels {
+                cluster: cluster.into(),
+                reason: reason.label().into(),
+            });
+        }
+        scoped
+    }
+
+    /// The cluster this handle records under.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    fn cluster_labels(&self) -> ClusterLabels {
+        ClusterLabels {
+            cluster: self.cluster.to_string(),
         }
     }
 
     pub fn leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+        self.leader
+            .get_or_create(&self.cluster_labels())
+            .set(i64::from(leading));
     }
 
     pub fn cache_synced(&self, synced: bool) {
-        self.cache_synced.set(i64::from(synced));
+        self.cache_synced
+            .get_or_create(&self.cluster_labels())
+            .set(i64::from(synced));
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
@@ -264,11 +313,15 @@ impl Metrics {
     }
 
     pub fn sandbox_created(&self, elapsed: Duration) {
-        self.create_duration.observe(elapsed.as_secs_f64());
+        self.create_duration
+            .get_or_create(&self.cluster_labels())
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn sandbox_ready(&self, since_creation: Duration, steps: Option<StartSteps>) {
-        self.time_to_ready.observe(since_creation.as_secs_f64());
+        self.time_to_ready
+            .get_or_create(&self.cluster_labels())
+            .observe(since_creation.as_secs_f64());
         if let Some(steps) = steps {
             for (step, took) in [
                 ("scheduled", steps.scheduled),
@@ -276,7 +329,10 @@ impl Metrics {
                 ("ready", steps.ready),
             ] {
                 self.start_steps
-                    .get_or_create(&StepLabels { step: step.into() })
+                    .get_or_create(&StepLabels {
+                        cluster: self.cluster.to_string(),
+                        step: step.into(),
+                    })
                     .observe(took.as_secs_f64());
             }
         }
@@ -285,6 +341,7 @@ impl Metrics {
     pub fn sandbox_deleted(&self, reason: DeletionReason) {
         self.deletions
             .get_or_create(&ReasonLabels {
+                cluster: self.cluster.to_string(),
                 reason: reason.label().into(),
             })
             .inc();
@@ -308,6 +365,7 @@ impl Metrics {
         for (phase, count) in all.iter().zip(counts) {
             self.sandboxes
                 .get_or_create(&StatusLabels {
+                    cluster: self.cluster.to_string(),
                     status: format!("{phase:?}"),
                 })
                 .set(count);
@@ -317,6 +375,7 @@ impl Metrics {
     pub fn kube_request(&self, verb: &str, resource: &str) {
         self.kube_requests
             .get_or_create(&KubeLabels {
+                cluster: self.cluster.to_string(),
                 verb: verb.into(),
                 resource: resource.into(),
             })
@@ -326,6 +385,7 @@ impl Metrics {
     pub fn kube_error(&self, verb: &str, resource: &str, code: &str) {
         self.kube_errors
             .get_or_create(&KubeErrorLabels {
+                cluster: self.cluster.to_string(),
                 verb: verb.into(),
                 resource: resource.into(),
                 code: code.into(),
@@ -337,6 +397,7 @@ impl Metrics {
     pub fn kube_forbidden(&self, verb: &str, resource: &str) {
         self.kube_forbidden
             .get_or_create(&KubeLabels {
+                cluster: self.cluster.to_string(),
                 verb: verb.into(),
                 resource: resource.into(),
             })
@@ -355,6 +416,7 @@ impl Metrics {
     pub fn kube_request_count(&self, verb: &str, resource: &str) -> u64 {
         self.kube_requests
             .get_or_create(&KubeLabels {
+                cluster: self.cluster.to_string(),
                 verb: verb.into(),
                 resource: resource.into(),
             })
@@ -414,17 +476,17 @@ mod tests {
         for needle in [
             "sandbox_provisioner_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 1",
             "sandbox_provisioner_http_request_duration_seconds_bucket",
-            "sandbox_provisioner_sandbox_create_duration_seconds_count 1",
-            "sandbox_provisioner_sandbox_time_to_ready_seconds_count 1",
-            "sandbox_provisioner_sandbox_start_step_seconds_count{step=\"started\"} 1",
-            "sandbox_provisioner_sandboxes{status=\"Running\"} 2",
-            "sandbox_provisioner_sandboxes{status=\"Pending\"} 1",
-            "sandbox_provisioner_sandbox_deletions_total{reason=\"api\"} 1",
-            "sandbox_provisioner_sandbox_deletions_total{reason=\"idle\"} 0",
-            "sandbox_provisioner_kubernetes_requests_total{verb=\"create\",resource=\"pods\"} 1",
-            "sandbox_provisioner_kubernetes_errors_total{verb=\"create\",resource=\"pods\",code=\"409\"} 1",
-            "sandbox_provisioner_kubernetes_forbidden_total{verb=\"watch\",resource=\"pods\"} 1",
-            "sandbox_provisioner_cache_synced 1",
+            "sandbox_provisioner_sandbox_create_duration_seconds_count{cluster=\"default\"} 1",
+            "sandbox_provisioner_sandbox_time_to_ready_seconds_count{cluster=\"default\"} 1",
+            "sandbox_provisioner_sandbox_start_step_seconds_count{cluster=\"default\",step=\"started\"} 1",
+            "sandbox_provisioner_sandboxes{cluster=\"default\",status=\"Running\"} 2",
+            "sandbox_provisioner_sandboxes{cluster=\"default\",status=\"Pending\"} 1",
+            "sandbox_provisioner_sandbox_deletions_total{cluster=\"default\",reason=\"api\"} 1",
+            "sandbox_provisioner_sandbox_deletions_total{cluster=\"default\",reason=\"idle\"} 0",
+            "sandbox_provisioner_kubernetes_requests_total{cluster=\"default\",verb=\"create\",resource=\"pods\"} 1",
+            "sandbox_provisioner_kubernetes_errors_total{cluster=\"default\",verb=\"create\",resource=\"pods\",code=\"409\"} 1",
+            "sandbox_provisioner_kubernetes_forbidden_total{cluster=\"default\",verb=\"watch\",resource=\"pods\"} 1",
+            "sandbox_provisioner_cache_synced{cluster=\"default\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

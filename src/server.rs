@@ -10,8 +10,9 @@ use crate::tasks::{
 use crate::{
     api::{self, ApiAccess, ApiKey, ApiSettings, Capabilities},
     config::Config,
+    fleet::{Fleet, Seat},
     k8s::{client, cluster},
-    member::{Member, DEFAULT_MEMBER},
+    member::Member,
     metrics::Metrics,
     provisioner::Provisioner,
     spec::{NetworkPolicyMode, SkillsMount, UserDataMount},
@@ -20,8 +21,11 @@ use crate::{
 /// What stops the service from starting; each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Client(#[from] client::ClientError),
+    #[error("cluster {name:?}: {cause}")]
+    Cluster {
+        name: String,
+        cause: client::ClientError,
+    },
     #[error("cannot listen on {addr}: {cause}; choose another address with PROVISIONER_LISTEN (or --listen)")]
     Listen { addr: String, cause: String },
     #[error("the HTTP server failed: {0}")]
@@ -36,27 +40,38 @@ pub enum StartError {
     },
 }
 
-/// Builds the provisioner from validated configuration and starts its watch cache, which runs
+/// Builds one provisioner per configured cluster and starts their watch caches, which run
 /// until `shutdown` turns true or its sender is dropped.
-async fn provisioner(
-    config: &Config,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Provisioner, StartError> {
+async fn fleet(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Fleet, StartError> {
     let metrics = Metrics::new();
-    let member = Member::connect(
-        DEFAULT_MEMBER,
-        &config.cluster,
-        config.sandbox.policies_on(),
-        &metrics,
-        shutdown,
-    )
-    .await?;
-    Ok(Provisioner::new(
-        member,
-        config.sandbox.clone(),
-        config.lifecycle,
-        metrics,
-    ))
+    let mut seats = Vec::new();
+    for member in &config.clusters {
+        let scoped = metrics.for_cluster(&member.name);
+        let connected = Member::connect(
+            &member.name,
+            &member.cluster,
+            member.sandbox.policies_on(),
+            &scoped,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|cause| StartError::Cluster {
+            name: member.name.clone(),
+            cause,
+        })?;
+        seats.push(Seat {
+            provisioner: Provisioner::new(
+                connected,
+                member.sandbox.clone(),
+                config.lifecycle,
+                scoped,
+            ),
+            weight: member.weight,
+            max_sandboxes: member.max_sandboxes,
+            labels: member.labels.clone(),
+        });
+    }
+    Ok(Fleet::new(seats))
 }
 
 /// A service built from its configuration: the provisioner with its watch cache, the router,
@@ -64,17 +79,17 @@ async fn provisioner(
 /// build the service here.
 pub struct Server {
     config: Config,
-    provisioner: Provisioner,
+    fleet: Fleet,
     stop: watch::Sender<bool>,
     background: Option<Background>,
 }
 
 /// Ends a server's leader election at once without giving the lease up, as a crash would.
-pub struct CrashHandle(Option<tokio::task::AbortHandle>);
+pub struct CrashHandle(Vec<tokio::task::AbortHandle>);
 
 impl CrashHandle {
     pub fn crash(&self) {
-        if let Some(election) = &self.0 {
+        for election in &self.0 {
             election.abort();
         }
     }
@@ -84,49 +99,35 @@ impl Server {
     /// Connects to Kubernetes and starts the watch cache; serves nothing yet.
     pub async fn build(config: Config) -> Result<Server, StartError> {
         let (stop, stopped) = watch::channel(false);
-        let provisioner = provisioner(&config, stopped).await?;
+        let fleet = fleet(&config, stopped).await?;
         Ok(Server {
             config,
-            provisioner,
+            fleet,
             stop,
             background: None,
         })
     }
 
+    /// The first cluster's provisioner (the only one without SANDBOX_CLUSTERS).
     pub fn provisioner(&self) -> &Provisioner {
-        &self.provisioner
+        self.fleet.primary()
     }
 
-    /// The HTTP API over this server's provisioner.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// The HTTP API over this server's clusters.
     pub fn app(&self) -> axum::Router {
-        api::app(self.provisioner.clone(), api_settings(&self.config))
+        api::app(self.fleet.clone(), api_settings(&self.config))
     }
 
     /// The start-up checks: the namespace (created when missing), the claims, and a dry run of
     /// the sandbox pod. Only a configuration the apiserver refuses stops the service; an
     /// apiserver that cannot be asked now is logged and left to the requests.
     pub async fn prepare(&self) -> Result<(), StartError> {
-        let provisioner = &self.provisioner;
-        match provisioner.ensure_namespace().await {
-            Ok(true) => tracing::info!(namespace = provisioner.namespace(), "namespace created"),
-            Ok(false) => tracing::info!(namespace = provisioner.namespace(), "namespace present"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
-            }
-        }
-        check_claims(&self.config, provisioner).await?;
-        match provisioner.check_pod_template().await {
-            Ok(()) => tracing::info!(
-                "the apiserver accepts the sandbox pod this configuration makes (dry run)"
-            ),
-            Err(
-                e @ cluster::Error::Refused {
-                    code: 400 | 422, ..
-                },
-            ) => return Err(StartError::PodRefused(e.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
-            }
+        for seat in self.fleet.seats() {
+            prepare(seat).await?;
         }
         Ok(())
     }
@@ -134,11 +135,7 @@ impl Server {
     /// Starts the leader election (when configured) and the reaper.
     pub fn start_background(&mut self) {
         if self.background.is_none() {
-            self.background = Some(Background::spawn(
-                &self.config,
-                &self.provisioner,
-                &self.stop,
-            ));
+            self.background = Some(Background::spawn(&self.config, &self.fleet, &self.stop));
         }
     }
 
@@ -146,8 +143,8 @@ impl Server {
         CrashHandle(
             self.background
                 .as_ref()
-                .and_then(|b| b.election.as_ref())
-                .map(|e| e.abort_handle()),
+                .map(|b| b.elections.iter().map(|e| e.abort_handle()).collect())
+                .unwrap_or_default(),
         )
     }
 
@@ -201,62 +198,113 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             addr: listen.to_string(),
             cause: e.to_string(),
         })?;
-    tracing::info!(%listen, namespace = %config.cluster.namespace, image = %config.sandbox.image, exposure = ?config.sandbox.exposure, "serving");
+    for member in &config.clusters {
+        tracing::info!(cluster = %member.name, namespace = %member.cluster.namespace, image = %member.sandbox.image, exposure = ?member.sandbox.exposure, weight = member.weight, "cluster");
+    }
+    tracing::info!(%listen, clusters = config.clusters.len(), "serving");
     server.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The background tasks of a running service: the leader election (when configured) and the
-/// reaper. Both stop when the `stop` channel they were given turns true.
+/// The background tasks of a running service, per cluster: the leader election (when
+/// configured; a Lease in each cluster's namespace) and the reaper, so that a dead cluster
+/// stops nothing elsewhere. All stop when the `stop` channel they were given turns true.
 struct Background {
-    election: Option<JoinHandle<()>>,
+    elections: Vec<JoinHandle<()>>,
 }
 
 impl Background {
-    fn spawn(config: &Config, provisioner: &Provisioner, stop: &watch::Sender<bool>) -> Self {
+    fn spawn(config: &Config, fleet: &Fleet, stop: &watch::Sender<bool>) -> Self {
         let lease = config.lifecycle.leader_lease;
-        let (leadership, election) = if lease.is_zero() {
-            (Leadership::always(), None)
-        } else {
-            let member = provisioner.member();
-            let (leadership, task) = leader::spawn(
-                member.client(),
-                member.namespace(),
-                replica_identity(),
-                lease,
-                member.refusals().clone(),
+        let identity = replica_identity();
+        let mut elections = Vec::new();
+        for seat in fleet.seats() {
+            let provisioner = &seat.provisioner;
+            let leadership = if lease.is_zero() {
+                Leadership::always()
+            } else {
+                let member = provisioner.member();
+                let (leadership, task) = leader::spawn(
+                    member.client(),
+                    member.namespace(),
+                    identity.clone(),
+                    lease,
+                    member.refusals().clone(),
+                    stop.subscribe(),
+                );
+                elections.push(task);
+                leadership
+            };
+            reaper::spawn(
+                provisioner.clone(),
+                config.lifecycle.reap_interval,
+                leadership,
                 stop.subscribe(),
             );
-            (leadership, Some(task))
-        };
-        reaper::spawn(
-            provisioner.clone(),
-            config.lifecycle.reap_interval,
-            leadership,
-            stop.subscribe(),
-        );
-        Background { election }
+        }
+        Background { elections }
     }
 
     async fn finished(self) {
-        if let Some(election) = self.election {
+        for election in self.elections {
             let _ = election.await;
         }
     }
 }
 
+/// One cluster's start-up checks: the namespace, the claims, the pod dry run.
+async fn prepare(seat: &Seat) -> Result<(), StartError> {
+    let provisioner = &seat.provisioner;
+    let cluster_name = seat.name();
+    match provisioner.ensure_namespace().await {
+        Ok(true) => tracing::info!(
+            cluster = cluster_name,
+            namespace = provisioner.namespace(),
+            "namespace created"
+        ),
+        Ok(false) => tracing::info!(
+            cluster = cluster_name,
+            namespace = provisioner.namespace(),
+            "namespace present"
+        ),
+        Err(e) => {
+            tracing::warn!(cluster = cluster_name, error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
+        }
+    }
+    check_claims(provisioner).await?;
+    match provisioner.check_pod_template().await {
+        Ok(()) => tracing::info!(
+            cluster = cluster_name,
+            "the apiserver accepts the sandbox pod this configuration makes (dry run)"
+        ),
+        Err(
+            e @ cluster::Error::Refused {
+                code: 400 | 422, ..
+            },
+        ) => {
+            return Err(StartError::PodRefused(format!(
+                "cluster {cluster_name:?}: {e}"
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(cluster = cluster_name, error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
+        }
+    }
+    Ok(())
+}
+
 /// The configured PersistentVolumeClaims must exist; when the apiserver cannot be asked, the
 /// check is left to the pods (which then stay Pending with the reason).
-async fn check_claims(config: &Config, provisioner: &Provisioner) -> Result<(), StartError> {
-    for (variable, claim) in config.sandbox.claims() {
+async fn check_claims(provisioner: &Provisioner) -> Result<(), StartError> {
+    for (variable, claim) in provisioner.spec().claims() {
         match provisioner.pvc_exists(claim).await {
             Ok(true) => tracing::info!(variable, claim, "PersistentVolumeClaim present"),
             Ok(false) => {
                 return Err(StartError::MissingClaim {
                     variable,
                     claim: claim.to_string(),
-                    namespace: config.cluster.namespace.clone(),
+                    namespace: provisioner.namespace().to_string(),
                 })
             }
             Err(e) => {
@@ -304,6 +352,7 @@ pub(crate) fn api_settings(config: &Config) -> ApiSettings {
             .into(),
             lark_cli_init_image: config.sandbox.lark.init_image.is_some(),
             lark_cli_broker_image: config.sandbox.lark.broker_image.is_some(),
+            clusters: Vec::new(),
         },
     }
 }

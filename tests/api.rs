@@ -91,7 +91,10 @@ async fn end_to_end_create_get_reach_delete() {
     )
     .await;
     let (_, list) = svc.list().await;
-    assert_eq!(list, json!({"count": 0, "sandboxes": []}));
+    assert_eq!(
+        list,
+        json!({"count": 0, "sandboxes": [], "clusters": [{"name": "default", "reachable": true, "sandboxes": 0}]})
+    );
 }
 
 #[tokio::test]

@@ -76,7 +76,7 @@ async fn lifetime_removes_exactly_the_expired_sandbox() {
         Duration::from_secs(5),
         "the lifetime deletion to be counted",
         || async {
-            (svc.metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#)
+            (svc.metric(r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="lifetime"}"#)
                 .await
                 == 1.0)
                 .then_some(())
@@ -155,7 +155,7 @@ async fn never_ready_sandboxes_are_removed_and_ready_ones_are_not() {
         let mut removed = 0.0;
         for svc in [&ready, &never, &pull] {
             removed += svc
-                .metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="never-ready"}"#)
+                .metric(r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="never-ready"}"#)
                 .await;
         }
         removed
@@ -309,7 +309,7 @@ async fn orphans_are_repaired_or_removed() {
         "two orphan deletions to be counted",
         || async {
             let orphans = svc
-                .metric(r#"sandbox_provisioner_sandbox_deletions_total{reason="orphan"}"#)
+                .metric(r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="orphan"}"#)
                 .await;
             (orphans >= 2.0).then_some(())
         },
@@ -411,8 +411,12 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     let second = TestService::start(args()).await;
     let leaders = || async {
         (
-            first.metric("sandbox_provisioner_leader").await,
-            second.metric("sandbox_provisioner_leader").await,
+            first
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await,
+            second
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await,
         )
     };
     let (a, b) = eventually(Duration::from_secs(10), "a leader", || async {
@@ -434,7 +438,8 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
         .await;
     assert_eq!(code, 200);
     gone_within(&ns, "rep-ttl", Duration::from_secs(1) + LAG).await;
-    let lifetime = r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"}"#;
+    let lifetime =
+        r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="lifetime"}"#;
     eventually(
         Duration::from_secs(5),
         "the deletion to be counted",
@@ -462,7 +467,13 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     eventually(
         Duration::from_secs(3 + 2 + 3),
         "the follower to take over",
-        || async { (follower.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
+        || async {
+            (follower
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
     )
     .await;
     eprintln!("took over after {:?}", took_over.elapsed());
@@ -486,7 +497,10 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     args.lifecycle.sandbox_leader_lease = "3s".into();
     let svc = TestService::start(args).await;
     eventually(Duration::from_secs(10), "the lease", || async {
-        (svc.metric("sandbox_provisioner_leader").await == 1.0).then_some(())
+        (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+            .await
+            == 1.0)
+            .then_some(())
     })
     .await;
 
@@ -512,7 +526,12 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     eventually(
         Duration::from_secs(5),
         "the replica to step down",
-        || async { (svc.metric("sandbox_provisioner_leader").await == 0.0).then_some(()) },
+        || async {
+            (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await
+                == 0.0)
+                .then_some(())
+        },
     )
     .await;
 
@@ -528,7 +547,11 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     // The deadline plus three reaper rounds.
     tokio::time::sleep(Duration::from_secs(1 + 3)).await;
     assert!(pod_exists(&ns, "lost-1").await, "a follower must not reap");
-    assert_eq!(svc.metric("sandbox_provisioner_leader").await, 0.0);
+    assert_eq!(
+        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+            .await,
+        0.0
+    );
 
     // The intruder stops renewing: once its lease ran out the replica takes over and reaps.
     intruder.abort();
@@ -545,7 +568,11 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
         Some("intruder"),
         "the replica holds the lease again"
     );
-    assert_eq!(svc.metric("sandbox_provisioner_leader").await, 1.0);
+    assert_eq!(
+        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -561,7 +588,13 @@ async fn a_stopping_leader_hands_the_lease_over_at_once() {
     eventually(
         Duration::from_secs(10),
         "the first replica to lead",
-        || async { (first.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
+        || async {
+            (first
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
     )
     .await;
     let second = TestService::start(args()).await;
@@ -570,7 +603,13 @@ async fn a_stopping_leader_hands_the_lease_over_at_once() {
     eventually(
         Duration::from_secs(10 / 3 + 3),
         "the second replica to take over before the lease would have run out",
-        || async { (second.metric("sandbox_provisioner_leader").await == 1.0).then_some(()) },
+        || async {
+            (second
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
     )
     .await;
     eprintln!("took over {:?} after the leader stopped", stopped.elapsed());
@@ -639,8 +678,12 @@ async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
     let second = TestService::start(args()).await;
     let first_leads = eventually(Duration::from_secs(10), "a leader", || async {
         let (a, b) = (
-            first.metric("sandbox_provisioner_leader").await,
-            second.metric("sandbox_provisioner_leader").await,
+            first
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await,
+            second
+                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+                .await,
         );
         (a + b == 1.0).then_some(a == 1.0)
     })

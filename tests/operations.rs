@@ -53,7 +53,8 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(svc.list().await.0, 200);
     let before_delete = svc.metrics_text().await;
     assert!(
-        before_delete.contains(r#"sandbox_provisioner_sandboxes{status="Running"} 1"#),
+        before_delete
+            .contains(r#"sandbox_provisioner_sandboxes{cluster="default",status="Running"} 1"#),
         "{before_delete}"
     );
     assert_eq!(svc.delete("m-1").await.0, 200);
@@ -68,13 +69,13 @@ async fn metrics_pass_promtool_and_count_what_happened() {
     for needle in [
         r#"sandbox_provisioner_http_requests_total{method="POST",route="/api/sandboxes",status="200"} 1"#,
         r#"sandbox_provisioner_http_request_duration_seconds_count{method="GET",route="/api/sandboxes/{sandbox_id}"}"#,
-        "sandbox_provisioner_sandbox_create_duration_seconds_count 1",
-        "sandbox_provisioner_sandbox_time_to_ready_seconds_count 1",
-        r#"sandbox_provisioner_sandboxes{status="Running"} 0"#,
-        r#"sandbox_provisioner_sandbox_deletions_total{reason="api"} 1"#,
-        r#"sandbox_provisioner_sandbox_deletions_total{reason="lifetime"} 0"#,
-        r#"sandbox_provisioner_kubernetes_requests_total{verb="create",resource="pods"} 1"#,
-        r#"sandbox_provisioner_kubernetes_requests_total{verb="create",resource="services"} 1"#,
+        r#"sandbox_provisioner_sandbox_create_duration_seconds_count{cluster="default"} 1"#,
+        r#"sandbox_provisioner_sandbox_time_to_ready_seconds_count{cluster="default"} 1"#,
+        r#"sandbox_provisioner_sandboxes{cluster="default",status="Running"} 0"#,
+        r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="api"} 1"#,
+        r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="lifetime"} 0"#,
+        r#"sandbox_provisioner_kubernetes_requests_total{cluster="default",verb="create",resource="pods"} 1"#,
+        r#"sandbox_provisioner_kubernetes_requests_total{cluster="default",verb="create",resource="services"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");
     }
@@ -396,7 +397,8 @@ async fn the_shipped_role_runs_every_feature() {
     })
     .await;
     assert_eq!(
-        svc.metric("sandbox_provisioner_leader").await,
+        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+            .await,
         1.0,
         "this replica leads"
     );
@@ -447,7 +449,7 @@ async fn the_shipped_role_runs_every_feature() {
     eventually(Duration::from_secs(20), "the reaper", || async {
         let gone = ns.pods().get_opt("sandbox-dep-ttl").await.ok()?.is_none();
         let counted = svc
-            .metric("sandbox_provisioner_sandbox_deletions_total{reason=\"lifetime\"}")
+            .metric(r#"sandbox_provisioner_sandbox_deletions_total{cluster="default",reason="lifetime"}"#)
             .await
             >= 1.0;
         (gone && counted).then_some(())

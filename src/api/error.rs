@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::provisioner;
+use crate::{fleet::FleetError, provisioner};
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -30,6 +30,9 @@ pub enum ApiError {
     InvalidMount(#[from] crate::sandbox::InvalidMount),
     #[error(transparent)]
     Provision(#[from] provisioner::Error),
+    /// Choosing or reaching a cluster failed (a provisioner error inside is `Provision`).
+    #[error(transparent)]
+    Fleet(FleetError),
     #[error("Not Found")]
     NoSuchRoute,
     #[error("Method Not Allowed")]
@@ -51,6 +54,15 @@ pub enum ApiError {
     /// A bug: a handler task panicked. Details go to the log, not to the caller.
     #[error("internal error; see the provisioner's log")]
     Internal(String),
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Provision(e) => ApiError::Provision(e),
+            other => ApiError::Fleet(other),
+        }
+    }
 }
 
 impl From<crate::sandbox::InvalidId> for ApiError {
@@ -79,6 +91,15 @@ impl ApiError {
             }
             ApiError::Provision(P::Kubernetes(_)) => StatusCode::BAD_GATEWAY,
             ApiError::InvalidMount(_) => StatusCode::BAD_REQUEST,
+            ApiError::Fleet(
+                FleetError::UnknownCluster { .. } | FleetError::NoClusterMatches { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Fleet(FleetError::HeldElsewhere { .. }) => StatusCode::CONFLICT,
+            ApiError::Fleet(
+                FleetError::NoCapacity(_)
+                | FleetError::Unreachable { .. }
+                | FleetError::Provision(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized | ApiError::NoKeyConfigured => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,6 +136,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Fleet(FleetError::NoCapacity(_) | FleetError::Unreachable { .. }) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::fleet::RETRY_AFTER_SECONDS),
+                );
             }
             _ => {}
         }

@@ -20,9 +20,9 @@ use super::{
     AppState,
 };
 use crate::{
+    fleet::{ClusterInfo, ClusterListing, Target},
     k8s::cache::CacheSummary,
     permissions::MissingPermission,
-    provisioner,
     sandbox::{
         mounts::ExtraMountRequest, LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest,
         Sizes, ThreadId, UserId,
@@ -104,6 +104,15 @@ pub struct CreateRequest {
     /// Requests and limits laid over the size; each must stay within the operator's maxima.
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// The cluster to create the sandbox in (see GET /api/capabilities); placement picks one
+    /// when absent. An unknown name is 422.
+    #[serde(default)]
+    #[schema(example = "default")]
+    pub cluster: Option<String>,
+    /// Place the sandbox only in a cluster that has all these labels (e.g. `{"region": "eu"}`);
+    /// no matching cluster is 422. Not together with `cluster`.
+    #[serde(default)]
+    pub cluster_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Answer of `GET /api/capabilities`: what this deployment lets callers choose.
@@ -121,6 +130,9 @@ pub struct Capabilities {
     pub lark_cli_init_image: bool,
     /// Whether LARK_CLI_BROKER_IMAGE is set (provision_lark_cli_broker takes effect).
     pub lark_cli_broker_image: bool,
+    /// The clusters sandboxes are placed in, with their labels, weight and capacity use.
+    #[serde(default)]
+    pub clusters: Vec<ClusterInfo>,
 }
 
 /// Query of `GET /api/sandboxes/{sandbox_id}`.
@@ -157,6 +169,10 @@ fn wait_duration(
 pub struct SandboxList {
     pub sandboxes: Vec<Sandbox>,
     pub count: usize,
+    /// How each cluster answered; a cluster that could not be read has `reachable: false`
+    /// and its sandboxes are missing from `sandboxes`.
+    #[serde(default)]
+    pub clusters: Vec<ClusterListing>,
 }
 
 /// Answer of `DELETE /api/sandboxes/{sandbox_id}`.
@@ -181,6 +197,25 @@ pub struct Health {
     /// (readiness only; absent when none is missing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_permissions: Vec<MissingPermission>,
+    /// Every cluster's state (readiness only). `namespace`, `cache` and
+    /// `missing_permissions` above are the first cluster's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterHealth>,
+}
+
+/// One cluster in `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterHealth {
+    #[serde(flatten)]
+    pub info: ClusterInfo,
+    /// Whether it takes new sandboxes now (reachable, namespace usable, not draining, not full).
+    pub accepting: bool,
+    pub cache: CacheSummary,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_permissions: Vec<MissingPermission>,
+    /// Why it is not usable, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Liveness: the process serves HTTP. Makes no Kubernetes call.
@@ -192,25 +227,70 @@ pub async fn health() -> Json<Health> {
         namespace: None,
         cache: None,
         missing_permissions: Vec::new(),
+        clusters: Vec::new(),
     })
 }
 
-/// Readiness: the Kubernetes API answers and the sandbox namespace is usable.
+/// Readiness: at least one cluster takes new sandboxes (its apiserver answers, its namespace
+/// is usable, it is neither draining nor full).
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses(
         (status = 200, description = "Ready to serve sandbox requests", body = Health),
-        (status = 503, description = "Kubernetes unreachable or the namespace unusable", body = ErrorBody),
+        (status = 503, description = "No cluster takes new sandboxes: Kubernetes unreachable, the namespace unusable, or every cluster draining or full", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let provisioner = state.provisioner.clone();
-    run_to_completion(async move { provisioner.ensure_namespace().await })
-        .await
-        .map_err(|e| ApiError::NotReady(e.to_string()))?;
+    let checks = state.fleet.seats().iter().map(|seat| {
+        let seat = seat.clone();
+        async move {
+            let provisioner = seat.provisioner.clone();
+            let namespace = match seat.provisioner.member().unreachable() {
+                Some(cause) => Err(cause),
+                None => tokio::spawn(async move { provisioner.ensure_namespace().await })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
+            };
+            let info = seat.info();
+            let full =
+                matches!((info.sandboxes, info.max_sandboxes), (Some(n), Some(max)) if n >= max);
+            ClusterHealth {
+                accepting: namespace.is_ok() && info.weight > 0 && !full,
+                cache: seat.provisioner.cache_summary(),
+                missing_permissions: seat.provisioner.refusals().missing(),
+                error: namespace.err(),
+                info,
+            }
+        }
+    });
+    let clusters = futures::future::join_all(checks).await;
+    if !clusters.iter().any(|c| c.accepting) {
+        let why = clusters
+            .iter()
+            .map(|c| {
+                let reason = c.error.clone().unwrap_or_else(|| {
+                    if c.info.weight == 0 {
+                        "draining (weight 0)".into()
+                    } else {
+                        "full (max_sandboxes reached)".into()
+                    }
+                });
+                if state.fleet.seats().len() == 1 {
+                    reason
+                } else {
+                    format!("cluster {:?}: {reason}", c.info.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::NotReady(why));
+    }
+    let first = &clusters[0];
     Ok(Json(Health {
         status: "ready".into(),
-        namespace: Some(state.provisioner.namespace().to_string()),
-        cache: Some(state.provisioner.cache_summary()),
-        missing_permissions: state.provisioner.refusals().missing(),
+        namespace: Some(first.info.namespace.clone()),
+        cache: Some(first.cache),
+        missing_permissions: first.missing_permissions.clone(),
+        clusters,
     }))
 }
 
@@ -221,12 +301,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         (status = 200, description = "Created, or already there for the same thread", body = Sandbox),
         (status = 400, description = "An extra mount breaks a mount rule; nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key, or no key configured", body = ErrorBody),
-        (status = 409, description = "The sandbox exists for another thread or user, with less shell capacity, or is being deleted", body = ErrorBody),
+        (status = 409, description = "The sandbox exists for another thread or user, with less shell capacity, in a cluster the request does not select, or is being deleted", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions", body = ErrorBody),
+        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions, or an unknown cluster or unmatched cluster_labels", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
-        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out, no cluster can take the sandbox (with Retry-After), or the provisioner overloaded", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -281,14 +361,23 @@ pub async fn create(
         .sizes
         .choose(request.size.as_deref(), request.resources.as_ref())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let extra_mounts = state
-        .provisioner
-        .check_extra_mounts(&request.extra_mounts)?;
+    let target = match (request.cluster, request.cluster_labels) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "give either cluster or cluster_labels, not both".into(),
+            ))
+        }
+        (Some(name), None) => Target::Named(name),
+        (None, Some(labels)) if !labels.is_empty() => Target::Labels(labels),
+        (None, _) => Target::Any,
+    };
+    // Before anything else touches a cluster: an unknown cluster is the caller's mistake.
+    state.fleet.candidates(&target)?;
+    let primary = state.fleet.primary();
+    let extra_mounts = primary.check_extra_mounts(&request.extra_mounts)?;
     let wanted = SandboxRequest {
         user,
-        timers: state
-            .provisioner
-            .timers_for(request.ttl_seconds, request.idle_timeout_seconds),
+        timers: primary.timers_for(request.ttl_seconds, request.idle_timeout_seconds),
         resources,
         extra_mounts,
         lark: LarkRequest {
@@ -298,13 +387,14 @@ pub async fn create(
         max_shell_sessions: request.max_shell_sessions,
         ..SandboxRequest::new(id.clone(), thread)
     };
-    let provisioner = state.provisioner.clone();
+    let fleet = state.fleet.clone();
     let waiting_id = id;
-    let provisioned = run_to_completion(async move { provisioner.create(&wanted).await }).await?;
+    let provisioned =
+        run_to_completion(async move { fleet.create(&wanted, &target).await }).await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state
-                .provisioner
+                .fleet
                 .wait_ready(&waiting_id, limit.min(state.max_wait))
                 .await?,
         )),
@@ -319,10 +409,10 @@ pub async fn create(
     responses(
         (status = 200, description = "The sandbox", body = Sandbox),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 404, description = "No such sandbox (every cluster answered)", body = ErrorBody),
         (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
-        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable, never 404 then), or the provisioner overloaded", body = ErrorBody),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -335,15 +425,15 @@ pub async fn get(
     match wait_duration("wait_ready", query.wait_ready)? {
         Some(limit) => Ok(Json(
             state
-                .provisioner
+                .fleet
                 .wait_ready(&id, limit.min(state.max_wait))
                 .await?,
         )),
-        None => Ok(Json(state.provisioner.get(&id).await?)),
+        None => Ok(Json(state.fleet.get(&id).await?)),
     }
 }
 
-/// Every sandbox this provisioner manages, sorted by id.
+/// Every sandbox this provisioner manages in every cluster, sorted by id.
 #[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes",
     security((), ("api_key" = []), ("bearer" = [])),
     responses(
@@ -353,10 +443,11 @@ pub async fn get(
         (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
     ))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {
-    let sandboxes = state.provisioner.list().await?;
+    let listing = state.fleet.list().await?;
     Ok(Json(SandboxList {
-        count: sandboxes.len(),
-        sandboxes,
+        count: listing.sandboxes.len(),
+        sandboxes: listing.sandboxes,
+        clusters: listing.clusters,
     }))
 }
 
@@ -376,9 +467,9 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deleted>, ApiError> {
     let id = sandbox_id(path)?;
-    let provisioner = state.provisioner.clone();
+    let fleet = state.fleet.clone();
     let shown = id.to_string();
-    run_to_completion(async move { provisioner.delete(&id).await }).await?;
+    run_to_completion(async move { fleet.delete(&id).await }).await?;
     Ok(Json(Deleted {
         ok: true,
         sandbox_id: shown,
@@ -392,17 +483,17 @@ pub async fn delete(
     responses(
         (status = 200, description = "The sandbox, with its new expires_at", body = Sandbox),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 404, description = "No such sandbox (every cluster answered)", body = ErrorBody),
         (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
-        (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable, never 404 then), or the provisioner overloaded", body = ErrorBody),
     ))]
 pub async fn keepalive(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let id = sandbox_id(path)?;
-    Ok(Json(state.provisioner.keepalive(&id).await?))
+    Ok(Json(state.fleet.keepalive(&id).await?))
 }
 
 /// What this deployment lets callers choose: sizes, the default size, maxima, service mode.
@@ -413,7 +504,10 @@ pub async fn keepalive(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ))]
 pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
-    Json((*state.capabilities).clone())
+    Json(Capabilities {
+        clusters: state.fleet.seats().iter().map(|s| s.info()).collect(),
+        ..(*state.capabilities).clone()
+    })
 }
 
 pub async fn no_such_route() -> ApiError {
@@ -455,11 +549,11 @@ fn sandbox_id(path: Result<Path<String>, PathRejection>) -> Result<SandboxId, Ap
 
 /// Runs a write in its own task, so that a caller who hangs up half-way does not leave a
 /// half-made (or half-deleted) sandbox behind.
-async fn run_to_completion<T: Send + 'static>(
-    work: impl Future<Output = provisioner::Result<T>> + Send + 'static,
+async fn run_to_completion<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    work: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::spawn(work).await {
-        Ok(result) => Ok(result?),
+        Ok(result) => result.map_err(Into::into),
         Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }

@@ -30,12 +30,12 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::{config::HttpLimits, metrics::Metrics, provisioner::Provisioner};
+use crate::{config::HttpLimits, fleet::Fleet, metrics::Metrics};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub provisioner: Provisioner,
+    pub fleet: Fleet,
     /// For the 413 message.
     pub max_body_bytes: usize,
     /// What callers may choose, for creates and GET /api/capabilities.
@@ -45,7 +45,7 @@ pub struct AppState {
     pub max_wait: std::time::Duration,
 }
 
-/// Everything the router needs besides the provisioner.
+/// Everything the router needs besides the clusters.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     pub access: ApiAccess,
@@ -54,9 +54,9 @@ pub struct ApiSettings {
 }
 
 /// The whole API, ready to serve (or to call with `oneshot` in tests).
-pub fn app(provisioner: Provisioner, settings: ApiSettings) -> Router {
+pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
     let state = AppState {
-        provisioner,
+        fleet,
         max_body_bytes: settings.limits.max_body_bytes,
         capabilities: std::sync::Arc::new(settings.capabilities),
         max_wait: settings
@@ -88,7 +88,7 @@ pub fn app(provisioner: Provisioner, settings: ApiSettings) -> Router {
             limits::shed_and_time_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            state.provisioner.metrics().clone(),
+            state.fleet.primary().metrics().clone(),
             log_request,
         ))
         .with_state(state.clone());
@@ -103,13 +103,13 @@ pub fn app(provisioner: Provisioner, settings: ApiSettings) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.provisioner.refresh_status_gauge();
+    state.fleet.refresh_status_gauges();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.provisioner.metrics().render(),
+        state.fleet.primary().metrics().render(),
     )
 }
 
@@ -135,7 +135,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::keepalive,
         handlers::capabilities,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

@@ -45,7 +45,10 @@ fn app_with(flags: &[&str]) -> Router {
         config.lifecycle,
         metrics,
     );
-    super::app(provisioner, crate::server::api_settings(&config))
+    super::app(
+        crate::fleet::Fleet::single(provisioner),
+        crate::server::api_settings(&config),
+    )
 }
 
 fn app() -> Router {

@@ -104,6 +104,12 @@ pub struct ClusterArgs {
     /// Time limit of every Kubernetes API call, in seconds.
     #[arg(long, env = "K8S_API_TIMEOUT_SECONDS", default_value_t = 10.0)]
     pub k8s_api_timeout_seconds: f64,
+
+    /// YAML or JSON file listing several clusters to place sandboxes in (see
+    /// docs/configuration.md#several-clusters); the settings above are each entry's defaults.
+    /// Unset: one cluster, `default`, from KUBECONFIG_PATH.
+    #[arg(long, env = "SANDBOX_CLUSTERS")]
+    pub clusters: Option<PathBuf>,
 }
 
 /// What a sandbox runs and how the backend reaches it.

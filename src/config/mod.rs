@@ -7,10 +7,13 @@
 
 mod args;
 mod check;
+mod clusters;
 #[cfg(test)]
 mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use clusters::MemberConfig;
 
 pub use args::{
     ClusterArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs, ServeArgs,
@@ -56,6 +59,8 @@ pub struct HttpSection {
 pub struct ClusterSection {
     pub namespace: String,
     pub kubeconfig_path: PathBuf,
+    /// The kubeconfig context (its current context when unset).
+    pub context: Option<String>,
     /// Overrides the kubeconfig's server; TLS is still verified against the kubeconfig's name.
     pub api_server: Option<http::Uri>,
     pub insecure_skip_tls_verify: bool,
@@ -94,9 +99,13 @@ impl Lifecycle {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: HttpSection,
+    /// The single-cluster settings, which are also the defaults of SANDBOX_CLUSTERS' entries.
     pub cluster: ClusterSection,
-    /// What every sandbox's objects look like.
+    /// What every sandbox's objects look like (each cluster may override some of it).
     pub sandbox: SandboxSpec,
+    /// The clusters sandboxes are placed in: SANDBOX_CLUSTERS' entries, else one named
+    /// `default` from `cluster` and `sandbox`. Never empty.
+    pub clusters: Vec<MemberConfig>,
     pub sizes: Sizes,
     pub lifecycle: Lifecycle,
 }
@@ -134,6 +143,10 @@ impl TryFrom<ServeArgs> for Config {
             security,
             probes,
         } = args;
+        let clusters_file = cluster
+            .clusters
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
         let cluster = ClusterSection::try_from(cluster)?;
         let sizes = check::sizes(&sizes)?;
         let probes = ProbeTimings::try_from(probes)?;
@@ -145,10 +158,15 @@ impl TryFrom<ServeArgs> for Config {
             probes,
             &sizes,
         )?;
+        let clusters = match clusters_file {
+            Some(path) => clusters::from_file(&path, &cluster, &sandbox)?,
+            None => vec![clusters::single(&cluster, &sandbox)],
+        };
         Ok(Config {
             http: HttpSection::try_from(http)?,
             cluster,
             sandbox,
+            clusters,
             sizes,
             lifecycle: Lifecycle::try_from(lifecycle)?,
         })
@@ -220,6 +238,7 @@ impl TryFrom<ClusterArgs> for ClusterSection {
         Ok(ClusterSection {
             namespace: args.namespace,
             kubeconfig_path: args.kubeconfig_path,
+            context: None,
             api_server,
             insecure_skip_tls_verify: args.k8s_insecure_skip_tls_verify,
             api_timeout: check::seconds(

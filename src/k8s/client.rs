@@ -35,6 +35,8 @@ pub struct Connected {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub kubeconfig_path: std::path::PathBuf,
+    /// The kubeconfig context to use; its current context when unset.
+    pub context: Option<String>,
     /// Overrides the kubeconfig's server; TLS is still verified against the kubeconfig's name.
     pub api_server: Option<http::Uri>,
     pub insecure_skip_tls_verify: bool,
@@ -43,7 +45,8 @@ pub struct Connection {
 }
 
 pub async fn connect(config: &Connection) -> Result<Connected, ClientError> {
-    let (mut kube_config, source) = load(&config.kubeconfig_path).await?;
+    let (mut kube_config, source) =
+        load(&config.kubeconfig_path, config.context.as_deref()).await?;
     if let Some(server) = &config.api_server {
         override_server(&mut kube_config, server.clone());
     }
@@ -70,7 +73,7 @@ pub async fn connect(config: &Connection) -> Result<Connected, ClientError> {
     })
 }
 
-async fn load(path: &Path) -> Result<(kube::Config, String), ClientError> {
+async fn load(path: &Path, context: Option<&str>) -> Result<(kube::Config, String), ClientError> {
     let shown = path.display().to_string();
     if path.is_dir() {
         return Err(ClientError::KubeconfigIsDirectory(shown));
@@ -81,10 +84,13 @@ async fn load(path: &Path) -> Result<(kube::Config, String), ClientError> {
             cause,
         };
         let kubeconfig = Kubeconfig::read_from(path).map_err(|e| unreadable(e.to_string()))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| unreadable(e.to_string()))?;
+        let options = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
         return Ok((config, format!("kubeconfig file {shown} (KUBECONFIG_PATH)")));
     }
     tracing::info!(path = %shown, "KUBECONFIG_PATH does not exist; trying KUBECONFIG and the in-cluster service account");
@@ -171,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn directory_kubeconfig_is_named() {
         let dir = std::env::temp_dir();
-        let Err(e) = load(&dir).await else {
+        let Err(e) = load(&dir, None).await else {
             panic!("a directory must be refused")
         };
         assert!(matches!(e, ClientError::KubeconfigIsDirectory(_)));
@@ -182,7 +188,7 @@ mod tests {
     async fn garbage_kubeconfig_is_unreadable() {
         let path = std::env::temp_dir().join(format!("garbage-kubeconfig-{}", std::process::id()));
         std::fs::write(&path, "{{{ not yaml").unwrap();
-        let result = load(&path).await;
+        let result = load(&path, None).await;
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
             result,

@@ -193,6 +193,8 @@ pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxS
         max_shell_sessions: shell_sessions_of(pod),
         created_at: created_of(pod).map(|t| t.to_string()),
         expires_at: None,
+        // The provisioner names its cluster.
+        cluster: String::new(),
     }
 }
 

@@ -149,6 +149,7 @@ mod tests {
             max_shell_sessions: None,
             created_at: None,
             expires_at: None,
+            cluster: "default".into(),
         }
     }
 

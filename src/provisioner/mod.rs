@@ -114,6 +114,11 @@ impl Provisioner {
         &self.metrics
     }
 
+    /// What this cluster's sandbox objects look like.
+    pub fn spec(&self) -> &SandboxSpec {
+        &self.spec
+    }
+
     /// Whether reads are served from the watch cache.
     pub fn cache_summary(&self) -> CacheSummary {
         self.member.cache.state().summary()

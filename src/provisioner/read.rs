@@ -56,6 +56,7 @@ impl Provisioner {
         read: Read,
     ) -> Sandbox {
         let mut sandbox = objects::sandbox_view(id, pod, service, &self.spec);
+        sandbox.cluster = self.member.name().to_string();
         if read == Read::Touch {
             self.touch(id, pod);
         }
@@ -104,6 +105,17 @@ impl Provisioner {
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
+    }
+
+    /// Whether the apiserver has the sandbox's pod (false when it cannot say).
+    pub async fn exists(&self, id: &SandboxId) -> bool {
+        matches!(
+            self.member
+                .cluster
+                .get::<Pod>(&manifests::pod_name(id))
+                .await,
+            Ok(Some(_))
+        )
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.

@@ -47,6 +47,13 @@ pub struct Sandbox {
     /// lifetime or idle timer applies. Activity (GET, keepalive) moves an idle deadline.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// The cluster that holds the sandbox (`default` with a single cluster).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+}
+
+fn default_cluster() -> String {
+    "default".to_string()
 }
 
 fn default_user() -> String {

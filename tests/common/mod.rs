@@ -37,9 +37,29 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
+/// The second local cluster's kubeconfig (for the tests of several clusters), or a panic that
+/// says how to start it.
+pub fn second_kubeconfig_path() -> PathBuf {
+    match std::env::var("SECOND_KUBECONFIG") {
+        Ok(p) if !p.is_empty() && std::path::Path::new(&p).is_file() => PathBuf::from(p),
+        _ => panic!(
+            "the tests of several clusters need the second local cluster, but SECOND_KUBECONFIG does not name a kubeconfig file.\n\
+             Start it and export its kubeconfig first:\n    eval \"$(scripts/second-cluster up)\"\n\
+             or run everything with: scripts/test"
+        ),
+    }
+}
+
 pub async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path).expect("reading KUBECONFIG");
+    client_for(&kubeconfig_path()).await
+}
+
+pub async fn second_client() -> Client {
+    client_for(&second_kubeconfig_path()).await
+}
+
+pub async fn client_for(path: &std::path::Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("reading the kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("loading KUBECONFIG");
@@ -64,14 +84,25 @@ pub fn random_suffix() -> String {
 pub struct TestNamespace {
     pub client: Client,
     pub name: String,
+    /// The cluster it is in.
+    kubeconfig: PathBuf,
 }
 
 impl TestNamespace {
     /// Creates `t-{prefix}-{random}` and waits until its default service account exists (pods
     /// are refused before that).
     pub async fn new(prefix: &str) -> TestNamespace {
-        let client = client().await;
         let name = format!("t-{}-{}", &prefix[..prefix.len().min(30)], random_suffix());
+        TestNamespace::create(kubeconfig_path(), name).await
+    }
+
+    /// The namespace of the same name in the second cluster.
+    pub async fn in_second_cluster(&self) -> TestNamespace {
+        TestNamespace::create(second_kubeconfig_path(), self.name.clone()).await
+    }
+
+    async fn create(kubeconfig: PathBuf, name: String) -> TestNamespace {
+        let client = client_for(&kubeconfig).await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"sandbox-provisioner.dev/test": "true"}}})).unwrap();
         namespaces
@@ -89,7 +120,11 @@ impl TestNamespace {
             },
         )
         .await;
-        TestNamespace { client, name }
+        TestNamespace {
+            client,
+            name,
+            kubeconfig,
+        }
     }
 
     /// A namespace name for a test that lets the code under test create it.
@@ -97,6 +132,7 @@ impl TestNamespace {
         TestNamespace {
             client: client().await,
             name: format!("t-{}-{}", &prefix[..prefix.len().min(30)], random_suffix()),
+            kubeconfig: kubeconfig_path(),
         }
     }
 
@@ -147,6 +183,7 @@ impl Drop for TestNamespace {
     /// and outside the test's (possibly finished) runtime.
     fn drop(&mut self) {
         let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
         let panicking = std::thread::panicking();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -154,7 +191,7 @@ impl Drop for TestNamespace {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let client = client().await;
+                let client = client_for(&kubeconfig).await;
                 if panicking {
                     dump(&client, &name).await;
                 }
@@ -362,7 +399,11 @@ impl TestService {
         self.metrics_text()
             .await
             .lines()
-            .filter_map(|l| l.strip_prefix("sandbox_provisioner_kubernetes_requests_total{verb=\""))
+            .filter_map(|l| {
+                l.strip_prefix(
+                    "sandbox_provisioner_kubernetes_requests_total{cluster=\"default\",verb=\"",
+                )
+            })
             .filter_map(|l| {
                 let (verb, rest) = l.split_once("\",resource=\"")?;
                 let (resource, value) = rest.split_once("\"} ")?;

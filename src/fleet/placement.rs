@@ -3,8 +3,6 @@
 //! clusters alike, a thread's sandboxes land where its host-path data lives, and adding or
 //! draining a cluster moves only the keys that must move. Pure: the caller gives a snapshot of
 //! each cluster's state.
-//!
-//! Groundwork for serving several clusters behind one API; nothing calls it yet.
 
 use ring::digest::{digest, SHA256};
 
@@ -36,7 +34,9 @@ impl std::fmt::Display for Skipped {
             Skipped::Full { sandboxes, max } => {
                 write!(f, "full ({sandboxes} of max_sandboxes {max})")
             }
-            Skipped::Unreachable(why) => write!(f, "unreachable: {why}"),
+            Skipped::Unreachable(why) => {
+                write!(f, "unreachable (cannot reach the Kubernetes API: {why})")
+            }
         }
     }
 }

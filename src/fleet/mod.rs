@@ -1,0 +1,422 @@
+//! Every cluster behind one API: a create is placed by [`placement`] (pure), and reads,
+//! deletes and lists find a sandbox in whichever cluster holds it.
+//!
+//! ```text
+//!   api ──► Fleet ──► Seat "eu-1" ── Provisioner ── Member (client, cache, probe)
+//!                └──► Seat "us-1" ── Provisioner ── Member
+//! ```
+//!
+//! Sandbox ids are unique across the fleet: before placing a new one, every member's cache is
+//! asked whether it holds the id. A cluster whose apiserver does not answer is skipped for new
+//! sandboxes, and a read of a sandbox it holds (or of an id found nowhere while it is out of
+//! reach) answers 503, never 404: a 404 makes DeerFlow's client forget the sandbox.
+
+pub mod placement;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use placement::{place, preference, ClusterState, Skipped};
+
+use crate::{
+    k8s::manifests,
+    provisioner::{self, Provisioned, Provisioner},
+    sandbox::{Sandbox, SandboxId, SandboxRequest},
+};
+
+/// How long a client should wait before retrying a 503 about a cluster (its probe runs every
+/// two seconds).
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("there is no cluster named {name:?}; the clusters are {known:?} (GET /api/capabilities lists them)")]
+    UnknownCluster { name: String, known: Vec<String> },
+    #[error("no cluster has the labels {wanted}; the clusters and their labels are {known} (GET /api/capabilities lists them)")]
+    NoClusterMatches { wanted: String, known: String },
+    #[error("no cluster can take a new sandbox now: {}; retry later", reasons(.0))]
+    NoCapacity(Vec<(String, Skipped)>),
+    #[error("cannot reach the Kubernetes API of cluster {cluster:?} ({cause}); {what}; retry when it answers again")]
+    Unreachable {
+        cluster: String,
+        cause: String,
+        what: &'static str,
+    },
+    #[error("sandbox {id:?} exists in cluster {holder:?}, which this request does not select; use another sandbox_id, or delete the existing sandbox first")]
+    HeldElsewhere { id: String, holder: String },
+    #[error(transparent)]
+    Provision(#[from] provisioner::Error),
+}
+
+fn reasons(skipped: &[(String, Skipped)]) -> String {
+    skipped
+        .iter()
+        .map(|(name, why)| format!("cluster {name:?} is {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub type Result<T, E = FleetError> = std::result::Result<T, E>;
+
+/// One cluster of the fleet with what placement knows about it.
+#[derive(Clone)]
+pub struct Seat {
+    pub provisioner: Provisioner,
+    pub weight: u32,
+    pub max_sandboxes: Option<usize>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Seat {
+    pub fn name(&self) -> &str {
+        self.provisioner.member().name()
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.provisioner.member().unreachable()
+    }
+
+    /// An error for reading or deleting in this cluster while it is out of reach.
+    fn reachable(&self, what: &'static str) -> Result<()> {
+        match self.unreachable() {
+            Some(cause) => Err(FleetError::Unreachable {
+                cluster: self.name().to_string(),
+                cause,
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The cluster as placement sees it now. A cluster with a capacity whose cache is not
+    /// usable cannot count its sandboxes, so it takes none until the cache is back.
+    fn state(&self) -> ClusterState<'_> {
+        let count = self.provisioner.member().sandbox_count();
+        let unreachable = self.unreachable().or_else(|| {
+            (self.max_sandboxes.is_some() && count.is_none())
+                .then(|| "its watch cache is not synced, so its sandbox count is unknown".into())
+        });
+        ClusterState {
+            name: self.name(),
+            weight: self.weight,
+            sandboxes: count.unwrap_or(0),
+            max_sandboxes: self.max_sandboxes,
+            unreachable,
+        }
+    }
+
+    /// What GET /api/capabilities and /readyz say about this cluster.
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            name: self.name().to_string(),
+            namespace: self.provisioner.namespace().to_string(),
+            labels: self.labels.clone(),
+            weight: self.weight,
+            sandboxes: self.provisioner.member().sandbox_count(),
+            max_sandboxes: self.max_sandboxes,
+            reachable: self.unreachable().is_none(),
+        }
+    }
+}
+
+/// Which clusters a create may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Target {
+    #[default]
+    Any,
+    /// Exactly this cluster.
+    Named(String),
+    /// Clusters that carry all of these labels.
+    Labels(BTreeMap<String, String>),
+}
+
+/// A cluster and its capacity use.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// Share of new sandboxes; 0: draining.
+    pub weight: u32,
+    /// Sandboxes it holds (null while its cache is not synced).
+    pub sandboxes: Option<usize>,
+    /// Most sandboxes it takes (null: no limit).
+    pub max_sandboxes: Option<usize>,
+    /// Whether its apiserver answered the last probe.
+    pub reachable: bool,
+}
+
+/// One cluster's part of a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterListing {
+    pub name: String,
+    /// Whether it could be read; when not, its sandboxes are missing from the list.
+    pub reachable: bool,
+    /// Sandboxes listed from it.
+    pub sandboxes: usize,
+    /// Why it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every cluster's sandboxes, and how each cluster answered.
+pub struct Listing {
+    pub sandboxes: Vec<Sandbox>,
+    pub clusters: Vec<ClusterListing>,
+}
+
+/// The clusters of the service. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    seats: Arc<[Seat]>,
+}
+
+impl Fleet {
+    /// A fleet of at least one seat.
+    pub fn new(seats: Vec<Seat>) -> Fleet {
+        assert!(!seats.is_empty(), "a fleet has at least one cluster");
+        Fleet {
+            seats: seats.into(),
+        }
+    }
+
+    /// A fleet of one cluster that takes every sandbox (tests and benchmarks).
+    pub fn single(provisioner: Provisioner) -> Fleet {
+        Fleet::new(vec![Seat {
+            provisioner,
+            weight: 1,
+            max_sandboxes: None,
+            labels: BTreeMap::new(),
+        }])
+    }
+
+    pub fn seats(&self) -> &[Seat] {
+        &self.seats
+    }
+
+    /// The first cluster's provisioner: for what all clusters share (host base, timers, the
+    /// metrics registry).
+    pub fn primary(&self) -> &Provisioner {
+        &self.seats[0].provisioner
+    }
+
+    fn seat(&self, name: &str) -> Option<&Seat> {
+        self.seats.iter().find(|s| s.name() == name)
+    }
+
+    /// The clusters a create may use, or a 422 naming what exists.
+    pub fn candidates(&self, target: &Target) -> Result<Vec<&Seat>> {
+        match target {
+            Target::Any => Ok(self.seats.iter().collect()),
+            Target::Named(name) => {
+                self.seat(name)
+                    .map(|s| vec![s])
+                    .ok_or_else(|| FleetError::UnknownCluster {
+                        name: name.clone(),
+                        known: self.seats.iter().map(|s| s.name().to_string()).collect(),
+                    })
+            }
+            Target::Labels(wanted) => {
+                let matching: Vec<&Seat> = self
+                    .seats
+                    .iter()
+                    .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                    .collect();
+                if matching.is_empty() {
+                    let known = self
+                        .seats
+                        .iter()
+                        .map(|s| format!("{} {:?}", s.name(), s.labels))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    Err(FleetError::NoClusterMatches {
+                        wanted: format!("{wanted:?}"),
+                        known,
+                    })
+                } else {
+                    Ok(matching)
+                }
+            }
+        }
+    }
+
+    /// The cluster whose cache holds the sandbox (also a stale cache of an unreachable
+    /// cluster: where a sandbox lives does not change while its cluster is out of reach).
+    fn cached_holder(&self, id: &SandboxId) -> Option<&Seat> {
+        let pod = manifests::pod_name(id);
+        self.seats
+            .iter()
+            .find(|s| s.provisioner.member().holds(&pod))
+    }
+
+    /// Where the sandbox exists: from the caches, and for a reachable cluster whose cache is
+    /// not usable, from its apiserver.
+    async fn holder(&self, id: &SandboxId) -> Option<&Seat> {
+        if let Some(seat) = self.cached_holder(id) {
+            return Some(seat);
+        }
+        let unsure = self.seats.iter().filter(|s| {
+            s.unreachable().is_none() && s.provisioner.member().sandbox_count().is_none()
+        });
+        let found =
+            join_all(unsure.map(|s| async move { s.provisioner.exists(id).await.then_some(s) }))
+                .await;
+        found.into_iter().flatten().next()
+    }
+
+    /// Creates the sandbox in the cluster placement picks among the target's, or returns it
+    /// from the cluster that already holds it.
+    pub async fn create(&self, request: &SandboxRequest, target: &Target) -> Result<Provisioned> {
+        let candidates = self.candidates(target)?;
+        if self.seats.len() > 1 {
+            if let Some(holder) = self.holder(&request.id).await {
+                if !candidates.iter().any(|c| c.name() == holder.name()) {
+                    return Err(FleetError::HeldElsewhere {
+                        id: request.id.to_string(),
+                        holder: holder.name().to_string(),
+                    });
+                }
+                holder.reachable("the sandbox exists there and cannot be checked now")?;
+                return Ok(holder.provisioner.create(request).await?);
+            }
+        }
+        let states: Vec<ClusterState> = candidates.iter().map(|s| s.state()).collect();
+        let chosen = place(request.thread.as_str(), &states).map_err(|skipped| {
+            FleetError::NoCapacity(
+                skipped
+                    .into_iter()
+                    .map(|(name, why)| (name.to_string(), why))
+                    .collect(),
+            )
+        })?;
+        let seat = self
+            .seat(chosen)
+            .expect("placed among the fleet's own clusters");
+        Ok(seat.provisioner.create(request).await?)
+    }
+
+    /// One sandbox, from whichever cluster holds it.
+    pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
+        if let Some(seat) = self.cached_holder(id) {
+            seat.reachable("the sandbox is there")?;
+            return Ok(seat.provisioner.get(id).await?);
+        }
+        self.find(id).await.map(|(_, sandbox)| sandbox)
+    }
+
+    /// A sandbox no cache holds: asked of every reachable cluster (each confirms a miss with
+    /// its apiserver). Not found anywhere is 404 only when every cluster could answer.
+    async fn find(&self, id: &SandboxId) -> Result<(&Seat, Sandbox)> {
+        let answers = join_all(self.seats.iter().map(|s| async move {
+            match s.reachable("the sandbox may be there") {
+                Ok(()) => (s, s.provisioner.get(id).await.map_err(FleetError::from)),
+                Err(e) => (s, Err(e)),
+            }
+        }))
+        .await;
+        let mut failure = None;
+        for (seat, answer) in answers {
+            match answer {
+                Ok(sandbox) => return Ok((seat, sandbox)),
+                Err(FleetError::Provision(provisioner::Error::NotFound(_))) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| provisioner::Error::NotFound(id.to_string()).into()))
+    }
+
+    /// Counts as activity and returns the sandbox with its new deadline.
+    pub async fn keepalive(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.get(id).await
+    }
+
+    /// Waits for the sandbox in the cluster that holds it (see `Provisioner::wait_ready`).
+    pub async fn wait_ready(&self, id: &SandboxId, limit: Duration) -> Result<Sandbox> {
+        let seat = match self.cached_holder(id) {
+            Some(seat) => {
+                seat.reachable("the sandbox is there")?;
+                seat
+            }
+            None => self.find(id).await?.0,
+        };
+        Ok(seat.provisioner.wait_ready(id, limit).await?)
+    }
+
+    /// Deletes the sandbox wherever it is. Returns whether anything existed. With no cache
+    /// holding it, it is deleted in every cluster, which needs every cluster reachable.
+    pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
+        if let Some(seat) = self.cached_holder(id) {
+            seat.reachable("the sandbox is there")?;
+            return Ok(seat.provisioner.delete(id).await?);
+        }
+        for seat in self.seats.iter() {
+            seat.reachable("the sandbox may be there")?;
+        }
+        let results = join_all(self.seats.iter().map(|s| s.provisioner.delete(id))).await;
+        let mut existed = false;
+        for result in results {
+            existed |= result?;
+        }
+        Ok(existed)
+    }
+
+    /// Every cluster's sandboxes, sorted by id. A cluster that cannot be read is reported as
+    /// such instead of failing the list, unless no cluster can be read at all.
+    pub async fn list(&self) -> Result<Listing> {
+        let answers = join_all(self.seats.iter().map(|s| async move {
+            match s.reachable("its sandboxes are not listed") {
+                Ok(()) => s.provisioner.list().await.map_err(FleetError::from),
+                Err(e) => Err(e),
+            }
+        }))
+        .await;
+        let mut sandboxes = Vec::new();
+        let mut clusters = Vec::new();
+        let mut failure = None;
+        for (seat, answer) in self.seats.iter().zip(answers) {
+            let name = seat.name().to_string();
+            match answer {
+                Ok(listed) => {
+                    clusters.push(ClusterListing {
+                        name,
+                        reachable: true,
+                        sandboxes: listed.len(),
+                        error: None,
+                    });
+                    sandboxes.extend(listed);
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %name, error = %e, "cannot list a cluster's sandboxes; they are missing from the answer");
+                    clusters.push(ClusterListing {
+                        name,
+                        reachable: false,
+                        sandboxes: 0,
+                        error: Some(e.to_string()),
+                    });
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure.filter(|_| clusters.iter().all(|c| !c.reachable)) {
+            return Err(e);
+        }
+        sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        Ok(Listing {
+            sandboxes,
+            clusters,
+        })
+    }
+
+    /// Updates every cluster's sandboxes-by-status gauge from its cache.
+    pub fn refresh_status_gauges(&self) {
+        for seat in self.seats.iter() {
+            seat.provisioner.refresh_status_gauge();
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Several clusters behind one API, against two real local clusters (scripts/test starts the
+//! second; SECOND_KUBECONFIG names it): placement, one view of every sandbox, and a cluster
+//! whose apiserver stops (SIGSTOP) while the other keeps working.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
+
+use common::{
+    eventually, kubeconfig_path, random_suffix, second_kubeconfig_path, serve_args, TestNamespace,
+    TestService,
+};
+use futures::future::join_all;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{api::ListParams, Api};
+use reqwest::Method;
+use sandbox_provisioner::{
+    config::ServeArgs,
+    fleet::{preference, ClusterState},
+};
+use serde_json::{json, Value};
+
+/// The SIGSTOP test stops the second cluster's apiserver: it runs alone, the others share.
+static SECOND_CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test namespace of the same name in both clusters.
+struct Both {
+    a: TestNamespace,
+    b: TestNamespace,
+}
+
+impl Both {
+    async fn new(prefix: &str) -> Both {
+        let a = TestNamespace::new(prefix).await;
+        let b = a.in_second_cluster().await;
+        Both { a, b }
+    }
+
+    /// The sandbox pods in cluster `a` and in cluster `b`, by sandbox id.
+    async fn pods(&self) -> (Vec<String>, Vec<String>) {
+        let ids = |pods: Vec<Pod>| {
+            let mut ids: Vec<String> = pods
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| {
+                    p.metadata
+                        .name?
+                        .strip_prefix("sandbox-")
+                        .map(str::to_string)
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        let lp = ListParams::default();
+        (
+            ids(self.a.pods().list(&lp).await.unwrap().items),
+            ids(self.b.pods().list(&lp).await.unwrap().items),
+        )
+    }
+}
+
+fn entry(name: &str, kubeconfig: PathBuf, extra: Value) -> Value {
+    let mut entry = json!({"name": name, "kubeconfig": kubeconfig});
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    entry
+}
+
+/// Cluster `a` is the first local cluster, `b` the second, each with `extra` settings.
+fn two_clusters(a: Value, b: Value) -> Value {
+    json!([
+        entry("a", kubeconfig_path(), a),
+        entry("b", second_kubeconfig_path(), b)
+    ])
+}
+
+/// The service's flags with SANDBOX_CLUSTERS pointing at a file listing `clusters`.
+fn fleet_args(namespace: &str, clusters: &Value) -> ServeArgs {
+    let path = std::env::temp_dir().join(format!("clusters-{}.yaml", random_suffix()));
+    std::fs::write(
+        &path,
+        serde_json::to_string(&json!({"clusters": clusters})).unwrap(),
+    )
+    .unwrap();
+    let mut args = serve_args(namespace);
+    args.cluster.clusters = Some(path);
+    // The outage test waits for the probe; keep every call short.
+    args.cluster.k8s_api_timeout_seconds = 2.0;
+    args
+}
+
+async fn create(svc: &TestService, body: Value) -> (u16, Value) {
+    svc.call(Method::POST, "/api/sandboxes", Some(body)).await
+}
+
+/// Where placement puts a thread among clusters `a` and `b` of these weights.
+fn preferred(thread: &str, weights: (u32, u32)) -> String {
+    let state = |name, weight| ClusterState {
+        name,
+        weight,
+        sandboxes: 0,
+        max_sandboxes: None,
+        unreachable: None,
+    };
+    preference(thread, &[state("a", weights.0), state("b", weights.1)])[0].to_string()
+}
+
+#[tokio::test]
+async fn placement_follows_the_weights_and_two_replicas_agree() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-spread").await;
+    let clusters = two_clusters(json!({"weight": 1}), json!({"weight": 3}));
+    let replicas = [
+        TestService::start(fleet_args(&ns.a.name, &clusters)).await,
+        TestService::start(fleet_args(&ns.a.name, &clusters)).await,
+    ];
+    let total = 120;
+    let ids: Vec<String> = (0..total).map(|i| format!("sp-{i}")).collect();
+    for (batch, chunk) in ids.chunks(12).enumerate() {
+        let answers = join_all(chunk.iter().enumerate().map(|(i, id)| {
+            // Alternate replicas, so that each places half of the sandboxes.
+            let svc = &replicas[(batch + i) % 2];
+            create(
+                svc,
+                json!({"sandbox_id": id, "thread_id": format!("thread-{id}")}),
+            )
+        }))
+        .await;
+        for (id, (code, body)) in chunk.iter().zip(answers) {
+            assert_eq!(code, 200, "{id}: {body}");
+            assert_eq!(
+                body["cluster"],
+                preferred(&format!("thread-{id}"), (1, 3)),
+                "{id} is placed by the thread's rendezvous order on every replica"
+            );
+        }
+    }
+    let (in_a, in_b) = ns.pods().await;
+    assert_eq!(in_a.len() + in_b.len(), total, "each sandbox exists once");
+    // Weights 1:3 expect 30 and 90; 120 draws have a standard deviation of 4.7.
+    assert!(
+        (75..=105).contains(&in_b.len()),
+        "cluster b (weight 3) holds {} of {total}",
+        in_b.len()
+    );
+    // Both replicas list the same sandboxes, each with its cluster.
+    for svc in &replicas {
+        let (code, list) = svc.list().await;
+        assert_eq!(code, 200);
+        assert_eq!(list["count"], total);
+        let clusters: Vec<(String, u64)> = list["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert_eq!(c["reachable"], true, "{c}");
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["sandboxes"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            clusters,
+            vec![
+                ("a".into(), in_a.len() as u64),
+                ("b".into(), in_b.len() as u64)
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn explicit_clusters_labels_capacity_and_drain() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-choose").await;
+    let clusters = two_clusters(
+        json!({"labels": {"region": "eu"}, "max_sandboxes": 2}),
+        json!({"labels": {"region": "us"}}),
+    );
+    let svc = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+
+    let (code, body) = create(&svc, json!({"sandbox_id": "ch-named", "cluster": "b"})).await;
+    assert_eq!((code, body["cluster"].as_str()), (200, Some("b")), "{body}");
+    let (code, body) = create(
+        &svc,
+        json!({"sandbox_id": "ch-label", "cluster_labels": {"region": "eu"}}),
+    )
+    .await;
+    assert_eq!((code, body["cluster"].as_str()), (200, Some("a")), "{body}");
+
+    // Mistakes are 422 naming what exists; nothing is created.
+    for (body, expected) in [
+        (
+            json!({"sandbox_id": "ch-bad", "cluster": "c"}),
+            "[\"a\", \"b\"]",
+        ),
+        (
+            json!({"sandbox_id": "ch-bad", "cluster_labels": {"region": "mars"}}),
+            "a {\"region\": \"eu\"}, b {\"region\": \"us\"}",
+        ),
+        (
+            json!({"sandbox_id": "ch-bad", "cluster": "a", "cluster_labels": {"region": "eu"}}),
+            "not both",
+        ),
+    ] {
+        let (code, answer) = create(&svc, body.clone()).await;
+        assert_eq!(code, 422, "{body} -> {answer}");
+        let detail = answer["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{detail}");
+    }
+    // An id another cluster holds is never made a second time.
+    let (code, answer) = create(&svc, json!({"sandbox_id": "ch-named", "cluster": "a"})).await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer["detail"]
+        .as_str()
+        .unwrap()
+        .contains("exists in cluster \"b\""));
+    assert_eq!(
+        ns.pods().await,
+        (vec!["ch-label".into()], vec!["ch-named".into()])
+    );
+
+    // Cluster a takes two at most: what it cannot take goes to b, or waits when only a may
+    // take it (503 with Retry-After and the reason).
+    for i in 0..8 {
+        let (code, body) = create(&svc, json!({"sandbox_id": format!("ch-any-{i}")})).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (in_a, in_b) = ns.pods().await;
+    assert_eq!(in_a.len(), 2, "a is full at max_sandboxes 2: {in_a:?}");
+    assert_eq!(in_b.len(), 8, "{in_b:?}");
+    let refused = svc
+        .http
+        .post(svc.url("/api/sandboxes"))
+        .json(&json!({"sandbox_id": "ch-eu", "cluster_labels": {"region": "eu"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let detail = refused.json::<Value>().await.unwrap()["detail"].to_string();
+    assert!(
+        detail.contains("cluster \\\"a\\\" is full (2 of max_sandboxes 2)"),
+        "{detail}"
+    );
+    // Deleting frees the slot at once.
+    assert_eq!(svc.delete("ch-label").await.0, 200);
+    let (code, body) = create(
+        &svc,
+        json!({"sandbox_id": "ch-eu", "cluster_labels": {"region": "eu"}}),
+    )
+    .await;
+    assert_eq!((code, body["cluster"].as_str()), (200, Some("a")), "{body}");
+    let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
+    assert_eq!(caps["clusters"][0]["name"], "a");
+    assert_eq!(caps["clusters"][0]["sandboxes"], 2);
+    assert_eq!(caps["clusters"][0]["max_sandboxes"], 2);
+    assert_eq!(caps["clusters"][0]["labels"], json!({"region": "eu"}));
+    assert_eq!(caps["clusters"][1]["max_sandboxes"], Value::Null);
+    drop(svc);
+
+    // Weight 0 drains a: its sandboxes are served and deleted as before, new ones go to b.
+    let drained = two_clusters(json!({"weight": 0}), json!({}));
+    let svc = TestService::start(fleet_args(&ns.a.name, &drained)).await;
+    let (code, body) = svc.get("ch-eu").await;
+    assert_eq!((code, body["cluster"].as_str()), (200, Some("a")), "{body}");
+    for i in 0..6 {
+        let (code, body) = create(&svc, json!({"sandbox_id": format!("ch-new-{i}")})).await;
+        assert_eq!((code, body["cluster"].as_str()), (200, Some("b")), "{body}");
+    }
+    let (code, body) = create(&svc, json!({"sandbox_id": "ch-x", "cluster": "a"})).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("draining (weight 0)"));
+    assert_eq!(svc.delete("ch-eu").await.0, 200);
+    assert_eq!(svc.get("ch-eu").await.0, 404);
+}
+
+#[tokio::test]
+async fn one_id_through_two_replicas_exists_once() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-race").await;
+    let clusters = two_clusters(json!({}), json!({}));
+    let one = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+    let two = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+    for i in 0..10 {
+        let body = json!({"sandbox_id": format!("race-{i}"), "thread_id": format!("t-{i}")});
+        let ((c1, b1), (c2, b2)) = tokio::join!(create(&one, body.clone()), create(&two, body));
+        assert_eq!((c1, c2), (200, 200), "{b1} {b2}");
+        assert_eq!(b1["cluster"], b2["cluster"]);
+        assert_eq!(b1["sandbox_url"], b2["sandbox_url"]);
+    }
+    let (in_a, in_b) = ns.pods().await;
+    let mut all: Vec<String> = in_a.into_iter().chain(in_b).collect();
+    all.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("race-{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        all, expected,
+        "every id exists exactly once across the clusters"
+    );
+}
+
+#[tokio::test]
+async fn get_list_delete_across_clusters_survive_a_restart() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-view").await;
+    let clusters = two_clusters(json!({}), json!({}));
+    let svc = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+    let mut placed = BTreeMap::new();
+    for (id, cluster) in [("v-1", "a"), ("v-2", "b"), ("v-3", "a"), ("v-4", "b")] {
+        let (code, body) = create(&svc, json!({"sandbox_id": id, "cluster": cluster})).await;
+        assert_eq!(code, 200, "{body}");
+        placed.insert(id.to_string(), body);
+    }
+    drop(svc);
+
+    let svc = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+    let (code, list) = svc.list().await;
+    assert_eq!(code, 200, "{list}");
+    let listed: Vec<(&str, &str)> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["sandbox_id"].as_str().unwrap(),
+                s["cluster"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("v-1", "a"), ("v-2", "b"), ("v-3", "a"), ("v-4", "b")],
+        "merged and sorted by id"
+    );
+    for (id, before) in &placed {
+        let (code, now) = svc.get(id).await;
+        assert_eq!(code, 200, "{now}");
+        assert_eq!(now["cluster"], before["cluster"]);
+        assert_eq!(now["sandbox_url"], before["sandbox_url"]);
+        let (code, kept) = svc
+            .call(
+                Method::POST,
+                &format!("/api/sandboxes/{id}/keepalive"),
+                None,
+            )
+            .await;
+        assert_eq!((code, &kept["cluster"]), (200, &before["cluster"]));
+    }
+    // A sandbox one replica made is found by another before its watch delivers it.
+    let other = TestService::start(fleet_args(&ns.a.name, &clusters)).await;
+    let (code, _) = create(&other, json!({"sandbox_id": "v-5", "cluster": "b"})).await;
+    assert_eq!(code, 200);
+    let (code, body) = svc.get("v-5").await;
+    assert_eq!((code, body["cluster"].as_str()), (200, Some("b")), "{body}");
+    for id in ["v-1", "v-2", "v-3", "v-4", "v-5"] {
+        assert_eq!(svc.delete(id).await.0, 200);
+        assert_eq!(svc.get(id).await.0, 404);
+    }
+    let (code, body) = svc.delete("v-never").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(ns.pods().await, (vec![], vec![]));
+}
+
+/// SIGSTOP of the second cluster's apiserver, resumed when dropped (also after a failure).
+struct Stopped(String);
+
+impl Stopped {
+    fn apiserver() -> Stopped {
+        let state_dir = second_kubeconfig_path().parent().unwrap().to_path_buf();
+        let pid = std::fs::read_to_string(state_dir.join("pids/kube-apiserver.pid"))
+            .expect("the second cluster's apiserver PID file")
+            .trim()
+            .to_string();
+        signal("-STOP", &pid);
+        Stopped(pid)
+    }
+}
+
+fn signal(which: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_apiserver_is_503_never_404_and_everything_recovers() {
+    let _alone = SECOND_CLUSTER.write().await;
+    let ns = Both::new("fleet-stop").await;
+    let clusters = two_clusters(json!({}), json!({}));
+    let mut args = fleet_args(&ns.a.name, &clusters);
+    args.lifecycle.sandbox_reap_interval = "1s".into();
+    let svc = TestService::start(args).await;
+    for (id, cluster) in [("st-a", "a"), ("st-b", "b")] {
+        let (code, body) = create(&svc, json!({"sandbox_id": id, "cluster": cluster})).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = create(
+        &svc,
+        json!({"sandbox_id": "st-short", "cluster": "a", "ttl_seconds": 6}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    let stopped = Stopped::apiserver();
+    eventually(
+        Duration::from_secs(20),
+        "GET of st-b to answer 503",
+        || async {
+            let (code, body) = svc.get("st-b").await;
+            assert_ne!(
+                code, 404,
+                "a sandbox of an unreachable cluster is never 404: {body}"
+            );
+            (code == 503).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = svc.get("st-b").await;
+    assert_eq!(code, 503);
+    assert!(
+        body["detail"].as_str().unwrap().contains("cluster \"b\""),
+        "{body}"
+    );
+    // The other cluster works as before.
+    let (code, body) = svc.get("st-a").await;
+    assert_eq!((code, body["ready"].as_bool()), (200, Some(true)), "{body}");
+    // An id found nowhere may be in the stopped cluster: 503, not 404.
+    assert_eq!(svc.get("st-unknown").await.0, 503);
+    assert_eq!(svc.delete("st-unknown").await.0, 503);
+    assert_eq!(svc.delete("st-b").await.0, 503);
+    // New sandboxes go to the live cluster, whatever their hash prefers.
+    for i in 0..6 {
+        let (code, body) = create(&svc, json!({"sandbox_id": format!("st-new-{i}")})).await;
+        assert_eq!((code, body["cluster"].as_str()), (200, Some("a")), "{body}");
+    }
+    let refused = svc
+        .http
+        .post(svc.url("/api/sandboxes"))
+        .json(&json!({"sandbox_id": "st-x", "cluster": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let (code, list) = svc.list().await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["clusters"][0]["reachable"], true);
+    assert_eq!(list["clusters"][1]["reachable"], false);
+    assert!(list["clusters"][1]["error"].is_string());
+    assert!(list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["cluster"] == "a"));
+    let (code, ready) = svc.call(Method::GET, "/readyz", None).await;
+    assert_eq!(code, 200, "one cluster takes sandboxes: {ready}");
+    assert_eq!(ready["clusters"][0]["accepting"], true);
+    assert_eq!(ready["clusters"][1]["accepting"], false);
+    assert_eq!(ready["clusters"][1]["reachable"], false);
+    // The reaper of the live cluster goes on.
+    eventually(
+        Duration::from_secs(30),
+        "st-short to be reaped in a",
+        || async {
+            let (in_a, _) = (
+                ns.a.pods().list(&ListParams::default()).await.ok()?.items,
+                (),
+            );
+            in_a.iter()
+                .all(|p| p.metadata.name.as_deref() != Some("sandbox-st-short"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    drop(stopped);
+    let back = eventually(Duration::from_secs(60), "st-b to answer again", || async {
+        let (code, body) = svc.get("st-b").await;
+        assert_ne!(code, 404, "{body}");
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(back["cluster"], "b");
+    let (_, list) = svc.list().await;
+    assert_eq!(list["clusters"][1]["reachable"], true, "{list}");
+    let (code, body) = create(&svc, json!({"sandbox_id": "st-after", "cluster": "b"})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(svc.delete("st-b").await.0, 200);
+    assert_eq!(svc.get("st-unknown").await.0, 404);
+}
+
+#[tokio::test]
+async fn each_cluster_elects_its_own_leader_and_reaps() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-lead").await;
+    let clusters = two_clusters(json!({}), json!({}));
+    let args = || {
+        let mut args = fleet_args(&ns.a.name, &clusters);
+        args.lifecycle.sandbox_leader_lease = "3s".into();
+        args.lifecycle.sandbox_reap_interval = "1s".into();
+        args
+    };
+    let replicas = [
+        TestService::start(args()).await,
+        TestService::start(args()).await,
+    ];
+    for (id, cluster) in [("ld-a", "a"), ("ld-b", "b")] {
+        let (code, body) = create(
+            &replicas[0],
+            json!({"sandbox_id": id, "cluster": cluster, "ttl_seconds": 5}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    // A Lease in each cluster's namespace, and one leader per cluster among the replicas.
+    for (namespace, cluster) in [(&ns.a, "a"), (&ns.b, "b")] {
+        let leases: Api<Lease> = Api::namespaced(namespace.client.clone(), &namespace.name);
+        eventually(Duration::from_secs(20), "a lease holder", || async {
+            let lease = leases.get_opt("sandbox-provisioner-leader").await.ok()??;
+            lease.spec?.holder_identity.map(|_| ())
+        })
+        .await;
+        let metric = format!("sandbox_provisioner_leader{{cluster=\"{cluster}\"}}");
+        eventually(
+            Duration::from_secs(20),
+            "one leader per cluster",
+            || async {
+                let mut leading = 0.0;
+                for svc in &replicas {
+                    leading += svc.metric(&metric).await;
+                }
+                (leading == 1.0).then_some(())
+            },
+        )
+        .await;
+    }
+    // Both clusters' reapers remove their expired sandbox.
+    eventually(Duration::from_secs(40), "both sandboxes reaped", || async {
+        (ns.pods().await == (vec![], vec![])).then_some(())
+    })
+    .await;
+    let replicas = &replicas;
+    let reaped: HashMap<&str, f64> = join_all(["a", "b"].map(|cluster| async move {
+        let metric = format!(
+            "sandbox_provisioner_sandbox_deletions_total{{cluster=\"{cluster}\",reason=\"lifetime\"}}"
+        );
+        let mut total = 0.0;
+        for svc in replicas {
+            total += svc.metric(&metric).await;
+        }
+        (cluster, total)
+    }))
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(reaped, HashMap::from([("a", 1.0), ("b", 1.0)]));
+}
