@@ -575,3 +575,157 @@ async fn each_cluster_elects_its_own_leader_and_reaps() {
     .collect();
     assert_eq!(reaped, HashMap::from([("a", 1.0), ("b", 1.0)]));
 }
+
+#[tokio::test]
+async fn doctor_checks_every_cluster_in_its_own_section() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-doctor").await;
+    let file = std::env::temp_dir().join(format!("clusters-{}.yaml", random_suffix()));
+    let clusters = json!({"clusters": [
+        entry("a", kubeconfig_path(), json!({})),
+        entry("b", second_kubeconfig_path(), json!({"weight": 2})),
+        // Reachable only through a port nothing listens on: its checks fail, alone.
+        entry("c", second_kubeconfig_path(), json!({"api_server": "https://127.0.0.1:1"})),
+    ]});
+    std::fs::write(&file, serde_json::to_string(&clusters).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .arg("doctor")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SANDBOX_CLUSTERS", &file)
+        .env("K8S_NAMESPACE", &ns.a.name)
+        .env("K8S_API_TIMEOUT_SECONDS", "3")
+        .env("SKILLS_HOST_PATH", "/srv/skills")
+        .env("THREADS_HOST_PATH", "/srv/threads")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let sections: Vec<&str> = report.split("\n== ").skip(1).collect();
+    assert_eq!(sections.len(), 3, "{report}");
+    for (section, name) in sections.iter().zip(["a", "b", "c"]) {
+        assert!(
+            section.starts_with(&format!("cluster {name}: namespace {}", ns.a.name)),
+            "{section}"
+        );
+    }
+    for section in &sections[..2] {
+        assert!(!section.contains("\nfail  "), "{section}");
+        for check in ["apiserver", "rbac create pods", "node ports"] {
+            assert!(
+                section
+                    .lines()
+                    .any(|l| l.starts_with("ok    ") && l.contains(check)),
+                "{check} not ok in\n{section}"
+            );
+        }
+    }
+    assert!(sections[1].contains("weight 2"));
+    assert!(
+        sections[2]
+            .lines()
+            .any(|l| l.starts_with("fail  apiserver")),
+        "{}",
+        sections[2]
+    );
+    assert!(report.ends_with("1 check(s) failed\n"), "{report}");
+    drop(ns.b);
+}
+
+/// Applies the shipped ServiceAccount, Role and RoleBinding to `ns` and returns a kubeconfig
+/// with exactly that account's token.
+async fn shipped_role(ns: &TestNamespace) -> PathBuf {
+    use k8s_openapi::api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{Role, RoleBinding},
+    };
+    use kube::api::PostParams;
+    let read = |file: &str| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/").to_string() + file;
+        std::fs::read_to_string(path).unwrap()
+    };
+    let pp = PostParams::default();
+    let account: ServiceAccount = serde_saphyr::from_str(&read("serviceaccount.yaml")).unwrap();
+    Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &account)
+        .await
+        .unwrap();
+    let role: Role = serde_saphyr::from_str(&read("role.yaml")).unwrap();
+    Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let mut binding: RoleBinding = serde_saphyr::from_str(&read("rolebinding.yaml")).unwrap();
+    for subject in binding.subjects.iter_mut().flatten() {
+        subject.namespace = Some(ns.name.clone());
+    }
+    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    ns.kubeconfig_for_service_account("sandbox-provisioner")
+        .await
+}
+
+#[tokio::test]
+async fn the_shipped_role_in_each_cluster_serves_every_fleet_feature() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-role").await;
+    let clusters = json!([
+        entry("a", shipped_role(&ns.a).await, json!({})),
+        entry("b", shipped_role(&ns.b).await, json!({"max_sandboxes": 5})),
+    ]);
+    let mut args = fleet_args(&ns.a.name, &clusters);
+    args.lifecycle.sandbox_leader_lease = "3s".into();
+    let svc = TestService::start(args).await;
+    for (id, cluster) in [("r-a", "a"), ("r-b", "b")] {
+        let (code, body) = create(
+            &svc,
+            json!({"sandbox_id": id, "cluster": cluster, "wait_ready_seconds": 20}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            (body["cluster"].as_str(), body["ready"].as_bool()),
+            (Some(cluster), Some(true)),
+            "{body}"
+        );
+        let (code, kept) = svc
+            .call(
+                Method::POST,
+                &format!("/api/sandboxes/{id}/keepalive"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (code, kept["cluster"].as_str()),
+            (200, Some(cluster)),
+            "{kept}"
+        );
+    }
+    let (code, list) = svc.list().await;
+    assert_eq!((code, list["count"].as_u64()), (200, Some(2)), "{list}");
+    for cluster in ["a", "b"] {
+        let metric = format!("sandbox_provisioner_leader{{cluster=\"{cluster}\"}}");
+        eventually(
+            Duration::from_secs(20),
+            "the lease in each cluster",
+            || async { (svc.metric(&metric).await == 1.0).then_some(()) },
+        )
+        .await;
+    }
+    let (code, ready) = svc.call(Method::GET, "/readyz", None).await;
+    assert_eq!(code, 200, "{ready}");
+    for cluster in ready["clusters"].as_array().unwrap() {
+        assert_eq!(cluster["accepting"], true, "{cluster}");
+        assert_eq!(cluster["cache"], "synced", "{cluster}");
+        assert!(cluster.get("missing_permissions").is_none(), "{cluster}");
+    }
+    let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
+    assert_eq!(caps["clusters"][1]["sandboxes"], 1, "{caps}");
+    for id in ["r-a", "r-b"] {
+        assert_eq!(svc.delete(id).await.0, 200);
+        assert_eq!(svc.get(id).await.0, 404);
+    }
+    assert_eq!(ns.pods().await, (vec![], vec![]));
+}

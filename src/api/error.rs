@@ -185,4 +185,40 @@ mod tests {
         };
         assert_eq!(ApiError::Provision(timeout.into()).status(), 503);
     }
+
+    #[test]
+    fn fleet_statuses_and_retry_after() {
+        use crate::fleet::Skipped;
+        let fleet = |e: FleetError| ApiError::from(e);
+        let unknown = FleetError::UnknownCluster {
+            name: "c".into(),
+            known: vec!["a".into()],
+        };
+        assert_eq!(fleet(unknown).status(), 422);
+        let unmatched = FleetError::NoClusterMatches {
+            wanted: "x".into(),
+            known: "y".into(),
+        };
+        assert_eq!(fleet(unmatched).status(), 422);
+        let held = FleetError::HeldElsewhere {
+            id: "s".into(),
+            holder: "b".into(),
+        };
+        assert_eq!(fleet(held).status(), 409);
+        // A provisioner error inside keeps its own status.
+        let inner = FleetError::Provision(provisioner::Error::NotFound("s".into()));
+        assert_eq!(fleet(inner).status(), 404);
+        for e in [
+            FleetError::NoCapacity(vec![("a".into(), Skipped::Draining)]),
+            FleetError::Unreachable {
+                cluster: "a".into(),
+                cause: "refused".into(),
+                what: "the sandbox is there",
+            },
+        ] {
+            let response = fleet(e).into_response();
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+    }
 }

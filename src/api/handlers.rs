@@ -244,7 +244,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         async move {
             let provisioner = seat.provisioner.clone();
             let namespace = match seat.provisioner.member().unreachable() {
-                Some(cause) => Err(cause),
+                Some(cause) => Err(format!("cannot reach the Kubernetes API: {cause}")),
                 None => tokio::spawn(async move { provisioner.ensure_namespace().await })
                     .await
                     .map_err(|e| e.to_string())

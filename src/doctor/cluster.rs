@@ -14,21 +14,21 @@ use kube::{
 
 use super::{Check, Verdict};
 use crate::{
-    config::Config,
+    config::ClusterSection,
     k8s::manifests,
     permissions::{self, Features, Permission},
-    spec::image,
+    spec::{image, SandboxSpec},
 };
 
 /// Returns whether the namespace exists (None when it could not be read).
 pub(super) async fn namespace_check(
     client: &Client,
-    config: &Config,
+    cluster: &ClusterSection,
     checks: &mut Vec<Check>,
 ) -> Option<bool> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let name = &config.cluster.namespace;
-    match tokio::time::timeout(config.cluster.api_timeout, api.get_opt(name)).await {
+    let name = &cluster.namespace;
+    match tokio::time::timeout(cluster.api_timeout, api.get_opt(name)).await {
         Ok(Ok(Some(ns)))
             if ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
         {
@@ -188,12 +188,16 @@ pub(super) async fn node_port_check(client: &Client, namespace: &str, port: u16)
 
 /// Nodes that may run sandboxes (their labels match SANDBOX_PLACEMENT's nodeSelector) and
 /// lack one of the images sandboxes need: there the first sandbox waits for the pull.
-pub(super) async fn image_check(client: &Client, config: &Config) -> Check {
-    let mut images = vec![config.sandbox.image.clone()];
-    images.extend(config.sandbox.lark.init_image.clone());
-    images.extend(config.sandbox.lark.broker_image.clone());
+pub(super) async fn image_check(
+    client: &Client,
+    timeout: Duration,
+    sandbox: &SandboxSpec,
+) -> Check {
+    let mut images = vec![sandbox.image.clone()];
+    images.extend(sandbox.lark.init_image.clone());
+    images.extend(sandbox.lark.broker_image.clone());
     let api: Api<Node> = Api::all(client.clone());
-    let nodes = match tokio::time::timeout(config.cluster.api_timeout, api.list(&ListParams::default())).await {
+    let nodes = match tokio::time::timeout(timeout, api.list(&ListParams::default())).await {
         Ok(Ok(list)) => list.items,
         Ok(Err(kube::Error::Api(e))) if e.code == 403 => {
             return Check::warn(
@@ -207,12 +211,7 @@ pub(super) async fn image_check(client: &Client, config: &Config) -> Check {
         }
         Err(_) => return Check::warn("images on nodes", "listing nodes timed out", "check the API server"),
     };
-    let selector = config
-        .sandbox
-        .placement
-        .node_selector
-        .clone()
-        .unwrap_or_default();
+    let selector = sandbox.placement.node_selector.clone().unwrap_or_default();
     let eligible: Vec<&Node> = nodes
         .iter()
         .filter(|n| {

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 
 use crate::{
-    config::{Config, ServeArgs},
+    config::{Config, MemberConfig, ServeArgs},
     k8s::client,
     permissions::Features,
     spec::Exposure,
@@ -23,6 +23,8 @@ pub enum Verdict {
     Ok,
     Warn,
     Fail,
+    /// Not a check: the heading of one cluster's checks (with several clusters).
+    Section,
 }
 
 /// One line of the report.
@@ -61,13 +63,43 @@ impl Check {
     }
 }
 
-/// Runs every check that can run; later checks are skipped when what they need failed.
+/// Runs every check that can run; later checks are skipped when what they need failed. With
+/// several clusters, each cluster's checks follow a section heading.
 pub async fn run(args: ServeArgs) -> Vec<Check> {
     let mut checks = settings(&args);
     let Ok(config) = Config::try_from(args) else {
         return checks;
     };
-    let connected = match client::connect(&crate::member::connection(&config.cluster)).await {
+    let several = config.clusters.len() > 1;
+    for member in &config.clusters {
+        if several {
+            checks.push(Check {
+                verdict: Verdict::Section,
+                name: format!("cluster {}", member.name),
+                detail: format!(
+                    "namespace {}, kubeconfig {}{}, weight {}",
+                    member.cluster.namespace,
+                    member.cluster.kubeconfig_path.display(),
+                    member
+                        .cluster
+                        .context
+                        .as_deref()
+                        .map(|c| format!(" (context {c})"))
+                        .unwrap_or_default(),
+                    member.weight
+                ),
+                fix: None,
+            });
+        }
+        checks.extend(cluster_checks(&config, member).await);
+    }
+    checks
+}
+
+/// The checks of one cluster: connection, namespace, permissions, claims, node ports, images.
+async fn cluster_checks(config: &Config, member: &MemberConfig) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let connected = match client::connect(&crate::member::connection(&member.cluster)).await {
         Ok(c) => {
             checks.push(Check::ok("kubeconfig", c.source.clone()));
             c
@@ -78,8 +110,8 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
         }
     };
     let client = connected.client;
-    let timeout = config.cluster.api_timeout;
-    let namespace = &config.cluster.namespace;
+    let timeout = member.cluster.api_timeout;
+    let namespace = &member.cluster.namespace;
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => checks.push(Check::ok(
             "apiserver",
@@ -105,15 +137,16 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
             return checks;
         }
     }
-    let namespace_exists = namespace_check(&client, &config, &mut checks).await;
+    let namespace_exists = namespace_check(&client, &member.cluster, &mut checks).await;
+    let sandbox = &member.sandbox;
     let features = Features {
         leader_election: !config.lifecycle.leader_lease.is_zero(),
-        network_policies: config.sandbox.policies_on(),
-        claims: !config.sandbox.claims().is_empty(),
+        network_policies: sandbox.policies_on(),
+        claims: !sandbox.claims().is_empty(),
         namespace_missing: namespace_exists == Some(false),
     };
     rbac_checks(&client, namespace, features, &mut checks).await;
-    for (variable, claim) in config.sandbox.claims() {
+    for (variable, claim) in sandbox.claims() {
         let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
         checks.push(
             match tokio::time::timeout(timeout, api.get_opt(claim)).await {
@@ -139,11 +172,11 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
             },
         );
     }
-    let node_ports = matches!(config.sandbox.exposure, Exposure::NodePort { .. });
+    let node_ports = matches!(sandbox.exposure, Exposure::NodePort { .. });
     if namespace_exists == Some(true) && node_ports {
-        checks.push(node_port_check(&client, namespace, config.sandbox.port).await);
+        checks.push(node_port_check(&client, namespace, sandbox.port).await);
     }
-    checks.push(image_check(&client, &config).await);
+    checks.push(image_check(&client, timeout, sandbox).await);
     checks
 }
 
@@ -262,6 +295,10 @@ pub fn render(checks: &[Check]) -> String {
             Verdict::Ok => "ok  ",
             Verdict::Warn => "warn",
             Verdict::Fail => "fail",
+            Verdict::Section => {
+                let _ = writeln!(out, "== {}: {}", c.name, c.detail);
+                continue;
+            }
         };
         let _ = writeln!(out, "{tag}  {:<width$} {}", c.name, c.detail);
         if let (Some(fix), true) = (&c.fix, c.verdict != Verdict::Ok) {

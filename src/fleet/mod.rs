@@ -420,3 +420,129 @@ impl Fleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        k8s::{cache::Cache, cluster::Cluster},
+        member::Member,
+        metrics::Metrics,
+        permissions::Refusals,
+        sandbox::ThreadId,
+    };
+    use clap::Parser;
+
+    /// A seat's name, weight, capacity and labels.
+    type SeatSpec<'a> = (&'a str, u32, Option<usize>, &'a [(&'a str, &'a str)]);
+
+    /// Seats whose Kubernetes calls go nowhere (a closed port) and whose caches never sync.
+    fn fleet(seats: &[SeatSpec]) -> Fleet {
+        let args = crate::cli::Cli::try_parse_from(["x"])
+            .unwrap()
+            .serve_args()
+            .unwrap();
+        let config = Config::try_from(args).unwrap();
+        let metrics = Metrics::new();
+        Fleet::new(
+            seats
+                .iter()
+                .map(|(name, weight, max, labels)| {
+                    let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+                    let scoped = metrics.for_cluster(name);
+                    let cluster = Cluster::new(
+                        kube::Client::try_from(nowhere).unwrap(),
+                        "ns",
+                        config.cluster.api_timeout,
+                        scoped.clone(),
+                        Refusals::new("ns", scoped.clone()),
+                    );
+                    Seat {
+                        provisioner: Provisioner::new(
+                            Member::new(name, cluster, Cache::unwatched("ns")),
+                            config.sandbox.clone(),
+                            config.lifecycle,
+                            scoped,
+                        ),
+                        weight: *weight,
+                        max_sandboxes: *max,
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn names(seats: Vec<&Seat>) -> Vec<&str> {
+        seats.into_iter().map(|s| s.name()).collect()
+    }
+
+    #[tokio::test]
+    async fn targets_choose_clusters_or_name_what_exists() {
+        let f = fleet(&[
+            ("a", 1, None, &[("region", "eu")]),
+            ("b", 1, None, &[("region", "us"), ("tier", "gpu")]),
+        ]);
+        assert_eq!(names(f.candidates(&Target::Any).unwrap()), ["a", "b"]);
+        assert_eq!(
+            names(f.candidates(&Target::Named("b".into())).unwrap()),
+            ["b"]
+        );
+        let labels = |pairs: &[(&str, &str)]| {
+            Target::Labels(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            names(f.candidates(&labels(&[("region", "us")])).unwrap()),
+            ["b"]
+        );
+        assert_eq!(
+            names(
+                f.candidates(&labels(&[("region", "us"), ("tier", "gpu")]))
+                    .unwrap()
+            ),
+            ["b"]
+        );
+        let unknown = f.candidates(&Target::Named("c".into())).err().unwrap();
+        assert!(unknown.to_string().contains(r#"["a", "b"]"#), "{unknown}");
+        let unmatched = f.candidates(&labels(&[("region", "eu"), ("tier", "gpu")]));
+        let message = unmatched.err().unwrap().to_string();
+        assert!(
+            message.contains(r#"a {"region": "eu"}, b {"region": "us", "tier": "gpu"}"#),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_created_when_no_cluster_can_take_it() {
+        // b drains; a has a capacity but its cache never synced, so its count is unknown.
+        let f = fleet(&[("a", 1, Some(5), &[]), ("b", 0, None, &[])]);
+        let id = crate::sandbox::SandboxId::parse("s-1").unwrap();
+        let request = SandboxRequest::new(id.clone(), ThreadId::of_sandbox(&id));
+        match f.create(&request, &Target::Any).await {
+            Err(FleetError::NoCapacity(skipped)) => {
+                let reasons: Vec<(String, String)> = skipped
+                    .into_iter()
+                    .map(|(name, why)| (name, why.to_string()))
+                    .collect();
+                assert_eq!(reasons.len(), 2, "{reasons:?}");
+                assert!(reasons.contains(&("b".into(), "draining (weight 0)".into())));
+                assert!(
+                    reasons
+                        .iter()
+                        .any(|(name, why)| name == "a"
+                            && why.contains("its sandbox count is unknown"))
+                );
+            }
+            other => panic!("expected NoCapacity, got {:?}", other.err()),
+        }
+    }
+}

@@ -708,7 +708,7 @@ impl TestNamespace {
             String::from_utf8(data.get("token")?.0.clone()).ok()
         })
         .await;
-        let original = std::fs::read_to_string(kubeconfig_path()).unwrap();
+        let original = std::fs::read_to_string(&self.kubeconfig).unwrap();
         let mut rewritten = String::new();
         for line in original.lines() {
             match line.trim_start().strip_prefix("token: ") {
@@ -719,7 +719,12 @@ impl TestNamespace {
                 }
             }
         }
-        let path = std::env::temp_dir().join(format!("kubeconfig-{}-{name}", self.name));
+        // The same namespace name may exist in both clusters: the file names which.
+        let path = std::env::temp_dir().join(format!(
+            "kubeconfig-{}-{name}-{}",
+            self.name,
+            random_suffix()
+        ));
         std::fs::write(&path, rewritten).unwrap();
         path
     }

@@ -1,0 +1,380 @@
+//! Benchmark of several clusters and of scale, against the two local clusters. It prints; a
+//! human reads (BENCHMARKS.md keeps the figures).
+//!
+//!     eval "$(scripts/local-cluster up)" && eval "$(scripts/second-cluster up)"
+//!     cargo bench --bench fleet
+//!
+//! Part 1 runs one workload through a provisioner with one cluster and through one with two,
+//! side by side. Part 2 puts BENCH_SCALE sandboxes (default 10000, ClusterIP mode) behind one
+//! provisioner: memory, GET and LIST latency, a restart's time to synced caches, and the
+//! reaper's lag when all of them expire at once. BENCH_ONLY=two-vs-one or BENCH_ONLY=scale runs
+//! one part.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{kubeconfig_path, second_kubeconfig_path, RunningBinary, TestNamespace};
+use futures::{stream, StreamExt};
+use kube::api::ListParams;
+use serde_json::{json, Value};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// p50 and p99 of samples, in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| ms(samples[((samples.len() as f64 - 1.0) * q).round() as usize]);
+    (at(0.50), at(0.99))
+}
+
+async fn start(namespace: &str, env: &[(&str, String)]) -> (RunningBinary, Duration) {
+    let mut all: Vec<(&str, String)> = vec![
+        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
+        ("K8S_NAMESPACE", namespace.into()),
+        ("SANDBOX_IMAGE", "sandbox:bench".into()),
+        ("NODE_HOST", "127.0.0.1".into()),
+        ("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    all.extend(env.iter().cloned());
+    RunningBinary::start_quiet(&all).await
+}
+
+/// Until every cluster's cache is synced; returns how long that took.
+async fn synced(http: &reqwest::Client, base: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let body: Option<Value> = match http.get(format!("{base}/readyz")).send().await {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let all = body
+            .as_ref()
+            .and_then(|b| b["clusters"].as_array())
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["cache"] == "synced"));
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "caches not synced within {limit:?}: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates `ids` with `clients` concurrent clients; returns creates per second.
+async fn create_all(
+    http: &reqwest::Client,
+    base: &str,
+    ids: &[String],
+    clients: usize,
+    extra: impl Fn(&str) -> Value,
+) -> f64 {
+    let started = Instant::now();
+    stream::iter(ids)
+        .map(|id| {
+            let mut body = json!({"sandbox_id": id});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra(id).as_object().cloned().unwrap_or_default());
+            async move {
+                let resp = http
+                    .post(format!("{base}/api/sandboxes"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                assert_eq!(status, 200, "create {id}: {}", resp.text().await.unwrap());
+            }
+        })
+        .buffer_unordered(clients)
+        .collect::<Vec<()>>()
+        .await;
+    ids.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn get_latencies(http: &reqwest::Client, base: &str, ids: &[String], n: usize) -> (f64, f64) {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = &ids[(i * 7919) % ids.len()];
+        let started = Instant::now();
+        let resp = http
+            .get(format!("{base}/api/sandboxes/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        samples.push(started.elapsed());
+    }
+    percentiles(samples)
+}
+
+async fn list_latencies(http: &reqwest::Client, base: &str, n: usize) -> (f64, f64, u64) {
+    let mut samples = Vec::with_capacity(n);
+    let mut count = 0;
+    for _ in 0..n {
+        let started = Instant::now();
+        let body: Value = http
+            .get(format!("{base}/api/sandboxes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        samples.push(started.elapsed());
+        count = body["count"].as_u64().unwrap();
+    }
+    let (p50, p99) = percentiles(samples);
+    (p50, p99, count)
+}
+
+struct Row {
+    what: String,
+    value: String,
+    target: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: impl Into<String>, value: String, target: &str) {
+    let what = what.into();
+    eprintln!("  {what}: {value}");
+    rows.push(Row {
+        what,
+        value,
+        target: target.into(),
+    });
+}
+
+async fn two_vs_one(http: &reqwest::Client) {
+    eprintln!("one cluster versus two");
+    let count = 300;
+    let clients = 30;
+    let mut table = Vec::new();
+    for clusters in [1, 2] {
+        let a = TestNamespace::new("bench-fleet").await;
+        let b = a.in_second_cluster().await;
+        let mut env = Vec::new();
+        if clusters == 2 {
+            let file = std::env::temp_dir().join(format!("bench-clusters-{}.yaml", a.name));
+            let list = json!({"clusters": [
+                {"name": "a", "kubeconfig": kubeconfig_path()},
+                {"name": "b", "kubeconfig": second_kubeconfig_path()},
+            ]});
+            std::fs::write(&file, list.to_string()).unwrap();
+            env.push(("SANDBOX_CLUSTERS", file.display().to_string()));
+        }
+        let (svc, _) = start(&a.name, &env).await;
+        synced(http, &svc.base, Duration::from_secs(30)).await;
+        let ids: Vec<String> = (0..count).map(|i| format!("f-{i}")).collect();
+        let rate = create_all(
+            http,
+            &svc.base,
+            &ids,
+            clients,
+            |id| json!({"thread_id": format!("t-{id}")}),
+        )
+        .await;
+        let (get_p50, get_p99) = get_latencies(http, &svc.base, &ids, 1000).await;
+        let (list_p50, list_p99, listed) = list_latencies(http, &svc.base, 50).await;
+        let (in_a, in_b) = (
+            a.pods()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            b.pods()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+        );
+        eprintln!("  {clusters} cluster(s): {rate:.1} creates/s, GET p50 {get_p50:.2} ms p99 {get_p99:.2} ms, LIST ({listed}) p50 {list_p50:.2} ms p99 {list_p99:.2} ms; pods a {in_a}, b {in_b}");
+        table.push((
+            clusters, rate, get_p50, get_p99, list_p50, list_p99, in_a, in_b,
+        ));
+        drop(svc);
+    }
+    println!("| clusters | creates/s ({count}, {clients} clients) | GET p50 / p99 | LIST of {count} p50 / p99 | pods per cluster |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (clusters, rate, g50, g99, l50, l99, a, b) in table {
+        println!("| {clusters} | {rate:.1} | {g50:.2} / {g99:.2} ms | {l50:.2} / {l99:.2} ms | {a} / {b} |");
+    }
+}
+
+async fn scale(http: &reqwest::Client) {
+    let total: usize = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    eprintln!("{total} sandboxes behind one provisioner (ClusterIP)");
+    let mut rows = Vec::new();
+    let ns = TestNamespace::new("bench-scale").await;
+    let env = [
+        ("SANDBOX_SERVICE_TYPE", "ClusterIP".to_string()),
+        ("SANDBOX_REAP_INTERVAL", "1s".to_string()),
+    ];
+    let (svc, _) = start(&ns.name, &env).await;
+    synced(http, &svc.base, Duration::from_secs(30)).await;
+    let idle_rss = svc.rss_mib();
+    let ids: Vec<String> = (0..total).map(|i| format!("k-{i}")).collect();
+
+    // All lifetimes end at one instant, after the measurements: the first 500 creates set the
+    // pace, the rest get lifetimes that end together.
+    let clients = 50;
+    let started = Instant::now();
+    let first = 500.min(total);
+    let first_rate = create_all(
+        http,
+        &svc.base,
+        &ids[..first],
+        clients,
+        |_| json!({"ttl_seconds": 36_000}),
+    )
+    .await;
+    let expected =
+        Duration::from_secs_f64(total as f64 / first_rate * 1.5) + Duration::from_secs(120);
+    let deadline = k8s_openapi::jiff::Timestamp::now() + expected;
+    let rest_rate = create_all(http, &svc.base, &ids[first..], clients, |_| {
+        let left = deadline
+            .duration_since(k8s_openapi::jiff::Timestamp::now())
+            .as_secs_f64();
+        json!({"ttl_seconds": left.ceil().max(1.0) as u64})
+    })
+    .await;
+    let created_in = started.elapsed();
+    row(
+        &mut rows,
+        format!("creates/s ({clients} clients)"),
+        format!(
+            "{rest_rate:.1}/s ({total} in {:.0} s)",
+            created_in.as_secs_f64()
+        ),
+        "-",
+    );
+    row(&mut rows, "RSS idle", format!("{idle_rss:.1} MiB"), "-");
+    row(
+        &mut rows,
+        format!("RSS with {total} sandboxes"),
+        format!("{:.1} MiB", svc.rss_mib()),
+        "<= 120 MiB",
+    );
+    let (get_p50, get_p99) = get_latencies(http, &svc.base, &ids, 2000).await;
+    row(
+        &mut rows,
+        "GET p50 / p99",
+        format!("{get_p50:.3} / {get_p99:.3} ms"),
+        "-",
+    );
+    let (list_p50, list_p99, listed) = list_latencies(http, &svc.base, 20).await;
+    row(
+        &mut rows,
+        format!("LIST of {listed} p50 / p99"),
+        format!("{list_p50:.1} / {list_p99:.1} ms"),
+        "p50 <= 30 ms",
+    );
+    row(
+        &mut rows,
+        format!("RSS after LISTs of {listed}"),
+        format!("{:.1} MiB", svc.rss_mib()),
+        "<= 120 MiB",
+    );
+    drop(svc);
+
+    // A restarted service: time to serve, then to synced caches.
+    let (again, serving) = start(&ns.name, &env).await;
+    let sync = synced(http, &again.base, Duration::from_secs(120)).await;
+    row(
+        &mut rows,
+        "restart: start to serving",
+        format!("{:.0} ms", ms(serving)),
+        "-",
+    );
+    row(
+        &mut rows,
+        format!("restart: serving to caches synced ({total})"),
+        format!("{:.2} s", sync.as_secs_f64()),
+        "<= 10 s",
+    );
+    row(
+        &mut rows,
+        "RSS after the restart's sync",
+        format!("{:.1} MiB", again.rss_mib()),
+        "<= 120 MiB",
+    );
+
+    // Mass expiry: everything but the first 500 ends at `deadline`.
+    let expiring = total - first;
+    let wait = deadline.duration_since(k8s_openapi::jiff::Timestamp::now());
+    let wait = Duration::try_from(wait).unwrap_or_default();
+    eprintln!("  waiting {:.0} s for the mass expiry", wait.as_secs_f64());
+    tokio::time::sleep(wait).await;
+    let expired_at = Instant::now();
+    let pods = ns.pods();
+    let mut last_count = usize::MAX;
+    let mut half = None;
+    loop {
+        let left = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sandbox-provisioner"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count()
+            .saturating_sub(first);
+        if left != last_count {
+            last_count = left;
+        }
+        if half.is_none() && left <= expiring / 2 {
+            half = Some(expired_at.elapsed());
+        }
+        if left == 0 || expired_at.elapsed() > Duration::from_secs(900) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let lag = expired_at.elapsed();
+    row(
+        &mut rows,
+        format!("mass expiry of {expiring}: half gone after"),
+        format!("{:.1} s", half.unwrap_or(lag).as_secs_f64()),
+        "-",
+    );
+    row(
+        &mut rows,
+        format!("mass expiry of {expiring}: all gone after (left {last_count})"),
+        format!(
+            "{:.1} s ({:.0} deletions/s)",
+            lag.as_secs_f64(),
+            expiring as f64 / lag.as_secs_f64()
+        ),
+        "-",
+    );
+    drop(again);
+    println!("| figure | value | target |");
+    println!("| --- | --- | --- |");
+    for r in rows {
+        println!("| {} | {} | {} |", r.what, r.value, r.target);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let http = reqwest::Client::new();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "two-vs-one" {
+        two_vs_one(&http).await;
+    }
+    if only.is_empty() || only == "scale" {
+        scale(&http).await;
+    }
+}
