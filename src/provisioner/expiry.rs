@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// How many expired sandboxes the reaper removes at a time.
-const REAP_CONCURRENCY: usize = 8;
+const REAP_CONCURRENCY: usize = 32;
 
 /// One managed sandbox as expiry sees it.
 #[derive(Debug, Clone)]

@@ -88,14 +88,15 @@ impl Memory {
     /// UNWATCHED_FOR; the others are dropped from memory.
     pub fn unwatched(&self, listed: &[Sandbox], now: Instant) -> Vec<Sandbox> {
         let mut sandboxes = self.lock();
+        // A set, not a scan per entry: after a burst of creates every entry is unwatched.
+        let listed: std::collections::HashSet<&str> =
+            listed.iter().map(|s| s.sandbox_id.as_str()).collect();
         let mut missing = Vec::new();
         for (id, remembered) in sandboxes.iter_mut() {
             let Some((sandbox, at)) = &remembered.unwatched else {
                 continue;
             };
-            if now.duration_since(*at) < UNWATCHED_FOR
-                && !listed.iter().any(|s| &s.sandbox_id == id)
-            {
+            if now.duration_since(*at) < UNWATCHED_FOR && !listed.contains(id.as_str()) {
                 missing.push(sandbox.clone());
             } else {
                 remembered.unwatched = None;
@@ -150,6 +151,7 @@ mod tests {
             created_at: None,
             expires_at: None,
             cluster: "default".into(),
+            tenant: "default".into(),
         }
     }
 

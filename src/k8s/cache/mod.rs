@@ -94,6 +94,59 @@ pub enum CacheSummary {
     Forbidden,
 }
 
+/// Keeps of a pod what the reads use (metadata, phase, conditions, container states), so
+/// that ten thousand sandboxes fit in little memory.
+fn slim_pod(pod: &mut Pod) {
+    pod.spec = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.host_ips = None;
+        status.pod_ips = None;
+        status.qos_class = None;
+        status.ephemeral_container_statuses = None;
+        status.resource_claim_statuses = None;
+        status.resize = None;
+        for condition in status.conditions.iter_mut().flatten() {
+            condition.last_probe_time = None;
+        }
+        let containers = status
+            .container_statuses
+            .iter_mut()
+            .chain(status.init_container_statuses.iter_mut())
+            .flatten();
+        for c in containers {
+            c.image = String::new();
+            c.image_id = String::new();
+            c.container_id = None;
+            c.last_state = None;
+            c.allocated_resources = None;
+            c.allocated_resources_status = None;
+            c.resources = None;
+            c.user = None;
+            c.volume_mounts = None;
+        }
+    }
+}
+
+/// Keeps of a service what the reads use: its name, owner, creation, sandbox id, type and
+/// ports (the URL).
+fn slim_service(service: &mut Service) {
+    service.status = None;
+    let meta = &mut service.metadata;
+    meta.annotations = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == crate::k8s::manifests::SANDBOX_ID_LABEL);
+    }
+    if let Some(spec) = service.spec.as_mut() {
+        spec.cluster_ips = None;
+        spec.ip_families = None;
+        spec.ip_family_policy = None;
+        spec.session_affinity = None;
+        spec.internal_traffic_policy = None;
+        spec.external_traffic_policy = None;
+        spec.selector = None;
+    }
+}
+
 /// Read access to the cached objects and their state. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
@@ -138,8 +191,8 @@ impl Cache {
             refusals,
             shutdown,
         };
-        let pods = watch.run::<Pod>(|pod| pod.spec = None, |s| &mut s.pods);
-        let services = watch.run::<Service>(|_| {}, |s| &mut s.services);
+        let pods = watch.run::<Pod>(slim_pod, |s| &mut s.pods);
+        let services = watch.run::<Service>(slim_service, |s| &mut s.services);
         let policies = scope.network_policies.then(|| {
             watch.run::<NetworkPolicy>(
                 |_| {},
