@@ -29,6 +29,13 @@ pub enum Command {
     /// Check the configuration, the cluster connection, permissions and namespace; print each
     /// check with its fix and exit non-zero when any fails.
     Doctor(Box<ServeArgs>),
+    /// Print the SHA-256 of an API key, as PROVISIONER_TENANTS holds it (api_key_sha256). The
+    /// key is read from standard input when not given (so that it stays out of the shell's
+    /// history).
+    HashKey {
+        /// The key; read from standard input when absent.
+        key: Option<String>,
+    },
     /// Exit 0 when the local service answers /health (for container HEALTHCHECKs).
     Healthcheck {
         /// The service's listen address.
@@ -43,7 +50,12 @@ impl Cli {
         match self.command {
             Some(Command::Serve(args)) => Some(*args),
             None => Some(self.serve),
-            Some(Command::Openapi | Command::Doctor(_) | Command::Healthcheck { .. }) => None,
+            Some(
+                Command::Openapi
+                | Command::Doctor(_)
+                | Command::HashKey { .. }
+                | Command::Healthcheck { .. },
+            ) => None,
         }
     }
 }

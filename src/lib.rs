@@ -5,6 +5,7 @@
 //! ```text
 //!   main ─► server (the one wiring: Server::build / prepare / serve)
 //!             ├─► api          HTTP: app(), handlers, auth, limits, error → status + JSON
+//!             ├─► admission    tenants (key digests) and quotas (pure decisions)
 //!             ├─► fleet        every cluster behind one API; placement (pure) picks one
 //!             ├─► provisioner  the sandbox rules; expiry / sweep / baseline as pure plans
 //!             │     └─► member one cluster: client, timed calls, watch cache, namespace
@@ -18,6 +19,7 @@
 //!
 //! `config` and `k8s` do not import each other: the manifests receive a [`spec::SandboxSpec`].
 
+pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod config;

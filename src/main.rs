@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sandbox_provisioner::{
-    api,
+    admission, api,
     cli::{Cli, Command},
     config::Config,
     doctor, healthcheck, server, telemetry,
@@ -26,6 +26,18 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             };
         }
+        Some(Command::HashKey { key }) => {
+            return match hash_key(key) {
+                Ok(digest) => {
+                    println!("{digest}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sandbox-provisioner hash-key: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::Healthcheck { listen }) => {
             return match healthcheck::check(&listen) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -47,6 +59,24 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e, 1),
     }
+}
+
+/// The digest of the key given, or of the first line of standard input.
+fn hash_key(key: Option<String>) -> Result<String, String> {
+    let key = match key {
+        Some(key) => key,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the key must be at least 16 characters without spaces or control characters, for example from `openssl rand -hex 32`".into());
+    }
+    Ok(admission::hex_digest(&key))
 }
 
 fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {

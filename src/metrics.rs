@@ -57,6 +57,18 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    tenant: String,
+    /// The limit's name as configured.
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
     cluster: String,
 }
@@ -125,6 +137,8 @@ pub struct Metrics {
     kube_forbidden: Family<KubeLabels, Counter>,
     cache_synced: Family<ClusterLabels, Gauge>,
     leader: Family<ClusterLabels, Gauge>,
+    tenant_sandboxes: Family<TenantLabels, Gauge>,
+    quota_refusals: Family<RefusalLabels, Counter>,
     /// The cluster whose events this handle records (`default` with a single cluster).
     cluster: Arc<str>,
 }
@@ -239,8 +253,22 @@ impl Metrics {
             "1 while this replica holds the lease and runs the reaper and sweeper",
             leader.clone(),
         );
+        let tenant_sandboxes = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "tenant_sandboxes",
+            "Sandboxes each tenant holds in all clusters, as of the last scrape",
+            tenant_sandboxes.clone(),
+        );
+        let quota_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "quota_refusals",
+            "Creates refused with 429, by tenant and by the limit they would have broken",
+            quota_refusals.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            tenant_sandboxes,
+            quota_refusals,
             http_requests,
             http_duration,
             create_duration,
@@ -284,6 +312,25 @@ impl Metrics {
         ClusterLabels {
             cluster: self.cluster.to_string(),
         }
+    }
+
+    /// Replaces the per-tenant sandbox counts.
+    pub fn tenant_sandboxes(&self, counts: impl IntoIterator<Item = (String, usize)>) {
+        self.tenant_sandboxes.clear();
+        for (tenant, count) in counts {
+            self.tenant_sandboxes
+                .get_or_create(&TenantLabels { tenant })
+                .set(count as i64);
+        }
+    }
+
+    pub fn quota_refused(&self, tenant: &str, limit: &str) {
+        self.quota_refusals
+            .get_or_create(&RefusalLabels {
+                tenant: tenant.into(),
+                limit: limit.into(),
+            })
+            .inc();
     }
 
     pub fn leader(&self, leading: bool) {

@@ -8,7 +8,8 @@ use crate::tasks::{
 };
 
 use crate::{
-    api::{self, ApiAccess, ApiKey, ApiSettings, Capabilities},
+    admission::Admission,
+    api::{self, ApiAccess, ApiSettings, Capabilities},
     config::Config,
     fleet::{Fleet, Seat},
     k8s::{client, cluster},
@@ -71,7 +72,15 @@ async fn fleet(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Fleet
             labels: member.labels.clone(),
         });
     }
-    Ok(Fleet::new(seats))
+    Ok(Fleet::new(seats, admission(config, metrics)))
+}
+
+/// The tenants and quotas of the configuration.
+pub(crate) fn admission(config: &Config, metrics: Metrics) -> Admission {
+    match &config.tenancy.tenants {
+        Some(tenants) => Admission::new(tenants.clone(), config.tenancy.max_total, metrics),
+        None => Admission::open(config.tenancy.max_total, metrics),
+    }
 }
 
 /// A service built from its configuration: the provisioner with its watch cache, the router,
@@ -135,6 +144,11 @@ impl Server {
     /// Starts the leader election (when configured) and the reaper.
     pub fn start_background(&mut self) {
         if self.background.is_none() {
+            if let Some(file) = self.config.tenancy.tenant_file(&self.config) {
+                self.fleet
+                    .admission()
+                    .watch_file(file, self.stop.subscribe());
+            }
             self.background = Some(Background::spawn(&self.config, &self.fleet, &self.stop));
         }
     }
@@ -335,7 +349,8 @@ pub fn replica_identity() -> String {
 pub(crate) fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
         access: match (&config.http.api_key, config.http.allow_no_api_key) {
-            (Some(key), _) => ApiAccess::Key(ApiKey::new(key)),
+            _ if config.tenancy.tenants.is_some() => ApiAccess::Keys,
+            (Some(_), _) => ApiAccess::Keys,
             (None, true) => ApiAccess::Open,
             (None, false) => ApiAccess::Closed,
         },

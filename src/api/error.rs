@@ -39,6 +39,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("missing or invalid API key: send it in the X-API-Key header or as Authorization: Bearer <key>")]
     Unauthorized,
+    /// The key is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("this provisioner has no API key configured, so it refuses every /api/* request: set PROVISIONER_API_KEY on the provisioner (for example to the output of `openssl rand -hex 32`) and the same key in the backend (DeerFlow: sandbox.provisioner_api_key), or set PROVISIONER_ALLOW_NO_API_KEY=true to run without a key where only the backend can reach this port")]
     NoKeyConfigured,
     #[error("the request body is larger than {0} bytes (PROVISIONER_MAX_BODY_BYTES)")]
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Provision(
                 P::ThreadConflict { .. }
                 | P::UserConflict { .. }
+                | P::Taken(_)
                 | P::ShellCapacity { .. }
                 | P::Terminating(_)
                 | P::KeptReappearing { .. },
@@ -102,6 +106,11 @@ impl ApiError {
             ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized | ApiError::NoKeyConfigured => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Fleet(FleetError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Fleet(FleetError::ClusterNotAllowed { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded | ApiError::RequestTimeout(_) | ApiError::NotReady(_) => {
@@ -142,6 +151,9 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(crate::fleet::RETRY_AFTER_SECONDS),
                 );
+            }
+            ApiError::Fleet(FleetError::Quota(refusal)) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after));
             }
             _ => {}
         }

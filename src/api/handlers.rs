@@ -7,7 +7,7 @@ use axum::{
     body::Bytes,
     extract::{
         rejection::{BytesRejection, PathRejection, QueryRejection},
-        Path, Query, State,
+        Extension, Path, Query, State,
     },
     http::{header, HeaderMap},
     Json,
@@ -20,7 +20,8 @@ use super::{
     AppState,
 };
 use crate::{
-    fleet::{ClusterInfo, ClusterListing, Target},
+    admission::{Caller, Usage},
+    fleet::{ClusterInfo, ClusterListing, Scope, Target},
     k8s::cache::CacheSummary,
     permissions::MissingPermission,
     sandbox::{
@@ -310,9 +311,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
+    let Caller::Tenant(tenant) = caller.clone() else {
+        return Err(ApiError::Forbidden(
+            "the admin key sees every tenant's sandboxes but creates none: create with a tenant's key".into(),
+        ));
+    };
     require_json(&headers)?;
     let body = body.map_err(|e| match e.status().as_u16() {
         413 => ApiError::PayloadTooLarge(state.max_body_bytes),
@@ -356,6 +363,18 @@ pub async fn create(
             )));
         }
     }
+    if let Some(allowed) = &tenant.sizes {
+        let size = request
+            .size
+            .clone()
+            .unwrap_or_else(|| state.capabilities.sizes.default_size.clone());
+        if !allowed.contains(&size) {
+            return Err(ApiError::InvalidRequest(format!(
+                "tenant {:?} may not use size {size:?}; it may use {allowed:?}",
+                tenant.name
+            )));
+        }
+    }
     let resources = state
         .capabilities
         .sizes
@@ -372,7 +391,7 @@ pub async fn create(
         (None, _) => Target::Any,
     };
     // Before anything else touches a cluster: an unknown cluster is the caller's mistake.
-    state.fleet.candidates(&target)?;
+    state.fleet.candidates_for(&target, &tenant)?;
     let primary = state.fleet.primary();
     let extra_mounts = primary.check_extra_mounts(&request.extra_mounts)?;
     let wanted = SandboxRequest {
@@ -385,17 +404,19 @@ pub async fn create(
             broker: request.provision_lark_cli_broker,
         },
         max_shell_sessions: request.max_shell_sessions,
+        tenant: tenant.name.clone(),
         ..SandboxRequest::new(id.clone(), thread)
     };
     let fleet = state.fleet.clone();
     let waiting_id = id;
+    let creator = tenant.clone();
     let provisioned =
-        run_to_completion(async move { fleet.create(&wanted, &target).await }).await?;
+        run_to_completion(async move { fleet.create(&wanted, &target, &creator).await }).await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state
                 .fleet
-                .wait_ready(&waiting_id, limit.min(state.max_wait))
+                .wait_ready(&waiting_id, limit.min(state.max_wait), &scope(&caller))
                 .await?,
         )),
         _ => Ok(Json(provisioned.sandbox)),
@@ -416,6 +437,7 @@ pub async fn create(
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
@@ -426,24 +448,44 @@ pub async fn get(
         Some(limit) => Ok(Json(
             state
                 .fleet
-                .wait_ready(&id, limit.min(state.max_wait))
+                .wait_ready(&id, limit.min(state.max_wait), &scope(&caller))
                 .await?,
         )),
-        None => Ok(Json(state.fleet.get(&id).await?)),
+        None => Ok(Json(state.fleet.get(&id, &scope(&caller)).await?)),
     }
 }
 
-/// Every sandbox this provisioner manages in every cluster, sorted by id.
+/// Every sandbox of the caller's tenant (the admin key: of every tenant) in every cluster,
+/// sorted by id.
 #[utoipa::path(get, path = "/api/sandboxes", tag = "sandboxes",
+    params(ListQuery),
     security((), ("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "All sandboxes", body = SandboxList),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "A tenant's key asked for another tenant's sandboxes", body = ErrorBody),
+        (status = 422, description = "Invalid query", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
     ))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, ApiError> {
-    let listing = state.fleet.list().await?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<SandboxList>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
+    let scope = match (scope(&caller), query.tenant) {
+        (scope, None) => scope,
+        (Scope::All, Some(tenant)) => Scope::Tenant(tenant),
+        (Scope::Tenant(own), Some(tenant)) if own == tenant => Scope::Tenant(own),
+        (Scope::Tenant(_), Some(_)) => {
+            return Err(ApiError::Forbidden(
+                "only the admin key may list another tenant's sandboxes".into(),
+            ))
+        }
+    };
+    let listing = state.fleet.list(&scope).await?;
     Ok(Json(SandboxList {
         count: listing.sandboxes.len(),
         sandboxes: listing.sandboxes,
@@ -458,18 +500,21 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SandboxList>, Ap
     responses(
         (status = 200, description = "Deleted (or already gone)", body = Deleted),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The sandbox is another tenant's", body = ErrorBody),
         (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out, or the provisioner overloaded", body = ErrorBody),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deleted>, ApiError> {
     let id = sandbox_id(path)?;
     let fleet = state.fleet.clone();
     let shown = id.to_string();
-    run_to_completion(async move { fleet.delete(&id).await }).await?;
+    let scope = scope(&caller);
+    run_to_completion(async move { fleet.delete(&id, &scope).await }).await?;
     Ok(Json(Deleted {
         ok: true,
         sandbox_id: shown,
@@ -490,10 +535,102 @@ pub async fn delete(
     ))]
 pub async fn keepalive(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let id = sandbox_id(path)?;
-    Ok(Json(state.fleet.keepalive(&id).await?))
+    Ok(Json(state.fleet.keepalive(&id, &scope(&caller)).await?))
+}
+
+/// Whose sandboxes the caller sees.
+fn scope(caller: &Caller) -> Scope {
+    match caller {
+        Caller::Admin => Scope::All,
+        Caller::Tenant(t) => Scope::Tenant(t.name.clone()),
+    }
+}
+
+/// Query of `GET /api/sandboxes`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this tenant's sandboxes (the admin key; a tenant may name only itself).
+    pub tenant: Option<String>,
+}
+
+/// A tenant's limits (null: no limit).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LimitsView {
+    pub max_sandboxes: Option<usize>,
+    pub max_sandboxes_per_user: Option<usize>,
+    /// As configured, e.g. `"8"` or `"7500m"`.
+    pub max_cpu: Option<String>,
+    /// As configured, e.g. `"16Gi"`.
+    pub max_memory: Option<String>,
+    pub max_creates_per_minute: Option<usize>,
+    /// Sizes it may choose (null: all).
+    pub sizes: Option<Vec<String>>,
+    /// Clusters it may use (null: all).
+    pub clusters: Option<Vec<String>>,
+}
+
+/// One tenant's limits and use.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantQuota {
+    pub tenant: String,
+    pub limits: LimitsView,
+    pub usage: Usage,
+}
+
+/// Answer of `GET /api/quota`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QuotaAnswer {
+    /// The caller's tenant (the admin key: every tenant).
+    pub tenants: Vec<TenantQuota>,
+    /// SANDBOX_MAX_TOTAL (null: no limit).
+    pub max_total: Option<usize>,
+    /// Sandboxes of every tenant together.
+    pub total: usize,
+}
+
+/// The caller's limits and what it uses now; the admin key sees every tenant.
+#[utoipa::path(get, path = "/api/quota", tag = "sandboxes",
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Limits and use", body = QuotaAnswer),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ))]
+pub async fn quota(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<QuotaAnswer> {
+    let admission = state.fleet.admission();
+    let tenants = match &caller {
+        Caller::Tenant(t) => vec![t.clone()],
+        Caller::Admin => admission.tenants().tenants.clone(),
+    };
+    let held = state.fleet.held();
+    let total = held.len();
+    Json(QuotaAnswer {
+        tenants: tenants
+            .iter()
+            .map(|t| TenantQuota {
+                tenant: t.name.clone(),
+                limits: LimitsView {
+                    max_sandboxes: t.limits.max_sandboxes,
+                    max_sandboxes_per_user: t.limits.max_sandboxes_per_user,
+                    max_cpu: t.limits.max_cpu.as_ref().map(|q| q.text.clone()),
+                    max_memory: t.limits.max_memory.as_ref().map(|q| q.text.clone()),
+                    max_creates_per_minute: t.limits.max_creates_per_minute,
+                    sizes: t.sizes.clone(),
+                    clusters: t.clusters.clone(),
+                },
+                usage: admission.usage(&t.name, held.clone()),
+            })
+            .collect(),
+        max_total: admission.max_total(),
+        total,
+    })
 }
 
 /// What this deployment lets callers choose: sizes, the default size, maxima, service mode.

@@ -8,7 +8,7 @@ mod limits;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{ApiAccess, ApiKey};
+pub use auth::ApiAccess;
 pub use error::{ApiError, ErrorBody};
 pub use handlers::{Capabilities, CreateRequest, Deleted, Health, SandboxList};
 
@@ -71,6 +71,7 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
             get(handlers::get).delete(handlers::delete),
         )
         .route("/api/capabilities", get(handlers::capabilities))
+        .route("/api/quota", get(handlers::quota))
         .route(
             "/api/sandboxes/{sandbox_id}/keepalive",
             axum::routing::post(handlers::keepalive),
@@ -80,7 +81,7 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            settings.access,
+            (settings.access, state.fleet.admission().clone()),
             auth::require_api_key,
         ))
         .layer(middleware::from_fn_with_state(
@@ -104,6 +105,7 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.fleet.refresh_status_gauges();
+    state.fleet.refresh_tenant_gauge();
     (
         [(
             header::CONTENT_TYPE,
@@ -134,8 +136,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::delete,
         handlers::keepalive,
         handlers::capabilities,
+        handlers::quota,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),
@@ -200,7 +203,8 @@ async fn log_request(State(metrics): State<Metrics>, mut request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, tenant = tracing::field::Empty);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

@@ -43,10 +43,17 @@ fn app_with(flags: &[&str]) -> Router {
         Member::new("default", cluster, Cache::unwatched(namespace)),
         config.sandbox.clone(),
         config.lifecycle,
-        metrics,
+        metrics.clone(),
     );
+    let seat = crate::fleet::Seat {
+        provisioner,
+        weight: 1,
+        max_sandboxes: None,
+        labels: Default::default(),
+    };
+    let admission = crate::server::admission(&config, metrics);
     super::app(
-        crate::fleet::Fleet::single(provisioner),
+        crate::fleet::Fleet::new(vec![seat], admission),
         crate::server::api_settings(&config),
     )
 }

@@ -28,6 +28,21 @@ pub struct ServeArgs {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub probes: ProbeArgs,
+    #[command(flatten)]
+    pub tenancy: TenancyArgs,
+}
+
+/// Tenants and deployment-wide quotas.
+#[derive(Args, Debug, Clone)]
+pub struct TenancyArgs {
+    /// YAML or JSON file of tenants: each with the SHA-256 of its API key and its limits (see
+    /// docs/configuration.md#tenants-and-quotas); reloaded when it changes.
+    #[arg(long, env = "PROVISIONER_TENANTS")]
+    pub tenants: Option<PathBuf>,
+
+    /// Most sandboxes in the whole deployment, all tenants and clusters together (429 above).
+    #[arg(long, env = "SANDBOX_MAX_TOTAL")]
+    pub sandbox_max_total: Option<usize>,
 }
 
 /// HTTP API: where it listens, who may call it, and its limits.

@@ -17,7 +17,7 @@ pub use clusters::MemberConfig;
 
 pub use args::{
     ClusterArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs, ServeArgs,
-    SizeArgs, StorageArgs,
+    SizeArgs, StorageArgs, TenancyArgs,
 };
 
 use crate::{
@@ -107,7 +107,37 @@ pub struct Config {
     /// `default` from `cluster` and `sandbox`. Never empty.
     pub clusters: Vec<MemberConfig>,
     pub sizes: Sizes,
+    pub tenancy: TenancySection,
     pub lifecycle: Lifecycle,
+}
+
+/// Who may call the API and the deployment-wide quota.
+#[derive(Debug, Clone)]
+pub struct TenancySection {
+    /// PROVISIONER_TENANTS, checked at start (and again at each change while serving).
+    pub file: Option<PathBuf>,
+    /// The tenants at start: the file's (plus PROVISIONER_API_KEY's `default`), or the one
+    /// tenant `default` of PROVISIONER_API_KEY, or none (an open or closed API).
+    pub tenants: Option<crate::admission::Tenants>,
+    pub max_total: Option<usize>,
+}
+
+impl TenancySection {
+    /// What the reload needs to check a changed file the same way.
+    pub fn tenant_file(&self, config: &Config) -> Option<crate::admission::TenantFile> {
+        let path = self.file.clone()?;
+        Some(crate::admission::TenantFile {
+            path,
+            extra: config.http.api_key.as_deref().map(|key| {
+                std::sync::Arc::new(crate::admission::Tenant::unlimited(
+                    crate::admission::DEFAULT_TENANT,
+                    Some(key),
+                ))
+            }),
+            known_sizes: config.sizes.names(),
+            known_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
+        })
+    }
 }
 
 /// A setting that stops the service at start; the message names the variable and the fix.
@@ -142,6 +172,7 @@ impl TryFrom<ServeArgs> for Config {
             lifecycle,
             security,
             probes,
+            tenancy,
         } = args;
         let clusters_file = cluster
             .clusters
@@ -162,14 +193,41 @@ impl TryFrom<ServeArgs> for Config {
             Some(path) => clusters::from_file(&path, &cluster, &sandbox)?,
             None => vec![clusters::single(&cluster, &sandbox)],
         };
-        Ok(Config {
+        let mut config = Config {
             http: HttpSection::try_from(http)?,
             cluster,
             sandbox,
             clusters,
             sizes,
             lifecycle: Lifecycle::try_from(lifecycle)?,
-        })
+            tenancy: TenancySection {
+                file: tenancy.tenants.filter(|p| !p.as_os_str().is_empty()),
+                tenants: None,
+                max_total: tenancy.sandbox_max_total,
+            },
+        };
+        if config.tenancy.max_total == Some(0) {
+            return Err(ConfigError::new(
+                "SANDBOX_MAX_TOTAL",
+                "0",
+                "must be at least 1 (unset it for no limit)",
+            ));
+        }
+        config.tenancy.tenants = match config.tenancy.tenant_file(&config) {
+            Some(file) => Some(file.load().map_err(|problem| {
+                ConfigError::new(
+                    "PROVISIONER_TENANTS",
+                    file.path.display().to_string(),
+                    problem,
+                )
+            })?),
+            None => config
+                .http
+                .api_key
+                .as_deref()
+                .map(crate::admission::Tenants::single),
+        };
+        Ok(config)
     }
 }
 

@@ -22,9 +22,10 @@ use utoipa::ToSchema;
 pub use placement::{place, preference, ClusterState, Skipped};
 
 use crate::{
-    k8s::manifests,
+    admission::{Admission, Ask, Held, Refusal, Tenant},
+    k8s::{manifests, read as objects},
     provisioner::{self, Provisioned, Provisioner},
-    sandbox::{Sandbox, SandboxId, SandboxRequest},
+    sandbox::{parse_quantity, Sandbox, SandboxId, SandboxRequest},
 };
 
 /// How long a client should wait before retrying a 503 about a cluster (its probe runs every
@@ -48,8 +49,36 @@ pub enum FleetError {
     },
     #[error("sandbox {id:?} exists in cluster {holder:?}, which this request does not select; use another sandbox_id, or delete the existing sandbox first")]
     HeldElsewhere { id: String, holder: String },
+    #[error("tenant {tenant:?} may not use cluster {cluster:?}; it may use {allowed:?}")]
+    ClusterNotAllowed {
+        tenant: String,
+        cluster: String,
+        allowed: Vec<String>,
+    },
+    #[error(transparent)]
+    Quota(#[from] Refusal),
     #[error(transparent)]
     Provision(#[from] provisioner::Error),
+}
+
+/// The sandbox if the scope may see it; another tenant's is not found.
+fn visible(sandbox: Sandbox, scope: &Scope) -> Result<Sandbox> {
+    if scope.allows(&sandbox.tenant) {
+        Ok(sandbox)
+    } else {
+        Err(provisioner::Error::NotFound(sandbox.sandbox_id).into())
+    }
+}
+
+/// CPU cores and memory bytes of a set of limits (unparsable or absent: 0).
+fn cpu_and_memory(limits: &BTreeMap<String, String>) -> (f64, f64) {
+    let value = |key: &str| {
+        limits
+            .get(key)
+            .and_then(|q| parse_quantity(q))
+            .unwrap_or(0.0)
+    };
+    (value("cpu"), value("memory"))
 }
 
 fn reasons(skipped: &[(String, Skipped)]) -> String {
@@ -169,29 +198,99 @@ pub struct Listing {
     pub clusters: Vec<ClusterListing>,
 }
 
-/// The clusters of the service. Cheap to clone.
+/// Whose sandboxes a request sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The admin key: every tenant's.
+    All,
+    Tenant(String),
+}
+
+impl Scope {
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(t) => t == tenant,
+        }
+    }
+}
+
+/// The clusters of the service and the admission of new sandboxes. Cheap to clone.
 #[derive(Clone)]
 pub struct Fleet {
     seats: Arc<[Seat]>,
+    admission: Admission,
 }
 
 impl Fleet {
     /// A fleet of at least one seat.
-    pub fn new(seats: Vec<Seat>) -> Fleet {
+    pub fn new(seats: Vec<Seat>, admission: Admission) -> Fleet {
         assert!(!seats.is_empty(), "a fleet has at least one cluster");
         Fleet {
             seats: seats.into(),
+            admission,
         }
     }
 
-    /// A fleet of one cluster that takes every sandbox (tests and benchmarks).
+    /// A fleet of one cluster that takes every sandbox, open to anyone (tests and benchmarks).
     pub fn single(provisioner: Provisioner) -> Fleet {
-        Fleet::new(vec![Seat {
-            provisioner,
-            weight: 1,
-            max_sandboxes: None,
-            labels: BTreeMap::new(),
-        }])
+        let admission = Admission::open(None, provisioner.metrics().clone());
+        Fleet::new(
+            vec![Seat {
+                provisioner,
+                weight: 1,
+                max_sandboxes: None,
+                labels: BTreeMap::new(),
+            }],
+            admission,
+        )
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Every sandbox the caches hold, as quotas count it.
+    pub fn held(&self) -> Vec<(String, Held)> {
+        let mut held = Vec::new();
+        for seat in self.seats.iter() {
+            let defaults = &seat.provisioner.spec().default_resources.limits;
+            for pod in seat.provisioner.member().cache.pods() {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let Some(id) = objects::sandbox_id_of(&pod.metadata) else {
+                    continue;
+                };
+                let limits = objects::limits_of(&pod);
+                let (cpu, memory) = cpu_and_memory(limits.as_ref().unwrap_or(defaults));
+                held.push((
+                    id,
+                    Held {
+                        tenant: objects::tenant_of(&pod.metadata).to_string(),
+                        user: objects::user_of(&pod).unwrap_or("default").to_string(),
+                        cpu,
+                        memory,
+                    },
+                ));
+            }
+        }
+        held
+    }
+
+    /// Updates the per-tenant sandbox gauge from the caches.
+    pub fn refresh_tenant_gauge(&self) {
+        let mut counts: BTreeMap<String, usize> = self
+            .admission
+            .tenants()
+            .tenants
+            .iter()
+            .map(|t| (t.name.clone(), 0))
+            .collect();
+        for (_, held) in self.held() {
+            *counts.entry(held.tenant).or_default() += 1;
+        }
+        self.seats[0].provisioner.metrics().tenant_sandboxes(counts);
     }
 
     pub fn seats(&self) -> &[Seat] {
@@ -206,6 +305,31 @@ impl Fleet {
 
     fn seat(&self, name: &str) -> Option<&Seat> {
         self.seats.iter().find(|s| s.name() == name)
+    }
+
+    /// The clusters a create by `tenant` may use, or a 422 naming what exists.
+    pub fn candidates_for(&self, target: &Target, tenant: &Tenant) -> Result<Vec<&Seat>> {
+        let chosen = self.candidates(target)?;
+        let Some(allowed) = &tenant.clusters else {
+            return Ok(chosen);
+        };
+        let permitted: Vec<&Seat> = chosen
+            .iter()
+            .copied()
+            .filter(|s| allowed.iter().any(|a| a == s.name()))
+            .collect();
+        if permitted.is_empty() {
+            return Err(FleetError::ClusterNotAllowed {
+                tenant: tenant.name.clone(),
+                cluster: chosen
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                allowed: allowed.clone(),
+            });
+        }
+        Ok(permitted)
     }
 
     /// The clusters a create may use, or a 422 naming what exists.
@@ -268,10 +392,49 @@ impl Fleet {
         found.into_iter().flatten().next()
     }
 
-    /// Creates the sandbox in the cluster placement picks among the target's, or returns it
-    /// from the cluster that already holds it.
-    pub async fn create(&self, request: &SandboxRequest, target: &Target) -> Result<Provisioned> {
-        let candidates = self.candidates(target)?;
+    /// Creates the sandbox in the cluster placement picks among the target's (after the
+    /// tenant's quota admits it), or returns it from the cluster that already holds it (which
+    /// no quota refuses).
+    pub async fn create(
+        &self,
+        request: &SandboxRequest,
+        target: &Target,
+        tenant: &Tenant,
+    ) -> Result<Provisioned> {
+        let candidates = self.candidates_for(target, tenant)?;
+        let exists = self.cached_holder(&request.id).is_some();
+        if !exists {
+            let (cpu, memory) = cpu_and_memory(&request.resources.limits);
+            let ask = Ask {
+                tenant: &tenant.name,
+                user: request.user.as_str(),
+                cpu,
+                memory,
+            };
+            let admitted = self
+                .admission
+                .admit(tenant, request.id.as_str(), &ask, || self.held());
+            if let Err(refusal) = admitted {
+                // Not in a cache, but perhaps in a cluster whose cache lags: a re-create.
+                if self.holder(&request.id).await.is_none() {
+                    return Err(refusal.into());
+                }
+            }
+        }
+        let result = self.place_and_create(request, candidates).await;
+        if !exists {
+            let created = result.as_ref().is_ok_and(|p| p.created);
+            self.admission
+                .settled(&tenant.name, request.id.as_str(), created);
+        }
+        result
+    }
+
+    async fn place_and_create(
+        &self,
+        request: &SandboxRequest,
+        candidates: Vec<&Seat>,
+    ) -> Result<Provisioned> {
         if self.seats.len() > 1 {
             if let Some(holder) = self.holder(&request.id).await {
                 if !candidates.iter().any(|c| c.name() == holder.name()) {
@@ -299,13 +462,16 @@ impl Fleet {
         Ok(seat.provisioner.create(request).await?)
     }
 
-    /// One sandbox, from whichever cluster holds it.
-    pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
-        if let Some(seat) = self.cached_holder(id) {
+    /// One sandbox of the scope, from whichever cluster holds it; another tenant's is not
+    /// found.
+    pub async fn get(&self, id: &SandboxId, scope: &Scope) -> Result<Sandbox> {
+        let sandbox = if let Some(seat) = self.cached_holder(id) {
             seat.reachable("the sandbox is there")?;
-            return Ok(seat.provisioner.get(id).await?);
-        }
-        self.find(id).await.map(|(_, sandbox)| sandbox)
+            seat.provisioner.get(id).await?
+        } else {
+            self.find(id).await?.1
+        };
+        visible(sandbox, scope)
     }
 
     /// A sandbox no cache holds: asked of every reachable cluster (each confirms a miss with
@@ -332,28 +498,65 @@ impl Fleet {
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.
-    pub async fn keepalive(&self, id: &SandboxId) -> Result<Sandbox> {
-        self.get(id).await
+    pub async fn keepalive(&self, id: &SandboxId, scope: &Scope) -> Result<Sandbox> {
+        self.get(id, scope).await
     }
 
     /// Waits for the sandbox in the cluster that holds it (see `Provisioner::wait_ready`).
-    pub async fn wait_ready(&self, id: &SandboxId, limit: Duration) -> Result<Sandbox> {
+    pub async fn wait_ready(
+        &self,
+        id: &SandboxId,
+        limit: Duration,
+        scope: &Scope,
+    ) -> Result<Sandbox> {
         let seat = match self.cached_holder(id) {
             Some(seat) => {
                 seat.reachable("the sandbox is there")?;
+                visible(seat.provisioner.get(id).await?, scope)?;
                 seat
             }
-            None => self.find(id).await?.0,
+            None => {
+                let (seat, sandbox) = self.find(id).await?;
+                visible(sandbox, scope)?;
+                seat
+            }
         };
-        Ok(seat.provisioner.wait_ready(id, limit).await?)
+        visible(seat.provisioner.wait_ready(id, limit).await?, scope)
     }
 
-    /// Deletes the sandbox wherever it is. Returns whether anything existed. With no cache
-    /// holding it, it is deleted in every cluster, which needs every cluster reachable.
-    pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
+    /// Deletes the sandbox of the scope wherever it is (another tenant's is not found).
+    /// Returns whether anything existed. With no cache holding it, it is deleted in every
+    /// cluster, which needs every cluster reachable.
+    pub async fn delete(&self, id: &SandboxId, scope: &Scope) -> Result<bool> {
+        let deleted = self.delete_in_scope(id, scope).await;
+        if deleted.is_ok() {
+            self.admission.forget(id.as_str());
+        }
+        deleted
+    }
+
+    async fn delete_in_scope(&self, id: &SandboxId, scope: &Scope) -> Result<bool> {
         if let Some(seat) = self.cached_holder(id) {
             seat.reachable("the sandbox is there")?;
+            let pod = seat
+                .provisioner
+                .member()
+                .cache
+                .pod(&manifests::pod_name(id));
+            if let Some(pod) = pod {
+                if !scope.allows(objects::tenant_of(&pod.metadata)) {
+                    return Err(provisioner::Error::NotFound(id.to_string()).into());
+                }
+            }
             return Ok(seat.provisioner.delete(id).await?);
+        }
+        match self.find(id).await {
+            Ok((seat, sandbox)) => {
+                visible(sandbox, scope)?;
+                return Ok(seat.provisioner.delete(id).await?);
+            }
+            Err(FleetError::Provision(provisioner::Error::NotFound(_))) => {}
+            Err(e) => return Err(e),
         }
         for seat in self.seats.iter() {
             seat.reachable("the sandbox may be there")?;
@@ -366,9 +569,9 @@ impl Fleet {
         Ok(existed)
     }
 
-    /// Every cluster's sandboxes, sorted by id. A cluster that cannot be read is reported as
-    /// such instead of failing the list, unless no cluster can be read at all.
-    pub async fn list(&self) -> Result<Listing> {
+    /// Every cluster's sandboxes of the scope, sorted by id. A cluster that cannot be read is
+    /// reported as such instead of failing the list, unless no cluster can be read at all.
+    pub async fn list(&self, scope: &Scope) -> Result<Listing> {
         let answers = join_all(self.seats.iter().map(|s| async move {
             match s.reachable("its sandboxes are not listed") {
                 Ok(()) => s.provisioner.list().await.map_err(FleetError::from),
@@ -382,7 +585,8 @@ impl Fleet {
         for (seat, answer) in self.seats.iter().zip(answers) {
             let name = seat.name().to_string();
             match answer {
-                Ok(listed) => {
+                Ok(mut listed) => {
+                    listed.retain(|s| scope.allows(&s.tenant));
                     clusters.push(ClusterListing {
                         name,
                         reachable: true,
@@ -474,6 +678,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            Admission::open(None, metrics.clone()),
         )
     }
 
@@ -527,7 +732,8 @@ mod tests {
         let f = fleet(&[("a", 1, Some(5), &[]), ("b", 0, None, &[])]);
         let id = crate::sandbox::SandboxId::parse("s-1").unwrap();
         let request = SandboxRequest::new(id.clone(), ThreadId::of_sandbox(&id));
-        match f.create(&request, &Target::Any).await {
+        let anyone = Tenant::unlimited("default", None);
+        match f.create(&request, &Target::Any, &anyone).await {
             Err(FleetError::NoCapacity(skipped)) => {
                 let reasons: Vec<(String, String)> = skipped
                     .into_iter()

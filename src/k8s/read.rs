@@ -9,8 +9,9 @@ use k8s_openapi::{
 
 use super::{
     manifests::{
-        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, SANDBOX_ID_LABEL,
-        SHELL_SESSIONS_ANNOTATION, THREAD_ANNOTATION, TTL_ANNOTATION, USER_ANNOTATION,
+        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, LIMITS_ANNOTATION,
+        SANDBOX_ID_LABEL, SHELL_SESSIONS_ANNOTATION, TENANT_LABEL, THREAD_ANNOTATION,
+        TTL_ANNOTATION, USER_ANNOTATION,
     },
     status::status_of,
 };
@@ -195,7 +196,23 @@ pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxS
         expires_at: None,
         // The provisioner names its cluster.
         cluster: String::new(),
+        tenant: tenant_of(&pod.metadata).to_string(),
     }
+}
+
+/// The tenant a sandbox object belongs to; objects made before tenants existed are `default`'s.
+pub fn tenant_of(meta: &ObjectMeta) -> &str {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(TENANT_LABEL))
+        .map_or("default", String::as_str)
+}
+
+/// The sandbox container's limits as the pod records them (None for pods made before they
+/// were recorded).
+pub fn limits_of(pod: &Pod) -> Option<std::collections::BTreeMap<String, String>> {
+    let text = pod.metadata.annotations.as_ref()?.get(LIMITS_ANNOTATION)?;
+    serde_json::from_str(text).ok()
 }
 
 #[cfg(test)]

@@ -99,6 +99,10 @@ impl Provisioner {
             .await?
             // Deleted between our create and this read: it is on its way out.
             .ok_or_else(|| Error::Terminating(id.to_string()))?;
+        // Before anything else is compared: nothing about another tenant's sandbox is said.
+        if objects::tenant_of(&pod.metadata) != request.tenant {
+            return Err(Error::Taken(id.to_string()));
+        }
         let existing = objects::thread_of(&pod.metadata).unwrap_or_default();
         if existing != thread.as_str() {
             return Err(Error::ThreadConflict {

@@ -63,6 +63,8 @@ pub enum Error {
         existing_is_default: bool,
         requested: u32,
     },
+    #[error("the sandbox id {0:?} is taken; choose another sandbox_id")]
+    Taken(String),
     #[error("sandbox {0:?} is being deleted; retry in a moment")]
     Terminating(String),
     #[error("cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in a moment")]

@@ -50,9 +50,16 @@ pub struct Sandbox {
     /// The cluster that holds the sandbox (`default` with a single cluster).
     #[serde(default = "default_cluster")]
     pub cluster: String,
+    /// The tenant it belongs to (`default` without PROVISIONER_TENANTS).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 fn default_cluster() -> String {
+    "default".to_string()
+}
+
+fn default_tenant() -> String {
     "default".to_string()
 }
 
@@ -77,6 +84,8 @@ pub struct LarkRequest {
 #[derive(Debug, Clone)]
 pub struct SandboxRequest {
     pub id: SandboxId,
+    /// The tenant whose key asks (`default` without PROVISIONER_TENANTS).
+    pub tenant: String,
     pub thread: ThreadId,
     pub user: UserId,
     pub resources: Resources,
@@ -92,6 +101,7 @@ impl SandboxRequest {
     pub fn new(id: SandboxId, thread: ThreadId) -> Self {
         SandboxRequest {
             id,
+            tenant: "default".into(),
             thread,
             user: UserId::default(),
             resources: Sizes::deerflow_default(),

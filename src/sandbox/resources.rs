@@ -151,6 +151,11 @@ impl Sizes {
     }
 
     /// Checks the operator's sizes against the maxima; the error says which setting is wrong.
+    /// The names callers may choose.
+    pub fn names(&self) -> Vec<String> {
+        self.sizes.keys().cloned().collect()
+    }
+
     pub fn validate(&self) -> Result<(), InvalidSizes> {
         if !self.sizes.contains_key(&self.default_size) {
             return Err(InvalidSizes::UnknownDefault {

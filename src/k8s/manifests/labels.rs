@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp,
 };
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 
 use crate::sandbox::{SandboxId, ThreadId};
 
@@ -19,6 +19,11 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sandbox-provisioner";
 /// The thread the sandbox was created for (annotation: thread ids may exceed label rules).
 pub const THREAD_ANNOTATION: &str = "sandbox-provisioner.dev/thread-id";
+/// The tenant whose API key created the sandbox, on every object of it (`default` without
+/// PROVISIONER_TENANTS).
+pub const TENANT_LABEL: &str = "sandbox-provisioner.dev/tenant";
+/// The sandbox container's limits as JSON (`{"cpu":"1","memory":"1Gi"}`), which quotas sum.
+pub const LIMITS_ANNOTATION: &str = "sandbox-provisioner.dev/limits";
 /// The user the sandbox was created for (annotation: user ids may be up to 128 characters).
 pub const USER_ANNOTATION: &str = "sandbox-provisioner.dev/user-id";
 /// The shell-session capacity set on the sandbox container (the watch cache keeps no pod
@@ -105,6 +110,11 @@ pub(super) fn owned_metadata(
 ) -> ObjectMeta {
     let mut metadata = metadata(name, namespace, id, thread, Timestamp::now());
     metadata.annotations = owner.metadata.annotations.clone();
+    if let (Some(labels), Some(tenant)) =
+        (metadata.labels.as_mut(), owner.labels().get(TENANT_LABEL))
+    {
+        labels.insert(TENANT_LABEL.to_string(), tenant.clone());
+    }
     metadata.owner_references = Some(owner.owner_ref(&()).into_iter().collect());
     metadata
 }

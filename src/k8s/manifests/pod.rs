@@ -13,8 +13,8 @@ use k8s_openapi::{
 
 use super::{
     labels::{
-        metadata, pod_name, IDLE_ANNOTATION, SHELL_SESSIONS_ANNOTATION, TTL_ANNOTATION,
-        USER_ANNOTATION,
+        metadata, pod_name, IDLE_ANNOTATION, LIMITS_ANNOTATION, SHELL_SESSIONS_ANNOTATION,
+        TENANT_LABEL, TTL_ANNOTATION, USER_ANNOTATION,
     },
     volumes::pod_volumes,
 };
@@ -153,8 +153,17 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
     if let Some(spec) = pod.spec.as_mut() {
         t.placement.apply(spec);
     }
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TENANT_LABEL.to_string(), request.tenant.clone());
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(USER_ANNOTATION.to_string(), request.user.to_string());
+    // Quotas sum the limits; the watch cache keeps no pod specs.
+    annotations.insert(
+        LIMITS_ANNOTATION.to_string(),
+        serde_json::to_string(&request.resources.limits).expect("a map of strings serializes"),
+    );
     if let Some(n) = request.max_shell_sessions {
         annotations.insert(SHELL_SESSIONS_ANNOTATION.to_string(), n.to_string());
     }

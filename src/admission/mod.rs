@@ -1,0 +1,281 @@
+//! Who may call the API and what they may create: tenants (from PROVISIONER_TENANTS, reloaded
+//! when the file changes) and quota admission before any Kubernetes write.
+//!
+//! ```text
+//!   request ─► identify (key digest → tenant | admin) ─► handler ─► Fleet::create
+//!                                                              └─► Admission::admit
+//!                                                                   (caches + creates in flight)
+//! ```
+//!
+//! Counting is exact within one process: admissions take one lock, and a create admitted
+//! here counts until the watch cache shows its pod. Replicas count each other's sandboxes from
+//! their caches, so two replicas racing for a tenant's last slot can both admit within one
+//! watch delay (docs/configuration.md#tenants-and-quotas states the bound).
+
+pub mod quota;
+pub mod tenants;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+pub use quota::{Ask, Held, Refusal, Usage};
+pub use tenants::{hex_digest, Caller, Known, Limits, Tenant, Tenants, DEFAULT_TENANT};
+
+use crate::metrics::Metrics;
+
+/// How often the tenant file is checked for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an admitted create counts from memory at most (its pod normally shows in the
+/// cache within milliseconds).
+const PENDING_FOR: Duration = Duration::from_secs(60);
+
+/// A create admitted here whose pod the caches may not show yet.
+struct Pending {
+    held: Held,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<String, Pending>,
+    /// When each tenant's creates of the last minute were admitted.
+    creates: HashMap<String, VecDeque<Instant>>,
+}
+
+/// Tenants and quotas. Cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    tenants: Arc<RwLock<Arc<Tenants>>>,
+    max_total: Option<usize>,
+    state: Arc<Mutex<State>>,
+    metrics: Metrics,
+}
+
+/// Where the tenants come from, for the reload.
+pub struct TenantFile {
+    pub path: PathBuf,
+    /// Added to the file's tenants: PROVISIONER_API_KEY's tenant `default`, if set.
+    pub extra: Option<Arc<Tenant>>,
+    pub known_sizes: Vec<String>,
+    pub known_clusters: Vec<String>,
+}
+
+impl TenantFile {
+    /// Reads and checks the file.
+    pub fn load(&self) -> Result<Tenants, String> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        self.parse(&text)
+    }
+
+    fn parse(&self, text: &str) -> Result<Tenants, String> {
+        let known = Known {
+            sizes: self.known_sizes.iter().map(String::as_str).collect(),
+            clusters: self.known_clusters.iter().map(String::as_str).collect(),
+        };
+        let mut tenants = tenants::parse(text, &known)?;
+        if let Some(extra) = &self.extra {
+            if tenants.get(&extra.name).is_some() {
+                return Err(format!("defines a tenant {:?} while PROVISIONER_API_KEY is set, which is that tenant's key: rename the tenant, or move the key into the file (its digest from `sandbox-provisioner hash-key`) and unset PROVISIONER_API_KEY", extra.name));
+            }
+            tenants.tenants.push(extra.clone());
+        }
+        Ok(tenants)
+    }
+}
+
+impl Admission {
+    pub fn new(tenants: Tenants, max_total: Option<usize>, metrics: Metrics) -> Admission {
+        Admission {
+            tenants: Arc::new(RwLock::new(Arc::new(tenants))),
+            max_total,
+            state: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Tenants for an API without keys: everyone is tenant `default`.
+    pub fn open(max_total: Option<usize>, metrics: Metrics) -> Admission {
+        Admission::new(Tenants::anyone(), max_total, metrics)
+    }
+
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The caller a key belongs to.
+    pub fn identify(&self, presented: &[u8]) -> Option<Caller> {
+        self.tenants().identify(presented)
+    }
+
+    /// The caller of an API without keys.
+    pub fn anyone(&self) -> Caller {
+        let tenants = self.tenants();
+        Caller::Tenant(
+            tenants
+                .get(DEFAULT_TENANT)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Tenant::unlimited(DEFAULT_TENANT, None))),
+        )
+    }
+
+    /// Checks the file every [`RELOAD_INTERVAL`] until `shutdown`; a changed file that is valid
+    /// replaces the tenants, an invalid one is logged (once per content) and ignored.
+    pub fn watch_file(&self, file: TenantFile, mut shutdown: watch::Receiver<bool>) {
+        let tenants = self.tenants.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read_to_string(&file.path).ok();
+            let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                let text = match std::fs::read_to_string(&file.path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        if last.is_some() {
+                            tracing::warn!(file = %file.path.display(), error = %e, "PROVISIONER_TENANTS cannot be read; the tenants stay as they were");
+                            last = None;
+                        }
+                        continue;
+                    }
+                };
+                if last.as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                match file.parse(&text) {
+                    Ok(new) => {
+                        let names: Vec<String> =
+                            new.tenants.iter().map(|t| t.name.clone()).collect();
+                        *tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                        tracing::info!(file = %file.path.display(), tenants = ?names, "PROVISIONER_TENANTS reloaded");
+                    }
+                    Err(problem) => {
+                        tracing::warn!(file = %file.path.display(), %problem, "PROVISIONER_TENANTS changed but is invalid; the tenants stay as they were until it is fixed");
+                    }
+                }
+                last = Some(text);
+            }
+        });
+    }
+
+    /// Admits a create for `tenant` or refuses it. `held` lists what the caches hold now (id,
+    /// sandbox), read under the admission lock so that concurrent admissions here see each
+    /// other. An admitted create counts until the caches show it or [`Admission::settled`]
+    /// says it failed.
+    pub fn admit(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        ask: &Ask,
+        held: impl FnOnce() -> Vec<(String, Held)>,
+    ) -> Result<(), Refusal> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let cached = held();
+        let cached_ids: HashSet<&str> = cached.iter().map(|(id, _)| id.as_str()).collect();
+        state
+            .pending
+            .retain(|id, p| !cached_ids.contains(id.as_str()) && now - p.since < PENDING_FOR);
+        let mut all: Vec<Held> = cached.iter().map(|(_, h)| h.clone()).collect();
+        all.extend(state.pending.values().map(|p| p.held.clone()));
+        let creates = state.creates.entry(tenant.name.clone()).or_default();
+        while creates
+            .front()
+            .is_some_and(|t| now - *t >= Duration::from_secs(60))
+        {
+            creates.pop_front();
+        }
+        let usage = quota::usage(&tenant.name, &all, creates.len());
+        let oldest = creates.front().map(|t| now - *t);
+        if let Err(refusal) = quota::admit(
+            &tenant.limits,
+            self.max_total,
+            &usage,
+            all.len(),
+            ask,
+            oldest,
+        ) {
+            self.metrics.quota_refused(&tenant.name, refusal.limit);
+            return Err(refusal);
+        }
+        creates.push_back(now);
+        state.pending.insert(
+            id.to_string(),
+            Pending {
+                held: Held {
+                    tenant: ask.tenant.to_string(),
+                    user: ask.user.to_string(),
+                    cpu: ask.cpu,
+                    memory: ask.memory,
+                },
+                since: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// After an admitted create: one that made nothing no longer counts (nor against the
+    /// rate), one that made its sandbox counts from memory until the caches show it.
+    pub fn settled(&self, tenant: &str, id: &str, created: bool) {
+        if created {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = state.pending.remove(id) {
+            if let Some(creates) = state.creates.get_mut(tenant) {
+                if let Some(i) = creates.iter().rposition(|t| *t == p.since) {
+                    creates.remove(i);
+                }
+            }
+        }
+    }
+
+    /// A deleted sandbox no longer counts, even before the caches show the deletion.
+    pub fn forget(&self, id: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .remove(id);
+    }
+
+    /// A tenant's use now, as admission counts it.
+    pub fn usage(&self, tenant: &str, held: Vec<(String, Held)>) -> Usage {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let cached_ids: HashSet<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let mut all: Vec<Held> = held.iter().map(|(_, h)| h.clone()).collect();
+        all.extend(
+            state
+                .pending
+                .iter()
+                .filter(|(id, p)| !cached_ids.contains(id.as_str()) && now - p.since < PENDING_FOR)
+                .map(|(_, p)| p.held.clone()),
+        );
+        let creates = state.creates.entry(tenant.to_string()).or_default();
+        while creates
+            .front()
+            .is_some_and(|t| now - *t >= Duration::from_secs(60))
+        {
+            creates.pop_front();
+        }
+        quota::usage(tenant, &all, creates.len())
+    }
+
+    pub fn max_total(&self) -> Option<usize> {
+        self.max_total
+    }
+}
