@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NeededWhen {
     Always,
-    /// `SANDBOX_LEADER_LEASE` is not 0.
+    /// `SANDBOX_LEADER_LEASE` is not 0, or a quota is set (its lock is a Lease).
     LeaderElection,
     /// `SANDBOX_NETWORK_POLICY` is not `none`.
     NetworkPolicies,
@@ -103,9 +103,9 @@ pub const PERMISSIONS: &[Permission] = &[
     permission("", "services", "delete", Always, "delete sandboxes and orphaned Services"),
     permission("", "namespaces", "get", Always, "readiness: the namespace is usable"),
     permission("", "namespaces", "create", NamespaceMissing, "create a missing namespace"),
-    permission(LEASES, "leases", "get", LeaderElection, "read the leader Lease"),
-    permission(LEASES, "leases", "create", LeaderElection, "take the Lease the first time"),
-    permission(LEASES, "leases", "update", LeaderElection, "renew the Lease or hand it over"),
+    permission(LEASES, "leases", "get", LeaderElection, "read the leader Lease and quota locks"),
+    permission(LEASES, "leases", "create", LeaderElection, "take a Lease the first time"),
+    permission(LEASES, "leases", "update", LeaderElection, "renew a Lease or hand it over"),
     permission(POLICIES, "networkpolicies", "create", NetworkPolicies, "isolate sandboxes"),
     permission(POLICIES, "networkpolicies", "get", NetworkPolicies, "read one back on a repeat"),
     permission(POLICIES, "networkpolicies", "list", NetworkPolicies, "fill the watch cache"),
@@ -117,6 +117,7 @@ pub const PERMISSIONS: &[Permission] = &[
 /// Which optional features a configuration uses, to pick the permissions it needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Features {
+    /// The leader election, or quota locks (both are Leases).
     pub leader_election: bool,
     pub network_policies: bool,
     pub claims: bool,

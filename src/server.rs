@@ -11,7 +11,7 @@ use crate::{
     admission::Admission,
     api::{self, ApiAccess, ApiSettings, Capabilities},
     config::Config,
-    fleet::{Fleet, Seat},
+    fleet::{arbiter::Arbiter, Fleet, Seat},
     k8s::{client, cluster},
     member::Member,
     metrics::Metrics,
@@ -72,7 +72,16 @@ async fn fleet(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Fleet
             labels: member.labels.clone(),
         });
     }
-    Ok(Fleet::new(seats, admission(config, metrics)))
+    let fleet = Fleet::new(seats, admission(config, metrics));
+    // Quota locks live in the first cluster's namespace.
+    let primary = fleet.primary().member();
+    let arbiter = Arbiter::new(
+        primary.client(),
+        primary.namespace(),
+        replica_identity(),
+        config.clusters[0].cluster.api_timeout,
+    );
+    Ok(fleet.with_arbiter(arbiter))
 }
 
 /// The tenants and quotas of the configuration.
@@ -257,6 +266,7 @@ impl Background {
                 stop.subscribe(),
             );
         }
+        spawn_heap_trim(stop.subscribe());
         Background { elections }
     }
 
@@ -265,6 +275,27 @@ impl Background {
             let _ = election.await;
         }
     }
+}
+
+/// Hands freed heap memory back to the system every 10 s until `shutdown`. glibc keeps what a
+/// burst of watch events or a large LIST freed, so the process would stay at its peak.
+fn spawn_heap_trim(mut shutdown: watch::Receiver<bool>) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            // SAFETY: malloc_trim only releases free pages of the allocator's own heap.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    drop(shutdown.borrow_and_update());
 }
 
 /// One cluster's start-up checks: the namespace, the claims, the pod dry run.

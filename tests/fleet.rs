@@ -729,3 +729,51 @@ async fn the_shipped_role_in_each_cluster_serves_every_fleet_feature() {
     }
     assert_eq!(ns.pods().await, (vec![], vec![]));
 }
+
+#[tokio::test]
+async fn quotas_count_every_cluster_and_tenants_keep_to_their_clusters() {
+    use sandbox_provisioner::admission::hex_digest;
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-quota").await;
+    let (key_a, key_b) = ("fleet-tenant-a-0123456789", "fleet-tenant-b-0123456789");
+    let tenants = std::env::temp_dir().join(format!("tenants-{}.yaml", random_suffix()));
+    let file = json!({"tenants": [
+        {"name": "team-a", "api_key_sha256": hex_digest(key_a), "max_sandboxes": 2},
+        {"name": "team-b", "api_key_sha256": hex_digest(key_b), "clusters": ["b"]},
+    ]});
+    std::fs::write(&tenants, file.to_string()).unwrap();
+    let mut args = fleet_args(&ns.a.name, &two_clusters(json!({}), json!({})));
+    args.http.allow_no_api_key = false;
+    args.tenancy.tenants = Some(tenants);
+    let svc = TestService::start(args).await;
+    let create_as = |key: &'static str, body: Value| {
+        let req = svc
+            .http
+            .post(svc.url("/api/sandboxes"))
+            .header("x-api-key", key)
+            .json(&body);
+        TestService::answer(req)
+    };
+    for (id, cluster) in [("q-1", "a"), ("q-2", "b")] {
+        let (code, body) = create_as(key_a, json!({"sandbox_id": id, "cluster": cluster})).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = create_as(key_a, json!({"sandbox_id": "q-3"})).await;
+    assert_eq!(code, 429, "one in each cluster is the tenant's two: {body}");
+    let (code, body) = create_as(key_b, json!({"sandbox_id": "q-4", "cluster": "a"})).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may not use cluster \"a\""),
+        "{body}"
+    );
+    for i in 0..4 {
+        let (code, body) = create_as(key_b, json!({"sandbox_id": format!("q-b-{i}")})).await;
+        assert_eq!((code, body["cluster"].as_str()), (200, Some("b")), "{body}");
+    }
+    let (in_a, in_b) = ns.pods().await;
+    assert_eq!(in_a, ["q-1"]);
+    assert_eq!(in_b.len(), 5);
+}

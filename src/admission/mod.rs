@@ -8,9 +8,9 @@
 //! ```
 //!
 //! Counting is exact within one process: admissions take one lock, and a create admitted
-//! here counts until the watch cache shows its pod. Replicas count each other's sandboxes from
-//! their caches, so two replicas racing for a tenant's last slot can both admit within one
-//! watch delay (docs/configuration.md#tenants-and-quotas states the bound).
+//! here counts until the watch cache shows its pod. Across replicas the fleet runs governed
+//! creates under a quota lock in the apiserver (`fleet::arbiter`), so the caches plus the pod
+//! the previous holder names are the whole truth.
 
 pub mod quota;
 pub mod tenants;
@@ -277,5 +277,108 @@ impl Admission {
 
     pub fn max_total(&self) -> Option<usize> {
         self.max_total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(extra: Option<&str>) -> TenantFile {
+        TenantFile {
+            path: "/etc/tenants.yaml".into(),
+            extra: extra.map(|key| Arc::new(Tenant::unlimited(DEFAULT_TENANT, Some(key)))),
+            known_sizes: vec!["default".into()],
+            known_clusters: vec!["default".into()],
+        }
+    }
+
+    #[test]
+    fn the_api_key_adds_tenant_default_unless_the_file_has_one() {
+        let text = format!(
+            "tenants: [{{name: team-a, api_key_sha256: {}}}]",
+            hex_digest("key-a-0123456789")
+        );
+        let tenants = file(Some("the-old-key-0123456789")).parse(&text).unwrap();
+        assert!(
+            matches!(tenants.identify(b"the-old-key-0123456789"), Some(Caller::Tenant(t)) if t.name == "default")
+        );
+        assert!(
+            matches!(tenants.identify(b"key-a-0123456789"), Some(Caller::Tenant(t)) if t.name == "team-a")
+        );
+        let clash = format!(
+            "tenants: [{{name: default, api_key_sha256: {}}}]",
+            hex_digest("key-a-0123456789")
+        );
+        let error = file(Some("the-old-key-0123456789"))
+            .parse(&clash)
+            .unwrap_err();
+        assert!(
+            error.contains("while PROVISIONER_API_KEY is set"),
+            "{error}"
+        );
+        assert!(file(None).parse(&clash).is_ok());
+    }
+
+    #[test]
+    fn governed_creates_take_a_lock() {
+        use crate::fleet::arbiter::lock_name;
+        let mut t = Tenant::unlimited("team-a", None);
+        assert_eq!(lock_name(&t, None), None, "no limit that counts sandboxes");
+        assert_eq!(
+            lock_name(&t, Some(10)).as_deref(),
+            Some("sandbox-provisioner-quota")
+        );
+        t.limits.max_creates_per_minute = Some(5);
+        assert_eq!(lock_name(&t, None), None, "the rate is counted per replica");
+        t.limits.max_sandboxes_per_user = Some(2);
+        assert_eq!(
+            lock_name(&t, None).as_deref(),
+            Some("sandbox-provisioner-quota-team-a")
+        );
+    }
+
+    #[test]
+    fn an_admitted_create_counts_until_settled_and_a_failed_one_gives_its_slot_back() {
+        let admission = Admission::new(Tenants::anyone(), None, Metrics::new());
+        let mut tenant = Tenant::unlimited(DEFAULT_TENANT, None);
+        tenant.limits.max_sandboxes = Some(1);
+        tenant.limits.max_creates_per_minute = Some(2);
+        let ask = Ask {
+            tenant: DEFAULT_TENANT,
+            user: "u",
+            cpu: 1.0,
+            memory: 1.0,
+        };
+        assert!(admission.admit(&tenant, "s-1", &ask, Vec::new).is_ok());
+        // Not in the caches yet, but in flight here: the limit holds.
+        let refused = admission.admit(&tenant, "s-2", &ask, Vec::new).unwrap_err();
+        assert_eq!(refused.limit, "max_sandboxes");
+        // The first create failed: its slot and its place in the rate come back.
+        admission.settled(DEFAULT_TENANT, "s-1", false);
+        assert!(admission.admit(&tenant, "s-2", &ask, Vec::new).is_ok());
+        admission.settled(DEFAULT_TENANT, "s-2", true);
+        assert_eq!(admission.usage(DEFAULT_TENANT, Vec::new()).sandboxes, 1);
+        // Once the caches show it, it counts from there (once).
+        let cached = || {
+            vec![(
+                "s-2".to_string(),
+                Held {
+                    tenant: DEFAULT_TENANT.into(),
+                    user: "u".into(),
+                    cpu: 1.0,
+                    memory: 1.0,
+                },
+            )]
+        };
+        assert_eq!(admission.usage(DEFAULT_TENANT, cached()).sandboxes, 1);
+        admission.forget("s-2");
+        assert_eq!(admission.usage(DEFAULT_TENANT, Vec::new()).sandboxes, 0);
+        assert_eq!(
+            admission
+                .usage(DEFAULT_TENANT, Vec::new())
+                .creates_last_minute,
+            1
+        );
     }
 }

@@ -317,6 +317,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../deploy/examples/tenants.yaml");
+        let tenants = parse(text, &known()).unwrap();
+        assert!(tenants.has_admin());
+        let a = tenants.get("team-a").unwrap();
+        assert_eq!(a.limits.max_sandboxes, Some(20));
+        assert_eq!(a.limits.max_memory.as_ref().unwrap().text, "32Gi");
+        assert_eq!(tenants.get("team-b").unwrap().limits.max_sandboxes, Some(5));
+    }
+
+    #[test]
     fn hash_key_is_sha256_hex() {
         // printf test | sha256sum
         assert_eq!(

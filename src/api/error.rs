@@ -102,6 +102,7 @@ impl ApiError {
             ApiError::Fleet(
                 FleetError::NoCapacity(_)
                 | FleetError::Unreachable { .. }
+                | FleetError::Lock(_)
                 | FleetError::Provision(_),
             ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -151,6 +152,9 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(crate::fleet::RETRY_AFTER_SECONDS),
                 );
+            }
+            ApiError::Fleet(FleetError::Lock(_)) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Fleet(FleetError::Quota(refusal)) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after));

@@ -302,10 +302,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         (status = 200, description = "Created, or already there for the same thread", body = Sandbox),
         (status = 400, description = "An extra mount breaks a mount rule; nothing was created", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key, or no key configured", body = ErrorBody),
-        (status = 409, description = "The sandbox exists for another thread or user, with less shell capacity, in a cluster the request does not select, or is being deleted", body = ErrorBody),
+        (status = 403, description = "The admin key creates no sandboxes", body = ErrorBody),
+        (status = 409, description = "The sandbox exists for another thread, user or tenant, with less shell capacity, in a cluster the request does not select, or is being deleted", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions, or an unknown cluster or unmatched cluster_labels", body = ErrorBody),
+        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions, an unknown cluster or unmatched cluster_labels, or a size or cluster the tenant may not use", body = ErrorBody),
+        (status = 429, description = "A quota of the tenant (or SANDBOX_MAX_TOTAL) is used up; nothing was created; Retry-After says when to retry", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out, no cluster can take the sandbox (with Retry-After), or the provisioner overloaded", body = ErrorBody),
     ))]
@@ -430,7 +432,7 @@ pub async fn create(
     responses(
         (status = 200, description = "The sandbox", body = Sandbox),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such sandbox (every cluster answered)", body = ErrorBody),
+        (status = 404, description = "No such sandbox of the caller's tenant (every cluster answered)", body = ErrorBody),
         (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable, never 404 then), or the provisioner overloaded", body = ErrorBody),
@@ -528,7 +530,7 @@ pub async fn delete(
     responses(
         (status = 200, description = "The sandbox, with its new expires_at", body = Sandbox),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such sandbox (every cluster answered)", body = ErrorBody),
+        (status = 404, description = "No such sandbox of the caller's tenant (every cluster answered)", body = ErrorBody),
         (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
         (status = 502, description = "Kubernetes refused", body = ErrorBody),
         (status = 503, description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable, never 404 then), or the provisioner overloaded", body = ErrorBody),

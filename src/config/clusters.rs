@@ -341,6 +341,20 @@ clusters:
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = base();
+        let text = include_str!("../../deploy/examples/clusters.yaml");
+        let members = parse(text, "example", &c.cluster, &c.sandbox, &|_| {
+            Ok(kubeconfig(&["eu-1"]))
+        })
+        .unwrap();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["eu-1", "eu-2", "us-1"]);
+        assert_eq!(members[0].weight, 3);
+        assert_eq!(members[2].sandbox.exposure, Exposure::ClusterIp);
+    }
+
+    #[test]
     fn json_is_accepted() {
         let members =
             run(r#"{"clusters": [{"name": "a", "kubeconfig": "/k/a", "weight": 0}]}"#).unwrap();

@@ -123,6 +123,17 @@ pub struct TenancySection {
 }
 
 impl TenancySection {
+    /// Whether creates take quota locks (Leases): with SANDBOX_MAX_TOTAL, or a tenant limit
+    /// that counts sandboxes.
+    pub fn locks(&self) -> bool {
+        self.max_total.is_some()
+            || self
+                .tenants
+                .iter()
+                .flat_map(|t| &t.tenants)
+                .any(|t| crate::fleet::arbiter::lock_name(t, None).is_some())
+    }
+
     /// What the reload needs to check a changed file the same way.
     pub fn tenant_file(&self, config: &Config) -> Option<crate::admission::TenantFile> {
         let path = self.file.clone()?;

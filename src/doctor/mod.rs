@@ -140,7 +140,7 @@ async fn cluster_checks(config: &Config, member: &MemberConfig) -> Vec<Check> {
     let namespace_exists = namespace_check(&client, &member.cluster, &mut checks).await;
     let sandbox = &member.sandbox;
     let features = Features {
-        leader_election: !config.lifecycle.leader_lease.is_zero(),
+        leader_election: !config.lifecycle.leader_lease.is_zero() || config.tenancy.locks(),
         network_policies: sandbox.policies_on(),
         claims: !sandbox.claims().is_empty(),
         namespace_missing: namespace_exists == Some(false),

@@ -11,6 +11,7 @@
 //! sandboxes, and a read of a sandbox it holds (or of an id found nowhere while it is out of
 //! reach) answers 503, never 404: a 404 makes DeerFlow's client forget the sandbox.
 
+pub mod arbiter;
 pub mod placement;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -58,7 +59,31 @@ pub enum FleetError {
     #[error(transparent)]
     Quota(#[from] Refusal),
     #[error(transparent)]
+    Lock(#[from] arbiter::LockError),
+    #[error(transparent)]
     Provision(#[from] provisioner::Error),
+}
+
+/// A sandbox pod as quotas count it (none for a pod on its way out).
+fn held_of(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    defaults: &BTreeMap<String, String>,
+) -> Option<(String, Held)> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let id = objects::sandbox_id_of(&pod.metadata)?;
+    let limits = objects::limits_of(pod);
+    let (cpu, memory) = cpu_and_memory(limits.as_ref().unwrap_or(defaults));
+    Some((
+        id,
+        Held {
+            tenant: objects::tenant_of(&pod.metadata).to_string(),
+            user: objects::user_of(pod).unwrap_or("default").to_string(),
+            cpu,
+            memory,
+        },
+    ))
 }
 
 /// The sandbox if the scope may see it; another tenant's is not found.
@@ -220,6 +245,8 @@ impl Scope {
 pub struct Fleet {
     seats: Arc<[Seat]>,
     admission: Admission,
+    /// Quota locks in the first cluster (none in tests that need no cluster).
+    arbiter: Option<Arc<arbiter::Arbiter>>,
 }
 
 impl Fleet {
@@ -229,7 +256,14 @@ impl Fleet {
         Fleet {
             seats: seats.into(),
             admission,
+            arbiter: None,
         }
+    }
+
+    /// Takes quota locks through this arbiter, so that limits hold across replicas.
+    pub fn with_arbiter(mut self, arbiter: arbiter::Arbiter) -> Fleet {
+        self.arbiter = Some(Arc::new(arbiter));
+        self
     }
 
     /// A fleet of one cluster that takes every sandbox, open to anyone (tests and benchmarks).
@@ -256,23 +290,7 @@ impl Fleet {
         for seat in self.seats.iter() {
             let defaults = &seat.provisioner.spec().default_resources.limits;
             for pod in seat.provisioner.member().cache.pods() {
-                if pod.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                let Some(id) = objects::sandbox_id_of(&pod.metadata) else {
-                    continue;
-                };
-                let limits = objects::limits_of(&pod);
-                let (cpu, memory) = cpu_and_memory(limits.as_ref().unwrap_or(defaults));
-                held.push((
-                    id,
-                    Held {
-                        tenant: objects::tenant_of(&pod.metadata).to_string(),
-                        user: objects::user_of(&pod).unwrap_or("default").to_string(),
-                        cpu,
-                        memory,
-                    },
-                ));
+                held.extend(held_of(&pod, defaults));
             }
         }
         held
@@ -403,31 +421,80 @@ impl Fleet {
     ) -> Result<Provisioned> {
         let candidates = self.candidates_for(target, tenant)?;
         let exists = self.cached_holder(&request.id).is_some();
-        if !exists {
-            let (cpu, memory) = cpu_and_memory(&request.resources.limits);
-            let ask = Ask {
-                tenant: &tenant.name,
-                user: request.user.as_str(),
-                cpu,
-                memory,
+        if exists {
+            return self.place_and_create(request, candidates).await;
+        }
+        // Across replicas, a create a limit governs runs under that limit's lock.
+        let lock = match (
+            &self.arbiter,
+            arbiter::lock_name(tenant, self.admission.max_total()),
+        ) {
+            (Some(arbiter), Some(name)) => Some(arbiter.acquire(&name).await?),
+            _ => None,
+        };
+        let unseen = match &lock {
+            Some(held) => self.unseen(&held.last_created).await,
+            None => Vec::new(),
+        };
+        let (cpu, memory) = cpu_and_memory(&request.resources.limits);
+        let ask = Ask {
+            tenant: &tenant.name,
+            user: request.user.as_str(),
+            cpu,
+            memory,
+        };
+        let admitted = self.admission.admit(tenant, request.id.as_str(), &ask, || {
+            let mut held = self.held();
+            held.extend(unseen);
+            held
+        });
+        let result = match admitted {
+            Ok(()) => self.place_and_create(request, candidates).await,
+            // Not in a cache, but perhaps in a cluster whose cache lags: a re-create.
+            Err(refusal) => match self.holder(&request.id).await {
+                Some(_) => self.place_and_create(request, candidates).await,
+                None => Err(refusal.into()),
+            },
+        };
+        let created = result.as_ref().is_ok_and(|p| p.created);
+        if let (Some(arbiter), Some(held)) = (&self.arbiter, lock) {
+            let pod = manifests::pod_name(&request.id);
+            let made = result
+                .as_ref()
+                .ok()
+                .filter(|p| p.created)
+                .map(|p| (p.sandbox.cluster.as_str(), pod.as_str()));
+            arbiter.release(held, made).await;
+        }
+        self.admission
+            .settled(&tenant.name, request.id.as_str(), created);
+        result
+    }
+
+    /// The pods earlier lock holders created that our caches do not show yet, read from their
+    /// apiservers (a pod deleted since counts for nothing either way).
+    async fn unseen(&self, last_created: &[(String, String)]) -> Vec<(String, Held)> {
+        let mut found = Vec::new();
+        for (cluster, pod_name) in last_created {
+            let Some(seat) = self.seat(cluster) else {
+                continue;
             };
-            let admitted = self
-                .admission
-                .admit(tenant, request.id.as_str(), &ask, || self.held());
-            if let Err(refusal) = admitted {
-                // Not in a cache, but perhaps in a cluster whose cache lags: a re-create.
-                if self.holder(&request.id).await.is_none() {
-                    return Err(refusal.into());
-                }
+            let member = seat.provisioner.member();
+            if member.holds(pod_name) {
+                continue;
+            }
+            if let Ok(Some(pod)) = member
+                .cluster
+                .get::<k8s_openapi::api::core::v1::Pod>(pod_name)
+                .await
+            {
+                found.extend(held_of(
+                    &pod,
+                    &seat.provisioner.spec().default_resources.limits,
+                ));
             }
         }
-        let result = self.place_and_create(request, candidates).await;
-        if !exists {
-            let created = result.as_ref().is_ok_and(|p| p.created);
-            self.admission
-                .settled(&tenant.name, request.id.as_str(), created);
-        }
-        result
+        found
     }
 
     async fn place_and_create(
