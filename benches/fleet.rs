@@ -253,6 +253,34 @@ async fn scale(http: &reqwest::Client) {
     })
     .await;
     let created_in = started.elapsed();
+    // Reads are measured in the steady state: once the node simulator has started them all
+    // (until then, its status updates keep the apiserver, the watch and the cores busy).
+    let settle = Instant::now();
+    loop {
+        let bytes = http
+            .get(format!("{}/api/sandboxes", svc.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let ready = body["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["ready"] == true)
+            .count();
+        if ready == total || settle.elapsed() > Duration::from_secs(300) {
+            eprintln!(
+                "  {ready} of {total} ready {:.0} s after the last create",
+                settle.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     row(
         &mut rows,
         format!("creates/s ({clients} clients)"),

@@ -16,7 +16,7 @@ pub mod quota;
 pub mod tenants;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -25,6 +25,7 @@ use std::{
 use tokio::sync::watch;
 
 pub use quota::{Ask, Held, Refusal, Usage};
+
 pub use tenants::{hex_digest, Caller, Known, Limits, Tenant, Tenants, DEFAULT_TENANT};
 
 use crate::metrics::Metrics;
@@ -35,6 +36,14 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an admitted create counts from memory at most (its pod normally shows in the
 /// cache within milliseconds).
 const PENDING_FOR: Duration = Duration::from_secs(60);
+
+/// What the caches hold, as admission needs it: the tenant's sandboxes, and how many
+/// sandboxes there are in all.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub tenant: Vec<(String, Held)>,
+    pub total: usize,
+}
 
 /// A create admitted here whose pod the caches may not show yet.
 struct Pending {
@@ -171,26 +180,30 @@ impl Admission {
         });
     }
 
-    /// Admits a create for `tenant` or refuses it. `held` lists what the caches hold now (id,
-    /// sandbox), read under the admission lock so that concurrent admissions here see each
-    /// other. An admitted create counts until the caches show it or [`Admission::settled`]
-    /// says it failed.
+    /// Admits a create for `tenant` or refuses it. `snapshot` says what the caches hold now
+    /// (asked only when a limit needs counts) and `cached` whether they show an id; both are
+    /// read under the admission lock, so that concurrent admissions here see each other. An
+    /// admitted create counts until the caches show it or [`Admission::settled`] says it
+    /// failed.
     pub fn admit(
         &self,
         tenant: &Tenant,
         id: &str,
         ask: &Ask,
-        held: impl FnOnce() -> Vec<(String, Held)>,
+        snapshot: impl FnOnce(&str) -> Snapshot,
+        cached: impl Fn(&str) -> bool,
     ) -> Result<(), Refusal> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let cached = held();
-        let cached_ids: HashSet<&str> = cached.iter().map(|(id, _)| id.as_str()).collect();
+        let counts = self.max_total.is_some() || tenant.limits.counts_sandboxes();
+        let seen = if counts {
+            snapshot(&tenant.name)
+        } else {
+            Snapshot::default()
+        };
         state
             .pending
-            .retain(|id, p| !cached_ids.contains(id.as_str()) && now - p.since < PENDING_FOR);
-        let mut all: Vec<Held> = cached.iter().map(|(_, h)| h.clone()).collect();
-        all.extend(state.pending.values().map(|p| p.held.clone()));
+            .retain(|id, p| now - p.since < PENDING_FOR && !cached(id));
         let creates = state.creates.entry(tenant.name.clone()).or_default();
         while creates
             .front()
@@ -198,20 +211,23 @@ impl Admission {
         {
             creates.pop_front();
         }
-        let usage = quota::usage(&tenant.name, &all, creates.len());
+        let creates_last_minute = creates.len();
         let oldest = creates.front().map(|t| now - *t);
-        if let Err(refusal) = quota::admit(
-            &tenant.limits,
-            self.max_total,
-            &usage,
-            all.len(),
-            ask,
-            oldest,
-        ) {
+        let mut all: Vec<Held> = seen.tenant.into_iter().map(|(_, h)| h).collect();
+        all.extend(state.pending.values().map(|p| p.held.clone()));
+        let usage = quota::usage(&tenant.name, &all, creates_last_minute);
+        let total = seen.total + state.pending.len();
+        if let Err(refusal) =
+            quota::admit(&tenant.limits, self.max_total, &usage, total, ask, oldest)
+        {
             self.metrics.quota_refused(&tenant.name, refusal.limit);
             return Err(refusal);
         }
-        creates.push_back(now);
+        state
+            .creates
+            .entry(tenant.name.clone())
+            .or_default()
+            .push_back(now);
         state.pending.insert(
             id.to_string(),
             Pending {
@@ -253,16 +269,15 @@ impl Admission {
     }
 
     /// A tenant's use now, as admission counts it.
-    pub fn usage(&self, tenant: &str, held: Vec<(String, Held)>) -> Usage {
+    pub fn usage(&self, tenant: &str, seen: Snapshot, cached: impl Fn(&str) -> bool) -> Usage {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let cached_ids: HashSet<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
-        let mut all: Vec<Held> = held.iter().map(|(_, h)| h.clone()).collect();
+        let mut all: Vec<Held> = seen.tenant.into_iter().map(|(_, h)| h).collect();
         all.extend(
             state
                 .pending
                 .iter()
-                .filter(|(id, p)| !cached_ids.contains(id.as_str()) && now - p.since < PENDING_FOR)
+                .filter(|(id, p)| now - p.since < PENDING_FOR && !cached(id))
                 .map(|(_, p)| p.held.clone()),
         );
         let creates = state.creates.entry(tenant.to_string()).or_default();
@@ -350,18 +365,28 @@ mod tests {
             cpu: 1.0,
             memory: 1.0,
         };
-        assert!(admission.admit(&tenant, "s-1", &ask, Vec::new).is_ok());
+        let nothing = |_: &str| Snapshot::default();
+        let unseen = |_: &str| false;
+        assert!(admission
+            .admit(&tenant, "s-1", &ask, nothing, unseen)
+            .is_ok());
         // Not in the caches yet, but in flight here: the limit holds.
-        let refused = admission.admit(&tenant, "s-2", &ask, Vec::new).unwrap_err();
+        let refused = admission
+            .admit(&tenant, "s-2", &ask, nothing, unseen)
+            .unwrap_err();
         assert_eq!(refused.limit, "max_sandboxes");
         // The first create failed: its slot and its place in the rate come back.
         admission.settled(DEFAULT_TENANT, "s-1", false);
-        assert!(admission.admit(&tenant, "s-2", &ask, Vec::new).is_ok());
+        assert!(admission
+            .admit(&tenant, "s-2", &ask, nothing, unseen)
+            .is_ok());
         admission.settled(DEFAULT_TENANT, "s-2", true);
-        assert_eq!(admission.usage(DEFAULT_TENANT, Vec::new()).sandboxes, 1);
+        let usage =
+            |seen, cached: &dyn Fn(&str) -> bool| admission.usage(DEFAULT_TENANT, seen, cached);
+        assert_eq!(usage(Snapshot::default(), &unseen).sandboxes, 1);
         // Once the caches show it, it counts from there (once).
-        let cached = || {
-            vec![(
+        let seen = Snapshot {
+            tenant: vec![(
                 "s-2".to_string(),
                 Held {
                     tenant: DEFAULT_TENANT.into(),
@@ -369,16 +394,12 @@ mod tests {
                     cpu: 1.0,
                     memory: 1.0,
                 },
-            )]
+            )],
+            total: 1,
         };
-        assert_eq!(admission.usage(DEFAULT_TENANT, cached()).sandboxes, 1);
+        assert_eq!(usage(seen, &|id| id == "s-2").sandboxes, 1);
         admission.forget("s-2");
-        assert_eq!(admission.usage(DEFAULT_TENANT, Vec::new()).sandboxes, 0);
-        assert_eq!(
-            admission
-                .usage(DEFAULT_TENANT, Vec::new())
-                .creates_last_minute,
-            1
-        );
+        assert_eq!(usage(Snapshot::default(), &unseen).sandboxes, 0);
+        assert_eq!(usage(Snapshot::default(), &unseen).creates_last_minute, 1);
     }
 }

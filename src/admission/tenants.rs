@@ -25,6 +25,16 @@ pub struct Limits {
     pub max_creates_per_minute: Option<usize>,
 }
 
+impl Limits {
+    /// Whether a limit needs the tenant's sandboxes counted (all but the rate do).
+    pub fn counts_sandboxes(&self) -> bool {
+        self.max_sandboxes.is_some()
+            || self.max_sandboxes_per_user.is_some()
+            || self.max_cpu.is_some()
+            || self.max_memory.is_some()
+    }
+}
+
 /// A quantity as written (for messages) and its value (cores or bytes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quantity {

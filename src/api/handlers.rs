@@ -611,8 +611,8 @@ pub async fn quota(
         Caller::Tenant(t) => vec![t.clone()],
         Caller::Admin => admission.tenants().tenants.clone(),
     };
-    let held = state.fleet.held();
-    let total = held.len();
+    let fleet = &state.fleet;
+    let total = fleet.snapshot("").total;
     Json(QuotaAnswer {
         tenants: tenants
             .iter()
@@ -627,7 +627,7 @@ pub async fn quota(
                     sizes: t.sizes.clone(),
                     clusters: t.clusters.clone(),
                 },
-                usage: admission.usage(&t.name, held.clone()),
+                usage: admission.usage(&t.name, fleet.snapshot(&t.name), |id| fleet.holds_id(id)),
             })
             .collect(),
         max_total: admission.max_total(),

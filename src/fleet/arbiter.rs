@@ -176,14 +176,9 @@ impl Arbiter {
 /// The lock a create by `tenant` takes: the deployment's with SANDBOX_MAX_TOTAL, else the
 /// tenant's when it has a limit that counts sandboxes, else none.
 pub fn lock_name(tenant: &crate::admission::Tenant, max_total: Option<usize>) -> Option<String> {
-    let limits = &tenant.limits;
     if max_total.is_some() {
         Some("sandbox-provisioner-quota".into())
-    } else if limits.max_sandboxes.is_some()
-        || limits.max_sandboxes_per_user.is_some()
-        || limits.max_cpu.is_some()
-        || limits.max_memory.is_some()
-    {
+    } else if tenant.limits.counts_sandboxes() {
         Some(format!("sandbox-provisioner-quota-{}", tenant.name))
     } else {
         None

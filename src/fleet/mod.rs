@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 pub use placement::{place, preference, ClusterState, Skipped};
 
 use crate::{
-    admission::{Admission, Ask, Held, Refusal, Tenant},
+    admission::{Admission, Ask, Held, Refusal, Snapshot, Tenant},
     k8s::{manifests, read as objects},
     provisioner::{self, Provisioned, Provisioner},
     sandbox::{parse_quantity, Sandbox, SandboxId, SandboxRequest},
@@ -296,6 +296,32 @@ impl Fleet {
         held
     }
 
+    /// What the caches hold for admission: `tenant`'s sandboxes and the count of all.
+    pub fn snapshot(&self, tenant: &str) -> Snapshot {
+        let mut seen = Snapshot::default();
+        for seat in self.seats.iter() {
+            let defaults = &seat.provisioner.spec().default_resources.limits;
+            for pod in seat.provisioner.member().cache.pods() {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                seen.total += 1;
+                if objects::tenant_of(&pod.metadata) == tenant {
+                    seen.tenant.extend(held_of(&pod, defaults));
+                }
+            }
+        }
+        seen
+    }
+
+    /// Whether a cache shows the sandbox `id`.
+    pub fn holds_id(&self, id: &str) -> bool {
+        let pod = format!("sandbox-{id}");
+        self.seats
+            .iter()
+            .any(|s| s.provisioner.member().holds(&pod))
+    }
+
     /// Updates the per-tenant sandbox gauge from the caches.
     pub fn refresh_tenant_gauge(&self) {
         let mut counts: BTreeMap<String, usize> = self
@@ -443,11 +469,19 @@ impl Fleet {
             cpu,
             memory,
         };
-        let admitted = self.admission.admit(tenant, request.id.as_str(), &ask, || {
-            let mut held = self.held();
-            held.extend(unseen);
-            held
-        });
+        let admitted = self.admission.admit(
+            tenant,
+            request.id.as_str(),
+            &ask,
+            |name| {
+                let mut seen = self.snapshot(name);
+                seen.total += unseen.len();
+                seen.tenant
+                    .extend(unseen.into_iter().filter(|(_, h)| h.tenant == name));
+                seen
+            },
+            |id| self.holds_id(id),
+        );
         let result = match admitted {
             Ok(()) => self.place_and_create(request, candidates).await,
             // Not in a cache, but perhaps in a cluster whose cache lags: a re-create.

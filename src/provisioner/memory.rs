@@ -74,8 +74,12 @@ impl Memory {
     /// Whether this is the first time this process sees the sandbox Ready.
     pub fn first_ready(&self, id: &str) -> bool {
         let mut sandboxes = self.lock();
-        let entry = sandboxes.entry(id.to_string()).or_default();
-        !std::mem::replace(&mut entry.seen_ready, true)
+        // Looked up before inserting: a LIST asks this of every sandbox every time.
+        if let Some(entry) = sandboxes.get_mut(id) {
+            return !std::mem::replace(&mut entry.seen_ready, true);
+        }
+        sandboxes.entry(id.to_string()).or_default().seen_ready = true;
+        true
     }
 
     /// A sandbox this process just created; listed from here until the watch shows it.

@@ -201,10 +201,15 @@ impl Provisioner {
     /// not written yet. The published `expires_at` and the reaper both use it, so a sandbox
     /// goes when its answer said it would.
     fn idle_since(&self, id: &str, pod: &Pod) -> Timestamp {
+        self.idle_since_created(id, pod, objects::created_of(pod))
+    }
+
+    /// [`Provisioner::idle_since`] for a caller that has parsed the creation already.
+    fn idle_since_created(&self, id: &str, pod: &Pod, created: Option<Timestamp>) -> Timestamp {
         let last = [
             self.memory.last_activity(id),
             objects::activity_of(pod),
-            objects::created_of(pod),
+            created,
         ]
         .into_iter()
         .flatten()

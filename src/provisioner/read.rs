@@ -1,7 +1,7 @@
 //! Reading sandboxes: one, all, or one once it is ready. From the watch cache when it is
 //! synced (no apiserver call), otherwise from the apiserver.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -61,9 +61,11 @@ impl Provisioner {
             self.touch(id, pod);
         }
         let timers = objects::timers_of(pod, self.lifecycle.timers.ready);
-        let created = objects::created_of(pod).unwrap_or_else(Timestamp::now);
+        // Parsed once per view: a LIST of thousands makes every parse count.
+        let parsed = objects::created_of(pod);
+        let created = parsed.unwrap_or_else(Timestamp::now);
         sandbox.expires_at = timers
-            .expires_at(created, self.idle_since(id, pod))
+            .expires_at(created, self.idle_since_created(id, pod, parsed))
             .map(|t| t.to_string());
         self.note_readiness(&sandbox, pod);
         sandbox
@@ -161,27 +163,38 @@ impl Provisioner {
     /// service list.
     pub async fn list(&self) -> Result<Vec<Sandbox>> {
         let from_cache = self.member.cache.state().usable();
-        let (pods, services) = if from_cache {
-            (self.member.cache.pods(), self.member.cache.services())
+        let mut sandboxes: Vec<Sandbox> = if from_cache {
+            // Services by name from the cache's own index (no map built per LIST).
+            self.member
+                .cache
+                .pods()
+                .iter()
+                .filter_map(|pod| {
+                    let id = objects::sandbox_id_of(&pod.metadata)?;
+                    let service = SandboxId::parse(&id)
+                        .ok()
+                        .and_then(|sid| self.member.cache.service(&manifests::service_name(&sid)));
+                    Some(self.view(&id, pod, service.as_deref(), Read::Look))
+                })
+                .collect()
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
                 self.member.cluster.list::<Pod>(&selector),
                 self.member.cluster.list::<Service>(&selector),
             );
-            (shared(pods?), shared(services?))
+            let (pods, services) = (pods?, services?);
+            let services: HashMap<String, &Service> = services
+                .iter()
+                .filter_map(|s| Some((objects::sandbox_id_of(&s.metadata)?, s)))
+                .collect();
+            pods.iter()
+                .filter_map(|pod| {
+                    let id = objects::sandbox_id_of(&pod.metadata)?;
+                    Some(self.view(&id, pod, services.get(&id).copied(), Read::Look))
+                })
+                .collect()
         };
-        let services: HashMap<String, &Service> = services
-            .iter()
-            .filter_map(|s| Some((objects::sandbox_id_of(&s.metadata)?, s.as_ref())))
-            .collect();
-        let mut sandboxes: Vec<Sandbox> = pods
-            .iter()
-            .filter_map(|pod| {
-                let id = objects::sandbox_id_of(&pod.metadata)?;
-                Some(self.view(&id, pod, services.get(&id).copied(), Read::Look))
-            })
-            .collect();
         if from_cache {
             let unwatched = self.memory.unwatched(&sandboxes, std::time::Instant::now());
             sandboxes.extend(unwatched);
@@ -191,10 +204,6 @@ impl Provisioner {
             .sandboxes_by_status(sandboxes.iter().map(|s| s.status));
         Ok(sandboxes)
     }
-}
-
-fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
-    items.into_iter().map(Arc::new).collect()
 }
 
 #[cfg(test)]

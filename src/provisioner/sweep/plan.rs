@@ -94,9 +94,16 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp, grace: Duration) -> Vec<Action>
         }
         actions.extend(ownerless(policies, Owned::NetworkPolicy));
     }
-    let owns = |objects: &[OwnedFacts], pod: &PodFacts| {
-        objects.iter().any(|o| o.owners.contains(&pod.uid))
+    // The uids that own a Service (a NetworkPolicy), as sets: with thousands of sandboxes,
+    // scanning every object per pod made each round quadratic.
+    let owner_uids = |objects: &[OwnedFacts]| -> HashSet<String> {
+        objects
+            .iter()
+            .flat_map(|o| o.owners.iter().cloned())
+            .collect()
     };
+    let with_service = owner_uids(&snapshot.services);
+    let with_policy = snapshot.policies.as_deref().map(owner_uids);
     for pod in &snapshot.pods {
         if pod.ended {
             actions.push(Action::RemoveEnded(pod.id.clone()));
@@ -105,16 +112,15 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp, grace: Duration) -> Vec<Action>
         if pod.terminating || !old(pod.created, now, grace) {
             continue;
         }
-        if !owns(&snapshot.services, pod) {
+        if !with_service.contains(&pod.uid) {
             actions.push(Action::RestoreService {
                 id: pod.id.clone(),
                 thread: pod.thread.clone(),
             });
         }
-        let lacks_policy = snapshot
-            .policies
-            .as_deref()
-            .is_some_and(|policies| !owns(policies, pod));
+        let lacks_policy = with_policy
+            .as_ref()
+            .is_some_and(|owners| !owners.contains(&pod.uid));
         if let (true, Some(thread)) = (lacks_policy, &pod.thread) {
             actions.push(Action::RestorePolicy {
                 id: pod.id.clone(),
