@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use ring::digest::{digest, SHA256};
 use serde::Deserialize;
 
-use crate::sandbox::parse_quantity;
+use crate::sandbox::{is_dns_label, parse_quantity};
 
 /// The tenant of a deployment without PROVISIONER_TENANTS (and of sandboxes made before
 /// tenants existed).
@@ -271,15 +271,6 @@ fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
     }
     Ok(out)
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

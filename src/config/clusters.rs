@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::{check, ClusterSection, ConfigError};
 use crate::{
     member::DEFAULT_MEMBER,
+    sandbox::is_dns_label,
     spec::{Exposure, Placement, SandboxSpec},
 };
 
@@ -226,15 +227,6 @@ fn parse(
         });
     }
     Ok(members)
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// A label key or value as Kubernetes spells them (without a key prefix).

@@ -46,6 +46,17 @@ pub struct ThreadId(String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
 
+/// Whether `s` is a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and
+/// ending with a letter or digit (names of clusters and tenants).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 impl SandboxId {
     pub fn parse(value: &str) -> Result<Self, InvalidId> {
         let fail = |problem| InvalidId::SandboxId {
