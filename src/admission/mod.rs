@@ -37,6 +37,16 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// cache within milliseconds).
 const PENDING_FOR: Duration = Duration::from_secs(60);
 
+/// Drops the creates that left the last minute's window.
+fn drop_older_than_a_minute(creates: &mut VecDeque<Instant>, now: Instant) {
+    while creates
+        .front()
+        .is_some_and(|t| now - *t >= Duration::from_secs(60))
+    {
+        creates.pop_front();
+    }
+}
+
 /// What the caches hold, as admission needs it: the tenant's sandboxes, and how many
 /// sandboxes there are in all.
 #[derive(Debug, Default)]
@@ -205,12 +215,7 @@ impl Admission {
             .pending
             .retain(|id, p| now - p.since < PENDING_FOR && !cached(id));
         let creates = state.creates.entry(tenant.name.clone()).or_default();
-        while creates
-            .front()
-            .is_some_and(|t| now - *t >= Duration::from_secs(60))
-        {
-            creates.pop_front();
-        }
+        drop_older_than_a_minute(creates, now);
         let creates_last_minute = creates.len();
         let oldest = creates.front().map(|t| now - *t);
         let mut all: Vec<Held> = seen.tenant.into_iter().map(|(_, h)| h).collect();
@@ -281,12 +286,7 @@ impl Admission {
                 .map(|(_, p)| p.held.clone()),
         );
         let creates = state.creates.entry(tenant.to_string()).or_default();
-        while creates
-            .front()
-            .is_some_and(|t| now - *t >= Duration::from_secs(60))
-        {
-            creates.pop_front();
-        }
+        drop_older_than_a_minute(creates, now);
         quota::usage(tenant, &all, creates.len())
     }
 

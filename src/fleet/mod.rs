@@ -316,10 +316,10 @@ impl Fleet {
 
     /// Whether a cache shows the sandbox `id`.
     pub fn holds_id(&self, id: &str) -> bool {
-        let pod = format!("sandbox-{id}");
-        self.seats
-            .iter()
-            .any(|s| s.provisioner.member().holds(&pod))
+        let Ok(id) = SandboxId::parse(id) else {
+            return false;
+        };
+        self.cached_holder(&id).is_some()
     }
 
     /// Updates the per-tenant sandbox gauge from the caches.
