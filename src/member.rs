@@ -39,6 +39,18 @@ pub struct Member {
 /// its connections open and the watch silent, so only asking shows it.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Why a probe failed, as answers show it: a timeout (the client's own or the probe's) says
+/// which setting bounds it; anything else keeps the whole chain, since the top error alone
+/// ("client error (Connect)") hides the cause an operator needs (certificate, refused, ...).
+fn probe_failure(e: &dyn std::error::Error, timeout: Duration) -> String {
+    let chain = crate::k8s::cluster::error_chain(e);
+    if crate::k8s::cluster::is_timeout_cause(&chain) {
+        format!("the apiserver did not answer within {timeout:?} (K8S_API_TIMEOUT_SECONDS)")
+    } else {
+        chain
+    }
+}
+
 impl Member {
     /// Connects to the cluster and starts its watch cache, which runs until `shutdown` turns
     /// true (or its sender is dropped).
@@ -91,10 +103,8 @@ impl Member {
                 let failure = match tokio::time::timeout(timeout, client.apiserver_version()).await
                 {
                     Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!(
-                        "no answer within {timeout:?}, K8S_API_TIMEOUT_SECONDS"
-                    )),
+                    Ok(Err(e)) => Some(probe_failure(&e, timeout)),
+                    Err(elapsed) => Some(probe_failure(&elapsed, timeout)),
                 };
                 let mut current = state.write().unwrap_or_else(|e| e.into_inner());
                 match (&*current, &failure) {
@@ -166,5 +176,30 @@ pub fn connection(section: &ClusterSection) -> client::Connection {
         api_server: section.api_server.clone(),
         insecure_skip_tls_verify: section.insecure_skip_tls_verify,
         timeout: section.api_timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_probe_failure_names_the_root_cause_or_the_timeout_setting() {
+        let tls = Outer(std::io::Error::other(
+            "invalid peer certificate: NotValidForName",
+        ));
+        assert_eq!(
+            probe_failure(&tls, Duration::from_secs(5)),
+            "client error (Connect): invalid peer certificate: NotValidForName"
+        );
+        let slow = Outer(std::io::Error::other("deadline has elapsed"));
+        assert_eq!(
+            probe_failure(&slow, Duration::from_secs(1)),
+            "the apiserver did not answer within 1s (K8S_API_TIMEOUT_SECONDS)"
+        );
     }
 }

@@ -508,6 +508,16 @@ async fn silent_apiserver_times_out_with_503() {
         started.elapsed() < Duration::from_secs(20),
         "bounded by the configured timeout"
     );
+    // Once the reachability probe has given up too, the answer says the same.
+    common::eventually(Duration::from_secs(10), "the probe to give up", || async {
+        let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
+        (caps["clusters"][0]["reachable"] == false).then_some(())
+    })
+    .await;
+    let (code, answer) = svc.get("s-1").await;
+    assert_eq!(code, 503, "{answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(detail.contains("did not answer within 1s"), "{detail}");
     drop(silent);
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
+use common::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 use reqwest::Method;
 
 fn provisioner() -> Command {
@@ -135,18 +135,29 @@ fn kubeconfig_with_server(host: &str) -> (PathBuf, u16) {
     (path, port)
 }
 
-async fn list_status(
-    kubeconfig: &Path,
-    server: String,
-    insecure: bool,
-) -> (u16, serde_json::Value) {
+async fn override_service(kubeconfig: &Path, server: String, insecure: bool) -> TestService {
     let ns = TestNamespace::uncreated("override").await;
     let mut args = serve_args(&ns.name);
     args.cluster.kubeconfig_path = kubeconfig.to_path_buf();
     args.cluster.k8s_api_server = Some(server);
     args.cluster.k8s_insecure_skip_tls_verify = insecure;
-    let svc = TestService::start(args).await;
+    TestService::start(args).await
+}
+
+async fn list_status(
+    kubeconfig: &Path,
+    server: String,
+    insecure: bool,
+) -> (u16, serde_json::Value) {
+    let svc = override_service(kubeconfig, server, insecure).await;
     svc.call(Method::GET, "/api/sandboxes", None).await
+}
+
+/// A LIST that fails for the certificate names it, as a 503.
+fn assert_names_the_certificate(code: u16, body: &serde_json::Value) {
+    assert_eq!(code, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap().to_lowercase();
+    assert!(detail.contains("certificate"), "{detail}");
 }
 
 #[tokio::test]
@@ -160,10 +171,22 @@ async fn api_server_override_verifies_against_the_kubeconfig_host_name() {
     // Control: a kubeconfig host the certificate does not name fails verification, which shows
     // that the original name (not the override's 127.0.0.1) is what is verified.
     let (wrong, port) = kubeconfig_with_server("not-in-the-certificate.invalid");
-    let (code, body) = list_status(&wrong, format!("https://127.0.0.1:{port}"), false).await;
-    assert_eq!(code, 503, "{body}");
-    let detail = body["detail"].as_str().unwrap().to_lowercase();
-    assert!(detail.contains("certificate"), "{detail}");
+    // The cause is named both when the LIST's own call fails and once the reachability probe
+    // has marked the cluster unreachable (then the LIST answers with the probe's reason).
+    let svc = override_service(&wrong, format!("https://127.0.0.1:{port}"), false).await;
+    let (code, body) = svc.call(Method::GET, "/api/sandboxes", None).await;
+    assert_names_the_certificate(code, &body);
+    eventually(
+        Duration::from_secs(10),
+        "the probe to mark the cluster unreachable",
+        || async {
+            let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
+            (caps["clusters"][0]["reachable"] == false).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = svc.call(Method::GET, "/api/sandboxes", None).await;
+    assert_names_the_certificate(code, &body);
 
     // Only the explicit setting turns verification off.
     let (code, body) = list_status(&wrong, format!("https://127.0.0.1:{port}"), true).await;

@@ -88,7 +88,7 @@ impl Error {
             },
             other => {
                 let cause = error_chain(&other);
-                if cause.contains("deadline has elapsed") || cause.contains("timed out") {
+                if is_timeout_cause(&cause) {
                     Error::Timeout { action, timeout }
                 } else {
                     Error::Unreachable { action, cause }
@@ -96,6 +96,12 @@ impl Error {
             }
         }
     }
+}
+
+/// Whether an error chain (from [`error_chain`]) says the call ran out of time: the client's
+/// own connect or read timeout rather than an answer.
+pub fn is_timeout_cause(chain: &str) -> bool {
+    chain.contains("deadline has elapsed") || chain.contains("timed out")
 }
 
 /// "outer: inner: innermost", skipping repeats, so the root cause (connection refused,

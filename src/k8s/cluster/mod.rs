@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 mod error;
 
-pub use error::{error_chain, Error};
+pub use error::{error_chain, is_timeout_cause, Error};
 /// The wait before retry number `attempt` (from 0): 50 ms doubling up to 1 s, plus up to 50%
 /// jitter so that throttled clients do not retry in lockstep.
 fn retry_delay(attempt: u32) -> Duration {
