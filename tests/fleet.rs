@@ -777,3 +777,67 @@ async fn quotas_count_every_cluster_and_tenants_keep_to_their_clusters() {
     assert_eq!(in_a, ["q-1"]);
     assert_eq!(in_b.len(), 5);
 }
+
+#[tokio::test]
+async fn an_outage_is_logged_once_not_on_every_list() {
+    let ns = TestNamespace::new("fleet-quiet").await;
+    // Cluster b points at a port nobody listens on: unreachable from the start.
+    let clusters = json!([
+        entry("a", kubeconfig_path(), json!({})),
+        entry(
+            "b",
+            kubeconfig_path(),
+            json!({"api_server": format!("https://127.0.0.1:{}", common::free_port())})
+        ),
+    ]);
+    let path = std::env::temp_dir().join(format!("clusters-{}.yaml", random_suffix()));
+    std::fs::write(&path, json!({"clusters": clusters}).to_string()).unwrap();
+    let mut running = common::RunningBinary::start(&[
+        ("SANDBOX_CLUSTERS", path.display().to_string()),
+        ("K8S_NAMESPACE", ns.name.clone()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let list = || async {
+        let answer = http
+            .get(format!("{}/api/sandboxes", running.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json::<Value>().await.unwrap()
+    };
+    // Wait through capabilities (no LIST) until the probe has marked b unreachable.
+    eventually(
+        Duration::from_secs(15),
+        "b to be marked unreachable",
+        || async {
+            let caps: Value = http
+                .get(format!("{}/api/capabilities", running.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (caps["clusters"][1]["reachable"] == false).then_some(())
+        },
+    )
+    .await;
+    let listed = list().await;
+    assert_eq!(listed["clusters"][0]["reachable"], true, "{listed}");
+    let error = listed["clusters"][1]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Connection refused"), "{listed}");
+    for _ in 0..10 {
+        list().await;
+    }
+    running.sigterm();
+    let (_, log) = running.wait_exit(Duration::from_secs(15)).await;
+    std::fs::remove_file(path).unwrap();
+    let outage = log.matches("cluster unreachable").count();
+    assert_eq!(outage, 1, "the outage is logged once:\n{log}");
+    assert!(
+        !log.contains("cannot list a cluster's sandboxes"),
+        "LIST repeats the outage:\n{log}"
+    );
+}

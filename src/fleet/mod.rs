@@ -697,7 +697,11 @@ impl Fleet {
                     sandboxes.extend(listed);
                 }
                 Err(e) => {
-                    tracing::warn!(cluster = %name, error = %e, "cannot list a cluster's sandboxes; they are missing from the answer");
+                    // An unreachable cluster was logged once by its probe; a LIST polled
+                    // through a long outage must not repeat that every time.
+                    if !matches!(e, FleetError::Unreachable { .. }) {
+                        tracing::warn!(cluster = %name, error = %e, "cannot list a cluster's sandboxes; they are missing from the answer");
+                    }
                     clusters.push(ClusterListing {
                         name,
                         reachable: false,
