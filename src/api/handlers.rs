@@ -168,7 +168,9 @@ fn wait_duration(
 /// Answer of `GET /api/sandboxes`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SandboxList {
-    pub sandboxes: Vec<Sandbox>,
+    // Shared with the views the service keeps: a LIST of thousands copies none of them.
+    #[schema(value_type = Vec<Sandbox>)]
+    pub sandboxes: Vec<std::sync::Arc<Sandbox>>,
     pub count: usize,
     /// How each cluster answered; a cluster that could not be read has `reachable: false`
     /// and its sandboxes are missing from `sandboxes`.

@@ -219,7 +219,7 @@ pub struct ClusterListing {
 
 /// Every cluster's sandboxes, and how each cluster answered.
 pub struct Listing {
-    pub sandboxes: Vec<Sandbox>,
+    pub sandboxes: Vec<Arc<Sandbox>>,
     pub clusters: Vec<ClusterListing>,
 }
 
@@ -715,7 +715,10 @@ impl Fleet {
         if let Some(e) = failure.filter(|_| clusters.iter().all(|c| !c.reachable)) {
             return Err(e);
         }
-        sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        // Each cluster's list is sorted already.
+        if self.seats.len() > 1 {
+            sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        }
         Ok(Listing {
             sandboxes,
             clusters,

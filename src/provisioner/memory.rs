@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +38,8 @@ impl Remembered {
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     sandboxes: Arc<Mutex<HashMap<String, Remembered>>>,
+    /// Bumped whenever an activity is noted: listings made before are out of date.
+    activity_version: Arc<AtomicU64>,
 }
 
 impl Memory {
@@ -53,6 +58,7 @@ impl Memory {
         persist_every: Duration,
     ) -> bool {
         let mut sandboxes = self.lock();
+        self.activity_version.fetch_add(1, Ordering::Relaxed);
         let entry = sandboxes.entry(id.to_string()).or_default();
         let (last, last_written) = entry.activity.get_or_insert((now, written));
         *last = now;
@@ -61,6 +67,11 @@ impl Memory {
             *last_written = now;
         }
         due
+    }
+
+    /// Changes whenever an activity is noted.
+    pub fn version(&self) -> u64 {
+        self.activity_version.load(Ordering::Relaxed)
     }
 
     /// The last activity seen by this process.
@@ -90,8 +101,11 @@ impl Memory {
 
     /// Created sandboxes missing from `listed` (what the watch shows), newer than
     /// UNWATCHED_FOR; the others are dropped from memory.
-    pub fn unwatched(&self, listed: &[Sandbox], now: Instant) -> Vec<Sandbox> {
+    pub fn unwatched(&self, listed: &[Arc<Sandbox>], now: Instant) -> Vec<Sandbox> {
         let mut sandboxes = self.lock();
+        if sandboxes.values().all(|r| r.unwatched.is_none()) {
+            return Vec::new();
+        }
         // A set, not a scan per entry: after a burst of creates every entry is unwatched.
         let listed: std::collections::HashSet<&str> =
             listed.iter().map(|s| s.sandbox_id.as_str()).collect();
@@ -115,11 +129,13 @@ impl Memory {
     pub fn keep_only(&self, existing: &std::collections::HashSet<String>) {
         self.lock()
             .retain(|id, r| existing.contains(id) || r.unwatched.is_some());
+        self.activity_version.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forgets everything about a deleted sandbox.
     pub fn forget(&self, id: &str) {
         self.lock().remove(id);
+        self.activity_version.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many sandboxes are remembered (for tests and leak checks).
@@ -186,7 +202,7 @@ mod tests {
         let start = Instant::now();
         m.created(sandbox("a"), start);
         m.created(sandbox("b"), start);
-        let listed = [sandbox("b")];
+        let listed = [Arc::new(sandbox("b"))];
         let missing = m.unwatched(&listed, start + Duration::from_secs(1));
         assert_eq!(
             missing

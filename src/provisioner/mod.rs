@@ -18,6 +18,7 @@ mod memory;
 mod read;
 mod startup;
 pub mod sweep;
+mod views;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -90,6 +91,7 @@ pub struct Provisioner {
     lifecycle: Lifecycle,
     metrics: Metrics,
     memory: Memory,
+    views: views::Views,
     /// Whether the baseline NetworkPolicy is known to be as the configuration wants it.
     baseline_done: Arc<AtomicBool>,
 }
@@ -108,6 +110,7 @@ impl Provisioner {
             lifecycle,
             metrics,
             memory: Memory::default(),
+            views: views::Views::default(),
             baseline_done: Arc::default(),
         }
     }

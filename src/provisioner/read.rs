@@ -1,7 +1,7 @@
 //! Reading sandboxes: one, all, or one once it is ready. From the watch cache when it is
 //! synced (no apiserver call), otherwise from the apiserver.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -95,7 +95,7 @@ impl Provisioner {
         if self.member.cache.state().usable() {
             if let Some(pod) = self.member.cache.pod(&pod_name) {
                 let service = match self.member.cache.service(&service_name) {
-                    Some(s) => Some((*s).clone()),
+                    Some(s) => Some(s.0.clone()),
                     None => self.member.cluster.get::<Service>(&service_name).await?,
                 };
                 return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
@@ -158,25 +158,51 @@ impl Provisioner {
         }
     }
 
+    /// The cached sandboxes, sorted by id. Sorted before the views are built (moving pointers,
+    /// not views); services come from the cache's own index (no map built per LIST); a view is
+    /// built again only for what changed since the last listing, and while neither the cache
+    /// nor the activity noted here changed, the last listing is the answer.
+    fn list_cached(&self) -> Vec<Arc<Sandbox>> {
+        let stamp = (self.member.cache.state().generation, self.memory.version());
+        if let Some(unchanged) = self.views.unchanged(stamp) {
+            return unchanged;
+        }
+        let mut pods: Vec<(String, _)> = self
+            .member
+            .cache
+            .pods()
+            .into_iter()
+            .filter_map(|pod| Some((objects::sandbox_id_of(&pod.metadata)?, pod)))
+            .collect();
+        pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut listing = self.views.listing(pods.len());
+        let listed: Vec<Arc<Sandbox>> = pods
+            .into_iter()
+            .map(|(id, pod)| {
+                let service = SandboxId::parse(&id)
+                    .ok()
+                    .and_then(|sid| self.member.cache.service(&manifests::service_name(&sid)));
+                let service = service.as_deref().map(|s| &s.0);
+                let versions = (
+                    pod.metadata.resource_version.as_deref(),
+                    service.and_then(|s| s.metadata.resource_version.as_deref()),
+                );
+                let activity = self.memory.last_activity(&id);
+                let build = || self.view(&id, &pod, service, Read::Look);
+                listing.view(id.clone(), versions.0, versions.1, activity, build)
+            })
+            .collect();
+        listing.finish(stamp, &listed);
+        listed
+    }
+
     /// All managed sandboxes, sorted by id: from the cache when it is synced (plus those just
     /// created here that the watch has not delivered), otherwise from one pod list and one
     /// service list.
-    pub async fn list(&self) -> Result<Vec<Sandbox>> {
+    pub async fn list(&self) -> Result<Vec<Arc<Sandbox>>> {
         let from_cache = self.member.cache.state().usable();
-        let mut sandboxes: Vec<Sandbox> = if from_cache {
-            // Services by name from the cache's own index (no map built per LIST).
-            self.member
-                .cache
-                .pods()
-                .iter()
-                .filter_map(|pod| {
-                    let id = objects::sandbox_id_of(&pod.metadata)?;
-                    let service = SandboxId::parse(&id)
-                        .ok()
-                        .and_then(|sid| self.member.cache.service(&manifests::service_name(&sid)));
-                    Some(self.view(&id, pod, service.as_deref(), Read::Look))
-                })
-                .collect()
+        let mut sandboxes: Vec<Arc<Sandbox>> = if from_cache {
+            self.list_cached()
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
@@ -191,15 +217,22 @@ impl Provisioner {
             pods.iter()
                 .filter_map(|pod| {
                     let id = objects::sandbox_id_of(&pod.metadata)?;
-                    Some(self.view(&id, pod, services.get(&id).copied(), Read::Look))
+                    let view = self.view(&id, pod, services.get(&id).copied(), Read::Look);
+                    Some(Arc::new(view))
                 })
                 .collect()
         };
-        if from_cache {
+        let sorted = if from_cache {
             let unwatched = self.memory.unwatched(&sandboxes, std::time::Instant::now());
-            sandboxes.extend(unwatched);
+            let none = unwatched.is_empty();
+            sandboxes.extend(unwatched.into_iter().map(Arc::new));
+            none
+        } else {
+            false
+        };
+        if !sorted {
+            sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
         }
-        sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
         self.metrics
             .sandboxes_by_status(sandboxes.iter().map(|s| s.status));
         Ok(sandboxes)

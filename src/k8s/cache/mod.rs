@@ -17,10 +17,13 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::permissions::Refusals;
+use crate::{k8s::manifests, permissions::Refusals};
 use reflect::Watch;
 
 mod reflect;
+mod slim;
+
+pub use slim::{Cached, CachedPod, CachedService};
 
 /// Where one watch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,14 +97,25 @@ pub enum CacheSummary {
     Forbidden,
 }
 
-/// Keeps of a pod what the reads use (metadata, phase, conditions, container states), so
-/// that ten thousand sandboxes fit in little memory.
+/// Keeps of a pod what the reads use (its name, uid, times, the sandbox id and tenant labels,
+/// the provisioner's own annotations, phase, conditions, container states), so that ten
+/// thousand sandboxes fit in little memory. Cached objects are only read, never written back.
 fn slim_pod(pod: &mut Pod) {
     pod.spec = None;
+    let meta = &mut pod.metadata;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == manifests::SANDBOX_ID_LABEL || k == manifests::TENANT_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with(manifests::ANNOTATION_PREFIX));
+    }
     if let Some(status) = pod.status.as_mut() {
+        status.host_ip = None;
         status.host_ips = None;
+        status.pod_ip = None;
         status.pod_ips = None;
         status.qos_class = None;
+        status.nominated_node_name = None;
         status.ephemeral_container_statuses = None;
         status.resource_claim_statuses = None;
         status.resize = None;
@@ -124,6 +138,15 @@ fn slim_pod(pod: &mut Pod) {
             c.user = None;
             c.volume_mounts = None;
         }
+        // Lists grow by doubling while they are read (a single container status takes room
+        // for four, 3 KB); give the spare room back.
+        for list in [
+            &mut status.container_statuses,
+            &mut status.init_container_statuses,
+        ] {
+            list.as_mut().map(Vec::shrink_to_fit);
+        }
+        status.conditions.as_mut().map(Vec::shrink_to_fit);
     }
 }
 
@@ -134,9 +157,11 @@ fn slim_service(service: &mut Service) {
     let meta = &mut service.metadata;
     meta.annotations = None;
     if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == crate::k8s::manifests::SANDBOX_ID_LABEL);
+        labels.retain(|k, _| k == manifests::SANDBOX_ID_LABEL);
     }
+    meta.owner_references.as_mut().map(Vec::shrink_to_fit);
     if let Some(spec) = service.spec.as_mut() {
+        spec.ports.as_mut().map(Vec::shrink_to_fit);
         spec.cluster_ips = None;
         spec.ip_families = None;
         spec.ip_family_policy = None;
@@ -151,8 +176,8 @@ fn slim_service(service: &mut Service) {
 #[derive(Clone)]
 pub struct Cache {
     namespace: String,
-    pods: Store<Pod>,
-    services: Store<Service>,
+    pods: Store<CachedPod>,
+    services: Store<CachedService>,
     policies: Option<Store<NetworkPolicy>>,
     state: watch::Receiver<CacheState>,
 }
@@ -191,8 +216,8 @@ impl Cache {
             refusals,
             shutdown,
         };
-        let pods = watch.run::<Pod>(slim_pod, |s| &mut s.pods);
-        let services = watch.run::<Service>(slim_service, |s| &mut s.services);
+        let pods = watch.run::<CachedPod>(|p| slim_pod(&mut p.0), |s| &mut s.pods);
+        let services = watch.run::<CachedService>(|s| slim_service(&mut s.0), |s| &mut s.services);
         let policies = scope.network_policies.then(|| {
             watch.run::<NetworkPolicy>(
                 |_| {},
@@ -225,20 +250,20 @@ impl Cache {
         *self.state.borrow()
     }
 
-    pub fn pod(&self, name: &str) -> Option<Arc<Pod>> {
+    pub fn pod(&self, name: &str) -> Option<Arc<CachedPod>> {
         self.pods.get(&ObjectRef::new(name).within(&self.namespace))
     }
 
-    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+    pub fn service(&self, name: &str) -> Option<Arc<CachedService>> {
         self.services
             .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
-    pub fn pods(&self) -> Vec<Arc<Pod>> {
+    pub fn pods(&self) -> Vec<Arc<CachedPod>> {
         self.pods.state()
     }
 
-    pub fn services(&self) -> Vec<Arc<Service>> {
+    pub fn services(&self) -> Vec<Arc<CachedService>> {
         self.services.state()
     }
 
@@ -268,6 +293,62 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::{manifests::test_support::*, read as objects, status::status_of};
+
+    #[test]
+    fn a_slimmed_pod_reads_like_the_whole_pod() {
+        let t = spec(None, None);
+        let (id, thread) = ids();
+        let mut pod = a_pod(&t);
+        let meta = &mut pod.metadata;
+        meta.uid = Some("uid-1".into());
+        meta.labels
+            .get_or_insert_default()
+            .insert(manifests::TENANT_LABEL.into(), "team-a".into());
+        let annotations = meta.annotations.get_or_insert_default();
+        annotations.insert(manifests::TTL_ANNOTATION.into(), "90".into());
+        annotations.insert(manifests::USER_ANNOTATION.into(), "alice".into());
+        pod.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": "Running",
+                "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "sandbox", "image": "img:1", "imageID": "x",
+                    "ready": true, "restartCount": 0, "state": {"running": {}}}],
+            }))
+            .unwrap(),
+        );
+        let service = manifests::service(&t, &id, &thread, &pod);
+        let mut slim = pod.clone();
+        slim_pod(&mut slim);
+        let mut slim_svc = service.clone();
+        slim_service(&mut slim_svc);
+
+        assert!(slim.spec.is_none());
+        let view = |p: &Pod, s: &Service| objects::sandbox_view("abc-123", p, Some(s), &t);
+        assert_eq!(view(&slim, &slim_svc), view(&pod, &service));
+        assert_eq!(status_of(&slim), status_of(&pod));
+        assert_eq!(objects::limits_of(&slim), objects::limits_of(&pod));
+        assert_eq!(objects::tenant_of(&slim.metadata), "team-a");
+        assert_eq!(
+            format!("{:?}", objects::timers_of(&slim, Duration::ZERO)),
+            format!("{:?}", objects::timers_of(&pod, Duration::ZERO))
+        );
+        let kept: Vec<&String> = slim
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, [manifests::SANDBOX_ID_LABEL, manifests::TENANT_LABEL]);
+        assert!(slim
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .all(|(k, _)| k.starts_with(manifests::ANNOTATION_PREFIX)));
+    }
 
     #[test]
     fn usable_needs_both_synced_and_healthy() {

@@ -25,7 +25,11 @@ use super::Provisioner;
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
 use crate::{
-    k8s::{cluster::Kind, manifests},
+    k8s::{
+        cache::{CachedPod, CachedService},
+        cluster::Kind,
+        manifests,
+    },
     metrics::DeletionReason as Reason,
     sandbox::{Phase, SandboxId, ThreadId},
 };
@@ -59,8 +63,8 @@ fn pod_facts(pod: &Pod) -> Option<PodFacts> {
 
 /// The sweep's view of the watched objects.
 pub fn snapshot(
-    pods: &[Arc<Pod>],
-    services: &[Arc<Service>],
+    pods: &[Arc<CachedPod>],
+    services: &[Arc<CachedService>],
     policies: Option<&[Arc<NetworkPolicy>]>,
 ) -> Snapshot {
     Snapshot {
