@@ -266,7 +266,6 @@ impl Background {
                 stop.subscribe(),
             );
         }
-        spawn_heap_trim(stop.subscribe());
         Background { elections }
     }
 
@@ -275,27 +274,6 @@ impl Background {
             let _ = election.await;
         }
     }
-}
-
-/// Hands freed heap memory back to the system every 10 s until `shutdown`. glibc keeps what a
-/// burst of watch events or a large LIST freed, so the process would stay at its peak.
-fn spawn_heap_trim(mut shutdown: watch::Receiver<bool>) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-            // SAFETY: malloc_trim only releases free pages of the allocator's own heap.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
-    });
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    drop(shutdown.borrow_and_update());
 }
 
 /// One cluster's start-up checks: the namespace, the claims, the pod dry run.
