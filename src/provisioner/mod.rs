@@ -92,9 +92,15 @@ pub struct Provisioner {
     metrics: Metrics,
     memory: Memory,
     views: views::Views,
+    /// Bounds the activity writes in flight: each is a request (and, at once, a connection) to
+    /// the apiserver, and a burst of reads of many sandboxes must not open thousands.
+    activity_writes: Arc<tokio::sync::Semaphore>,
     /// Whether the baseline NetworkPolicy is known to be as the configuration wants it.
     baseline_done: Arc<AtomicBool>,
 }
+
+/// Activity writes in flight at once, per cluster.
+const ACTIVITY_WRITES_AT_ONCE: usize = 8;
 
 /// A created or found sandbox, and whether this call created it.
 pub struct Provisioned {
@@ -111,6 +117,7 @@ impl Provisioner {
             metrics,
             memory: Memory::default(),
             views: views::Views::default(),
+            activity_writes: Arc::new(tokio::sync::Semaphore::new(ACTIVITY_WRITES_AT_ONCE)),
             baseline_done: Arc::default(),
         }
     }
@@ -188,7 +195,12 @@ impl Provisioner {
         }
         let cluster = self.member.cluster.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let writes = Arc::clone(&self.activity_writes);
         tokio::spawn(async move {
+            // Waits its turn; the activity is in memory meanwhile.
+            let Ok(_turn) = writes.acquire_owned().await else {
+                return;
+            };
             if let Err(e) = cluster
                 .annotate_pod(&name, manifests::ACTIVITY_ANNOTATION, &now.to_string())
                 .await
