@@ -717,3 +717,58 @@ async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
     gone_within(&ns, "ir-1", Duration::from_secs(2) + LAG).await;
     eprintln!("removed {:?} after creation", created.elapsed());
 }
+
+/// LIST keeps each sandbox's view and the last answer between listings; this checks that every
+/// kind of change still shows in the next LIST: activity, readiness, deletion, creation.
+#[tokio::test]
+async fn every_change_shows_in_the_next_list() {
+    let ns = TestNamespace::new("listchange").await;
+    let mut args = fast(&ns);
+    args.lifecycle.sandbox_idle_timeout = "60s".into();
+    let svc = TestService::start(args).await;
+    svc.synced().await;
+    assert_eq!(svc.create("lc-a", "t").await.0, 200);
+    assert_eq!(svc.create("lc-b", "t").await.0, 200);
+    let listed =
+        |body: serde_json::Value| -> std::collections::BTreeMap<String, serde_json::Value> {
+            body["sandboxes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| (s["sandbox_id"].as_str().unwrap().to_string(), s.clone()))
+                .collect()
+        };
+    // Readiness (the node simulator starts the pods): a later LIST shows it.
+    eventually(Duration::from_secs(30), "both ready in a LIST", || async {
+        let all = listed(svc.list().await.1);
+        (all.len() == 2 && all.values().all(|s| s["ready"] == true)).then_some(())
+    })
+    .await;
+    let before = listed(svc.list().await.1);
+    assert_eq!(listed(svc.list().await.1), before, "nothing changed");
+
+    // Activity moves the idle deadline of that sandbox only.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, kept) = svc
+        .call(Method::POST, "/api/sandboxes/lc-a/keepalive", None)
+        .await;
+    assert_eq!(code, 200, "{kept}");
+    let after = listed(svc.list().await.1);
+    assert_eq!(after["lc-a"]["expires_at"], kept["expires_at"]);
+    assert_ne!(after["lc-a"]["expires_at"], before["lc-a"]["expires_at"]);
+    assert_eq!(after["lc-b"], before["lc-b"]);
+
+    // A deleted sandbox leaves the list; a new one joins it.
+    assert_eq!(svc.delete("lc-b").await.0, 200);
+    assert_eq!(svc.create("lc-c", "t").await.0, 200);
+    eventually(
+        Duration::from_secs(30),
+        "lc-b gone and lc-c listed",
+        || async {
+            let all = listed(svc.list().await.1);
+            let ids: Vec<&String> = all.keys().collect();
+            (ids == ["lc-a", "lc-c"]).then_some(())
+        },
+    )
+    .await;
+}
