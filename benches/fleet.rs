@@ -308,13 +308,6 @@ async fn scale(http: &reqwest::Client) {
         format!("{:.1} MiB", svc.rss_mib()),
         "<= 120 MiB",
     );
-    let (get_p50, get_p99) = get_latencies(http, &svc.base, &ids, 2000).await;
-    row(
-        &mut rows,
-        "GET p50 / p99",
-        format!("{get_p50:.3} / {get_p99:.3} ms"),
-        "-",
-    );
     let (list_p50, list_p99, listed) = list_latencies(http, &svc.base, 20, None).await;
     row(
         &mut rows,
@@ -322,10 +315,19 @@ async fn scale(http: &reqwest::Client) {
         format!("{list_p50:.1} / {list_p99:.1} ms"),
         "p50 <= 30 ms",
     );
+    // The GETs that follow are activity: each sandbox's first one is written to its pod (8 at a
+    // time), and those writes are still landing while the next LISTs run.
+    let (get_p50, get_p99) = get_latencies(http, &svc.base, &ids, 2000).await;
+    row(
+        &mut rows,
+        "GET p50 / p99",
+        format!("{get_p50:.3} / {get_p99:.3} ms"),
+        "-",
+    );
     let (list_p50, list_p99, _) = list_latencies(http, &svc.base, 20, Some(&ids[0])).await;
     row(
         &mut rows,
-        format!("LIST of {listed} p50 / p99 (a sandbox read before each)"),
+        format!("LIST of {listed} p50 / p99 (a sandbox read before each, activity writes landing)"),
         format!("{list_p50:.1} / {list_p99:.1} ms"),
         "p50 <= 30 ms",
     );
