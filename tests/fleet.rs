@@ -554,26 +554,36 @@ async fn each_cluster_elects_its_own_leader_and_reaps() {
         )
         .await;
     }
-    // Both clusters' reapers remove their expired sandbox.
+    // Both clusters' reapers remove their expired sandbox, each counted once under its own
+    // cluster. The count follows the deletes of all the sandbox's objects, so it can land a
+    // moment after the pods are gone: wait for it rather than read it once.
     eventually(Duration::from_secs(40), "both sandboxes reaped", || async {
         (ns.pods().await == (vec![], vec![])).then_some(())
     })
     .await;
     let replicas = &replicas;
-    let reaped: HashMap<&str, f64> = join_all(["a", "b"].map(|cluster| async move {
-        let metric = format!(
-            "sandbox_provisioner_sandbox_deletions_total{{cluster=\"{cluster}\",reason=\"lifetime\"}}"
-        );
-        let mut total = 0.0;
-        for svc in replicas {
-            total += svc.metric(&metric).await;
-        }
-        (cluster, total)
-    }))
-    .await
-    .into_iter()
-    .collect();
-    assert_eq!(reaped, HashMap::from([("a", 1.0), ("b", 1.0)]));
+    let reaped = || async {
+        join_all(["a", "b"].map(|cluster| async move {
+            let metric = format!(
+                "sandbox_provisioner_sandbox_deletions_total{{cluster=\"{cluster}\",reason=\"lifetime\"}}"
+            );
+            let mut total = 0.0;
+            for svc in replicas {
+                total += svc.metric(&metric).await;
+            }
+            (cluster, total)
+        }))
+        .await
+        .into_iter()
+        .collect::<HashMap<&str, f64>>()
+    };
+    let expected = HashMap::from([("a", 1.0), ("b", 1.0)]);
+    eventually(
+        Duration::from_secs(10),
+        "each reaping counted once",
+        || async { (reaped().await == expected).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -396,12 +396,14 @@ async fn the_shipped_role_runs_every_feature() {
         lease.spec?.holder_identity.filter(|h| !h.is_empty())
     })
     .await;
-    assert_eq!(
-        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-            .await,
-        1.0,
-        "this replica leads"
-    );
+    // The gauge follows at the reaper's next tick (every second here).
+    eventually(Duration::from_secs(10), "this replica leads", || async {
+        (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
 
     // Per-sandbox and baseline policies exist, and the sweep works from the watched copy.
     let policies: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
