@@ -31,7 +31,7 @@ pub enum StartError {
     Listen { addr: String, cause: String },
     #[error("the HTTP server failed: {0}")]
     Serve(String),
-    #[error("{0}. The sandbox pod this configuration describes is invalid: check SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the capability settings")]
+    #[error("{0}. The sandbox pod this configuration describes is invalid: check SANDBOX_POD_TEMPLATE, SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the capability settings")]
     PodRefused(String),
     #[error("{variable}={claim}: there is no PersistentVolumeClaim {claim:?} in namespace {namespace}; create it (it must hold the data the sandboxes expect) or unset {variable}")]
     MissingClaim {

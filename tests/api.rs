@@ -477,6 +477,8 @@ async fn unreachable_apiserver_is_503_for_every_call() {
         (Method::GET, "/api/sandboxes/d-1", None),
         (Method::GET, "/api/sandboxes", None),
         (Method::DELETE, "/api/sandboxes/d-1", None),
+        // Never "absent" while the cluster cannot say.
+        (Method::GET, "/api/sandboxes/d-1/presence", None),
     ] {
         let (code, answer) = svc.call(method.clone(), path, body).await;
         assert_eq!(code, 503, "{method} {path} -> {answer}");
@@ -533,4 +535,150 @@ async fn unknown_routes_and_methods_answer_json() {
         svc.call(Method::PUT, "/api/sandboxes", None).await,
         (405, json!({"detail": "Method Not Allowed"}))
     );
+}
+
+/// The presence answer: status, whether the Pod exists, and its UID.
+async fn presence(svc: &TestService, id: &str) -> (u16, Value) {
+    svc.call(Method::GET, &format!("/api/sandboxes/{id}/presence"), None)
+        .await
+}
+
+async fn pod_uid(ns: &TestNamespace, id: &str) -> String {
+    let pod: Pod = ns.pods().get(&format!("sandbox-{id}")).await.unwrap();
+    pod.metadata.uid.unwrap()
+}
+
+#[tokio::test]
+async fn container_id_is_the_pods_uid_and_presence_looks_at_the_pod_only() {
+    use kube::api::DeleteParams;
+    let ns = TestNamespace::new("presence").await;
+    let svc = service_in(&ns).await;
+    svc.synced().await;
+    let (code, absent) = presence(&svc, "pres-1").await;
+    assert_eq!(
+        (code, absent),
+        (
+            200,
+            json!({"sandbox_id": "pres-1", "exists": false, "container_id": null})
+        )
+    );
+
+    // Every answer carries the Pod's UID.
+    let (code, created) = svc.create("pres-1", "t").await;
+    assert_eq!(code, 200, "{created}");
+    let uid = pod_uid(&ns, "pres-1").await;
+    assert_eq!(created["container_id"], uid.as_str());
+    assert_eq!(svc.get("pres-1").await.1["container_id"], uid.as_str());
+    let (_, listed) = svc.list().await;
+    assert_eq!(listed["sandboxes"][0]["container_id"], uid.as_str());
+    let (_, kept) = svc
+        .call(Method::POST, "/api/sandboxes/pres-1/keepalive", None)
+        .await;
+    assert_eq!(kept["container_id"], uid.as_str());
+    let (_, waited) = svc.get("pres-1?wait_ready=30").await;
+    assert_eq!(waited["container_id"], uid.as_str());
+    assert_eq!(
+        presence(&svc, "pres-1").await,
+        (
+            200,
+            json!({"sandbox_id": "pres-1", "exists": true, "container_id": uid})
+        )
+    );
+
+    // A Pod without its Service still exists.
+    ns.services()
+        .delete("sandbox-pres-1-svc", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(presence(&svc, "pres-1").await.1["exists"], true);
+
+    // A Pod that is being deleted still exists (a finalizer of the test holds it).
+    let hold = json!({"metadata": {"finalizers": ["example.com/test-hold"]}});
+    ns.pods()
+        .patch(
+            "sandbox-pres-1",
+            &PatchParams::default(),
+            &Patch::Merge(&hold),
+        )
+        .await
+        .unwrap();
+    ns.pods()
+        .delete("sandbox-pres-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the cache to see the pod terminating",
+        || async { (svc.get("pres-1").await.1["reason"] == "Terminating").then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        presence(&svc, "pres-1").await,
+        (
+            200,
+            json!({"sandbox_id": "pres-1", "exists": true, "container_id": uid})
+        )
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    ns.pods()
+        .patch(
+            "sandbox-pres-1",
+            &PatchParams::default(),
+            &Patch::Merge(&release),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the pod to be gone", || async {
+        (presence(&svc, "pres-1").await.1["exists"] == false).then_some(())
+    })
+    .await;
+
+    // A Service without its Pod does not exist; the next POST repairs it with a new Pod.
+    let (_, first) = svc.create("pres-2", "t").await;
+    ns.pods()
+        .delete("sandbox-pres-2", &DeleteParams::orphan().grace_period(0))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the pod to be gone", || async {
+        ns.pods()
+            .get_opt("sandbox-pres-2")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(ns
+        .services()
+        .get_opt("sandbox-pres-2-svc")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        presence(&svc, "pres-2").await,
+        (
+            200,
+            json!({"sandbox_id": "pres-2", "exists": false, "container_id": null})
+        )
+    );
+    let (code, repaired) = svc.create("pres-2", "t").await;
+    assert_eq!(code, 200, "{repaired}");
+    let repaired_uid = pod_uid(&ns, "pres-2").await;
+    assert_eq!(repaired["container_id"], repaired_uid.as_str());
+    assert_ne!(repaired["container_id"], first["container_id"]);
+
+    // DELETE and create again: a new generation, and presence says so at once.
+    assert_eq!(svc.delete("pres-2").await.0, 200);
+    assert_eq!(presence(&svc, "pres-2").await.1["exists"], false);
+    let (_, again) = svc.create("pres-2", "t").await;
+    assert_ne!(again["container_id"], repaired["container_id"]);
+    assert_eq!(again["container_id"], pod_uid(&ns, "pres-2").await.as_str());
+    assert_eq!(
+        presence(&svc, "pres-2").await.1["container_id"],
+        again["container_id"]
+    );
+
+    // A bad id is 422 JSON, as on every route.
+    let (code, body) = presence(&svc, "Bad_Id").await;
+    assert_eq!(code, 422, "{body}");
 }

@@ -448,6 +448,24 @@ async fn a_stopped_apiserver_is_503_never_404_and_everything_recovers() {
     assert_eq!(svc.get("st-unknown").await.0, 503);
     assert_eq!(svc.delete("st-unknown").await.0, 503);
     assert_eq!(svc.delete("st-b").await.0, 503);
+    // Presence never says "absent" while a cluster that may hold the sandbox cannot answer,
+    // and answers for the live cluster.
+    let presence = |id: &'static str| {
+        let svc = &svc;
+        async move {
+            svc.call(Method::GET, &format!("/api/sandboxes/{id}/presence"), None)
+                .await
+        }
+    };
+    let (code, body) = presence("st-unknown").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("cluster \"b\""),
+        "{body}"
+    );
+    assert_eq!(presence("st-b").await.0, 503);
+    let (code, body) = presence("st-a").await;
+    assert_eq!((code, &body["exists"]), (200, &json!(true)), "{body}");
     // New sandboxes go to the live cluster, whatever their hash prefers.
     for i in 0..6 {
         let (code, body) = create(&svc, json!({"sandbox_id": format!("st-new-{i}")})).await;
@@ -507,6 +525,10 @@ async fn a_stopped_apiserver_is_503_never_404_and_everything_recovers() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(svc.delete("st-b").await.0, 200);
     assert_eq!(svc.get("st-unknown").await.0, 404);
+    let (code, body) = svc
+        .call(Method::GET, "/api/sandboxes/st-unknown/presence", None)
+        .await;
+    assert_eq!((code, &body["exists"]), (200, &json!(false)), "{body}");
 }
 
 #[tokio::test]

@@ -25,12 +25,16 @@ struct Gateway {
 }
 
 /// What the gateway's create sends besides the ids.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acquire {
     user_id: Option<&'static str>,
     extra_mounts: Vec<Value>,
     provision_lark_cli_runtime: bool,
     provision_lark_cli_broker: bool,
+    /// The newest gateway: `max_running + 1` shell sessions.
+    max_shell_sessions: Option<u32>,
+    /// The newest gateway: where the thread's skill projections go.
+    skills_container_path: Option<&'static str>,
 }
 
 impl Gateway {
@@ -56,6 +60,24 @@ impl Gateway {
         sandbox_id: &str,
         acquire: Acquire,
     ) -> Result<String, String> {
+        let (status, body) = self.create_answer(thread_id, sandbox_id, acquire).await?;
+        if !status.is_success() {
+            return Err(format!("Provisioner create failed: {status} {body}"));
+        }
+        body["sandbox_url"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no sandbox_url in {body}"))
+    }
+
+    /// The create call as the newest gateway reads it: the whole answer (it checks
+    /// `max_shell_sessions` and fences the Pod generation by `container_id`).
+    async fn create_answer(
+        &self,
+        thread_id: Option<&str>,
+        sandbox_id: &str,
+        acquire: Acquire,
+    ) -> Result<(StatusCode, Value), String> {
         let mut payload = json!({
             "sandbox_id": sandbox_id,
             "thread_id": thread_id,
@@ -67,6 +89,12 @@ impl Gateway {
         if !acquire.extra_mounts.is_empty() {
             payload["extra_mounts"] = Value::Array(acquire.extra_mounts);
         }
+        if let Some(n) = acquire.max_shell_sessions {
+            payload["max_shell_sessions"] = json!(n);
+        }
+        if let Some(path) = acquire.skills_container_path {
+            payload["skills_container_path"] = json!(path);
+        }
         let answer = self
             .with_auth(self.http.post(format!("{}/api/sandboxes", self.url)))
             .json(&payload)
@@ -76,13 +104,28 @@ impl Gateway {
             .map_err(|e| format!("Provisioner create failed: {e}"))?;
         let status = answer.status();
         let body: Value = answer.json().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("Provisioner create failed: {status} {body}"));
+        Ok((status, body))
+    }
+
+    /// The newest gateway's presence check (before retiring a quarantine record): GET, 10 s;
+    /// only a 200 with `exists: false` proves the Pod gone, anything else keeps the record.
+    async fn presence(&self, sandbox_id: &str) -> Result<(bool, Option<String>), String> {
+        let answer = self
+            .with_auth(
+                self.http
+                    .get(format!("{}/api/sandboxes/{sandbox_id}/presence", self.url)),
+            )
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !answer.status().is_success() {
+            return Err(format!("HTTP {}", answer.status()));
         }
-        body["sandbox_url"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("no sandbox_url in {body}"))
+        let body: Value = answer.json().await.map_err(|e| e.to_string())?;
+        assert_eq!(body["sandbox_id"], sandbox_id, "{body}");
+        let exists = body["exists"].as_bool().ok_or("no exists")?;
+        Ok((exists, body["container_id"].as_str().map(str::to_string)))
     }
 
     /// `_provisioner_destroy`: DELETE, 15 s; any answer is accepted (only logged).
@@ -831,4 +874,373 @@ async fn without_a_key_the_api_is_closed_unless_opened_explicitly() {
         .find(|l| l.contains("PROVISIONER_ALLOW_NO_API_KEY=true and no PROVISIONER_API_KEY"))
         .unwrap_or_else(|| panic!("no warning in {log}"));
     assert!(warning.contains("WARN"), "{warning}");
+}
+
+/// The thread's four skill projections below `path`, as the newest gateway forwards them.
+fn skill_projections(user: &str, thread: &str, path: &str) -> Vec<Value> {
+    ["public", "custom", "legacy", "integrations"]
+        .iter()
+        .map(|category| {
+            mount(
+                &format!("users/{user}/threads/{thread}/skills_view/{category}"),
+                &format!("{path}/{category}"),
+                true,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn deerflows_newest_gateway_fences_pod_generations_and_replaces_on_conflict() {
+    let ns = TestNamespace::new("gateway-next").await;
+    let svc = TestService::start(gateway_args(&ns)).await;
+    svc.synced().await;
+    let gateway = Gateway::new(&svc.base, Some(KEY));
+    let id = "7c1e0f9a2b3d4c5e";
+    let skills = "/mnt/agent-skills";
+    let mut mounts = vec![mount(
+        "users/alice/threads/thread-9/acp-workspace",
+        "/mnt/acp-workspace",
+        true,
+    )];
+    mounts.extend(skill_projections("alice", "thread-9", skills));
+    let acquire = Acquire {
+        user_id: Some("alice"),
+        extra_mounts: mounts,
+        max_shell_sessions: Some(12),
+        skills_container_path: Some(skills),
+        ..Acquire::default()
+    };
+    assert_eq!(gateway.presence(id).await, Ok((false, None)));
+
+    // Create with the capacity it needs and the thread's skill projections.
+    let (status, first) = gateway
+        .create_answer(Some("thread-9"), id, acquire.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["max_shell_sessions"], 12);
+    let generation = first["container_id"].as_str().unwrap().to_string();
+    let p = pod(&ns, id).await;
+    assert_eq!(p["metadata"]["uid"], generation.as_str());
+    assert_eq!(
+        mount_paths(&p["spec"]["containers"][0]),
+        [
+            "/mnt/user-data",
+            "/mnt/acp-workspace",
+            "/mnt/agent-skills/public",
+            "/mnt/agent-skills/custom",
+            "/mnt/agent-skills/legacy",
+            "/mnt/agent-skills/integrations",
+        ],
+        "no /mnt/skills mount of the provisioner's own"
+    );
+    assert_eq!(
+        volume(&p, "extra-4")["hostPath"],
+        json!({"path": format!("{BASE}/users/alice/threads/thread-9/skills_view/integrations"), "type": "Directory"})
+    );
+    let url = first["sandbox_url"].as_str().unwrap();
+    assert!(wait_for_sandbox_ready(url).await, "{url}");
+    assert_eq!(
+        gateway.presence(id).await,
+        Ok((true, Some(generation.clone())))
+    );
+
+    // Reused as it is: the same generation.
+    let (status, reused) = gateway
+        .create_answer(Some("thread-9"), id, acquire.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &reused["container_id"]),
+        (StatusCode::OK, &json!(generation))
+    );
+
+    // It needs more shell sessions now: 409, then DELETE, presence proves it gone, create.
+    let bigger = Acquire {
+        max_shell_sessions: Some(20),
+        ..acquire.clone()
+    };
+    let (status, conflict) = gateway
+        .create_answer(Some("thread-9"), id, bigger.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(
+        gateway.presence(id).await,
+        Ok((true, Some(generation.clone()))),
+        "left alone"
+    );
+    assert_eq!(gateway.destroy(id).await, Some(StatusCode::OK));
+    assert_eq!(gateway.presence(id).await, Ok((false, None)));
+    let (status, replaced) = gateway
+        .create_answer(Some("thread-9"), id, bigger)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    let next = replaced["container_id"].as_str().unwrap().to_string();
+    assert_ne!(next, generation, "a new Pod generation");
+    assert_eq!(replaced["max_shell_sessions"], 20);
+    assert_eq!(gateway.presence(id).await, Ok((true, Some(next.clone()))));
+
+    // Another skills path for the same sandbox is a conflict too, naming both paths.
+    let (status, conflict) = gateway
+        .create_answer(
+            Some("thread-9"),
+            id,
+            Acquire {
+                skills_container_path: None,
+                extra_mounts: vec![],
+                max_shell_sessions: Some(20),
+                ..acquire
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    let detail = conflict["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("/mnt/agent-skills") && detail.contains("/mnt/skills"),
+        "{detail}"
+    );
+    assert_eq!(gateway.presence(id).await, Ok((true, Some(next))));
+}
+
+#[tokio::test]
+async fn skill_projections_need_a_sound_path_and_bad_ones_create_nothing() {
+    let ns = TestNamespace::new("gateway-proj").await;
+    let svc = TestService::start(gateway_args(&ns)).await;
+    let gateway = Gateway::new(&svc.base, Some(KEY));
+    let with = |path: &'static str, mounts: Vec<Value>| Acquire {
+        skills_container_path: Some(path),
+        extra_mounts: mounts,
+        ..Acquire::default()
+    };
+    let cases: Vec<(Acquire, StatusCode, &str)> = vec![
+        (
+            with("mnt/s", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must be an absolute path",
+        ),
+        (
+            with("/", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must not be the root directory",
+        ),
+        (
+            with("/mnt/s/", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "is not normalised",
+        ),
+        (
+            with("/mnt/user-data/s", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lies inside /mnt/user-data",
+        ),
+        (
+            with("/mnt/acp-workspace", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lies inside /mnt/acp-workspace",
+        ),
+        (
+            with("/proc/s", vec![]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "system directory",
+        ),
+        // A category that does not exist, a host path outside the base, a projection without
+        // a path of its own, and a projection below another path.
+        (
+            with(
+                "/mnt/s",
+                vec![mount(
+                    "users/u/threads/t/skills_view/secret",
+                    "/mnt/s/secret",
+                    true,
+                )],
+            ),
+            StatusCode::BAD_REQUEST,
+            "is not a path extra mounts may use",
+        ),
+        (
+            with(
+                "/mnt/s",
+                vec![
+                    json!({"host_path": "/etc/skills", "container_path": "/mnt/s/public", "read_only": true}),
+                ],
+            ),
+            StatusCode::BAD_REQUEST,
+            "is outside the DeerFlow base directory",
+        ),
+        (
+            Acquire {
+                extra_mounts: skill_projections("u", "t", "/mnt/s"),
+                ..Acquire::default()
+            },
+            StatusCode::BAD_REQUEST,
+            "is not a path extra mounts may use",
+        ),
+        (
+            with("/mnt/s", skill_projections("u", "t", "/mnt/other")),
+            StatusCode::BAD_REQUEST,
+            "is not a path extra mounts may use",
+        ),
+    ];
+    for (acquire, expected, says) in cases {
+        let (status, body) = gateway
+            .create_answer(Some("t"), "proj-bad", acquire)
+            .await
+            .unwrap();
+        assert_eq!(status, expected, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{detail}\n  should contain: {says}");
+    }
+    assert!(
+        ns.leftovers().await.is_empty(),
+        "{:?}",
+        ns.leftovers().await
+    );
+
+    // The same projections, well formed, make a sandbox.
+    let url = gateway
+        .create(
+            Some("t"),
+            "proj-ok",
+            with("/mnt/s", skill_projections("u", "t", "/mnt/s")),
+        )
+        .await
+        .unwrap();
+    assert!(wait_for_sandbox_ready(&url).await);
+    let p = pod(&ns, "proj-ok").await;
+    assert_eq!(
+        p["metadata"]["annotations"]["sandbox-provisioner.dev/skills-container-path"],
+        "/mnt/s"
+    );
+}
+
+#[tokio::test]
+async fn in_claim_mode_skill_projections_are_sub_paths_of_the_home_claim() {
+    let ns = TestNamespace::new("gateway-pvc-proj").await;
+    let mut args = gateway_args(&ns);
+    args.storage.threads_host_path = None;
+    args.storage.deer_flow_host_base_dir = Some(BASE.into());
+    args.storage.userdata_pvc_name = Some("deer-flow-home".into());
+    args.storage.skills_pvc_name = Some("deer-flow-skills".into());
+    let svc = TestService::start(args).await;
+    let gateway = Gateway::new(&svc.base, Some(KEY));
+    gateway
+        .create(
+            Some("thread-9"),
+            "pvc-proj",
+            Acquire {
+                user_id: Some("bob"),
+                skills_container_path: Some("/mnt/agent-skills"),
+                extra_mounts: skill_projections("bob", "thread-9", "/mnt/agent-skills")[..2]
+                    .to_vec(),
+                ..Acquire::default()
+            },
+        )
+        .await
+        .unwrap();
+    let p = pod(&ns, "pvc-proj").await;
+    assert_eq!(
+        p["spec"]["containers"][0]["volumeMounts"],
+        json!([
+            {"name": "user-data", "mountPath": "/mnt/user-data", "subPath": "deer-flow/users/bob/threads/thread-9/user-data"},
+            {"name": "extra-0", "mountPath": "/mnt/agent-skills/public", "readOnly": true, "subPath": "deer-flow/users/bob/threads/thread-9/skills_view/public"},
+            {"name": "extra-1", "mountPath": "/mnt/agent-skills/custom", "readOnly": true, "subPath": "deer-flow/users/bob/threads/thread-9/skills_view/custom"},
+        ]),
+        "no skills claim mount of the provisioner's own"
+    );
+    assert_eq!(
+        volume(&p, "extra-1")["persistentVolumeClaim"]["claimName"],
+        "deer-flow-home"
+    );
+}
+
+#[tokio::test]
+async fn lark_conflicts_are_explicit_and_leave_the_sandbox_alone() {
+    // No broker image: asking for the broker is 503 naming the variable, and nothing is made.
+    let ns = TestNamespace::new("gateway-lark-x").await;
+    let mut args = gateway_args(&ns);
+    args.sandbox.lark_cli_init_image = Some("lark-init:test".into());
+    let svc = TestService::start(args).await;
+    let gateway = Gateway::new(&svc.base, Some(KEY));
+    let broker = Acquire {
+        extra_mounts: lark_mounts(),
+        provision_lark_cli_runtime: true,
+        provision_lark_cli_broker: true,
+        ..Acquire::default()
+    };
+    let (status, body) = gateway
+        .create_answer(Some("t"), "lark-x", broker.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("LARK_CLI_BROKER_IMAGE"),
+        "{body}"
+    );
+    assert!(
+        ns.leftovers().await.is_empty(),
+        "{:?}",
+        ns.leftovers().await
+    );
+    drop(svc);
+
+    // With both images: a sandbox made without the broker is not silently reused for one
+    // that asks for it, nor the reverse.
+    let ns = TestNamespace::new("gateway-lark-c").await;
+    let mut args = gateway_args(&ns);
+    args.sandbox.lark_cli_init_image = Some("lark-init:test".into());
+    args.sandbox.lark_cli_broker_image = Some("lark-broker:test".into());
+    let svc = TestService::start(args).await;
+    let gateway = Gateway::new(&svc.base, Some(KEY));
+    let runtime = Acquire {
+        extra_mounts: lark_mounts(),
+        provision_lark_cli_runtime: true,
+        ..Acquire::default()
+    };
+    for (id, made, asked, says) in [
+        (
+            "lark-r",
+            &runtime,
+            &broker,
+            "exists without the Lark CLI broker sidecar, but this request asks for it",
+        ),
+        (
+            "lark-b",
+            &broker,
+            &runtime,
+            "exists with the Lark CLI broker sidecar, but this request asks without it",
+        ),
+    ] {
+        let (status, created) = gateway
+            .create_answer(Some("t"), id, made.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let (status, conflict) = gateway
+            .create_answer(Some("t"), id, asked.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+        let detail = conflict["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{detail}");
+        let p = pod(&ns, id).await;
+        assert_eq!(
+            p["metadata"]["uid"], created["container_id"],
+            "the sandbox is untouched"
+        );
+        let (status, again) = gateway
+            .create_answer(Some("t"), id, made.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &again["container_id"]),
+            (StatusCode::OK, &created["container_id"])
+        );
+    }
 }

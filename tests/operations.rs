@@ -365,11 +365,25 @@ async fn the_shipped_role_runs_every_feature() {
     let before = reads(svc.kube_calls().await);
     assert_eq!(svc.get("dep-1").await.0, 200);
     assert_eq!(svc.list().await.1["count"], 1);
+    let (code, presence) = svc
+        .call(Method::GET, "/api/sandboxes/dep-1/presence", None)
+        .await;
+    assert_eq!(
+        (code, &presence["exists"]),
+        (200, &json!(true)),
+        "{presence}"
+    );
+    assert_eq!(presence["container_id"], created["container_id"]);
     assert_eq!(
         reads(svc.kube_calls().await),
         before,
         "reads went to the apiserver"
     );
+    // A miss is confirmed with one read of the Pod, which the Role allows.
+    let (code, absent) = svc
+        .call(Method::GET, "/api/sandboxes/dep-none/presence", None)
+        .await;
+    assert_eq!((code, &absent["exists"]), (200, &json!(false)), "{absent}");
 
     // Activity is written to the pod within the persist interval.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -648,6 +662,17 @@ async fn without_one_permission(permission: &'static Permission) {
 
     let mut running = RunningBinary::start(&env).await;
     use_every_permission(&running.base).await;
+    if (permission.verb, permission.resource) == ("get", "pods") {
+        // A refused read never says "absent".
+        let presence = reqwest::Client::new()
+            .get(format!("{}/api/sandboxes/not-there/presence", running.base));
+        let (code, body) = TestService::answer(presence).await;
+        assert_eq!(code, 502, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("forbidden"),
+            "{body}"
+        );
+    }
     let refusal = format!(
         "cannot {} resource \"{}\"",
         permission.verb, permission.resource

@@ -343,6 +343,123 @@ async fn a_placement_the_apiserver_refuses_stops_the_service_at_start() {
     assert!(ns.leftovers().await.is_empty(), "a dry run creates nothing");
 }
 
+/// A shipped example file's path.
+fn example(name: &str) -> String {
+    format!("{}/deploy/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn the_shipped_pod_templates_render_pods_the_apiserver_stores() {
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    let ns = TestNamespace::new("pod-template").await;
+    // The RuntimeClass gvisor.yaml names (as its comment says to create); shared by the runs.
+    let runtime: RuntimeClass = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "gvisor"}, "handler": "runsc"}),
+    )
+    .unwrap();
+    match kube::Api::<RuntimeClass>::all(ns.client.clone())
+        .create(&Default::default(), &runtime)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating RuntimeClass gvisor: {e}"),
+    }
+    for (file, id) in [
+        ("aio-browser.yaml", "tpl-browser"),
+        ("gvisor.yaml", "tpl-gvisor"),
+    ] {
+        let mut args = serve_args(&ns.name);
+        args.sandbox.sandbox_pod_template = Some(example(file).into());
+        // Placement fields the template does not set still combine with it.
+        args.sandbox.sandbox_placement =
+            Some(r#"{"nodeSelector": {"kubernetes.io/os": "linux"}}"#.into());
+        let svc = TestService::start(args).await;
+        let (code, body) = svc.create(id, "t").await;
+        assert_eq!(code, 200, "{file}: {body}");
+        let pod = ns.pods().get(&format!("sandbox-{id}")).await.unwrap();
+        let p = serde_json::to_value(&pod).unwrap();
+        assert_eq!(p["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(
+            c["image"], "sandbox:test",
+            "the provisioner's own fields stay"
+        );
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        match file {
+            "aio-browser.yaml" => {
+                let dshm = p["spec"]["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["name"] == "dshm")
+                    .expect("the dshm volume");
+                assert_eq!(
+                    dshm["emptyDir"],
+                    serde_json::json!({"medium": "Memory", "sizeLimit": "1Gi"})
+                );
+                assert!(c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!({"name": "dshm", "mountPath": "/dev/shm"})));
+                assert!(c["env"].as_array().unwrap().contains(
+                    &serde_json::json!({"name": "BROWSER_NO_SANDBOX", "value": "--no-sandbox"})
+                ));
+            }
+            _ => assert_eq!(p["spec"]["runtimeClassName"], "gvisor"),
+        }
+        eventually(
+            Duration::from_secs(30),
+            "the templated sandbox to be ready",
+            || async { (svc.get(id).await.1["ready"] == true).then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_pod_template_the_apiserver_refuses_stops_the_service_at_start() {
+    let ns = TestNamespace::new("pod-template-bad").await;
+    let file = std::env::temp_dir().join(format!("{}-template.yaml", ns.name));
+    // Well-formed, but the apiserver requires dnsConfig with dnsPolicy None.
+    std::fs::write(&file, "spec:\n  dnsPolicy: None\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .env_clear()
+        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("K8S_NAMESPACE", &ns.name)
+        .env("PROVISIONER_LISTEN", "127.0.0.1:0")
+        .env("SANDBOX_POD_TEMPLATE", &file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dnsConfig") && err.contains("SANDBOX_POD_TEMPLATE"),
+        "{err}"
+    );
+    assert!(ns.leftovers().await.is_empty(), "a dry run creates nothing");
+
+    // One the provisioner refuses itself stops it before any call, naming the field.
+    let file = std::env::temp_dir().join(format!("{}-owned.yaml", ns.name));
+    std::fs::write(&file, "spec:\n  restartPolicy: Never\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
+        .env_clear()
+        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("K8S_NAMESPACE", &ns.name)
+        .env("SANDBOX_POD_TEMPLATE", &file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SANDBOX_POD_TEMPLATE")
+            && err.contains("spec.restartPolicy is the provisioner's"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn isolated_sandboxes_get_a_network_policy_that_goes_with_the_pod() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;

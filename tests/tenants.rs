@@ -168,6 +168,32 @@ async fn every_call_is_scoped_to_the_callers_tenant() {
         pod_names(&ns).await.contains(&"sandbox-b-1".to_string()),
         "b-1 was not deleted"
     );
+    // Presence too: another tenant's sandbox reads as absent; its own tenant sees it.
+    let (code, body) = call(
+        &svc,
+        KEY_A,
+        Method::GET,
+        "/api/sandboxes/b-1/presence",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body),
+        (
+            200,
+            json!({"sandbox_id": "b-1", "exists": false, "container_id": null})
+        )
+    );
+    let (code, body) = call(
+        &svc,
+        KEY_B,
+        Method::GET,
+        "/api/sandboxes/b-1/presence",
+        None,
+    )
+    .await;
+    assert_eq!((code, &body["exists"]), (200, &json!(true)), "{body}");
+    assert_eq!(body["container_id"], b1["container_id"]);
     // Creating an id another tenant holds is 409, without naming the tenant or its thread.
     let (code, taken) = create(&svc, KEY_A, json!({"sandbox_id": "b-1", "thread_id": "t"})).await;
     assert_eq!(code, 409, "{taken}");

@@ -29,6 +29,8 @@ pub enum ApiError {
     #[error(transparent)]
     InvalidMount(#[from] crate::sandbox::InvalidMount),
     #[error(transparent)]
+    InvalidSkillsPath(#[from] crate::sandbox::InvalidSkillsPath),
+    #[error(transparent)]
     Provision(#[from] provisioner::Error),
     /// Choosing or reaching a cluster failed (a provisioner error inside is `Provision`).
     #[error(transparent)]
@@ -78,21 +80,24 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use provisioner::Error as P;
         match self {
-            ApiError::InvalidRequest(_) | ApiError::Provision(P::Invalid(_)) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidRequest(_)
+            | ApiError::InvalidSkillsPath(_)
+            | ApiError::Provision(P::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Provision(P::NotFound(_)) | ApiError::NoSuchRoute => StatusCode::NOT_FOUND,
             ApiError::Provision(
                 P::ThreadConflict { .. }
                 | P::UserConflict { .. }
                 | P::Taken(_)
                 | P::ShellCapacity { .. }
+                | P::SkillsPathConflict { .. }
+                | P::LarkConflict { .. }
                 | P::Terminating(_)
                 | P::KeptReappearing { .. },
             ) => StatusCode::CONFLICT,
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Provision(P::LarkBrokerUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Provision(P::Kubernetes(_)) => StatusCode::BAD_GATEWAY,
             ApiError::InvalidMount(_) => StatusCode::BAD_REQUEST,
             ApiError::Fleet(

@@ -25,8 +25,8 @@ use crate::{
     k8s::cache::CacheSummary,
     permissions::MissingPermission,
     sandbox::{
-        mounts::ExtraMountRequest, LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest,
-        Sizes, ThreadId, UserId,
+        mounts::{check_skills_path, ExtraMountRequest},
+        LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest, Sizes, ThreadId, UserId,
     },
 };
 
@@ -79,6 +79,14 @@ pub struct CreateRequest {
     /// LARK_CLI_BROKER_IMAGE is set; supersedes provision_lark_cli_runtime).
     #[serde(default)]
     pub provision_lark_cli_broker: bool,
+    /// Where the sandbox's skills appear. `/mnt/skills` (the default) keeps the provisioner's
+    /// own skills mounts; another absolute, normalised path mounts none of them and lets
+    /// extra_mounts place the categories `{path}/public`, `{path}/custom`, `{path}/legacy` and
+    /// `{path}/integrations` (per-thread projections below the base directory). A create for
+    /// an existing sandbox with another path is 409.
+    #[serde(default)]
+    #[schema(max_length = 255, example = "/mnt/skills")]
+    pub skills_container_path: Option<String>,
     /// Shell sessions the sandbox keeps (env MAX_SHELL_SESSIONS); the image's default when
     /// absent. A create for an existing sandbox with less capacity is 409.
     #[serde(default)]
@@ -183,6 +191,17 @@ pub struct SandboxList {
 pub struct Deleted {
     pub ok: bool,
     pub sandbox_id: String,
+}
+
+/// Answer of `GET /api/sandboxes/{sandbox_id}/presence`: whether the sandbox's Pod exists.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Presence {
+    pub sandbox_id: String,
+    /// The Pod exists (also while it is being deleted). False only when every cluster that may
+    /// hold it answered that it does not; a Service without a Pod is false.
+    pub exists: bool,
+    /// The Pod's UID, as `container_id` in the sandbox's answers; null when it does not exist.
+    pub container_id: Option<String>,
 }
 
 /// Answer of `GET /health` and `GET /readyz`.
@@ -396,8 +415,15 @@ pub async fn create(
     };
     // Before anything else touches a cluster: an unknown cluster is the caller's mistake.
     state.fleet.candidates_for(&target, &tenant)?;
+    let skills_path = match request.skills_container_path.as_deref() {
+        Some(path) => {
+            let fixed: Vec<&str> = state.fixed_mounts.iter().map(String::as_str).collect();
+            check_skills_path(path, &fixed)?
+        }
+        None => None,
+    };
     let primary = state.fleet.primary();
-    let extra_mounts = primary.check_extra_mounts(&request.extra_mounts)?;
+    let extra_mounts = primary.check_extra_mounts(&request.extra_mounts, skills_path.as_deref())?;
     let wanted = SandboxRequest {
         user,
         timers: primary.timers_for(request.ttl_seconds, request.idle_timeout_seconds),
@@ -408,6 +434,7 @@ pub async fn create(
             broker: request.provision_lark_cli_broker,
         },
         max_shell_sessions: request.max_shell_sessions,
+        skills_path,
         tenant: tenant.name.clone(),
         ..SandboxRequest::new(id.clone(), thread)
     };
@@ -544,6 +571,33 @@ pub async fn keepalive(
 ) -> Result<Json<Sandbox>, ApiError> {
     let id = sandbox_id(path)?;
     Ok(Json(state.fleet.keepalive(&id, &scope(&caller)).await?))
+}
+
+/// Whether the sandbox's Pod exists, and its UID: the Pod only (not the Service), so that a
+/// caller can prove a sandbox is gone. Only a confirmed absence is `exists: false`; not
+/// activity.
+#[utoipa::path(get, path = "/api/sandboxes/{sandbox_id}/presence", tag = "sandboxes",
+    params(("sandbox_id" = String, Path, description = "The sandbox's id", pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 51)),
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Whether the Pod exists (another tenant's reads as absent)", body = Presence),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 422, description = "Invalid sandbox_id", body = ErrorBody),
+        (status = 502, description = "Kubernetes refused (never reported as absent)", body = ErrorBody),
+        (status = 503, description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable, never absent then), or the provisioner overloaded", body = ErrorBody),
+    ))]
+pub async fn presence(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Presence>, ApiError> {
+    let id = sandbox_id(path)?;
+    let found = state.fleet.presence(&id, &scope(&caller)).await?;
+    Ok(Json(Presence {
+        sandbox_id: id.to_string(),
+        exists: found.is_some(),
+        container_id: found.and_then(|pod| pod.uid),
+    }))
 }
 
 /// Whose sandboxes the caller sees.

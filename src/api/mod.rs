@@ -43,6 +43,9 @@ pub struct AppState {
     /// Longest readiness wait, so that a wait ends with an answer before the request's own
     /// time limit would turn it into a 503.
     pub max_wait: std::time::Duration,
+    /// The container paths a request's skills path may neither be nor lie in: the fixed
+    /// mounts and every cluster's pod template mounts.
+    pub fixed_mounts: std::sync::Arc<[String]>,
 }
 
 /// Everything the router needs besides the clusters.
@@ -55,7 +58,15 @@ pub struct ApiSettings {
 
 /// The whole API, ready to serve (or to call with `oneshot` in tests).
 pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
+    let mut fixed_mounts: Vec<String> = crate::sandbox::mounts::fixed_mount_paths()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for seat in fleet.seats() {
+        fixed_mounts.extend(seat.provisioner.spec().pod_template.mount_paths());
+    }
     let state = AppState {
+        fixed_mounts: fixed_mounts.into(),
         fleet,
         max_body_bytes: settings.limits.max_body_bytes,
         capabilities: std::sync::Arc::new(settings.capabilities),
@@ -75,6 +86,10 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
         .route(
             "/api/sandboxes/{sandbox_id}/keepalive",
             axum::routing::post(handlers::keepalive),
+        )
+        .route(
+            "/api/sandboxes/{sandbox_id}/presence",
+            get(handlers::presence),
         )
         .route("/openapi.json", get(openapi_json))
         .fallback(handlers::no_such_route)
@@ -135,10 +150,11 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::get,
         handlers::delete,
         handlers::keepalive,
+        handlers::presence,
         handlers::capabilities,
         handlers::quota,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, handlers::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

@@ -131,6 +131,30 @@ async fn a_wrong_key_is_401_and_not_echoed() {
 }
 
 #[tokio::test]
+async fn a_key_that_is_not_ascii_or_not_utf8_is_401_like_any_wrong_key() {
+    for raw in [
+        "clé-ünïcödé-0123456789".as_bytes(),
+        &[0xff, 0xfe, 0x80, b'k', b'e', b'y'][..],
+        KEY.replace('0', "\u{e9}").as_bytes(),
+    ] {
+        for header in ["x-api-key", "authorization"] {
+            let mut value = raw.to_vec();
+            if header == "authorization" {
+                value.splice(0..0, b"Bearer ".iter().copied());
+            }
+            let req = Request::get("/api/sandboxes")
+                .header(header, axum::http::HeaderValue::from_bytes(&value).unwrap())
+                .body(Body::empty())
+                .unwrap();
+            let (status, body, headers) = send(app(), req).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}: {raw:?}");
+            assert!(detail(&body).contains("API key"), "{body}");
+            assert!(headers.contains_key("www-authenticate"));
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_bearer_token_is_a_key_too() {
     let req = Request::get("/api/capabilities")
         .header("authorization", format!("Bearer {KEY}"))
@@ -424,6 +448,26 @@ async fn gateway_fields_are_checked_before_kubernetes() {
             r#"{"sandbox_id":"a","extra_mounts":[{"container_path":"/mnt/acp-workspace"}]}"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "missing field `host_path`",
+        ),
+        (
+            r#"{"sandbox_id":"a","skills_container_path":"/mnt/user-data/skills"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "skills_container_path \"/mnt/user-data/skills\" is or lies inside /mnt/user-data",
+        ),
+        (
+            r#"{"sandbox_id":"a","skills_container_path":"/"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must not be the root directory",
+        ),
+        (
+            r#"{"sandbox_id":"a","skills_container_path":"/mnt/s/../t"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "is not normalised; write it as \"/mnt/t\"",
+        ),
+        (
+            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/.deer-flow/users/u/threads/t/skills_view/public","container_path":"/mnt/s/public"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "is not a path extra mounts may use",
         ),
     ] {
         let (got, answer) = post_json(body).await;

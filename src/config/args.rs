@@ -153,6 +153,13 @@ pub struct SandboxArgs {
     #[arg(long, env = "SANDBOX_PLACEMENT")]
     pub sandbox_placement: Option<String>,
 
+    /// A YAML file holding a partial Pod merged into every sandbox pod: labels, annotations,
+    /// spec fields (runtimeClassName, tolerations, dnsConfig, extra volumes, ...) and, for the
+    /// container named sandbox, extra env, volumeMounts and resource defaults. Fields the
+    /// provisioner owns are refused at start. Unset: none.
+    #[arg(long, env = "SANDBOX_POD_TEMPLATE")]
+    pub sandbox_pod_template: Option<PathBuf>,
+
     /// Image of the Lark CLI init container that stages the CLI runtime for sandboxes that ask
     /// for it (provision_lark_cli_runtime). Unset: off.
     #[arg(long, env = "LARK_CLI_INIT_IMAGE")]

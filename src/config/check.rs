@@ -11,7 +11,7 @@ use crate::{
     sandbox::{parse_duration, InvalidSizes, Resources, Sizes},
     spec::{
         network_policy::{valid_cidr, NetworkPolicyMode},
-        Placement, Seccomp,
+        Placement, PodTemplate, Seccomp,
     },
 };
 
@@ -157,6 +157,30 @@ pub(super) fn placement(value: Option<&str>) -> Result<Placement, ConfigError> {
             format!("must be a JSON object of nodeSelector, tolerations, affinity, topologySpreadConstraints, priorityClassName, runtimeClassName: {e}"),
         )
     })
+}
+
+/// The pod template file (`SANDBOX_POD_TEMPLATE`), read and checked; the empty template
+/// when unset.
+pub(super) fn pod_template(path: Option<&std::path::Path>) -> Result<PodTemplate, String> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(PodTemplate::default());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the pod template: {e}"))?;
+    PodTemplate::parse(&text)
+}
+
+/// A placement and a pod template that set no field twice.
+pub(super) fn placement_and_template(
+    placement: &Placement,
+    template: &PodTemplate,
+) -> Result<(), String> {
+    match template.overlap(placement) {
+        Some(field) => Err(format!(
+            "the pod template sets spec.{field}, which the placement (SANDBOX_PLACEMENT) sets too: keep it in one of them"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A PersistentVolumeClaim name: a DNS-1123 subdomain.

@@ -65,6 +65,8 @@ struct Entry {
     image: Option<String>,
     #[serde(default)]
     placement: Option<Placement>,
+    #[serde(default)]
+    pod_template: Option<PathBuf>,
 }
 
 fn default_weight() -> u32 {
@@ -102,7 +104,8 @@ pub(super) fn from_file(
     })
 }
 
-/// Parses and checks the file's text. `read_kubeconfig` is the only access to other files.
+/// Parses and checks the file's text. Other files are read only through `read_kubeconfig`
+/// and for the entries' pod templates.
 fn parse(
     text: &str,
     shown: &str,
@@ -113,7 +116,7 @@ fn parse(
     let fail = |problem: String| ConfigError::new(VARIABLE, shown, problem);
     let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| {
         fail(format!(
-            "is not a valid cluster list ({e}); each entry of `clusters` has name and kubeconfig, and optionally context, api_server, namespace, node_host, service_type, weight, max_sandboxes, labels, image, placement"
+            "is not a valid cluster list ({e}); each entry of `clusters` has name and kubeconfig, and optionally context, api_server, namespace, node_host, service_type, weight, max_sandboxes, labels, image, placement, pod_template"
         ))
     })?;
     if file.clusters.is_empty() {
@@ -211,6 +214,11 @@ fn parse(
         if let Some(placement) = entry.placement {
             spec.placement = placement;
         }
+        if let Some(path) = &entry.pod_template {
+            spec.pod_template = check::pod_template(Some(path))
+                .map_err(|e| at(format!("pod_template {}: {e}", path.display())))?;
+        }
+        check::placement_and_template(&spec.placement, &spec.pod_template).map_err(at)?;
         members.push(MemberConfig {
             cluster: ClusterSection {
                 namespace,
@@ -347,6 +355,29 @@ clusters:
     }
 
     #[test]
+    fn each_cluster_may_have_its_own_pod_template_but_no_field_twice() {
+        let path =
+            std::env::temp_dir().join(format!("cluster-template-{}.yaml", std::process::id()));
+        std::fs::write(&path, "spec: {runtimeClassName: gvisor}\n").unwrap();
+        let shown = path.display();
+        let members = run(&format!(
+            "clusters:\n  - {{name: a, kubeconfig: /k, pod_template: {shown}}}\n  - {{name: b, kubeconfig: /k}}"
+        ))
+        .unwrap();
+        assert!(!members[0].sandbox.pod_template.is_empty());
+        assert!(members[1].sandbox.pod_template.is_empty());
+        let error = run(&format!(
+            "clusters:\n  - {{name: a, kubeconfig: /k, pod_template: {shown}, placement: {{runtimeClassName: kata}}}}"
+        ))
+        .unwrap_err();
+        assert!(
+            error.contains("clusters[0] (\"a\"): the pod template sets spec.runtimeClassName"),
+            "{error}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn json_is_accepted() {
         let members =
             run(r#"{"clusters": [{"name": "a", "kubeconfig": "/k/a", "weight": 0}]}"#).unwrap();
@@ -412,6 +443,10 @@ clusters:
             (
                 "clusters:\n  - {name: a, kubeconfig: /k, weight: -1}",
                 "not a valid cluster list",
+            ),
+            (
+                "clusters:\n  - {name: a, kubeconfig: /k, pod_template: /missing/t.yaml}",
+                "clusters[0] (\"a\"): pod_template /missing/t.yaml: cannot read the pod template",
             ),
         ] {
             let error = run(text).expect_err(text);

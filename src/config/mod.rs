@@ -498,6 +498,15 @@ fn sandbox_spec(
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty()),
     };
+    let template_path = sandbox.sandbox_pod_template.as_deref();
+    let shown = template_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let pod_template = check::pod_template(template_path)
+        .map_err(|problem| ConfigError::new("SANDBOX_POD_TEMPLATE", &shown, problem))?;
+    let placement = check::placement(sandbox.sandbox_placement.as_deref())?;
+    check::placement_and_template(&placement, &pod_template)
+        .map_err(|problem| ConfigError::new("SANDBOX_POD_TEMPLATE", &shown, problem))?;
     Ok(SandboxSpec {
         namespace: namespace.to_string(),
         image: sandbox.sandbox_image.trim().to_string(),
@@ -508,7 +517,8 @@ fn sandbox_spec(
         host_base,
         lark,
         exposure,
-        placement: check::placement(sandbox.sandbox_placement.as_deref())?,
+        placement,
+        pod_template,
         network_policy: check::network_policy(&security)?,
         security: PodSecurity {
             automount_service_account_token: security.sandbox_automount_service_account_token,

@@ -444,6 +444,65 @@ fn placement_inline_or_from_a_file() {
 }
 
 #[test]
+fn a_pod_template_is_read_checked_and_kept_apart_from_the_placement() {
+    let dir = std::env::temp_dir().join(format!("pod-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    assert!(parse(&[]).unwrap().sandbox.pod_template.is_empty());
+    let good = write("good.yaml", "spec: {runtimeClassName: gvisor}\n");
+    let c = parse(&["--sandbox-pod-template", &good]).unwrap();
+    assert!(!c.sandbox.pod_template.is_empty());
+    assert!(
+        !c.clusters[0].sandbox.pod_template.is_empty(),
+        "the single cluster's too"
+    );
+
+    let owned = write(
+        "owned.yaml",
+        "spec: {containers: [{name: sandbox, image: x}]}\n",
+    );
+    let e = parse(&["--sandbox-pod-template", &owned]).unwrap_err();
+    assert_eq!(e.variable, "SANDBOX_POD_TEMPLATE");
+    assert!(
+        e.problem
+            .contains("spec.containers[0].image is the provisioner's"),
+        "{e}"
+    );
+    let e = parse(&["--sandbox-pod-template", "/nonexistent/template.yaml"]).unwrap_err();
+    assert_eq!(e.variable, "SANDBOX_POD_TEMPLATE");
+    assert!(e.problem.contains("cannot read the pod template"), "{e}");
+
+    // A placement field may come from one of the two, not both.
+    let e = parse(&[
+        "--sandbox-pod-template",
+        &good,
+        "--sandbox-placement",
+        r#"{"runtimeClassName": "kata"}"#,
+    ])
+    .unwrap_err();
+    assert_eq!(e.variable, "SANDBOX_POD_TEMPLATE");
+    assert!(
+        e.problem.contains(
+            "sets spec.runtimeClassName, which the placement (SANDBOX_PLACEMENT) sets too"
+        ),
+        "{e}"
+    );
+    let both = parse(&[
+        "--sandbox-pod-template",
+        &good,
+        "--sandbox-placement",
+        r#"{"nodeSelector": {"pool": "sandboxes"}}"#,
+    ])
+    .unwrap();
+    assert!(both.sandbox.placement.node_selector.is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn network_policy_modes() {
     assert_eq!(
         parse(&[]).unwrap().sandbox.network_policy,

@@ -25,7 +25,7 @@ pub use placement::{place, preference, ClusterState, Skipped};
 use crate::{
     admission::{Admission, Ask, Held, Refusal, Snapshot, Tenant},
     k8s::{manifests, read as objects},
-    provisioner::{self, Provisioned, Provisioner},
+    provisioner::{self, PodPresence, Provisioned, Provisioner},
     sandbox::{parse_quantity, Sandbox, SandboxId, SandboxRequest},
 };
 
@@ -578,24 +578,62 @@ impl Fleet {
     /// A sandbox no cache holds: asked of every reachable cluster (each confirms a miss with
     /// its apiserver). Not found anywhere is 404 only when every cluster could answer.
     async fn find(&self, id: &SandboxId) -> Result<(&Seat, Sandbox)> {
-        let answers = join_all(self.seats.iter().map(|s| async move {
-            match s.reachable("the sandbox may be there") {
-                Ok(()) => (s, s.provisioner.get(id).await.map_err(FleetError::from)),
-                Err(e) => (s, Err(e)),
+        let found = self
+            .ask_every_cluster(|seat| async move {
+                match seat.provisioner.get(id).await {
+                    Ok(sandbox) => Ok(Some(sandbox)),
+                    Err(provisioner::Error::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        found.ok_or_else(|| provisioner::Error::NotFound(id.to_string()).into())
+    }
+
+    /// Asks every cluster at once; the first that has an answer gives it. None only when every
+    /// cluster answered that it has none: an unreachable cluster, or any failure, is an error
+    /// then, never "none".
+    async fn ask_every_cluster<'a, T, F, Fut>(&'a self, ask: F) -> Result<Option<(&'a Seat, T)>>
+    where
+        F: Fn(&'a Seat) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let answers = join_all(self.seats.iter().map(|s| {
+            let asked = ask(s);
+            async move {
+                s.reachable("the sandbox may be there")?;
+                Ok::<_, FleetError>(asked.await?.map(|found| (s, found)))
             }
         }))
         .await;
         let mut failure = None;
-        for (seat, answer) in answers {
+        for answer in answers {
             match answer {
-                Ok(sandbox) => return Ok((seat, sandbox)),
-                Err(FleetError::Provision(provisioner::Error::NotFound(_))) => {}
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
             }
         }
-        Err(failure.unwrap_or_else(|| provisioner::Error::NotFound(id.to_string()).into()))
+        failure.map_or(Ok(None), Err)
+    }
+
+    /// Whether the sandbox's Pod exists in any cluster (the Service is not looked at), and
+    /// its UID. Another tenant's reads as absent; absent is said only when every cluster that
+    /// may hold it answered.
+    pub async fn presence(&self, id: &SandboxId, scope: &Scope) -> Result<Option<PodPresence>> {
+        let found = match self.cached_holder(id) {
+            Some(seat) => {
+                seat.reachable("the sandbox is there")?;
+                seat.provisioner.presence(id).await?
+            }
+            None => self
+                .ask_every_cluster(|seat| async move { Ok(seat.provisioner.presence(id).await?) })
+                .await?
+                .map(|(_, found)| found),
+        };
+        Ok(found.filter(|pod| scope.allows(&pod.tenant)))
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.

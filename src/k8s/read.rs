@@ -9,9 +9,9 @@ use k8s_openapi::{
 
 use super::{
     manifests::{
-        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, LIMITS_ANNOTATION,
-        SANDBOX_ID_LABEL, SHELL_SESSIONS_ANNOTATION, TENANT_LABEL, THREAD_ANNOTATION,
-        TTL_ANNOTATION, USER_ANNOTATION,
+        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, LARK_BROKER_CONTAINER,
+        LIMITS_ANNOTATION, SANDBOX_ID_LABEL, SHELL_SESSIONS_ANNOTATION, SKILLS_PATH_ANNOTATION,
+        TENANT_LABEL, THREAD_ANNOTATION, TTL_ANNOTATION, USER_ANNOTATION,
     },
     status::status_of,
 };
@@ -128,6 +128,24 @@ pub fn shell_sessions_of(pod: &Pod) -> Option<u32> {
         .ok()
 }
 
+/// The skills path the sandbox was created with, when it named its own (None: /mnt/skills).
+pub fn skills_path_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(SKILLS_PATH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether the pod runs the Lark CLI broker sidecar (read from its spec: a whole pod, not a
+/// cached one).
+pub fn has_lark_broker(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .any(|c| c.name == LARK_BROKER_CONTAINER)
+}
+
 /// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
 pub fn owned_by(service: &Service, pod: &Pod) -> bool {
     meta_owned_by(&service.metadata, pod)
@@ -192,6 +210,7 @@ pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxS
         thread_id: thread_of(&pod.metadata).map(str::to_string),
         user_id: user_of(pod).unwrap_or(DEFAULT_USER_ID).to_string(),
         max_shell_sessions: shell_sessions_of(pod),
+        container_id: pod.metadata.uid.clone(),
         created_at: created_of(pod).map(|t| t.to_string()),
         expires_at: None,
         // The provisioner names its cluster.
@@ -235,6 +254,7 @@ mod tests {
         assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
         assert_eq!(v.user_id, "default");
         assert_eq!(v.max_shell_sessions, None);
+        assert_eq!(v.container_id.as_deref(), Some("uid-1"), "the pod's UID");
         assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
         let missing = sandbox_view("abc-123", &p, None, &t);
         assert_eq!(missing.sandbox_url, "");

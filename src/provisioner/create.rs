@@ -13,7 +13,10 @@ use crate::{
         cluster::{self, Kind},
         manifests,
     },
-    sandbox::{SandboxId, SandboxRequest, ThreadId, IMAGE_DEFAULT_SHELL_SESSIONS},
+    sandbox::{
+        mounts::DEFAULT_SKILLS_PATH, SandboxId, SandboxRequest, ThreadId,
+        IMAGE_DEFAULT_SHELL_SESSIONS,
+    },
 };
 
 impl Provisioner {
@@ -26,6 +29,10 @@ impl Provisioner {
     pub async fn create(&self, request: &SandboxRequest) -> Result<Provisioned> {
         let started = Instant::now();
         let (id, thread) = (&request.id, &request.thread);
+        // Asked for, but impossible here: said before anything is written.
+        if request.lark.broker && self.spec.lark.broker_image.is_none() {
+            return Err(Error::LarkBrokerUnavailable);
+        }
         // Before the first pod: whatever happens between the pod and its own policy, the
         // sandbox is then shut off rather than open.
         self.settle_baseline(None).await?;
@@ -123,6 +130,25 @@ impl Provisioner {
         }
         if pod.metadata.deletion_timestamp.is_some() {
             return Err(Error::Terminating(id.to_string()));
+        }
+        let skills_path = |path: Option<&str>| path.unwrap_or(DEFAULT_SKILLS_PATH).to_string();
+        let (existing, requested) = (
+            skills_path(objects::skills_path_of(&pod)),
+            skills_path(request.skills_path.as_deref()),
+        );
+        if existing != requested {
+            return Err(Error::SkillsPathConflict {
+                id: id.to_string(),
+                existing,
+                requested,
+            });
+        }
+        let existing_has_broker = objects::has_lark_broker(&pod);
+        if existing_has_broker != self.spec.lark.effective(request.lark).broker {
+            return Err(Error::LarkConflict {
+                id: id.to_string(),
+                existing_has_broker,
+            });
         }
         if let Some(requested) = request.max_shell_sessions {
             let set = objects::shell_sessions_of(&pod);

@@ -168,6 +168,7 @@ mod tests {
             thread_id: None,
             user_id: "default".into(),
             max_shell_sessions: None,
+            container_id: None,
             created_at: None,
             expires_at: None,
             cluster: "default".into(),

@@ -27,6 +27,7 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
 pub use memory::Memory;
+pub use read::PodPresence;
 
 use crate::{
     config::Lifecycle,
@@ -64,6 +65,19 @@ pub enum Error {
         existing_is_default: bool,
         requested: u32,
     },
+    #[error("sandbox {id:?} exists with skills at {existing}, but this request names {requested} (skills_container_path); its pod was left alone: delete the sandbox and create it again to move its skills")]
+    SkillsPathConflict {
+        id: String,
+        existing: String,
+        requested: String,
+    },
+    #[error("sandbox {id:?} exists {existing} the Lark CLI broker sidecar, but this request asks {requested} it (provision_lark_cli_broker); its pod was left alone: delete the sandbox and create it again", existing = if *.existing_has_broker { "with" } else { "without" }, requested = if *.existing_has_broker { "without" } else { "for" })]
+    LarkConflict {
+        id: String,
+        existing_has_broker: bool,
+    },
+    #[error("the request asks for the Lark CLI broker (provision_lark_cli_broker), but this provisioner has no broker image: set LARK_CLI_BROKER_IMAGE on the provisioner, or create the sandbox without the broker")]
+    LarkBrokerUnavailable,
     #[error("the sandbox id {0:?} is taken; choose another sandbox_id")]
     Taken(String),
     #[error("sandbox {0:?} is being deleted; retry in a moment")]
@@ -171,8 +185,9 @@ impl Provisioner {
     pub fn check_extra_mounts(
         &self,
         requested: &[crate::sandbox::mounts::ExtraMountRequest],
+        skills_path: Option<&str>,
     ) -> Result<Vec<crate::sandbox::ExtraMount>, crate::sandbox::InvalidMount> {
-        crate::sandbox::mounts::check_extra_mounts(requested, &self.spec.host_base)
+        crate::sandbox::mounts::check_extra_mounts(requested, &self.spec.host_base, skills_path)
     }
 
     pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {

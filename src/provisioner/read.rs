@@ -36,6 +36,23 @@ fn done_waiting(status: &SandboxStatus) -> bool {
             .is_some_and(|r| HOPELESS_REASONS.contains(&r))
 }
 
+/// A sandbox's Pod as the presence check reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPresence {
+    /// The Pod's UID (a new one for every Pod the sandbox gets).
+    pub uid: Option<String>,
+    pub tenant: String,
+}
+
+impl PodPresence {
+    fn of(pod: &Pod) -> PodPresence {
+        PodPresence {
+            uid: pod.metadata.uid.clone(),
+            tenant: objects::tenant_of(&pod.metadata).to_string(),
+        }
+    }
+}
+
 /// How a read counts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Read {
@@ -107,6 +124,20 @@ impl Provisioner {
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
+    }
+
+    /// Whether the sandbox's Pod exists (also one that is being deleted), looking at the Pod
+    /// only: from the cache when it is usable and holds the Pod, otherwise one read of the
+    /// apiserver, so that None is a confirmed absence (any failure is an error). Not activity.
+    pub async fn presence(&self, id: &SandboxId) -> Result<Option<PodPresence>> {
+        let pod_name = manifests::pod_name(id);
+        if self.member.cache.state().usable() {
+            if let Some(pod) = self.member.cache.pod(&pod_name) {
+                return Ok(Some(PodPresence::of(&pod)));
+            }
+        }
+        let pod = self.member.cluster.get::<Pod>(&pod_name).await?;
+        Ok(pod.as_ref().map(PodPresence::of))
     }
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).

@@ -11,7 +11,7 @@ pub use id::{
     MAX_THREAD_ID_LEN, MAX_USER_ID_LEN,
 };
 pub use lifetime::{parse_duration, Expiry, Timers};
-pub use mounts::{ExtraMount, HostBase, InvalidMount};
+pub use mounts::{ExtraMount, HostBase, InvalidMount, InvalidSkillsPath};
 pub use resources::{
     parse_quantity, InvalidResources, InvalidSizes, Resources, Sizes, RESOURCE_NAMES,
 };
@@ -41,6 +41,10 @@ pub struct Sandbox {
     /// the image's default applies.
     #[serde(default)]
     pub max_shell_sessions: Option<u32>,
+    /// The UID of the sandbox's Pod: a new value for every Pod the sandbox gets (a re-create
+    /// after a DELETE, a repaired Pod), null while it has none.
+    #[serde(default)]
+    pub container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     /// When the sandbox will be removed unless something changes (RFC 3339), or null when no
@@ -94,6 +98,9 @@ pub struct SandboxRequest {
     pub lark: LarkRequest,
     /// Sets MAX_SHELL_SESSIONS on the sandbox container.
     pub max_shell_sessions: Option<u32>,
+    /// The request's own skills path (checked); None: /mnt/skills, where the provisioner
+    /// mounts skills itself.
+    pub skills_path: Option<String>,
 }
 
 impl SandboxRequest {
@@ -109,6 +116,7 @@ impl SandboxRequest {
             extra_mounts: Vec::new(),
             lark: LarkRequest::default(),
             max_shell_sessions: None,
+            skills_path: None,
         }
     }
 }

@@ -18,6 +18,19 @@ pub const LARK_LOCKS_PATH: &str = "/mnt/integrations/lark-cli/config/locks";
 pub const LARK_DATA_PATH: &str = "/mnt/integrations/lark-cli/data";
 pub const LARK_RUNTIME_PATH: &str = "/mnt/integrations/lark-cli/runtime";
 
+/// Where the sandbox's user data is mounted.
+pub const USER_DATA_PATH: &str = "/mnt/user-data";
+/// Where skills appear unless a request names another path; the provisioner's own skills
+/// mounts are only made there.
+pub const DEFAULT_SKILLS_PATH: &str = "/mnt/skills";
+/// The skill categories a request with a skills path of its own mounts below that path (as
+/// extra mounts of per-thread projections).
+pub const SKILL_CATEGORIES: [&str; 4] = ["public", "custom", "legacy", "integrations"];
+/// System directories no mount may go into.
+const SYSTEM_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// The longest skills path a request may name.
+const MAX_SKILLS_PATH_LEN: usize = 255;
+
 /// The only container paths an extra mount may have (DeerFlow's `ALLOWED_EXTRA_MOUNT_PATHS`).
 pub const ALLOWED_EXTRA_MOUNT_PATHS: [&str; 7] = [
     ACP_WORKSPACE_PATH,
@@ -59,8 +72,9 @@ pub struct ExtraMount {
     pub host_path: String,
     /// The host path below the base directory ('/'-separated, never empty, no '..').
     pub below_base: String,
-    /// One of [`ALLOWED_EXTRA_MOUNT_PATHS`].
-    pub container_path: &'static str,
+    /// One of [`ALLOWED_EXTRA_MOUNT_PATHS`], or a skill category below the request's own
+    /// skills path.
+    pub container_path: String,
     pub read_only: bool,
 }
 
@@ -78,12 +92,86 @@ pub enum InvalidMount {
     },
 }
 
+/// Why a request's skills path was refused; the text says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("skills_container_path {value:?} {rule}")]
+pub struct InvalidSkillsPath {
+    pub value: String,
+    pub rule: String,
+}
+
+/// Checks a request's skills path: absolute, normalised, of plain characters, not `/`, not a
+/// system directory, and neither one of the fixed mounts (`reserved`: user data, the extra
+/// mount paths, the pod template's mounts) nor inside one. None for the default path, where
+/// the provisioner mounts skills itself.
+pub fn check_skills_path(
+    raw: &str,
+    reserved: &[&str],
+) -> Result<Option<String>, InvalidSkillsPath> {
+    let fail = |rule: String| InvalidSkillsPath {
+        value: raw.chars().take(200).collect(),
+        rule,
+    };
+    if raw.len() > MAX_SKILLS_PATH_LEN {
+        return Err(fail(format!(
+            "is longer than {MAX_SKILLS_PATH_LEN} characters"
+        )));
+    }
+    if !raw.starts_with('/') {
+        return Err(fail(format!(
+            "must be an absolute path, such as {DEFAULT_SKILLS_PATH}"
+        )));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        return Err(fail(
+            "may contain only letters, digits, '/', '.', '_' and '-'".into(),
+        ));
+    }
+    let normal = normalise(raw);
+    if normal != raw {
+        return Err(fail(format!("is not normalised; write it as {normal:?}")));
+    }
+    if normal == "/" {
+        return Err(fail(
+            "must not be the root directory; choose a directory such as /mnt/thread-skills".into(),
+        ));
+    }
+    if normal == DEFAULT_SKILLS_PATH {
+        return Ok(None);
+    }
+    let within = |dir: &str| normal == dir || normal.starts_with(&format!("{dir}/"));
+    if let Some(system) = SYSTEM_PATHS.iter().find(|d| within(d)) {
+        return Err(fail(format!(
+            "lies in the system directory {system}; choose a directory such as /mnt/thread-skills"
+        )));
+    }
+    if let Some(fixed) = reserved.iter().find(|d| within(d)) {
+        return Err(fail(format!(
+            "is or lies inside {fixed}, which the sandbox mounts for another purpose; choose a directory of its own, such as /mnt/thread-skills"
+        )));
+    }
+    Ok(Some(normal))
+}
+
+/// The fixed mounts a skills path may not be or lie in: the user data and every allowed extra
+/// mount path.
+pub fn fixed_mount_paths() -> Vec<&'static str> {
+    let mut paths = vec![USER_DATA_PATH];
+    paths.extend(ALLOWED_EXTRA_MOUNT_PATHS);
+    paths
+}
+
 /// Checks every extra mount against DeerFlow's rules: at most ten; a host path that is
 /// absolute, free of '..' and inside the base directory; an allowed container path
-/// (normalised), each at most once.
+/// (normalised), each at most once. With a skills path of its own (`skills_path`), a request
+/// may also mount each skill category below it.
 pub fn check_extra_mounts(
     requested: &[ExtraMountRequest],
     base: &HostBase,
+    skills_path: Option<&str>,
 ) -> Result<Vec<ExtraMount>, InvalidMount> {
     if requested.len() > MAX_EXTRA_MOUNTS {
         return Err(InvalidMount::TooMany(requested.len()));
@@ -98,7 +186,7 @@ pub fn check_extra_mounts(
         };
         let (host_path, below_base) = host_path_below(&mount.host_path, base)
             .map_err(|rule| fail("host_path", &mount.host_path, rule))?;
-        let container_path = allowed_container_path(&mount.container_path)
+        let container_path = allowed_container_path(&mount.container_path, skills_path)
             .map_err(|rule| fail("container_path", &mount.container_path, rule))?;
         if let Some(first) = checked
             .iter()
@@ -150,21 +238,23 @@ fn host_path_below(raw: &str, base: &HostBase) -> Result<(String, String), Strin
 }
 
 /// The allowed path `raw` normalises to (as POSIX `normpath` does), or the rule it breaks.
-fn allowed_container_path(raw: &str) -> Result<&'static str, String> {
+fn allowed_container_path(raw: &str, skills_path: Option<&str>) -> Result<String, String> {
     if !raw.starts_with('/') {
         return Err("must be an absolute path".into());
     }
     let normalised = normalise(raw);
-    ALLOWED_EXTRA_MOUNT_PATHS
-        .iter()
-        .find(|allowed| **allowed == normalised)
-        .copied()
-        .ok_or_else(|| {
-            format!(
-                "is not a path extra mounts may use; allowed: {}",
-                ALLOWED_EXTRA_MOUNT_PATHS.join(", ")
-            )
-        })
+    let mut allowed: Vec<String> = ALLOWED_EXTRA_MOUNT_PATHS.map(str::to_string).to_vec();
+    if let Some(skills) = skills_path {
+        allowed.extend(SKILL_CATEGORIES.map(|c| format!("{skills}/{c}")));
+    }
+    if allowed.contains(&normalised) {
+        Ok(normalised)
+    } else {
+        Err(format!(
+            "is not a path extra mounts may use; allowed: {}",
+            allowed.join(", ")
+        ))
+    }
 }
 
 /// Lexical normalisation of an absolute POSIX path: '.' and empty parts go, '..' climbs.
@@ -209,6 +299,7 @@ mod tests {
                 "/mnt/x/../acp-workspace/",
             )],
             &base(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -216,7 +307,7 @@ mod tests {
             vec![ExtraMount {
                 host_path: "/.deer-flow/users/u1/acp-workspace".into(),
                 below_base: "users/u1/acp-workspace".into(),
-                container_path: ACP_WORKSPACE_PATH,
+                container_path: ACP_WORKSPACE_PATH.into(),
                 read_only: true,
             }]
         );
@@ -239,7 +330,7 @@ mod tests {
             (vec![ok.clone(); 11], "extra_mounts has 11 entries; at most 10 are allowed"),
         ];
         for (mounts, expected) in cases {
-            let e = check_extra_mounts(&mounts, &base())
+            let e = check_extra_mounts(&mounts, &base(), None)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(expected), "{e}\n  should contain: {expected}");
@@ -248,11 +339,87 @@ mod tests {
 
     #[test]
     fn ten_distinct_allowed_mounts_pass_and_none_is_fine() {
-        assert_eq!(check_extra_mounts(&[], &base()), Ok(vec![]));
+        assert_eq!(check_extra_mounts(&[], &base(), None), Ok(vec![]));
         let all: Vec<_> = ALLOWED_EXTRA_MOUNT_PATHS
             .iter()
             .map(|p| mount(&format!("/.deer-flow/x{p}"), p))
             .collect();
-        assert_eq!(check_extra_mounts(&all, &base()).unwrap().len(), 7);
+        assert_eq!(check_extra_mounts(&all, &base(), None).unwrap().len(), 7);
+    }
+
+    #[test]
+    fn a_skills_path_of_its_own_is_checked_and_admits_its_projections() {
+        let fixed = fixed_mount_paths();
+        let check = |raw: &str| check_skills_path(raw, &fixed);
+        assert_eq!(check("/mnt/skills"), Ok(None), "the default");
+        assert_eq!(
+            check("/mnt/thread-skills"),
+            Ok(Some("/mnt/thread-skills".into()))
+        );
+        assert_eq!(check("/opt/skills_v2"), Ok(Some("/opt/skills_v2".into())));
+        let refusals = [
+            ("mnt/skills", "must be an absolute path"),
+            ("/", "must not be the root directory"),
+            (
+                "/mnt//skills",
+                "is not normalised; write it as \"/mnt/skills\"",
+            ),
+            ("/mnt/x/../y", "is not normalised; write it as \"/mnt/y\""),
+            ("/mnt/x/", "is not normalised; write it as \"/mnt/x\""),
+            ("/mnt/./x", "is not normalised"),
+            ("/mnt/user-data", "is or lies inside /mnt/user-data"),
+            ("/mnt/user-data/skills", "is or lies inside /mnt/user-data"),
+            (
+                "/mnt/acp-workspace/s",
+                "is or lies inside /mnt/acp-workspace",
+            ),
+            (
+                "/mnt/integrations/lark-cli/config/s",
+                "lies inside /mnt/integrations/lark-cli/config",
+            ),
+            ("/proc/skills", "lies in the system directory /proc"),
+            ("/dev", "lies in the system directory /dev"),
+            ("/mnt/sk ills", "may contain only letters"),
+            ("/mnt/skills\n", "may contain only letters"),
+        ];
+        for (raw, rule) in refusals {
+            let e = check(raw).unwrap_err().to_string();
+            assert!(e.contains(rule), "{raw:?}: {e}\n  should contain: {rule}");
+        }
+        assert!(check(&format!("/{}", "a".repeat(300))).is_err());
+
+        // Its four categories become allowed extra mount paths, from host paths in the base.
+        let projection = |category: &str| ExtraMountRequest {
+            host_path: format!("/.deer-flow/users/u/threads/t/skills_view/{category}"),
+            container_path: format!("/mnt/thread-skills/{category}"),
+            read_only: true,
+        };
+        let all: Vec<_> = SKILL_CATEGORIES.iter().map(|c| projection(c)).collect();
+        let checked = check_extra_mounts(&all, &base(), Some("/mnt/thread-skills")).unwrap();
+        assert_eq!(checked[3].container_path, "/mnt/thread-skills/integrations");
+        assert_eq!(
+            checked[0].below_base,
+            "users/u/threads/t/skills_view/public"
+        );
+        // Not without the skills path, not other categories, not from outside the base.
+        let e = check_extra_mounts(&all, &base(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a path extra mounts may use"), "{e}");
+        let mut other = projection("public");
+        other.container_path = "/mnt/thread-skills/private".into();
+        let e = check_extra_mounts(&[other], &base(), Some("/mnt/thread-skills"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/mnt/thread-skills/public, /mnt/thread-skills/custom"),
+            "{e}"
+        );
+        let mut outside = projection("public");
+        outside.host_path = "/etc/skills".into();
+        let e = check_extra_mounts(&[outside], &base(), Some("/mnt/thread-skills"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is outside the DeerFlow base directory"), "{e}");
     }
 }

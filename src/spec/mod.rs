@@ -4,12 +4,15 @@
 //! definition, so they keep Kubernetes types; everything else is plain data.
 
 pub mod image;
+pub mod keys;
 pub mod network_policy;
 pub mod placement;
+pub mod pod_template;
 pub mod sub_path;
 
 pub use network_policy::NetworkPolicyMode;
 pub use placement::Placement;
+pub use pod_template::PodTemplate;
 pub use sub_path::SubPathTemplate;
 
 use crate::sandbox::{HostBase, LarkRequest, Resources};
@@ -152,6 +155,9 @@ pub struct SandboxSpec {
     pub exposure: Exposure,
     pub security: PodSecurity,
     pub placement: Placement,
+    /// SANDBOX_POD_TEMPLATE: merged into every pod (its placement fields and `placement`'s
+    /// never overlap).
+    pub pod_template: PodTemplate,
     pub network_policy: NetworkPolicyMode,
     /// Resources of the default size (for the start-up dry run).
     pub default_resources: Resources,

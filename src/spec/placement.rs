@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, PodSpec, Toleration, TopologySpreadConstraint};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The PodSpec fields that place a sandbox. Unknown fields are refused, so a typo stops the
 /// service at start instead of being silently ignored.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Placement {
     pub node_selector: Option<BTreeMap<String, String>>,

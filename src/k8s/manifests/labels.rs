@@ -1,5 +1,5 @@
-//! Names, labels and annotations shared by every object of a sandbox: the one place where
-//! they are spelled.
+//! Names, labels and annotations shared by every object of a sandbox, made from the keys of
+//! [`crate::spec::keys`] (re-exported here).
 
 use std::collections::BTreeMap;
 
@@ -10,42 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::sandbox::{SandboxId, ThreadId};
 
-/// The provisioner's own labels and annotations are named under this prefix (the watch cache
-/// keeps only these annotations).
-macro_rules! own_key {
-    ($name:literal) => {
-        concat!("sandbox-provisioner.dev/", $name)
-    };
-}
-pub const ANNOTATION_PREFIX: &str = own_key!("");
-
-/// DeerFlow's `app` label of every sandbox object.
-pub const APP_LABEL_VALUE: &str = "deer-flow-sandbox";
-/// Label every sandbox object carries with its id (DeerFlow's selector).
-pub const SANDBOX_ID_LABEL: &str = "sandbox-id";
-/// Marks objects this service manages; nothing without it is ever touched.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "sandbox-provisioner";
-/// The thread the sandbox was created for (annotation: thread ids may exceed label rules).
-pub const THREAD_ANNOTATION: &str = own_key!("thread-id");
-/// The tenant whose API key created the sandbox, on every object of it (`default` without
-/// PROVISIONER_TENANTS).
-pub const TENANT_LABEL: &str = own_key!("tenant");
-/// The sandbox container's limits as JSON (`{"cpu":"1","memory":"1Gi"}`), which quotas sum.
-pub const LIMITS_ANNOTATION: &str = own_key!("limits");
-/// The user the sandbox was created for (annotation: user ids may be up to 128 characters).
-pub const USER_ANNOTATION: &str = own_key!("user-id");
-/// The shell-session capacity set on the sandbox container (the watch cache keeps no pod
-/// specs, so reads take it from here).
-pub const SHELL_SESSIONS_ANNOTATION: &str = own_key!("max-shell-sessions");
-/// When the provisioner created the sandbox (RFC 3339).
-pub const CREATED_ANNOTATION: &str = own_key!("created-at");
-/// The sandbox's lifetime in seconds (absent: none).
-pub const TTL_ANNOTATION: &str = own_key!("ttl-seconds");
-/// The sandbox's idle timeout in seconds (absent: none).
-pub const IDLE_ANNOTATION: &str = own_key!("idle-timeout-seconds");
-/// The last activity a provisioner wrote down (RFC 3339), at a bounded rate.
-pub const ACTIVITY_ANNOTATION: &str = own_key!("last-activity");
+pub use crate::spec::keys::*;
 
 pub fn pod_name(id: &SandboxId) -> String {
     format!("sandbox-{id}")
@@ -83,8 +48,8 @@ pub fn sandbox_selector(id: &SandboxId) -> BTreeMap<String, String> {
 fn labels(id: &SandboxId) -> BTreeMap<String, String> {
     let mut labels = sandbox_selector(id);
     labels.extend(managed_labels());
-    labels.insert("app.kubernetes.io/name".into(), "deer-flow".into());
-    labels.insert("app.kubernetes.io/component".into(), "sandbox".into());
+    labels.insert(NAME_LABEL.into(), "deer-flow".into());
+    labels.insert(COMPONENT_LABEL.into(), "sandbox".into());
     labels
 }
 

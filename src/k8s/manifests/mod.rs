@@ -18,9 +18,9 @@ pub use namespace::namespace;
 pub use network_policy::{
     baseline_network_policy, isolated_spec, network_policy, BASELINE_POLICY_NAME,
 };
-pub use pod::{pod, SANDBOX_CONTAINER, SHELL_SESSIONS_ENV};
+pub use pod::pod;
 pub use service::service;
-pub use volumes::{LARK_BROKER_URL, LARK_RUNTIME_VOLUME};
+pub use volumes::{LARK_BROKER_CONTAINER, LARK_BROKER_URL, LARK_RUNTIME_VOLUME};
 
 #[cfg(test)]
 pub(crate) mod test_support {
@@ -59,6 +59,7 @@ pub(crate) mod test_support {
             },
             security: strict(),
             placement: Placement::default(),
+            pod_template: Default::default(),
             network_policy: NetworkPolicyMode::None,
             default_resources: crate::sandbox::Sizes::deerflow_default(),
             host_base: HostBase {

@@ -13,8 +13,9 @@ use k8s_openapi::{
 
 use super::{
     labels::{
-        metadata, pod_name, IDLE_ANNOTATION, LIMITS_ANNOTATION, SHELL_SESSIONS_ANNOTATION,
-        TENANT_LABEL, TTL_ANNOTATION, USER_ANNOTATION,
+        metadata, pod_name, IDLE_ANNOTATION, LIMITS_ANNOTATION, SANDBOX_CONTAINER,
+        SHELL_SESSIONS_ANNOTATION, SHELL_SESSIONS_ENV, SKILLS_PATH_ANNOTATION, TENANT_LABEL,
+        TTL_ANNOTATION, USER_ANNOTATION,
     },
     volumes::pod_volumes,
 };
@@ -22,11 +23,6 @@ use crate::{
     sandbox::SandboxRequest,
     spec::{PodSecurity, SandboxSpec, Seccomp},
 };
-
-/// The sandbox container's variable for its shell-session capacity (DeerFlow's sandbox images).
-pub const SHELL_SESSIONS_ENV: &str = "MAX_SHELL_SESSIONS";
-/// The name of the container that runs the sandbox.
-pub const SANDBOX_CONTAINER: &str = "sandbox";
 
 fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
     (!values.is_empty()).then(|| {
@@ -153,6 +149,7 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
     if let Some(spec) = pod.spec.as_mut() {
         t.placement.apply(spec);
     }
+    t.pod_template.apply(&mut pod);
     pod.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -166,6 +163,9 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
     );
     if let Some(n) = request.max_shell_sessions {
         annotations.insert(SHELL_SESSIONS_ANNOTATION.to_string(), n.to_string());
+    }
+    if let Some(path) = &request.skills_path {
+        annotations.insert(SKILLS_PATH_ANNOTATION.to_string(), path.clone());
     }
     for (key, value) in [
         (TTL_ANNOTATION, request.timers.lifetime),
@@ -322,7 +322,7 @@ mod tests {
         ExtraMount {
             host_path: format!("/.deer-flow/{host}"),
             below_base: host.into(),
-            container_path: container,
+            container_path: container.into(),
             read_only,
         }
     }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 
+use super::labels::LARK_BROKER_URL_ENV;
 use crate::{
     sandbox::{
         mounts::{
@@ -24,6 +25,8 @@ use crate::{
 
 /// The emptyDir the Lark init container fills and the sandbox reads.
 pub const LARK_RUNTIME_VOLUME: &str = "lark-cli-runtime";
+/// The broker sidecar's container.
+pub const LARK_BROKER_CONTAINER: &str = "lark-cli-broker";
 /// Where the broker sidecar listens; the sandbox's shim finds it in DEERFLOW_LARK_BROKER_URL.
 pub const LARK_BROKER_URL: &str = "http://127.0.0.1:8788";
 /// The credential mounts that move from the sandbox to the broker: (extra mount path, volume,
@@ -131,10 +134,16 @@ pub(super) fn pod_volumes(
     let extras: Vec<&ExtraMount> = request
         .extra_mounts
         .iter()
-        .filter(|m| !superseded.contains(&m.container_path))
+        .filter(|m| !superseded.contains(&m.container_path.as_str()))
         .collect();
 
-    match &t.skills {
+    // A request with a skills path of its own brings its skills as extra mounts.
+    let own_skills = if request.skills_path.is_some() {
+        &SkillsMount::None
+    } else {
+        &t.skills
+    };
+    match own_skills {
         SkillsMount::None => {}
         SkillsMount::Claim { name, sub_path } => {
             out.volumes.push(claim("skills", name, true));
@@ -212,7 +221,7 @@ pub(super) fn pod_volumes(
         out.volumes.push(volume);
         out.mounts.push(mount(
             &name,
-            extra.container_path,
+            &extra.container_path,
             extra.read_only,
             sub_path,
         ));
@@ -277,7 +286,7 @@ pub(super) fn pod_volumes(
             broker_env.push(env("DEERFLOW_LARK_BROKER_DENY_SUBCOMMANDS", deny));
         }
         out.sidecars.push(Container {
-            name: "lark-cli-broker".into(),
+            name: LARK_BROKER_CONTAINER.into(),
             image: t.lark.broker_image.clone(),
             image_pull_policy: Some("IfNotPresent".into()),
             args: Some(vec!["serve".into()]),
@@ -286,8 +295,7 @@ pub(super) fn pod_volumes(
             security_context: Some(helper_security),
             ..Container::default()
         });
-        out.env
-            .push(env("DEERFLOW_LARK_BROKER_URL", LARK_BROKER_URL));
+        out.env.push(env(LARK_BROKER_URL_ENV, LARK_BROKER_URL));
     }
     out
 }

@@ -1,0 +1,87 @@
+//! The names, label keys and annotation keys every sandbox object carries, and the names the
+//! provisioner gives its containers, volumes and environment variables: the one place they are
+//! spelled (`k8s::manifests` builds the objects with them; the pod template check refuses them).
+
+/// The provisioner's own labels and annotations are named under this prefix (the watch cache
+/// keeps only these annotations).
+macro_rules! own_key {
+    ($name:literal) => {
+        concat!("sandbox-provisioner.dev/", $name)
+    };
+}
+pub const ANNOTATION_PREFIX: &str = own_key!("");
+
+/// DeerFlow's `app` label of every sandbox object.
+pub const APP_LABEL_VALUE: &str = "deer-flow-sandbox";
+/// Label every sandbox object carries with its id (DeerFlow's selector).
+pub const SANDBOX_ID_LABEL: &str = "sandbox-id";
+/// Marks objects this service manages; nothing without it is ever touched.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "sandbox-provisioner";
+/// The thread the sandbox was created for (annotation: thread ids may exceed label rules).
+pub const THREAD_ANNOTATION: &str = own_key!("thread-id");
+/// The tenant whose API key created the sandbox, on every object of it (`default` without
+/// PROVISIONER_TENANTS).
+pub const TENANT_LABEL: &str = own_key!("tenant");
+/// The sandbox container's limits as JSON (`{"cpu":"1","memory":"1Gi"}`), which quotas sum.
+pub const LIMITS_ANNOTATION: &str = own_key!("limits");
+/// The user the sandbox was created for (annotation: user ids may be up to 128 characters).
+pub const USER_ANNOTATION: &str = own_key!("user-id");
+/// The shell-session capacity set on the sandbox container (the watch cache keeps no pod
+/// specs, so reads take it from here).
+pub const SHELL_SESSIONS_ANNOTATION: &str = own_key!("max-shell-sessions");
+/// The request's own skills path, when it named one (absent: /mnt/skills).
+pub const SKILLS_PATH_ANNOTATION: &str = own_key!("skills-container-path");
+/// When the provisioner created the sandbox (RFC 3339).
+pub const CREATED_ANNOTATION: &str = own_key!("created-at");
+/// The sandbox's lifetime in seconds (absent: none).
+pub const TTL_ANNOTATION: &str = own_key!("ttl-seconds");
+/// The sandbox's idle timeout in seconds (absent: none).
+pub const IDLE_ANNOTATION: &str = own_key!("idle-timeout-seconds");
+/// The last activity a provisioner wrote down (RFC 3339), at a bounded rate.
+pub const ACTIVITY_ANNOTATION: &str = own_key!("last-activity");
+
+/// DeerFlow's `app.kubernetes.io/name` label (value `deer-flow`).
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// DeerFlow's `app.kubernetes.io/component` label (value `sandbox`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
+/// The label keys the provisioner sets on sandbox objects (besides those under
+/// [`ANNOTATION_PREFIX`], which are all its own).
+pub const OWNED_LABELS: [&str; 5] = [
+    "app",
+    SANDBOX_ID_LABEL,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    COMPONENT_LABEL,
+];
+
+/// Whether a label or annotation key is the provisioner's.
+pub fn is_owned_key(key: &str) -> bool {
+    key.starts_with(ANNOTATION_PREFIX) || OWNED_LABELS.contains(&key)
+}
+
+/// The name of the container that runs the sandbox.
+pub const SANDBOX_CONTAINER: &str = "sandbox";
+/// The sandbox container's variable for its shell-session capacity (DeerFlow's sandbox images).
+pub const SHELL_SESSIONS_ENV: &str = "MAX_SHELL_SESSIONS";
+/// Where the sandbox's Lark CLI shim finds the broker sidecar.
+pub const LARK_BROKER_URL_ENV: &str = "DEERFLOW_LARK_BROKER_URL";
+/// The environment variables the provisioner sets on the sandbox container.
+pub const OWNED_ENV: [&str; 2] = [SHELL_SESSIONS_ENV, LARK_BROKER_URL_ENV];
+
+/// The names the provisioner gives the sandbox pod's volumes, and the prefixes of those it
+/// numbers or names per helper.
+pub const OWNED_VOLUMES: [&str; 5] = [
+    "skills",
+    "skills-public",
+    "skills-custom",
+    "skills-legacy",
+    "user-data",
+];
+pub const OWNED_VOLUME_PREFIXES: [&str; 2] = ["extra-", "lark-cli-"];
+
+/// Whether a volume name is one the provisioner gives.
+pub fn is_owned_volume(name: &str) -> bool {
+    OWNED_VOLUMES.contains(&name) || OWNED_VOLUME_PREFIXES.iter().any(|p| name.starts_with(p))
+}
