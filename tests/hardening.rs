@@ -28,6 +28,15 @@ async fn api_key_guards_the_api_but_not_the_probes() {
         list().header("x-api-key", "wrong-key-0123456789"),
         list().header(header::AUTHORIZATION, format!("Basic {KEY}")),
         list().header(header::AUTHORIZATION, "Bearer nope"),
+        // Not ASCII, or not even UTF-8: a wrong key like any other, never a 500.
+        list().header(
+            "x-api-key",
+            reqwest::header::HeaderValue::from_bytes("clé-ünïcödé-0123456789".as_bytes()).unwrap(),
+        ),
+        list().header(
+            "x-api-key",
+            reqwest::header::HeaderValue::from_bytes(&[0xff, 0xfe, 0x80, b'k']).unwrap(),
+        ),
     ] {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 401);
