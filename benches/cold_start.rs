@@ -14,16 +14,12 @@
 //!
 //! BENCH_COLD_SANDBOXES (default 20) sets N. It prints; a human reads.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::{kubeconfig_path, random_suffix, RunningBinary, TestNamespace};
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node, core::v1::Pod};
 use kube::{
@@ -32,6 +28,7 @@ use kube::{
     Api,
 };
 use serde_json::json;
+use testkit::{kubeconfig_path, random_suffix, RunningBinary, TestNamespace};
 
 const PULL_MS: u64 = 20_000;
 const BOOT_MS: u64 = 2_000;
@@ -140,7 +137,7 @@ async fn prepull(ns: &TestNamespace, image: &str) {
         .unwrap();
     let nodes: Api<Node> = Api::all(ns.client.clone());
     let wanted = format!("docker.io/library/{image}");
-    common::eventually(Duration::from_secs(120), "the pre-pulled image", || async {
+    testkit::eventually(Duration::from_secs(120), "the pre-pulled image", || async {
         let node = nodes.get("local-node").await.ok()?;
         node.status?
             .images?

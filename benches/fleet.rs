@@ -10,15 +10,12 @@
 //! reaper's lag when all of them expire at once. BENCH_ONLY=two-vs-one or BENCH_ONLY=scale runs
 //! one part.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{kubeconfig_path, second_kubeconfig_path, RunningBinary, TestNamespace};
 use futures::{stream, StreamExt};
 use kube::api::ListParams;
 use serde_json::{json, Value};
+use testkit::{kubeconfig_path, second_kubeconfig_path, RunningBinary, TestNamespace};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -6,21 +6,18 @@
 //! BENCH_SANDBOXES (default 1000) sets how many sandboxes are present for the read figures
 //! (and, up to 300, how many expire at once); BENCH_ONLY=mass-expiry runs just that part.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::{
     future::Future,
     time::{Duration, Instant},
 };
 
-use common::{kubeconfig_path, RunningBinary, TestNamespace};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
     Api,
 };
 use serde_json::{json, Value};
+use testkit::{kubeconfig_path, RunningBinary, TestNamespace};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

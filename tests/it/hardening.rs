@@ -1,17 +1,15 @@
 //! Hardening against the real apiserver: authentication, sandbox pod security, readiness,
 //! outages, overload, limits, shutdown, restarts and hostile input.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::{
-    eventually, kubeconfig_path, serve_args, BlackholeProxy, ExtraApiserver, RunningBinary,
-    TestNamespace, TestService,
-};
 use k8s_openapi::api::core::v1::Pod;
 use reqwest::{header, Method};
 use serde_json::{json, Value};
+use testkit::{
+    eventually, kubeconfig_path, serve_args, BlackholeProxy, ExtraApiserver, RunningBinary,
+    TestNamespace, TestService,
+};
 
 const KEY: &str = "test-key-0123456789abcdef";
 
@@ -211,7 +209,7 @@ async fn readyz_reports_the_apiserver_and_namespace() {
     );
 
     let mut args = serve_args(&ns.name);
-    args.cluster.k8s_api_server = Some(format!("https://127.0.0.1:{}", common::free_port()));
+    args.cluster.k8s_api_server = Some(format!("https://127.0.0.1:{}", testkit::free_port()));
     let down = TestService::start(args).await;
     let (code, body) = down.call(Method::GET, "/readyz", None).await;
     assert_eq!(code, 503, "{body}");
@@ -308,7 +306,7 @@ async fn apiserver_429s_are_retried() {
         "--enable-priority-and-fairness=false",
     ]);
     let kubeconfig = ns
-        .service_account_kubeconfig("provisioner", common::provisioner_rules())
+        .service_account_kubeconfig("provisioner", testkit::provisioner_rules())
         .await;
     let mut args = serve_args(&ns.name);
     args.cluster.kubeconfig_path = kubeconfig.clone();
@@ -426,7 +424,7 @@ async fn oversized_bodies_are_413_and_wrong_content_types_415() {
 #[tokio::test]
 async fn slow_requests_hit_the_request_timeout() {
     let ns = TestNamespace::uncreated("reqtimeout").await;
-    let (_silent, url) = common::silent_apiserver();
+    let (_silent, url) = testkit::silent_apiserver();
     let mut args = serve_args(&ns.name);
     args.cluster.k8s_api_server = Some(url);
     args.cluster.k8s_api_timeout_seconds = 30.0;
@@ -448,7 +446,7 @@ async fn slow_requests_hit_the_request_timeout() {
 #[tokio::test]
 async fn excess_concurrent_requests_are_shed_with_retry_after() {
     let ns = TestNamespace::uncreated("shed").await;
-    let (_silent, url) = common::silent_apiserver();
+    let (_silent, url) = testkit::silent_apiserver();
     let mut args = serve_args(&ns.name);
     args.cluster.k8s_api_server = Some(url);
     args.cluster.k8s_api_timeout_seconds = 3.0;
@@ -493,7 +491,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     // The provisioner reaches the apiserver through a proxy that the test turns into a black
     // hole: the test then sees the request arrive (so it is in flight) and the request ends
     // only when the 2 s Kubernetes timeout fires.
-    let proxy = BlackholeProxy::start(common::apiserver_port()).await;
+    let proxy = BlackholeProxy::start(testkit::apiserver_port()).await;
     let mut running = RunningBinary::start(&[
         ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
         ("K8S_NAMESPACE", ns.name.clone()),

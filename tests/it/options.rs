@@ -1,10 +1,8 @@
 //! Sandbox options read back from the real apiserver: service modes and the container port.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, serve_args, TestNamespace, TestService};
+use testkit::{eventually, serve_args, TestNamespace, TestService};
 
 #[tokio::test]
 async fn cluster_ip_mode_gives_cluster_dns_urls_and_opens_no_node_port() {
@@ -231,7 +229,7 @@ async fn a_missing_claim_stops_the_service_at_start() {
     let ns = TestNamespace::new("pvc-missing").await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
         .env_clear()
-        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("KUBECONFIG_PATH", testkit::kubeconfig_path())
         .env("K8S_NAMESPACE", &ns.name)
         .env("USERDATA_PVC_NAME", "absent-claim")
         .env("PROVISIONER_LISTEN", "127.0.0.1:0")
@@ -324,7 +322,7 @@ async fn a_placement_the_apiserver_refuses_stops_the_service_at_start() {
     let ns = TestNamespace::new("placement-bad").await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
         .env_clear()
-        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("KUBECONFIG_PATH", testkit::kubeconfig_path())
         .env("K8S_NAMESPACE", &ns.name)
         .env("PROVISIONER_LISTEN", "127.0.0.1:0")
         // Well-formed JSON, but the apiserver requires topologyKey and whenUnsatisfiable.
@@ -425,7 +423,7 @@ async fn a_pod_template_the_apiserver_refuses_stops_the_service_at_start() {
     std::fs::write(&file, "spec:\n  dnsPolicy: None\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
         .env_clear()
-        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("KUBECONFIG_PATH", testkit::kubeconfig_path())
         .env("K8S_NAMESPACE", &ns.name)
         .env("PROVISIONER_LISTEN", "127.0.0.1:0")
         .env("SANDBOX_POD_TEMPLATE", &file)
@@ -445,7 +443,7 @@ async fn a_pod_template_the_apiserver_refuses_stops_the_service_at_start() {
     std::fs::write(&file, "spec:\n  restartPolicy: Never\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"))
         .env_clear()
-        .env("KUBECONFIG_PATH", common::kubeconfig_path())
+        .env("KUBECONFIG_PATH", testkit::kubeconfig_path())
         .env("K8S_NAMESPACE", &ns.name)
         .env("SANDBOX_POD_TEMPLATE", &file)
         .output()
@@ -583,7 +581,7 @@ async fn a_policy_that_cannot_be_created_rolls_the_sandbox_back() {
     let ns = TestNamespace::new("netpol-rb").await;
     // An account that may manage pods and services but not network policies.
     let kubeconfig = ns
-        .service_account_kubeconfig("no-netpol", common::provisioner_rules())
+        .service_account_kubeconfig("no-netpol", testkit::provisioner_rules())
         .await;
     let mut args = serve_args(&ns.name);
     args.cluster.kubeconfig_path = kubeconfig;

@@ -2,15 +2,13 @@
 //! DeerFlow's `RemoteSandboxBackend` (URLs, payloads, headers, timeouts, and how it reads each
 //! answer), against the real apiserver, plus the pod shapes the gateway's fields ask for.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, serve_args, RunningBinary, TestNamespace, TestService};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::{eventually, serve_args, RunningBinary, TestNamespace, TestService};
 
 const KEY: &str = "gateway-test-key-0123456789";
 /// DeerFlow's base directory as the tests configure it (THREADS_HOST_PATH's parent).
@@ -816,7 +814,7 @@ async fn without_a_key_the_api_is_closed_unless_opened_explicitly() {
         vec![
             (
                 "KUBECONFIG_PATH",
-                common::kubeconfig_path().display().to_string(),
+                testkit::kubeconfig_path().display().to_string(),
             ),
             ("K8S_NAMESPACE", ns.name.clone()),
             ("SANDBOX_IMAGE", "sandbox:test".to_string()),

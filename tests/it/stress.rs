@@ -4,8 +4,6 @@
 //! NetworkPolicy, and no Service or NetworkPolicy without its pod. The counts are printed (`-- --nocapture` shows them); the rounds
 //! and the random seed can be set with `STRESS_ROUNDS` and `STRESS_SEED` to repeat a run.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
@@ -15,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use common::{eventually, kubeconfig_path, RunningBinary, TestNamespace};
 use k8s_openapi::{
     api::{
         core::v1::{Pod, Service},
@@ -25,6 +22,7 @@ use k8s_openapi::{
 };
 use kube::{api::ListParams, Api, Resource};
 use serde::de::DeserializeOwned;
+use testkit::{eventually, kubeconfig_path, RunningBinary, TestNamespace};
 
 const WORKERS: usize = 12;
 /// Few ids, so that creates and deletes of the same sandbox collide.
@@ -202,6 +200,8 @@ fn binary_env(ns: &TestNamespace, orphan_grace: &str) -> Vec<(&'static str, Stri
 
 #[tokio::test]
 async fn provisioners_killed_mid_flight_leave_no_orphans_once_swept() {
+    // Loads the machine on purpose: the other tests wait.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("stress").await;
     let rounds: usize = env_or("STRESS_ROUNDS", 10);
     let seed: u64 = env_or(

@@ -1,14 +1,12 @@
 //! Expiry against the real apiserver with short timers: lifetime, idle (with and without
 //! keepalive), never-ready, and activity that survives a restart.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, serve_args, TestNamespace, TestService};
 use k8s_openapi::jiff::Timestamp;
 use reqwest::Method;
 use serde_json::json;
+use testkit::{eventually, serve_args, TestNamespace, TestService};
 
 /// Reclaim lag the issue promises: the reap interval plus 5 s.
 const LAG: Duration = Duration::from_secs(1 + 5);
@@ -630,7 +628,7 @@ async fn a_replica_that_cannot_take_the_lease_says_so_and_does_not_reap() {
     // The provisioner's rules without `leases`.
     let rules = json!([{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["create", "get", "list", "delete"]}]);
     let kubeconfig = ns.service_account_kubeconfig("no-lease", rules).await;
-    let mut running = common::RunningBinary::start(&[
+    let mut running = testkit::RunningBinary::start(&[
         ("KUBECONFIG_PATH", kubeconfig.display().to_string()),
         ("K8S_NAMESPACE", ns.name.clone()),
         ("NODE_HOST", "127.0.0.1".into()),

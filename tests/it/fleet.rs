@@ -2,18 +2,12 @@
 //! second; SECOND_KUBECONFIG names it): placement, one view of every sandbox, and a cluster
 //! whose apiserver stops (SIGSTOP) while the other keeps working.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     time::Duration,
 };
 
-use common::{
-    eventually, kubeconfig_path, random_suffix, second_kubeconfig_path, serve_args, TestNamespace,
-    TestService,
-};
 use futures::future::join_all;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{api::ListParams, Api};
@@ -23,6 +17,10 @@ use sandbox_provisioner::{
     fleet::{preference, ClusterState},
 };
 use serde_json::{json, Value};
+use testkit::{
+    eventually, kubeconfig_path, random_suffix, second_kubeconfig_path, serve_args, TestNamespace,
+    TestService,
+};
 
 /// The SIGSTOP test stops the second cluster's apiserver: it runs alone, the others share.
 static SECOND_CLUSTER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -819,12 +817,12 @@ async fn an_outage_is_logged_once_not_on_every_list() {
         entry(
             "b",
             kubeconfig_path(),
-            json!({"api_server": format!("https://127.0.0.1:{}", common::free_port())})
+            json!({"api_server": format!("https://127.0.0.1:{}", testkit::free_port())})
         ),
     ]);
     let path = std::env::temp_dir().join(format!("clusters-{}.yaml", random_suffix()));
     std::fs::write(&path, json!({"clusters": clusters}).to_string()).unwrap();
-    let mut running = common::RunningBinary::start(&[
+    let mut running = testkit::RunningBinary::start(&[
         ("SANDBOX_CLUSTERS", path.display().to_string()),
         ("K8S_NAMESPACE", ns.name.clone()),
     ])

@@ -1,10 +1,7 @@
 //! The REST API against the real local apiserver and node simulator.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
 
-use common::{eventually, serve_args, TestNamespace, TestService};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
 use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -12,6 +9,7 @@ use kube::{
 };
 use reqwest::Method;
 use serde_json::{json, Value};
+use testkit::{eventually, serve_args, TestNamespace, TestService};
 
 async fn service_in(ns: &TestNamespace) -> TestService {
     TestService::start(serve_args(&ns.name)).await
@@ -493,7 +491,7 @@ async fn unreachable_apiserver_is_503_for_every_call() {
 #[tokio::test]
 async fn silent_apiserver_times_out_with_503() {
     let ns = TestNamespace::uncreated("silent").await;
-    let (silent, url) = common::silent_apiserver();
+    let (silent, url) = testkit::silent_apiserver();
     let mut args = serve_args(&ns.name);
     args.cluster.k8s_api_server = Some(url);
     args.cluster.k8s_api_timeout_seconds = 1.0;
@@ -511,7 +509,7 @@ async fn silent_apiserver_times_out_with_503() {
         "bounded by the configured timeout"
     );
     // Once the reachability probe has given up too, the answer says the same.
-    common::eventually(Duration::from_secs(10), "the probe to give up", || async {
+    testkit::eventually(Duration::from_secs(10), "the probe to give up", || async {
         let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
         (caps["clusters"][0]["reachable"] == false).then_some(())
     })

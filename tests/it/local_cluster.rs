@@ -1,17 +1,15 @@
 //! The local test ground behaves like a cluster: the real apiserver validates and allocates,
 //! the garbage collector cascades, and the node simulator plays kubelet and kube-proxy.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, TestNamespace};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     api::{DeleteParams, PostParams},
     Api,
 };
 use serde_json::json;
+use testkit::{eventually, TestNamespace};
 
 const MODE: &str = "node-sim.sandbox-provisioner.dev/mode";
 const DELAY: &str = "node-sim.sandbox-provisioner.dev/start-delay-ms";
@@ -446,6 +444,8 @@ async fn seconds_to_ready(pods: &Api<Pod>, wanted: Vec<Pod>, limit: Duration) ->
 
 #[tokio::test]
 async fn deerflows_probes_make_a_sandbox_wait_for_the_readiness_ticker() {
+    // Measures the simulated kubelet's timing: nothing else loads the machine meanwhile.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("probes-deerflow").await;
     let pods = ns.pods();
     let times = seconds_to_ready(
@@ -475,6 +475,8 @@ async fn deerflows_probes_make_a_sandbox_wait_for_the_readiness_ticker() {
 
 #[tokio::test]
 async fn a_startup_probe_makes_ready_follow_the_boot() {
+    // Measures the simulated kubelet's timing: nothing else loads the machine meanwhile.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("probes-startup").await;
     let probes = json!({
         "startupProbe": {"periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 3},
@@ -505,9 +507,11 @@ async fn a_startup_probe_makes_ready_follow_the_boot() {
 
 #[tokio::test]
 async fn an_absent_image_is_pulled_once_then_listed_on_the_node() {
+    // Measures the simulated kubelet's timing: nothing else loads the machine meanwhile.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("pull").await;
     let pods = ns.pods();
-    let image = format!("pull-{}:sim-pull-3000", common::random_suffix());
+    let image = format!("pull-{}:sim-pull-3000", testkit::random_suffix());
     let first = probed_pod("first", &image, json!({}));
     pods.create(&PostParams::default(), &first).await.unwrap();
     let pulling = wait_for_pod(&pods, "first", "the pull to be reported", |p| {
@@ -561,7 +565,7 @@ async fn pull_policy_never_refuses_an_absent_image() {
     let pods = ns.pods();
     let mut p = probed_pod(
         "p",
-        &format!("absent-{}:1", common::random_suffix()),
+        &format!("absent-{}:1", testkit::random_suffix()),
         json!({}),
     );
     p.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());

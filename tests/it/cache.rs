@@ -1,13 +1,11 @@
 //! Reads from the watch cache, read-your-writes, waiting for readiness without polling, and the
 //! number of apiserver writes a create costs, counted by the service's own metrics.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{serve_args, TestNamespace, TestService};
 use reqwest::Method;
 use serde_json::json;
+use testkit::{serve_args, TestNamespace, TestService};
 
 #[tokio::test]
 async fn get_and_list_make_no_apiserver_calls_once_synced() {

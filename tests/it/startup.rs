@@ -1,16 +1,14 @@
 //! The binary as an operator meets it: bad settings stop it with a message naming the variable,
 //! a good start serves until SIGTERM, and the API server override keeps TLS verification on.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 use reqwest::Method;
+use testkit::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 
 fn provisioner() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandbox-provisioner"));
@@ -50,7 +48,7 @@ fn relative_or_climbing_host_paths_stop_the_service() {
 
 #[test]
 fn a_kubeconfig_directory_stops_the_service_and_says_why() {
-    let dir = std::env::temp_dir().join(format!("kubeconfig-dir-{}", common::random_suffix()));
+    let dir = std::env::temp_dir().join(format!("kubeconfig-dir-{}", testkit::random_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let (code, err) = run_to_exit(
         provisioner()
@@ -130,7 +128,7 @@ fn kubeconfig_with_server(host: &str) -> (PathBuf, u16) {
         .collect::<Vec<_>>()
         .join("\n");
     assert_ne!(port, 0, "the local kubeconfig names https://127.0.0.1:PORT");
-    let path = std::env::temp_dir().join(format!("kubeconfig-{host}-{}", common::random_suffix()));
+    let path = std::env::temp_dir().join(format!("kubeconfig-{host}-{}", testkit::random_suffix()));
     std::fs::write(&path, rewritten).unwrap();
     (path, port)
 }

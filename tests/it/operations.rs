@@ -2,15 +2,13 @@
 //! real apiserver with full and partial permissions, and the deployment manifests (server-side
 //! dry run, and a real run of the API with exactly their Role).
 
-mod common;
-
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use clap::CommandFactory;
-use common::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 use reqwest::Method;
 use sandbox_provisioner::permissions::{self, Features, Permission};
 use serde_json::{json, Value};
+use testkit::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -224,7 +222,7 @@ async fn doctor_names_exactly_the_missing_permissions() {
 
 #[tokio::test]
 async fn doctor_explains_broken_connections() {
-    let dir = std::env::temp_dir().join(format!("kubeconfig-dir-{}", common::random_suffix()));
+    let dir = std::env::temp_dir().join(format!("kubeconfig-dir-{}", testkit::random_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let (code, report) = doctor(&[("KUBECONFIG_PATH", dir.display().to_string())]);
     std::fs::remove_dir(&dir).unwrap();
@@ -234,7 +232,7 @@ async fn doctor_explains_broken_connections() {
         "{report}"
     );
 
-    let closed = common::free_port();
+    let closed = testkit::free_port();
     let (code, report) = doctor(&[
         ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
         ("K8S_API_SERVER", format!("https://127.0.0.1:{closed}")),
@@ -513,7 +511,7 @@ async fn the_shipped_role_runs_every_feature() {
 #[test]
 fn networkpolicy_component_renders() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("overlay-np-{}", common::random_suffix()));
+        .join(format!("overlay-np-{}", testkit::random_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let base = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes"));
     std::fs::write(
@@ -901,7 +899,7 @@ async fn the_prepull_component_puts_the_sandbox_image_on_the_nodes_and_doctor_se
     let ns = TestNamespace::new("prepull").await;
     // An image no node has yet, that takes 5 s to pull.
     let (name, tag) = (
-        format!("prepull-{}", common::random_suffix()),
+        format!("prepull-{}", testkit::random_suffix()),
         "sim-pull-5000",
     );
     let image = format!("{name}:{tag}");

@@ -2,15 +2,13 @@
 //! 429 and nothing created, the live reload of the tenant file, the admin view, two replicas
 //! racing for the last slot, and two DeerFlow-like backends sharing one provisioner.
 
-mod common;
-
 use std::{path::PathBuf, time::Duration};
 
-use common::{eventually, random_suffix, serve_args, TestNamespace, TestService};
 use kube::api::ListParams;
 use reqwest::Method;
 use sandbox_provisioner::{admission::hex_digest, config::ServeArgs};
 use serde_json::{json, Value};
+use testkit::{eventually, random_suffix, serve_args, TestNamespace, TestService};
 
 const KEY_A: &str = "key-of-team-a-0123456789";
 const KEY_B: &str = "key-of-team-b-0123456789";

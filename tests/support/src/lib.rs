@@ -1,0 +1,20 @@
+//! What the integration tests and the benchmarks share: the local clusters, a namespace per
+//! test, the service in-process and as a binary, waiting, and the gate that lets a test run
+//! alone. Every item is exported at the top.
+
+mod binary;
+mod cluster;
+mod gate;
+mod namespace;
+mod service;
+mod wait;
+
+pub use binary::{binary, RunningBinary};
+pub use cluster::{
+    apiserver_port, client, client_for, free_port, kubeconfig_path, second_client,
+    second_kubeconfig_path, silent_apiserver, BlackholeProxy, ExtraApiserver,
+};
+pub use gate::{alone, Alone};
+pub use namespace::{provisioner_rules, TestNamespace};
+pub use service::{serve_args, TestService};
+pub use wait::{eventually, random_suffix};
