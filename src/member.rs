@@ -12,24 +12,21 @@ use tokio::sync::watch;
 
 use crate::{
     config::ClusterSection,
+    k8s::refusals::Refusals,
     k8s::{
         cache::{Cache, CacheScope},
+        calls::Calls,
         client::{self, ClientError},
-        cluster::Cluster,
         manifests,
     },
     metrics::Metrics,
-    permissions::Refusals,
 };
-
-/// The name of the single cluster of a configuration without a cluster list.
-pub const DEFAULT_MEMBER: &str = "default";
 
 /// One cluster the service works in. Cheap to clone.
 #[derive(Clone)]
 pub struct Member {
     name: String,
-    pub(crate) cluster: Cluster,
+    pub(crate) calls: Calls,
     pub(crate) cache: Cache,
     /// Why the apiserver did not answer the last reachability probe; None while it answers.
     unreachable: Arc<RwLock<Option<String>>>,
@@ -43,8 +40,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// which setting bounds it; anything else keeps the whole chain, since the top error alone
 /// ("client error (Connect)") hides the cause an operator needs (certificate, refused, ...).
 fn probe_failure(e: &dyn std::error::Error, timeout: Duration) -> String {
-    let chain = crate::k8s::cluster::error_chain(e);
-    if crate::k8s::cluster::is_timeout_cause(&chain) {
+    let chain = crate::k8s::calls::error_chain(e);
+    if crate::k8s::calls::is_timeout_cause(&chain) {
         format!("the apiserver did not answer within {timeout:?} (K8S_API_TIMEOUT_SECONDS)")
     } else {
         chain
@@ -65,7 +62,7 @@ impl Member {
         tracing::info!(member = name, source = %connected.source, server = %connected.server, "Kubernetes client configured");
         let namespace = &section.namespace;
         let refusals = Refusals::new(namespace, metrics.clone());
-        let cluster = Cluster::new(
+        let cluster = Calls::new(
             connected.client,
             namespace,
             section.api_timeout,
@@ -128,10 +125,10 @@ impl Member {
     }
 
     /// A member from parts (tests build one whose calls go nowhere).
-    pub fn new(name: &str, cluster: Cluster, cache: Cache) -> Member {
+    pub fn new(name: &str, calls: Calls, cache: Cache) -> Member {
         Member {
             name: name.to_string(),
-            cluster,
+            calls,
             cache,
             unreachable: Arc::default(),
         }
@@ -142,7 +139,7 @@ impl Member {
     }
 
     pub fn namespace(&self) -> &str {
-        self.cluster.namespace()
+        self.calls.namespace()
     }
 
     /// Whether the cache holds the sandbox's pod, even from before the watch broke: where a
@@ -157,14 +154,19 @@ impl Member {
         cache.state().usable().then(|| cache.pods().len())
     }
 
-    /// The client, for tasks that need their own API access (the leader election).
+    /// The client, for tasks that need their own API access.
     pub fn client(&self) -> kube::Client {
-        self.cluster.client()
+        self.calls.client()
+    }
+
+    /// The Leases of this cluster's namespace, taken as `holder`.
+    pub fn leases(&self, holder: String) -> crate::k8s::lease::Leases {
+        crate::k8s::lease::Leases::new(self.calls.clone(), holder)
     }
 
     /// The permissions this cluster refused and that have not worked since.
     pub fn refusals(&self) -> &Refusals {
-        self.cluster.refusals()
+        self.calls.refusals()
     }
 }
 

@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::sandbox::Phase;
+use crate::sandbox::{Phase, StartSteps};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -77,17 +77,6 @@ struct ClusterLabels {
 struct StepLabels {
     cluster: String,
     step: String,
-}
-
-/// The steps of a sandbox's start, as its pod status records them (whole seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StartSteps {
-    /// Creation until the pod was scheduled to a node.
-    pub scheduled: Duration,
-    /// Scheduled until the sandbox container started: image pulls and init containers.
-    pub started: Duration,
-    /// Started until Ready: the sandbox's boot and the kubelet's probes noticing it.
-    pub ready: Duration,
 }
 
 /// Why a sandbox was deleted.
@@ -281,9 +270,9 @@ impl Metrics {
             kube_forbidden,
             cache_synced,
             leader,
-            cluster: crate::member::DEFAULT_MEMBER.into(),
+            cluster: crate::sandbox::DEFAULT_CLUSTER.into(),
         }
-        .for_cluster(crate::member::DEFAULT_MEMBER)
+        .for_cluster(crate::sandbox::DEFAULT_CLUSTER)
     }
 
     /// A handle on the same registry that records under `cluster` (every per-cluster family

@@ -12,7 +12,7 @@ use crate::{
     api::{self, ApiAccess, ApiSettings, Capabilities},
     config::Config,
     fleet::{arbiter::Arbiter, Fleet, Seat},
-    k8s::{client, cluster},
+    k8s::{calls, client},
     member::Member,
     metrics::Metrics,
     provisioner::Provisioner,
@@ -76,9 +76,7 @@ async fn fleet(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Fleet
     // Quota locks live in the first cluster's namespace.
     let primary = fleet.primary().member();
     let arbiter = Arbiter::new(
-        primary.client(),
-        primary.namespace(),
-        replica_identity(),
+        primary.leases(replica_identity()),
         config.clusters[0].cluster.api_timeout,
     );
     Ok(fleet.with_arbiter(arbiter))
@@ -248,14 +246,8 @@ impl Background {
                 Leadership::always()
             } else {
                 let member = provisioner.member();
-                let (leadership, task) = leader::spawn(
-                    member.client(),
-                    member.namespace(),
-                    identity.clone(),
-                    lease,
-                    member.refusals().clone(),
-                    stop.subscribe(),
-                );
+                let (leadership, task) =
+                    leader::spawn(member.leases(identity.clone()), lease, stop.subscribe());
                 elections.push(task);
                 leadership
             };
@@ -302,7 +294,7 @@ async fn prepare(seat: &Seat) -> Result<(), StartError> {
             "the apiserver accepts the sandbox pod this configuration makes (dry run)"
         ),
         Err(
-            e @ cluster::Error::Refused {
+            e @ calls::Error::Refused {
                 code: 400 | 422, ..
             },
         ) => {

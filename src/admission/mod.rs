@@ -47,6 +47,19 @@ fn drop_older_than_a_minute(creates: &mut VecDeque<Instant>, now: Instant) {
     }
 }
 
+/// The quota lock a create by `tenant` takes across replicas: the deployment's with
+/// SANDBOX_MAX_TOTAL, else the tenant's when it has a limit that counts sandboxes, else none.
+pub fn lock_name(tenant: &Tenant, max_total: Option<usize>) -> Option<String> {
+    use crate::spec::keys::QUOTA_LOCK;
+    if max_total.is_some() {
+        Some(QUOTA_LOCK.into())
+    } else if tenant.limits.counts_sandboxes() {
+        Some(format!("{QUOTA_LOCK}-{}", tenant.name))
+    } else {
+        None
+    }
+}
+
 /// What the caches hold, as admission needs it: the tenant's sandboxes, and how many
 /// sandboxes there are in all.
 #[derive(Debug, Default)]
@@ -337,7 +350,6 @@ mod tests {
 
     #[test]
     fn governed_creates_take_a_lock() {
-        use crate::fleet::arbiter::lock_name;
         let mut t = Tenant::unlimited("team-a", None);
         assert_eq!(lock_name(&t, None), None, "no limit that counts sandboxes");
         assert_eq!(

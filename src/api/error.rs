@@ -173,10 +173,10 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::cluster;
+    use crate::k8s::calls;
 
     fn kube(code: u16) -> ApiError {
-        ApiError::Provision(provisioner::Error::Kubernetes(cluster::Error::Refused {
+        ApiError::Provision(provisioner::Error::Kubernetes(calls::Error::Refused {
             action: "a".into(),
             code,
             reason: "r".into(),
@@ -200,7 +200,7 @@ mod tests {
         assert_eq!(kube(422).status(), 502);
         assert_eq!(kube(500).status(), 503);
         assert_eq!(kube(429).status(), 503);
-        let timeout = cluster::Error::Timeout {
+        let timeout = calls::Error::Timeout {
             action: "a".into(),
             timeout: std::time::Duration::from_secs(1),
         };

@@ -23,7 +23,7 @@ use crate::{
     admission::{Caller, Usage},
     fleet::{ClusterInfo, ClusterListing, Scope, Target},
     k8s::cache::CacheSummary,
-    permissions::MissingPermission,
+    k8s::refusals::MissingPermission,
     sandbox::{
         mounts::{check_skills_path, ExtraMountRequest},
         LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest, Sizes, ThreadId, UserId,

@@ -154,7 +154,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         handlers::capabilities,
         handlers::quota,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, handlers::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::permissions::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, handlers::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),

@@ -14,10 +14,10 @@ use tower::ServiceExt;
 use crate::{
     cli::Cli,
     config::Config,
-    k8s::{cache::Cache, cluster::Cluster},
+    k8s::refusals::Refusals,
+    k8s::{cache::Cache, calls::Calls},
     member::Member,
     metrics::Metrics,
-    permissions::Refusals,
     provisioner::Provisioner,
 };
 
@@ -32,7 +32,7 @@ fn app_with(flags: &[&str]) -> Router {
     let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let metrics = Metrics::new();
     let namespace = &config.cluster.namespace;
-    let cluster = Cluster::new(
+    let cluster = Calls::new(
         kube::Client::try_from(nowhere).unwrap(),
         namespace,
         config.cluster.api_timeout,

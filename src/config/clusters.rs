@@ -11,8 +11,7 @@ use serde::Deserialize;
 
 use super::{check, ClusterSection, ConfigError};
 use crate::{
-    member::DEFAULT_MEMBER,
-    sandbox::is_dns_label,
+    sandbox::{is_dns_label, DEFAULT_CLUSTER},
     spec::{Exposure, Placement, SandboxSpec},
 };
 
@@ -76,7 +75,7 @@ fn default_weight() -> u32 {
 /// The one cluster of a configuration without `SANDBOX_CLUSTERS`.
 pub(super) fn single(cluster: &ClusterSection, sandbox: &SandboxSpec) -> MemberConfig {
     MemberConfig {
-        name: DEFAULT_MEMBER.into(),
+        name: DEFAULT_CLUSTER.into(),
         cluster: cluster.clone(),
         sandbox: sandbox.clone(),
         weight: 1,

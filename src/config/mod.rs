@@ -131,7 +131,7 @@ impl TenancySection {
                 .tenants
                 .iter()
                 .flat_map(|t| &t.tenants)
-                .any(|t| crate::fleet::arbiter::lock_name(t, None).is_some())
+                .any(|t| crate::admission::lock_name(t, None).is_some())
     }
 
     /// What the reload needs to check a changed file the same way.

@@ -1,28 +1,22 @@
 //! The apiserver as the arbiter of quotas across replicas: a create that a limit governs runs
 //! under a short Lease (one per tenant, or one for the whole deployment with
-//! SANDBOX_MAX_TOTAL) in the first cluster's namespace. The holder that created a pod names
-//! it on the Lease when it lets go, so the next holder counts that pod even before its own
-//! watch has delivered it. Every earlier create is in the watch before that one (one watch per
-//! cluster delivers in order), so counting is exact across replicas.
+//! SANDBOX_MAX_TOTAL; `admission::lock_name`) in the first cluster's namespace. The holder
+//! that created a pod names it on the Lease when it lets go, so the next holder counts that pod
+//! even before its own watch has delivered it. Every earlier create is in the watch before that
+//! one (one watch per cluster delivers in order), so counting is exact across replicas.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::{
-    api::coordination::v1::{Lease, LeaseSpec},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-    jiff::Timestamp,
-};
-use kube::api::{Api, PostParams};
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use tokio::sync::Mutex;
 
-use crate::tasks::leader::{decide, Decision};
+use crate::{
+    k8s::lease::{Attempt, Backoff, Leases},
+    spec::keys::LAST_CREATED_PREFIX,
+};
 
 /// How long a lock is held at most when its holder goes away without letting go.
 const LOCK_FOR: Duration = Duration::from_secs(5);
-
-/// Annotation prefix on a lock Lease: `<prefix><cluster>` names the pod its last holder
-/// created in that cluster.
-pub const LAST_CREATED_PREFIX: &str = "sandbox-provisioner.dev/last-created.";
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +29,8 @@ pub enum LockError {
 
 /// The quota locks of one process.
 pub struct Arbiter {
-    leases: Api<Lease>,
-    me: String,
+    leases: Leases,
+    /// How long a create waits for a lock another replica holds.
     timeout: Duration,
     /// One create at a time per lock within this process, so that it never races itself.
     local: Mutex<std::collections::HashMap<String, std::sync::Arc<Mutex<()>>>>,
@@ -51,75 +45,35 @@ pub struct Held {
 }
 
 impl Arbiter {
-    pub fn new(client: kube::Client, namespace: &str, me: String, timeout: Duration) -> Arbiter {
+    pub fn new(leases: Leases, timeout: Duration) -> Arbiter {
         Arbiter {
-            leases: Api::namespaced(client, namespace),
-            me,
+            leases,
             timeout,
             local: Mutex::default(),
         }
     }
 
-    /// Takes the lock `name`, waiting while another replica holds it (at most the call
-    /// timeout).
+    /// Takes the lock `name`, waiting (with a growing backoff, never past the holder's expiry)
+    /// while another replica holds it, at most the call timeout.
     pub async fn acquire(&self, name: &str) -> Result<Held, LockError> {
         let local = {
             let mut locks = self.local.lock().await;
             locks.entry(name.to_string()).or_default().clone()
         };
         let guard = local.lock_owned().await;
-        let started = std::time::Instant::now();
-        let failed = |cause: String| LockError::Kubernetes {
-            name: name.into(),
-            cause,
-        };
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
         loop {
-            if started.elapsed() > self.timeout {
-                return Err(LockError::Busy {
-                    name: name.into(),
-                    waited: started.elapsed(),
-                });
-            }
-            let current = tokio::time::timeout(self.timeout, self.leases.get_opt(name))
-                .await
-                .map_err(|_| failed("timed out".into()))?
-                .map_err(|e| failed(e.to_string()))?;
-            let now = Timestamp::now();
-            let decision = decide(
-                current.as_ref().and_then(|l| l.spec.as_ref()),
-                &self.me,
-                now,
-                LOCK_FOR,
-            );
-            let mut lease = current.unwrap_or_else(|| Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    ..ObjectMeta::default()
-                },
-                spec: None,
-            });
-            lease.spec = Some(LeaseSpec {
-                holder_identity: Some(self.me.clone()),
-                lease_duration_seconds: Some(LOCK_FOR.as_secs() as i32),
-                renew_time: Some(MicroTime(now)),
-                acquire_time: Some(MicroTime(now)),
-                ..LeaseSpec::default()
-            });
-            let pp = PostParams::default();
-            let written = match decision {
-                Decision::Follow => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                Decision::Create => {
-                    tokio::time::timeout(self.timeout, self.leases.create(&pp, &lease)).await
-                }
-                Decision::Take => {
-                    tokio::time::timeout(self.timeout, self.leases.replace(name, &pp, &lease)).await
-                }
-            };
-            match written {
-                Ok(Ok(lease)) => {
+            let attempt =
+                self.leases
+                    .try_take(name, LOCK_FOR)
+                    .await
+                    .map_err(|e| LockError::Kubernetes {
+                        name: name.into(),
+                        cause: e.to_string(),
+                    })?;
+            let until = match attempt {
+                Attempt::Held(lease) => {
                     let last_created = lease
                         .metadata
                         .annotations
@@ -135,11 +89,16 @@ impl Arbiter {
                         last_created,
                     });
                 }
-                // Another replica wrote first: read again.
-                Ok(Err(kube::Error::Api(e))) if e.code == 409 => continue,
-                Ok(Err(e)) => return Err(failed(e.to_string())),
-                Err(_) => return Err(failed("timed out".into())),
+                Attempt::Busy { until } => until,
+            };
+            let wait = backoff.wait(until, Timestamp::now());
+            if started.elapsed() + wait > self.timeout {
+                return Err(LockError::Busy {
+                    name: name.into(),
+                    waited: started.elapsed(),
+                });
             }
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -148,9 +107,6 @@ impl Arbiter {
     pub async fn release(&self, held: Held, created: Option<(&str, &str)>) {
         let Held { mut lease, .. } = held;
         let name = lease.metadata.name.clone().unwrap_or_default();
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.holder_identity = None;
-        }
         if let Some((cluster, pod)) = created {
             lease
                 .metadata
@@ -158,29 +114,8 @@ impl Arbiter {
                 .get_or_insert_with(Default::default)
                 .insert(format!("{LAST_CREATED_PREFIX}{cluster}"), pod.to_string());
         }
-        let pp = PostParams::default();
-        let call = self.leases.replace(&name, &pp, &lease);
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(kube::Error::Api(e))) if e.code == 409 => {}
-            Ok(Err(e)) => {
-                tracing::warn!(lock = %name, error = %e, "letting go of a quota lock failed; it expires by itself within 5 s")
-            }
-            Err(_) => {
-                tracing::warn!(lock = %name, "letting go of a quota lock timed out; it expires by itself within 5 s")
-            }
+        if let Err(e) = self.leases.give_up(lease).await {
+            tracing::warn!(lock = %name, error = %e, "letting go of a quota lock failed; it expires by itself within 5 s");
         }
-    }
-}
-
-/// The lock a create by `tenant` takes: the deployment's with SANDBOX_MAX_TOTAL, else the
-/// tenant's when it has a limit that counts sandboxes, else none.
-pub fn lock_name(tenant: &crate::admission::Tenant, max_total: Option<usize>) -> Option<String> {
-    if max_total.is_some() {
-        Some("sandbox-provisioner-quota".into())
-    } else if tenant.limits.counts_sandboxes() {
-        Some(format!("sandbox-provisioner-quota-{}", tenant.name))
-    } else {
-        None
     }
 }

@@ -453,7 +453,7 @@ impl Fleet {
         // Across replicas, a create a limit governs runs under that limit's lock.
         let lock = match (
             &self.arbiter,
-            arbiter::lock_name(tenant, self.admission.max_total()),
+            crate::admission::lock_name(tenant, self.admission.max_total()),
         ) {
             (Some(arbiter), Some(name)) => Some(arbiter.acquire(&name).await?),
             _ => None,
@@ -518,7 +518,7 @@ impl Fleet {
                 continue;
             }
             if let Ok(Some(pod)) = member
-                .cluster
+                .calls
                 .get::<k8s_openapi::api::core::v1::Pod>(pod_name)
                 .await
             {
@@ -776,10 +776,10 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        k8s::{cache::Cache, cluster::Cluster},
+        k8s::refusals::Refusals,
+        k8s::{cache::Cache, calls::Calls},
         member::Member,
         metrics::Metrics,
-        permissions::Refusals,
         sandbox::ThreadId,
     };
     use clap::Parser;
@@ -801,7 +801,7 @@ mod tests {
                 .map(|(name, weight, max, labels)| {
                     let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
                     let scoped = metrics.for_cluster(name);
-                    let cluster = Cluster::new(
+                    let cluster = Calls::new(
                         kube::Client::try_from(nowhere).unwrap(),
                         "ns",
                         config.cluster.api_timeout,

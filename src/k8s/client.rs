@@ -21,7 +21,7 @@ pub enum ClientError {
 
 /// A ready client and a description of where its configuration came from.
 pub struct Connected {
-    /// For requests: connect timeout set; each call is bounded by `k8s::cluster`.
+    /// For requests: connect timeout set; each call is bounded by `k8s::calls`.
     pub client: kube::Client,
     /// For long-lived watches: kube's own read timeout, longer than the watches it makes.
     pub watch_client: kube::Client,
@@ -40,7 +40,7 @@ pub struct Connection {
     /// Overrides the kubeconfig's server; TLS is still verified against the kubeconfig's name.
     pub api_server: Option<http::Uri>,
     pub insecure_skip_tls_verify: bool,
-    /// Connect timeout of both clients (calls are bounded by `k8s::cluster`).
+    /// Connect timeout of both clients (calls are bounded by `k8s::calls`).
     pub timeout: Duration,
 }
 
@@ -54,7 +54,7 @@ pub async fn connect(config: &Connection) -> Result<Connected, ClientError> {
         tracing::warn!("K8S_INSECURE_SKIP_TLS_VERIFY is set: the API server's certificate is NOT verified; anyone on the path can impersonate it");
         kube_config.accept_invalid_certs = true;
     }
-    // Retries happen in one place, bounded by the call's time limit (k8s::cluster), not also
+    // Retries happen in one place, bounded by the call's time limit (k8s::calls), not also
     // inside the client (whose default waits out Retry-After without a time limit).
     kube_config.default_retry = false;
     let mut watch_config = kube_config.clone();
@@ -129,7 +129,7 @@ pub fn override_server(config: &mut kube::Config, server: http::Uri) {
 }
 
 /// Only the connect timeout: the time limit of a call is applied around the whole call (in
-/// `k8s::cluster`). A read timeout on the connection would be a trap: its timer also runs while
+/// `k8s::calls`). A read timeout on the connection would be a trap: its timer also runs while
 /// the connection sits idle in the pool, so every connection left idle for that long dies, and
 /// a request handed one at that moment fails at once ("client error (SendRequest)") after
 /// having reached the apiserver.

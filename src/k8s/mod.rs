@@ -2,8 +2,10 @@
 //! sandbox is made of (pure builders) and the way back from objects to the domain.
 
 pub mod cache;
+pub mod calls;
 pub mod client;
-pub mod cluster;
+pub mod lease;
 pub mod manifests;
 pub mod read;
+pub mod refusals;
 pub mod status;

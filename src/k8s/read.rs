@@ -50,7 +50,7 @@ pub fn created_of(pod: &Pod) -> Option<Timestamp> {
 
 /// The steps of a Ready pod's start (creation, scheduled, sandbox container running, Ready),
 /// from its status; None while any of them is not recorded.
-pub fn start_steps(pod: &Pod) -> Option<crate::metrics::StartSteps> {
+pub fn start_steps(pod: &Pod) -> Option<crate::sandbox::StartSteps> {
     let status = pod.status.as_ref()?;
     let since = |type_: &str| {
         status
@@ -79,7 +79,7 @@ pub fn start_steps(pod: &Pod) -> Option<crate::metrics::StartSteps> {
     let between = |from: Timestamp, to: Timestamp| {
         std::time::Duration::try_from(to.duration_since(from)).unwrap_or_default()
     };
-    Some(crate::metrics::StartSteps {
+    Some(crate::sandbox::StartSteps {
         scheduled: between(created, scheduled),
         started: between(scheduled, started),
         ready: between(started, ready),
@@ -318,7 +318,7 @@ mod tests {
         let secs = std::time::Duration::from_secs;
         assert_eq!(
             start_steps(&p),
-            Some(crate::metrics::StartSteps {
+            Some(crate::sandbox::StartSteps {
                 scheduled: secs(1),
                 started: secs(20),
                 ready: secs(3)

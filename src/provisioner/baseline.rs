@@ -46,7 +46,7 @@ impl Provisioner {
             BaselineAction::Create => {
                 let baseline = manifests::baseline_network_policy(&self.spec)
                     .expect("policies are on");
-                match self.member.cluster.create(&baseline).await {
+                match self.member.calls.create(&baseline).await {
                     Ok(_) => tracing::info!(
                         name = manifests::BASELINE_POLICY_NAME,
                         "created the baseline NetworkPolicy that shuts off sandboxes without their own"
@@ -57,7 +57,7 @@ impl Provisioner {
             }
             BaselineAction::Remove => match self
                 .member
-            .cluster
+            .calls
                 .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
                 .await
             {

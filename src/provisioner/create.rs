@@ -10,7 +10,7 @@ use super::{read::Read, Error, Provisioned, Provisioner, Result};
 use crate::k8s::read as objects;
 use crate::{
     k8s::{
-        cluster::{self, Kind},
+        calls::{self, Kind},
         manifests,
     },
     sandbox::{
@@ -69,18 +69,18 @@ impl Provisioner {
 
     /// Creates the pod, creating a missing namespace first and waiting out the moment after a
     /// namespace is created when its default ServiceAccount does not exist yet.
-    async fn create_pod(&self, pod: &Pod) -> Result<Pod, cluster::Error> {
+    async fn create_pod(&self, pod: &Pod) -> Result<Pod, calls::Error> {
         const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
         let started = Instant::now();
         loop {
-            match self.member.cluster.create(pod).await {
+            match self.member.calls.create(pod).await {
                 Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
                     tracing::info!(
                         namespace = self.namespace(),
                         "namespace is missing; creating it"
                     );
                     self.member
-                        .cluster
+                        .calls
                         .ensure_namespace(&manifests::namespace(self.namespace()))
                         .await?;
                 }
@@ -101,7 +101,7 @@ impl Provisioner {
         let (id, thread) = (&request.id, &request.thread);
         let pod = self
             .member
-            .cluster
+            .calls
             .get::<Pod>(&manifests::pod_name(id))
             .await?
             // Deleted between our create and this read: it is on its way out.
@@ -197,18 +197,18 @@ impl Provisioner {
         let name = wanted.meta().name.clone().unwrap_or_default();
         let kind = K::kind(&()).to_lowercase();
         for _ in 0..3 {
-            match self.member.cluster.create(wanted).await {
+            match self.member.calls.create(wanted).await {
                 Ok(created) => return Ok(created),
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            match self.member.cluster.get::<K>(&name).await? {
+            match self.member.calls.get::<K>(&name).await? {
                 Some(existing) if objects::meta_owned_by(existing.meta(), pod) => {
                     return Ok(existing)
                 }
                 Some(_) => {
                     tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
-                    self.member.cluster.delete::<K>(&name).await?;
+                    self.member.calls.delete::<K>(&name).await?;
                 }
                 None => {}
             }
@@ -220,12 +220,12 @@ impl Provisioner {
     async fn roll_back(&self, id: &SandboxId) {
         let _ = self
             .member
-            .cluster
+            .calls
             .delete::<Service>(&manifests::service_name(id))
             .await;
         match self
             .member
-            .cluster
+            .calls
             .delete::<Pod>(&manifests::pod_name(id))
             .await
         {

@@ -26,14 +26,14 @@ impl Provisioner {
     pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         let (service, pod) = tokio::join!(
-            self.member.cluster.delete::<Service>(&service_name),
-            self.member.cluster.delete::<Pod>(&pod_name),
+            self.member.calls.delete::<Service>(&service_name),
+            self.member.calls.delete::<Pod>(&pod_name),
         );
         let existed = service? | pod?;
         if self.policies_on() {
             // The garbage collector would remove it with the pod; this makes it immediate.
             self.member
-                .cluster
+                .calls
                 .delete::<NetworkPolicy>(&manifests::network_policy_name(id))
                 .await?;
         }

@@ -31,10 +31,10 @@ pub use read::PodPresence;
 
 use crate::{
     config::Lifecycle,
-    k8s::{cache::CacheSummary, cluster, manifests},
+    k8s::refusals::Refusals,
+    k8s::{cache::CacheSummary, calls, manifests},
     member::Member,
     metrics::Metrics,
-    permissions::Refusals,
     sandbox::{InvalidId, Sandbox, Timers},
     spec::SandboxSpec,
 };
@@ -85,7 +85,7 @@ pub enum Error {
     #[error("cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in a moment")]
     KeptReappearing { kind: String, name: String },
     #[error(transparent)]
-    Kubernetes(#[from] cluster::Error),
+    Kubernetes(#[from] calls::Error),
 }
 
 impl Error {
@@ -208,7 +208,7 @@ impl Provisioner {
         {
             return;
         }
-        let cluster = self.member.cluster.clone();
+        let cluster = self.member.calls.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let writes = Arc::clone(&self.activity_writes);
         tokio::spawn(async move {

@@ -113,14 +113,14 @@ impl Provisioner {
             if let Some(pod) = self.member.cache.pod(&pod_name) {
                 let service = match self.member.cache.service(&service_name) {
                     Some(s) => Some(s.0.clone()),
-                    None => self.member.cluster.get::<Service>(&service_name).await?,
+                    None => self.member.calls.get::<Service>(&service_name).await?,
                 };
                 return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
             }
         }
         let (pod, service) = tokio::join!(
-            self.member.cluster.get::<Pod>(&pod_name),
-            self.member.cluster.get::<Service>(&service_name),
+            self.member.calls.get::<Pod>(&pod_name),
+            self.member.calls.get::<Service>(&service_name),
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
@@ -136,17 +136,14 @@ impl Provisioner {
                 return Ok(Some(PodPresence::of(&pod)));
             }
         }
-        let pod = self.member.cluster.get::<Pod>(&pod_name).await?;
+        let pod = self.member.calls.get::<Pod>(&pod_name).await?;
         Ok(pod.as_ref().map(PodPresence::of))
     }
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).
     pub async fn exists(&self, id: &SandboxId) -> bool {
         matches!(
-            self.member
-                .cluster
-                .get::<Pod>(&manifests::pod_name(id))
-                .await,
+            self.member.calls.get::<Pod>(&manifests::pod_name(id)).await,
             Ok(Some(_))
         )
     }
@@ -237,8 +234,8 @@ impl Provisioner {
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
-                self.member.cluster.list::<Pod>(&selector),
-                self.member.cluster.list::<Service>(&selector),
+                self.member.calls.list::<Pod>(&selector),
+                self.member.calls.list::<Service>(&selector),
             );
             let (pods, services) = (pods?, services?);
             let services: HashMap<String, &Service> = services

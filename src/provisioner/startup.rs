@@ -5,14 +5,14 @@ use jiff::Timestamp;
 
 use super::{Provisioner, Result};
 use crate::{
-    k8s::{cluster, manifests},
+    k8s::{calls, manifests},
     sandbox::{LarkRequest, SandboxId, SandboxRequest, ThreadId},
 };
 
 impl Provisioner {
     /// Has the apiserver validate and admit the pod this configuration makes (dry run), so that
     /// a placement, size or security setting it refuses is found at start, not at first use.
-    pub async fn check_pod_template(&self) -> Result<(), cluster::Error> {
+    pub async fn check_pod_template(&self) -> Result<(), calls::Error> {
         let id = SandboxId::parse("startup-check").expect("a valid id");
         let thread = ThreadId::parse("startup-check").expect("a valid thread id");
         let mut request = SandboxRequest::new(id, thread);
@@ -24,19 +24,19 @@ impl Provisioner {
             broker: true,
         };
         let pod = manifests::pod(&self.spec, &request, Timestamp::now());
-        self.member.cluster.dry_run_pod(&pod).await.map(|_| ())
+        self.member.calls.dry_run_pod(&pod).await.map(|_| ())
     }
 
     /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.
     pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
-        Ok(self.member.cluster.pvc_exists(name).await?)
+        Ok(self.member.calls.pvc_exists(name).await?)
     }
 
     /// Creates the sandbox namespace when missing. Returns whether it was created.
     pub async fn ensure_namespace(&self) -> Result<bool> {
         Ok(self
             .member
-            .cluster
+            .calls
             .ensure_namespace(&manifests::namespace(self.namespace()))
             .await?)
     }

@@ -59,8 +59,11 @@ pub struct Sandbox {
     pub tenant: String,
 }
 
+/// The name of the one cluster of a configuration without a cluster list.
+pub const DEFAULT_CLUSTER: &str = "default";
+
 fn default_cluster() -> String {
-    "default".to_string()
+    DEFAULT_CLUSTER.to_string()
 }
 
 fn default_tenant() -> String {
@@ -74,6 +77,17 @@ fn default_user() -> String {
 /// Shell sessions DeerFlow's sandbox images keep when MAX_SHELL_SESSIONS is not set (what
 /// DeerFlow's gateway assumes of a sandbox that reports none).
 pub const IMAGE_DEFAULT_SHELL_SESSIONS: u32 = 10;
+
+/// The steps of a sandbox's start, as its pod status records them (whole seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartSteps {
+    /// Creation until the pod was scheduled to a node.
+    pub scheduled: std::time::Duration,
+    /// Scheduled until the sandbox container started: image pulls and init containers.
+    pub started: std::time::Duration,
+    /// Started until Ready: the sandbox's boot and the kubelet's probes noticing it.
+    pub ready: std::time::Duration,
+}
 
 /// The Lark CLI helpers a request asks for (each takes effect only when its image is set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

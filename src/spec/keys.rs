@@ -85,3 +85,12 @@ pub const OWNED_VOLUME_PREFIXES: [&str; 2] = ["extra-", "lark-cli-"];
 pub fn is_owned_volume(name: &str) -> bool {
     OWNED_VOLUMES.contains(&name) || OWNED_VOLUME_PREFIXES.iter().any(|p| name.starts_with(p))
 }
+
+/// The Lease whose holder is the replica that reaps and sweeps (one per cluster namespace).
+pub const LEADER_LEASE: &str = "sandbox-provisioner-leader";
+/// The quota lock of the whole deployment (with SANDBOX_MAX_TOTAL); a tenant's lock is this
+/// name, `-`, and the tenant.
+pub const QUOTA_LOCK: &str = "sandbox-provisioner-quota";
+/// Annotation prefix on a quota lock: `<prefix><cluster>` names the pod its last holder
+/// created in that cluster.
+pub const LAST_CREATED_PREFIX: &str = own_key!("last-created.");

@@ -12,6 +12,7 @@ use futures::future::join_all;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{api::ListParams, Api};
 use reqwest::Method;
+use sandbox_provisioner::spec::keys::LEADER_LEASE;
 use sandbox_provisioner::{
     config::ServeArgs,
     fleet::{preference, ClusterState},
@@ -556,7 +557,7 @@ async fn each_cluster_elects_its_own_leader_and_reaps() {
     for (namespace, cluster) in [(&ns.a, "a"), (&ns.b, "b")] {
         let leases: Api<Lease> = Api::namespaced(namespace.client.clone(), &namespace.name);
         eventually(Duration::from_secs(20), "a lease holder", || async {
-            let lease = leases.get_opt("sandbox-provisioner-leader").await.ok()??;
+            let lease = leases.get_opt(LEADER_LEASE).await.ok()??;
             lease.spec?.holder_identity.map(|_| ())
         })
         .await;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use reqwest::Method;
+use sandbox_provisioner::spec::keys::LEADER_LEASE;
 use serde_json::json;
 use testkit::{eventually, serve_args, TestNamespace, TestService};
 
@@ -508,14 +509,14 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
         let leases = leases.clone();
         tokio::spawn(async move {
             loop {
-                let mut lease = leases.get("sandbox-provisioner-leader").await.unwrap();
+                let mut lease = leases.get(LEADER_LEASE).await.unwrap();
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some("intruder".into());
                 spec.renew_time = Some(MicroTime(Timestamp::now()));
                 spec.lease_duration_seconds = Some(3);
                 // A 409 (the replica wrote in between) just means: again.
                 let _ = leases
-                    .replace("sandbox-provisioner-leader", &Default::default(), &lease)
+                    .replace(LEADER_LEASE, &Default::default(), &lease)
                     .await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -555,7 +556,7 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     intruder.abort();
     gone_within(&ns, "lost-1", Duration::from_secs(3 + 1) + LAG).await;
     let holder = leases
-        .get("sandbox-provisioner-leader")
+        .get(LEADER_LEASE)
         .await
         .unwrap()
         .spec

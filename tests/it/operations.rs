@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 use clap::CommandFactory;
 use reqwest::Method;
 use sandbox_provisioner::permissions::{self, Features, Permission};
+use sandbox_provisioner::spec::keys::LEADER_LEASE;
 use serde_json::{json, Value};
 use testkit::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
 
@@ -404,7 +405,7 @@ async fn the_shipped_role_runs_every_feature() {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(ns.client.clone(), &ns.name);
     eventually(Duration::from_secs(10), "a lease holder", || async {
-        let lease = leases.get_opt("sandbox-provisioner-leader").await.ok()??;
+        let lease = leases.get_opt(LEADER_LEASE).await.ok()??;
         lease.spec?.holder_identity.filter(|h| !h.is_empty())
     })
     .await;

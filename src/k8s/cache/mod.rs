@@ -17,7 +17,7 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{k8s::manifests, permissions::Refusals};
+use crate::{k8s::manifests, k8s::refusals::Refusals};
 use reflect::Watch;
 
 mod reflect;

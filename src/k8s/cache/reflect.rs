@@ -15,7 +15,7 @@ use kube::{
 use tokio::sync::watch;
 
 use super::{CacheState, WatchState};
-use crate::permissions::Refusals;
+use crate::k8s::refusals::Refusals;
 
 /// What every watch of the cache shares.
 pub(super) struct Watch<'a> {

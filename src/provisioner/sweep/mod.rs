@@ -27,7 +27,7 @@ use crate::k8s::status::status_of;
 use crate::{
     k8s::{
         cache::{CachedPod, CachedService},
-        cluster::Kind,
+        calls::Kind,
         manifests,
     },
     metrics::DeletionReason as Reason,
@@ -181,7 +181,7 @@ impl Provisioner {
     /// Deletes an object whose pod is gone; a Service counts as an orphaned sandbox.
     async fn remove_ownerless<K: Kind>(&self, name: &str, counted_as_sandbox: bool) -> bool {
         let kind = K::kind(&()).to_lowercase();
-        match self.member.cluster.delete::<K>(name).await {
+        match self.member.calls.delete::<K>(name).await {
             Ok(true) => {
                 if counted_as_sandbox {
                     self.metrics.sandbox_deleted(Reason::Orphan);

@@ -25,6 +25,11 @@ impl Error {
         matches!(self, Error::Refused { code: 409, reason, .. } if reason == "AlreadyExists")
     }
 
+    /// Another writer changed (or created) the object first.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Refused { code: 409, .. })
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Refused { code: 404, .. })
     }

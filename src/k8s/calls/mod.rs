@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{metrics::Metrics, permissions::Refusals};
+use crate::{k8s::refusals::Refusals, metrics::Metrics};
 use k8s_openapi::{
     api::core::v1::{Namespace, PersistentVolumeClaim, Pod},
     NamespaceResourceScope,
@@ -59,7 +59,7 @@ impl<K> Kind for K where
 
 /// Access to the sandbox namespace.
 #[derive(Clone)]
-pub struct Cluster {
+pub struct Calls {
     client: Client,
     namespace: String,
     namespaces: Api<Namespace>,
@@ -70,7 +70,7 @@ pub struct Cluster {
     delete: DeleteParams,
 }
 
-impl Cluster {
+impl Calls {
     pub fn new(
         client: Client,
         namespace: &str,
@@ -78,7 +78,7 @@ impl Cluster {
         metrics: Metrics,
         refusals: Refusals,
     ) -> Self {
-        Cluster {
+        Calls {
             client: client.clone(),
             namespace: namespace.to_string(),
             namespaces: Api::all(client.clone()),
@@ -238,6 +238,19 @@ impl Cluster {
             )
             .await;
         absent_is_ok(deleted)
+    }
+
+    /// Replaces one object with `object`, which carries the resourceVersion it was read at: a
+    /// write in between makes this a 409 (`is_conflict`), so two writers never both win.
+    pub async fn replace<K: Kind>(&self, object: &K) -> Result<K> {
+        let name = object.meta().name.as_deref().unwrap_or_default();
+        let api = self.api::<K>();
+        self.call(
+            ("update", &K::plural(&())),
+            || self.describe::<K>("update", name),
+            || api.replace(name, &self.post, object),
+        )
+        .await
     }
 
     /// Sets one annotation on a pod (a merge patch: nothing else changes).
