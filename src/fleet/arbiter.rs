@@ -84,7 +84,7 @@ impl Arbiter {
                         })
                         .collect();
                     return Ok(Held {
-                        lease,
+                        lease: *lease,
                         _local: guard,
                         last_created,
                     });

@@ -94,7 +94,7 @@ fn held_by(
 #[derive(Debug)]
 pub enum Attempt {
     /// We hold it: the lease as written (its annotations included).
-    Held(Lease),
+    Held(Box<Lease>),
     /// Another replica holds it (until this moment, when it says), or wrote first.
     Busy { until: Option<Timestamp> },
 }
@@ -132,7 +132,7 @@ impl Leases {
             }
         };
         match written {
-            Ok(lease) => Ok(Attempt::Held(lease)),
+            Ok(lease) => Ok(Attempt::Held(Box::new(lease))),
             // Someone else wrote first: not ours this round.
             Err(e) if e.is_conflict() => Ok(Attempt::Busy { until: None }),
             Err(e) => Err(e),
