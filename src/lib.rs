@@ -1,36 +1,46 @@
 //! sandbox-provisioner: isolated code-execution sandboxes for AI agents on Kubernetes.
 //!
-//! Layers, outermost first:
+//! Layers, outermost first (`server` wires everything; `sandbox` is the pure domain). Each
+//! module uses only the modules named in its row, which all stand below it; the table is
+//! `src/layers.rs`, and a test checks the imports of `src/` and this copy against it.
 //!
 //! ```text
-//!   main ─► server (the one wiring: Server::build / prepare / serve)
-//!             ├─► api          HTTP: app(), handlers, auth, limits, error → status + JSON
-//!             ├─► admission    tenants (key digests) and quotas (pure decisions)
-//!             ├─► fleet        every cluster behind one API; placement (pure) picks one
-//!             ├─► provisioner  the sandbox rules; expiry / sweep / baseline as pure plans
-//!             │     └─► member one cluster: client, timed calls, watch cache, namespace
-//!             │           └─► k8s  client, timed calls, watch cache, manifests, objects → domain
-//!             └─► tasks        leader election, the reaper loop
-//!   config ─► spec, sandbox    parsed once at start into typed sections (no k8s)
-//!   spec                       what operators configure about the sandbox objects
-//!   sandbox                    the pure domain: ids, status, timers, resources, the API view
-//!   permissions                the one table of Kubernetes verbs (Role check, doctor, refusals)
+//!   main ─► server ─► api ─► fleet ─► cluster ─► k8s ─► spec ─► sandbox
+//!                 └─► tasks (election, reaper)     admission, config, metrics, permissions
 //! ```
 //!
-//! `config` and `k8s` do not import each other: the manifests receive a [`spec::SandboxSpec`].
+//! | module | may use |
+//! | --- | --- |
+//! | `server` | admission, api, cluster, config, fleet, k8s, metrics, spec, tasks |
+//! | `doctor` | cli, cluster, config, k8s, permissions, spec |
+//! | `api` | admission, cluster, config, fleet, k8s, metrics, sandbox |
+//! | `fleet` | admission, cluster, config, metrics, sandbox |
+//! | `tasks` | cluster, k8s, spec |
+//! | `cluster` | admission, config, k8s, metrics, sandbox, spec |
+//! | `k8s` | metrics, permissions, sandbox, spec |
+//! | `cli` | config |
+//! | `config` | admission, metrics, sandbox, spec |
+//! | `admission` | metrics, sandbox, spec |
+//! | `healthcheck` |  |
+//! | `telemetry` |  |
+//! | `metrics` | sandbox |
+//! | `permissions` |  |
+//! | `spec` | sandbox |
+//! | `sandbox` |  |
 
 pub mod admission;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod fleet;
 pub mod healthcheck;
 pub mod k8s;
-pub mod member;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod permissions;
-pub mod provisioner;
 pub mod sandbox;
 pub mod server;
 pub mod spec;

@@ -8,15 +8,13 @@ use crate::tasks::{
 };
 
 use crate::{
-    admission::Admission,
-    api::{self, ApiAccess, ApiSettings, Capabilities},
+    api::{self, ApiSettings},
+    cluster::{Arbiter, Cluster},
     config::Config,
-    fleet::{arbiter::Arbiter, Fleet, Seat},
+    fleet::Fleet,
     k8s::{calls, client},
-    member::Member,
     metrics::Metrics,
-    provisioner::Provisioner,
-    spec::{NetworkPolicyMode, SkillsMount, UserDataMount},
+    spec::{SkillsMount, UserDataMount},
 };
 
 /// What stops the service from starting; each message says what to fix.
@@ -45,49 +43,23 @@ pub enum StartError {
 /// until `shutdown` turns true or its sender is dropped.
 async fn fleet(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Fleet, StartError> {
     let metrics = Metrics::new();
-    let mut seats = Vec::new();
-    for member in &config.clusters {
-        let scoped = metrics.for_cluster(&member.name);
-        let connected = Member::connect(
-            &member.name,
-            &member.cluster,
-            member.sandbox.policies_on(),
-            &scoped,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|cause| StartError::Cluster {
-            name: member.name.clone(),
-            cause,
-        })?;
-        seats.push(Seat {
-            provisioner: Provisioner::new(
-                connected,
-                member.sandbox.clone(),
-                config.lifecycle,
-                scoped,
-            ),
-            weight: member.weight,
-            max_sandboxes: member.max_sandboxes,
-            labels: member.labels.clone(),
-        });
+    let mut clusters = Vec::new();
+    for cluster in &config.clusters {
+        let connected = Cluster::connect(cluster, config.lifecycle, &metrics, shutdown.clone())
+            .await
+            .map_err(|cause| StartError::Cluster {
+                name: cluster.name.clone(),
+                cause,
+            })?;
+        clusters.push(connected);
     }
-    let fleet = Fleet::new(seats, admission(config, metrics));
     // Quota locks live in the first cluster's namespace.
-    let primary = fleet.primary().member();
     let arbiter = Arbiter::new(
-        primary.leases(replica_identity()),
-        config.clusters[0].cluster.api_timeout,
+        clusters[0].leases(replica_identity()),
+        config.clusters[0].connection.api_timeout,
     );
-    Ok(fleet.with_arbiter(arbiter))
-}
-
-/// The tenants and quotas of the configuration.
-pub(crate) fn admission(config: &Config, metrics: Metrics) -> Admission {
-    match &config.tenancy.tenants {
-        Some(tenants) => Admission::new(tenants.clone(), config.tenancy.max_total, metrics),
-        None => Admission::open(config.tenancy.max_total, metrics),
-    }
+    let admission = config.tenancy.admission(metrics.clone());
+    Ok(Fleet::new(clusters, admission, metrics).with_arbiter(arbiter))
 }
 
 /// A service built from its configuration: the provisioner with its watch cache, the router,
@@ -124,26 +96,21 @@ impl Server {
         })
     }
 
-    /// The first cluster's provisioner (the only one without SANDBOX_CLUSTERS).
-    pub fn provisioner(&self) -> &Provisioner {
-        self.fleet.primary()
-    }
-
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }
 
     /// The HTTP API over this server's clusters.
     pub fn app(&self) -> axum::Router {
-        api::app(self.fleet.clone(), api_settings(&self.config))
+        api::app(self.fleet.clone(), ApiSettings::from_config(&self.config))
     }
 
     /// The start-up checks: the namespace (created when missing), the claims, and a dry run of
     /// the sandbox pod. Only a configuration the apiserver refuses stops the service; an
     /// apiserver that cannot be asked now is logged and left to the requests.
     pub async fn prepare(&self) -> Result<(), StartError> {
-        for seat in self.fleet.seats() {
-            prepare(seat).await?;
+        for cluster in self.fleet.clusters() {
+            prepare(cluster).await?;
         }
         Ok(())
     }
@@ -220,7 +187,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             cause: e.to_string(),
         })?;
     for member in &config.clusters {
-        tracing::info!(cluster = %member.name, namespace = %member.cluster.namespace, image = %member.sandbox.image, exposure = ?member.sandbox.exposure, weight = member.weight, "cluster");
+        tracing::info!(cluster = %member.name, namespace = %member.connection.namespace, image = %member.sandbox.image, exposure = ?member.sandbox.exposure, weight = member.weight, "cluster");
     }
     tracing::info!(%listen, clusters = config.clusters.len(), "serving");
     server.serve(listener, shutdown_signal()).await?;
@@ -240,19 +207,17 @@ impl Background {
         let lease = config.lifecycle.leader_lease;
         let identity = replica_identity();
         let mut elections = Vec::new();
-        for seat in fleet.seats() {
-            let provisioner = &seat.provisioner;
+        for cluster in fleet.clusters() {
             let leadership = if lease.is_zero() {
                 Leadership::always()
             } else {
-                let member = provisioner.member();
                 let (leadership, task) =
-                    leader::spawn(member.leases(identity.clone()), lease, stop.subscribe());
+                    leader::spawn(cluster.leases(identity.clone()), lease, stop.subscribe());
                 elections.push(task);
                 leadership
             };
             reaper::spawn(
-                provisioner.clone(),
+                cluster.clone(),
                 config.lifecycle.reap_interval,
                 leadership,
                 stop.subscribe(),
@@ -269,9 +234,8 @@ impl Background {
 }
 
 /// One cluster's start-up checks: the namespace, the claims, the pod dry run.
-async fn prepare(seat: &Seat) -> Result<(), StartError> {
-    let provisioner = &seat.provisioner;
-    let cluster_name = seat.name();
+async fn prepare(provisioner: &Cluster) -> Result<(), StartError> {
+    let cluster_name = provisioner.name();
     match provisioner.ensure_namespace().await {
         Ok(true) => tracing::info!(
             cluster = cluster_name,
@@ -311,7 +275,7 @@ async fn prepare(seat: &Seat) -> Result<(), StartError> {
 
 /// The configured PersistentVolumeClaims must exist; when the apiserver cannot be asked, the
 /// check is left to the pods (which then stay Pending with the reason).
-async fn check_claims(provisioner: &Provisioner) -> Result<(), StartError> {
+async fn check_claims(provisioner: &Cluster) -> Result<(), StartError> {
     for (variable, claim) in provisioner.spec().claims() {
         match provisioner.pvc_exists(claim).await {
             Ok(true) => tracing::info!(variable, claim, "PersistentVolumeClaim present"),
@@ -344,33 +308,6 @@ pub fn replica_identity() -> String {
         .unwrap_or_default()
         .as_millis();
     format!("{host}-{}-{started}", std::process::id())
-}
-
-/// The router's settings from the configuration.
-pub(crate) fn api_settings(config: &Config) -> ApiSettings {
-    ApiSettings {
-        access: match (&config.http.api_key, config.http.allow_no_api_key) {
-            _ if config.tenancy.tenants.is_some() => ApiAccess::Keys,
-            (Some(_), _) => ApiAccess::Keys,
-            (None, true) => ApiAccess::Open,
-            (None, false) => ApiAccess::Closed,
-        },
-        limits: config.http.limits.clone(),
-        capabilities: Capabilities {
-            sizes: config.sizes.clone(),
-            service_type: config.sandbox.exposure.service_type().into(),
-            container_port: config.sandbox.port,
-            network_policy: match config.sandbox.network_policy {
-                NetworkPolicyMode::None => "none",
-                NetworkPolicyMode::Isolated { .. } => "isolated",
-                NetworkPolicyMode::Template(_) => "template",
-            }
-            .into(),
-            lark_cli_init_image: config.sandbox.lark.init_image.is_some(),
-            lark_cli_broker_image: config.sandbox.lark.broker_image.is_some(),
-            clusters: Vec::new(),
-        },
-    }
 }
 
 fn warn_about_defaults(config: &Config) {

@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{fleet::FleetError, provisioner};
+use crate::{cluster, fleet::FleetError};
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,7 +31,7 @@ pub enum ApiError {
     #[error(transparent)]
     InvalidSkillsPath(#[from] crate::sandbox::InvalidSkillsPath),
     #[error(transparent)]
-    Provision(#[from] provisioner::Error),
+    Provision(#[from] cluster::Error),
     /// Choosing or reaching a cluster failed (a provisioner error inside is `Provision`).
     #[error(transparent)]
     Fleet(FleetError),
@@ -78,7 +78,7 @@ impl From<crate::sandbox::InvalidId> for ApiError {
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
-        use provisioner::Error as P;
+        use cluster::Error as P;
         match self {
             ApiError::InvalidRequest(_)
             | ApiError::InvalidSkillsPath(_)
@@ -176,7 +176,7 @@ mod tests {
     use crate::k8s::calls;
 
     fn kube(code: u16) -> ApiError {
-        ApiError::Provision(provisioner::Error::Kubernetes(calls::Error::Refused {
+        ApiError::Provision(cluster::Error::Kubernetes(calls::Error::Refused {
             action: "a".into(),
             code,
             reason: "r".into(),
@@ -189,11 +189,11 @@ mod tests {
     fn statuses() {
         assert_eq!(ApiError::InvalidRequest("x".into()).status(), 422);
         assert_eq!(
-            ApiError::Provision(provisioner::Error::NotFound("a".into())).status(),
+            ApiError::Provision(cluster::Error::NotFound("a".into())).status(),
             404
         );
         assert_eq!(
-            ApiError::Provision(provisioner::Error::Terminating("a".into())).status(),
+            ApiError::Provision(cluster::Error::Terminating("a".into())).status(),
             409
         );
         assert_eq!(kube(403).status(), 502);
@@ -227,7 +227,7 @@ mod tests {
         };
         assert_eq!(fleet(held).status(), 409);
         // A provisioner error inside keeps its own status.
-        let inner = FleetError::Provision(provisioner::Error::NotFound("s".into()));
+        let inner = FleetError::Provision(cluster::Error::NotFound("s".into()));
         assert_eq!(fleet(inner).status(), 404);
         for e in [
             FleetError::NoCapacity(vec![("a".into(), Skipped::Draining)]),

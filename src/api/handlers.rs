@@ -21,11 +21,11 @@ use super::{
 };
 use crate::{
     admission::{Caller, Usage},
-    fleet::{ClusterInfo, ClusterListing, Scope, Target},
+    fleet::{self, ClusterInfo, ClusterListing, Scope, Target},
     k8s::cache::CacheSummary,
     k8s::refusals::MissingPermission,
     sandbox::{
-        mounts::{check_skills_path, ExtraMountRequest},
+        mounts::{check_extra_mounts, check_skills_path, ExtraMountRequest},
         LarkRequest, Resources, Sandbox, SandboxId, SandboxRequest, Sizes, ThreadId, UserId,
     },
 };
@@ -261,27 +261,18 @@ pub async fn health() -> Json<Health> {
         (status = 503, description = "No cluster takes new sandboxes: Kubernetes unreachable, the namespace unusable, or every cluster draining or full", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let checks = state.fleet.seats().iter().map(|seat| {
-        let seat = seat.clone();
-        async move {
-            let provisioner = seat.provisioner.clone();
-            let namespace = match seat.provisioner.member().unreachable() {
-                Some(cause) => Err(format!("cannot reach the Kubernetes API: {cause}")),
-                None => tokio::spawn(async move { provisioner.ensure_namespace().await })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
-            };
-            let info = seat.info();
-            let full =
-                matches!((info.sandboxes, info.max_sandboxes), (Some(n), Some(max)) if n >= max);
-            ClusterHealth {
-                accepting: namespace.is_ok() && info.weight > 0 && !full,
-                cache: seat.provisioner.cache_summary(),
-                missing_permissions: seat.provisioner.refusals().missing(),
-                error: namespace.err(),
-                info,
-            }
+    // Waits at most for a first probe round of a cluster that has just started.
+    let limit = state.max_wait.min(std::time::Duration::from_secs(10));
+    let checks = state.fleet.clusters().iter().map(|cluster| async move {
+        let health = cluster.health(limit).await;
+        let info = fleet::info(cluster);
+        let full = matches!((info.sandboxes, info.max_sandboxes), (Some(n), Some(max)) if n >= max);
+        ClusterHealth {
+            accepting: health.error.is_none() && info.weight > 0 && !full,
+            cache: health.cache,
+            missing_permissions: health.missing_permissions,
+            error: health.error,
+            info,
         }
     });
     let clusters = futures::future::join_all(checks).await;
@@ -296,7 +287,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
                         "full (max_sandboxes reached)".into()
                     }
                 });
-                if state.fleet.seats().len() == 1 {
+                if state.fleet.clusters().len() == 1 {
                     reason
                 } else {
                     format!("cluster {:?}: {reason}", c.info.name)
@@ -422,11 +413,16 @@ pub async fn create(
         }
         None => None,
     };
-    let primary = state.fleet.primary();
-    let extra_mounts = primary.check_extra_mounts(&request.extra_mounts, skills_path.as_deref())?;
+    let extra_mounts = check_extra_mounts(
+        &request.extra_mounts,
+        &state.host_base,
+        skills_path.as_deref(),
+    )?;
     let wanted = SandboxRequest {
         user,
-        timers: primary.timers_for(request.ttl_seconds, request.idle_timeout_seconds),
+        timers: state
+            .timers
+            .for_request(request.ttl_seconds, request.idle_timeout_seconds),
         resources,
         extra_mounts,
         lark: LarkRequest {
@@ -700,7 +696,7 @@ pub async fn quota(
     ))]
 pub async fn capabilities(State(state): State<AppState>) -> Json<Capabilities> {
     Json(Capabilities {
-        clusters: state.fleet.seats().iter().map(|s| s.info()).collect(),
+        clusters: state.fleet.clusters().iter().map(fleet::info).collect(),
         ..(*state.capabilities).clone()
     })
 }

@@ -30,7 +30,12 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::{config::HttpLimits, fleet::Fleet, metrics::Metrics};
+use crate::{
+    config::{Config, HttpLimits},
+    fleet::Fleet,
+    metrics::Metrics,
+    sandbox::{HostBase, Timers},
+};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -46,6 +51,8 @@ pub struct AppState {
     /// The container paths a request's skills path may neither be nor lie in: the fixed
     /// mounts and every cluster's pod template mounts.
     pub fixed_mounts: std::sync::Arc<[String]>,
+    pub host_base: std::sync::Arc<HostBase>,
+    pub timers: Timers,
 }
 
 /// Everything the router needs besides the clusters.
@@ -54,6 +61,36 @@ pub struct ApiSettings {
     pub access: ApiAccess,
     pub limits: HttpLimits,
     pub capabilities: Capabilities,
+    /// The directory extra mounts must lie in (every cluster's).
+    pub host_base: HostBase,
+    /// The defaults and ceilings of a request's timers.
+    pub timers: Timers,
+}
+
+impl ApiSettings {
+    /// The router's settings from the configuration.
+    pub fn from_config(config: &Config) -> ApiSettings {
+        ApiSettings {
+            access: match (&config.http.api_key, config.http.allow_no_api_key) {
+                _ if config.tenancy.tenants.is_some() => ApiAccess::Keys,
+                (Some(_), _) => ApiAccess::Keys,
+                (None, true) => ApiAccess::Open,
+                (None, false) => ApiAccess::Closed,
+            },
+            limits: config.http.limits.clone(),
+            capabilities: Capabilities {
+                sizes: config.sizes.clone(),
+                service_type: config.sandbox.exposure.service_type().into(),
+                container_port: config.sandbox.port,
+                network_policy: config.sandbox.network_policy.name().into(),
+                lark_cli_init_image: config.sandbox.lark.init_image.is_some(),
+                lark_cli_broker_image: config.sandbox.lark.broker_image.is_some(),
+                clusters: Vec::new(),
+            },
+            host_base: config.sandbox.host_base.clone(),
+            timers: config.lifecycle.timers,
+        }
+    }
 }
 
 /// The whole API, ready to serve (or to call with `oneshot` in tests).
@@ -62,11 +99,13 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
         .into_iter()
         .map(str::to_string)
         .collect();
-    for seat in fleet.seats() {
-        fixed_mounts.extend(seat.provisioner.spec().pod_template.mount_paths());
+    for cluster in fleet.clusters() {
+        fixed_mounts.extend(cluster.spec().pod_template.mount_paths());
     }
     let state = AppState {
         fixed_mounts: fixed_mounts.into(),
+        host_base: std::sync::Arc::new(settings.host_base),
+        timers: settings.timers,
         fleet,
         max_body_bytes: settings.limits.max_body_bytes,
         capabilities: std::sync::Arc::new(settings.capabilities),
@@ -104,7 +143,7 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
             limits::shed_and_time_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            state.fleet.primary().metrics().clone(),
+            state.fleet.metrics().clone(),
             log_request,
         ))
         .with_state(state.clone());
@@ -126,7 +165,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.fleet.primary().metrics().render(),
+        state.fleet.metrics().render(),
     )
 }
 

@@ -7,54 +7,22 @@ use axum::{
     http::{Method, Request, StatusCode},
     Router,
 };
-use clap::Parser;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::{
-    cli::Cli,
-    config::Config,
-    k8s::refusals::Refusals,
-    k8s::{cache::Cache, calls::Calls},
-    member::Member,
-    metrics::Metrics,
-    provisioner::Provisioner,
-};
+use crate::{cluster::Cluster, metrics::Metrics};
 
 const KEY: &str = "test-key-0123456789";
 
 /// The app as `serve` builds it from these flags, with a cluster that is never reached.
 fn app_with(flags: &[&str]) -> Router {
-    let mut argv = vec!["sandbox-provisioner"];
-    argv.extend_from_slice(flags);
-    let args = Cli::try_parse_from(argv).unwrap().serve_args().unwrap();
-    let config = Config::try_from(args).expect("valid flags");
-    let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let config = crate::config::from_flags(flags);
     let metrics = Metrics::new();
-    let namespace = &config.cluster.namespace;
-    let cluster = Calls::new(
-        kube::Client::try_from(nowhere).unwrap(),
-        namespace,
-        config.cluster.api_timeout,
-        metrics.clone(),
-        Refusals::new(namespace, metrics.clone()),
-    );
-    let provisioner = Provisioner::new(
-        Member::new("default", cluster, Cache::unwatched(namespace)),
-        config.sandbox.clone(),
-        config.lifecycle,
-        metrics.clone(),
-    );
-    let seat = crate::fleet::Seat {
-        provisioner,
-        weight: 1,
-        max_sandboxes: None,
-        labels: Default::default(),
-    };
-    let admission = crate::server::admission(&config, metrics);
+    let cluster = Cluster::nowhere("default", &config, &metrics);
+    let admission = config.tenancy.admission(metrics.clone());
     super::app(
-        crate::fleet::Fleet::new(vec![seat], admission),
-        crate::server::api_settings(&config),
+        crate::fleet::Fleet::new(vec![cluster], admission, metrics),
+        super::ApiSettings::from_config(&config),
     )
 }
 

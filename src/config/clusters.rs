@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{check, ClusterSection, ConfigError};
+use super::{check, ConfigError, Connection};
 use crate::{
     sandbox::{is_dns_label, DEFAULT_CLUSTER},
     spec::{Exposure, Placement, SandboxSpec},
@@ -18,9 +18,9 @@ use crate::{
 /// One cluster as the service uses it: how to reach it, what its sandboxes look like, and
 /// what placement knows about it.
 #[derive(Debug, Clone)]
-pub struct MemberConfig {
+pub struct ClusterConfig {
     pub name: String,
-    pub cluster: ClusterSection,
+    pub connection: Connection,
     pub sandbox: SandboxSpec,
     /// Share of new sandboxes; 0 drains the cluster (no new sandboxes, existing ones served).
     pub weight: u32,
@@ -73,10 +73,10 @@ fn default_weight() -> u32 {
 }
 
 /// The one cluster of a configuration without `SANDBOX_CLUSTERS`.
-pub(super) fn single(cluster: &ClusterSection, sandbox: &SandboxSpec) -> MemberConfig {
-    MemberConfig {
+pub(super) fn single(cluster: &Connection, sandbox: &SandboxSpec) -> ClusterConfig {
+    ClusterConfig {
         name: DEFAULT_CLUSTER.into(),
-        cluster: cluster.clone(),
+        connection: cluster.clone(),
         sandbox: sandbox.clone(),
         weight: 1,
         max_sandboxes: None,
@@ -87,9 +87,9 @@ pub(super) fn single(cluster: &ClusterSection, sandbox: &SandboxSpec) -> MemberC
 /// Reads and checks the cluster file; the single-cluster settings are every entry's defaults.
 pub(super) fn from_file(
     path: &Path,
-    defaults: &ClusterSection,
+    defaults: &Connection,
     sandbox: &SandboxSpec,
-) -> Result<Vec<MemberConfig>, ConfigError> {
+) -> Result<Vec<ClusterConfig>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
@@ -108,10 +108,10 @@ pub(super) fn from_file(
 fn parse(
     text: &str,
     shown: &str,
-    defaults: &ClusterSection,
+    defaults: &Connection,
     sandbox: &SandboxSpec,
     read_kubeconfig: &dyn Fn(&Path) -> Result<kube::config::Kubeconfig, String>,
-) -> Result<Vec<MemberConfig>, ConfigError> {
+) -> Result<Vec<ClusterConfig>, ConfigError> {
     let fail = |problem: String| ConfigError::new(VARIABLE, shown, problem);
     let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| {
         fail(format!(
@@ -218,8 +218,8 @@ fn parse(
                 .map_err(|e| at(format!("pod_template {}: {e}", path.display())))?;
         }
         check::placement_and_template(&spec.placement, &spec.pod_template).map_err(at)?;
-        members.push(MemberConfig {
-            cluster: ClusterSection {
+        members.push(ClusterConfig {
+            connection: Connection {
                 namespace,
                 kubeconfig_path: entry.kubeconfig,
                 context: entry.context,
@@ -275,15 +275,21 @@ mod tests {
         }
     }
 
-    fn run(text: &str) -> Result<Vec<MemberConfig>, String> {
+    fn run(text: &str) -> Result<Vec<ClusterConfig>, String> {
         let c = base();
-        parse(text, "/etc/clusters.yaml", &c.cluster, &c.sandbox, &|p| {
-            if p.starts_with("/missing") {
-                Err("No such file or directory".into())
-            } else {
-                Ok(kubeconfig(&["a", "b"]))
-            }
-        })
+        parse(
+            text,
+            "/etc/clusters.yaml",
+            &c.connection,
+            &c.sandbox,
+            &|p| {
+                if p.starts_with("/missing") {
+                    Err("No such file or directory".into())
+                } else {
+                    Ok(kubeconfig(&["a", "b"]))
+                }
+            },
+        )
         .map_err(|e| e.to_string())
     }
 
@@ -309,12 +315,12 @@ clusters:
         .unwrap();
         let (eu, us) = (&members[0], &members[1]);
         assert_eq!(eu.name, "eu-1");
-        assert_eq!(eu.cluster.context.as_deref(), Some("b"));
+        assert_eq!(eu.connection.context.as_deref(), Some("b"));
         assert_eq!(
-            eu.cluster.api_server.as_ref().unwrap().host(),
+            eu.connection.api_server.as_ref().unwrap().host(),
             Some("10.0.0.1")
         );
-        assert_eq!(eu.cluster.namespace, "sandboxes");
+        assert_eq!(eu.connection.namespace, "sandboxes");
         assert_eq!(eu.sandbox.namespace, "sandboxes");
         assert_eq!(eu.weight, 3);
         assert_eq!(eu.max_sandboxes, Some(500));
@@ -332,8 +338,8 @@ clusters:
         );
         // The single-cluster settings are the defaults.
         assert_eq!(us.weight, 1);
-        assert_eq!(us.cluster.namespace, "deer-flow");
-        assert_eq!(us.cluster.api_timeout, base().cluster.api_timeout);
+        assert_eq!(us.connection.namespace, "deer-flow");
+        assert_eq!(us.connection.api_timeout, base().connection.api_timeout);
         assert_eq!(us.sandbox.exposure, Exposure::ClusterIp);
         assert_eq!(us.sandbox.image, base().sandbox.image);
         assert_eq!(us.max_sandboxes, None);
@@ -343,7 +349,7 @@ clusters:
     fn the_shipped_example_is_valid() {
         let c = base();
         let text = include_str!("../../deploy/examples/clusters.yaml");
-        let members = parse(text, "example", &c.cluster, &c.sandbox, &|_| {
+        let members = parse(text, "example", &c.connection, &c.sandbox, &|_| {
             Ok(kubeconfig(&["eu-1"]))
         })
         .unwrap();

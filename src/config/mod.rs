@@ -13,7 +13,7 @@ mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use clusters::MemberConfig;
+pub use clusters::ClusterConfig;
 
 pub use args::{
     ClusterArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs, ServeArgs,
@@ -54,9 +54,10 @@ pub struct HttpSection {
     pub limits: HttpLimits,
 }
 
-/// The cluster and how to reach it.
+/// How to reach a cluster: its kubeconfig, context and apiserver, its namespace, the time
+/// limit of every call.
 #[derive(Debug, Clone)]
-pub struct ClusterSection {
+pub struct Connection {
     pub namespace: String,
     pub kubeconfig_path: PathBuf,
     /// The kubeconfig context (its current context when unset).
@@ -100,12 +101,12 @@ impl Lifecycle {
 pub struct Config {
     pub http: HttpSection,
     /// The single-cluster settings, which are also the defaults of SANDBOX_CLUSTERS' entries.
-    pub cluster: ClusterSection,
+    pub connection: Connection,
     /// What every sandbox's objects look like (each cluster may override some of it).
     pub sandbox: SandboxSpec,
     /// The clusters sandboxes are placed in: SANDBOX_CLUSTERS' entries, else one named
-    /// `default` from `cluster` and `sandbox`. Never empty.
-    pub clusters: Vec<MemberConfig>,
+    /// `default` from `connection` and `sandbox`. Never empty.
+    pub clusters: Vec<ClusterConfig>,
     pub sizes: Sizes,
     pub tenancy: TenancySection,
     pub lifecycle: Lifecycle,
@@ -134,6 +135,15 @@ impl TenancySection {
                 .any(|t| crate::admission::lock_name(t, None).is_some())
     }
 
+    /// The tenants and quotas of this configuration.
+    pub fn admission(&self, metrics: crate::metrics::Metrics) -> crate::admission::Admission {
+        use crate::admission::Admission;
+        match &self.tenants {
+            Some(tenants) => Admission::new(tenants.clone(), self.max_total, metrics),
+            None => Admission::open(self.max_total, metrics),
+        }
+    }
+
     /// What the reload needs to check a changed file the same way.
     pub fn tenant_file(&self, config: &Config) -> Option<crate::admission::TenantFile> {
         let path = self.file.clone()?;
@@ -149,6 +159,20 @@ impl TenancySection {
             known_clusters: config.clusters.iter().map(|c| c.name.clone()).collect(),
         })
     }
+}
+
+/// The configuration of these flags (as `serve` takes them), for unit tests.
+#[cfg(test)]
+pub fn from_flags(flags: &[&str]) -> Config {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let mut argv = vec!["sandbox-provisioner"];
+    argv.extend_from_slice(flags);
+    Config::try_from(Flags::try_parse_from(argv).expect("known flags").serve).expect("valid flags")
 }
 
 /// A setting that stops the service at start; the message names the variable and the fix.
@@ -189,11 +213,11 @@ impl TryFrom<ServeArgs> for Config {
             .clusters
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
-        let cluster = ClusterSection::try_from(cluster)?;
+        let connection = Connection::try_from(cluster)?;
         let sizes = check::sizes(&sizes)?;
         let probes = ProbeTimings::try_from(probes)?;
         let sandbox = sandbox_spec(
-            &cluster.namespace,
+            &connection.namespace,
             sandbox,
             storage,
             security,
@@ -201,12 +225,12 @@ impl TryFrom<ServeArgs> for Config {
             &sizes,
         )?;
         let clusters = match clusters_file {
-            Some(path) => clusters::from_file(&path, &cluster, &sandbox)?,
-            None => vec![clusters::single(&cluster, &sandbox)],
+            Some(path) => clusters::from_file(&path, &connection, &sandbox)?,
+            None => vec![clusters::single(&connection, &sandbox)],
         };
         let mut config = Config {
             http: HttpSection::try_from(http)?,
-            cluster,
+            connection,
             sandbox,
             clusters,
             sizes,
@@ -295,7 +319,7 @@ impl TryFrom<ListenArgs> for HttpSection {
     }
 }
 
-impl TryFrom<ClusterArgs> for ClusterSection {
+impl TryFrom<ClusterArgs> for Connection {
     type Error = ConfigError;
 
     fn try_from(args: ClusterArgs) -> Result<Self, ConfigError> {
@@ -304,7 +328,7 @@ impl TryFrom<ClusterArgs> for ClusterSection {
             None => None,
             Some(s) => Some(check::api_server_uri(&s)?),
         };
-        Ok(ClusterSection {
+        Ok(Connection {
             namespace: args.namespace,
             kubeconfig_path: args.kubeconfig_path,
             context: None,

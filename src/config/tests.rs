@@ -20,7 +20,7 @@ fn parse(args: &[&str]) -> Result<Config, ConfigError> {
 fn defaults_are_deerflows() {
     let c = parse(&[]).unwrap();
     assert_eq!(c.http.listen.to_string(), "0.0.0.0:8002");
-    assert_eq!(c.cluster.namespace, "deer-flow");
+    assert_eq!(c.connection.namespace, "deer-flow");
     assert_eq!(c.sandbox.image, DEFAULT_IMAGE);
     assert_eq!(
         c.sandbox.exposure,
@@ -29,11 +29,11 @@ fn defaults_are_deerflows() {
         }
     );
     assert_eq!(
-        c.cluster.kubeconfig_path,
+        c.connection.kubeconfig_path,
         PathBuf::from("/root/.kube/config")
     );
-    assert_eq!(c.cluster.api_server, None);
-    assert!(!c.cluster.insecure_skip_tls_verify);
+    assert_eq!(c.connection.api_server, None);
+    assert!(!c.connection.insecure_skip_tls_verify);
 }
 
 #[test]
@@ -600,7 +600,7 @@ fn timers() {
 fn api_server_override_is_parsed() {
     let c = parse(&["--k8s-api-server", "https://host.docker.internal:26443"]).unwrap();
     assert_eq!(
-        c.cluster.api_server.unwrap().host(),
+        c.connection.api_server.unwrap().host(),
         Some("host.docker.internal")
     );
 }

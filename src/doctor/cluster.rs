@@ -14,7 +14,7 @@ use kube::{
 
 use super::{Check, Verdict};
 use crate::{
-    config::ClusterSection,
+    config::Connection,
     k8s::manifests,
     permissions::{self, Features, Permission},
     spec::{image, SandboxSpec},
@@ -23,7 +23,7 @@ use crate::{
 /// Returns whether the namespace exists (None when it could not be read).
 pub(super) async fn namespace_check(
     client: &Client,
-    cluster: &ClusterSection,
+    cluster: &Connection,
     checks: &mut Vec<Check>,
 ) -> Option<bool> {
     let api: Api<Namespace> = Api::all(client.clone());

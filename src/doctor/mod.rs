@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 
 use crate::{
-    config::{Config, MemberConfig, ServeArgs},
+    config::{ClusterConfig, Config, ServeArgs},
     k8s::client,
     permissions::Features,
     spec::Exposure,
@@ -78,10 +78,10 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
                 name: format!("cluster {}", member.name),
                 detail: format!(
                     "namespace {}, kubeconfig {}{}, weight {}",
-                    member.cluster.namespace,
-                    member.cluster.kubeconfig_path.display(),
+                    member.connection.namespace,
+                    member.connection.kubeconfig_path.display(),
                     member
-                        .cluster
+                        .connection
                         .context
                         .as_deref()
                         .map(|c| format!(" (context {c})"))
@@ -97,9 +97,9 @@ pub async fn run(args: ServeArgs) -> Vec<Check> {
 }
 
 /// The checks of one cluster: connection, namespace, permissions, claims, node ports, images.
-async fn cluster_checks(config: &Config, member: &MemberConfig) -> Vec<Check> {
+async fn cluster_checks(config: &Config, member: &ClusterConfig) -> Vec<Check> {
     let mut checks = Vec::new();
-    let connected = match client::connect(&crate::member::connection(&member.cluster)).await {
+    let connected = match client::connect(&crate::cluster::connection(&member.connection)).await {
         Ok(c) => {
             checks.push(Check::ok("kubeconfig", c.source.clone()));
             c
@@ -110,8 +110,8 @@ async fn cluster_checks(config: &Config, member: &MemberConfig) -> Vec<Check> {
         }
     };
     let client = connected.client;
-    let timeout = member.cluster.api_timeout;
-    let namespace = &member.cluster.namespace;
+    let timeout = member.connection.api_timeout;
+    let namespace = &member.connection.namespace;
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => checks.push(Check::ok(
             "apiserver",
@@ -137,7 +137,7 @@ async fn cluster_checks(config: &Config, member: &MemberConfig) -> Vec<Check> {
             return checks;
         }
     }
-    let namespace_exists = namespace_check(&client, &member.cluster, &mut checks).await;
+    let namespace_exists = namespace_check(&client, &member.connection, &mut checks).await;
     let sandbox = &member.sandbox;
     let features = Features {
         leader_election: !config.lifecycle.leader_lease.is_zero() || config.tenancy.locks(),

@@ -2,8 +2,8 @@
 //! deletes and lists find a sandbox in whichever cluster holds it.
 //!
 //! ```text
-//!   api ──► Fleet ──► Seat "eu-1" ── Provisioner ── Member (client, cache, probe)
-//!                └──► Seat "us-1" ── Provisioner ── Member
+//!   api ──► Fleet ──► Cluster "eu-1" ── Cluster ── Member (client, cache, probe)
+//!                └──► Cluster "us-1" ── Cluster ── Member
 //! ```
 //!
 //! Sandbox ids are unique across the fleet: before placing a new one, every member's cache is
@@ -11,7 +11,6 @@
 //! sandboxes, and a read of a sandbox it holds (or of an id found nowhere while it is out of
 //! reach) answers 503, never 404: a 404 makes DeerFlow's client forget the sandbox.
 
-pub mod arbiter;
 pub mod placement;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -24,9 +23,9 @@ pub use placement::{place, preference, ClusterState, Skipped};
 
 use crate::{
     admission::{Admission, Ask, Held, Refusal, Snapshot, Tenant},
-    k8s::{manifests, read as objects},
-    provisioner::{self, PodPresence, Provisioned, Provisioner},
-    sandbox::{parse_quantity, Sandbox, SandboxId, SandboxRequest},
+    cluster::{self, Cluster, PodPresence, Provisioned},
+    metrics::Metrics,
+    sandbox::{Sandbox, SandboxId, SandboxRequest},
 };
 
 /// How long a client should wait before retrying a 503 about a cluster (its probe runs every
@@ -59,31 +58,9 @@ pub enum FleetError {
     #[error(transparent)]
     Quota(#[from] Refusal),
     #[error(transparent)]
-    Lock(#[from] arbiter::LockError),
+    Lock(#[from] cluster::LockError),
     #[error(transparent)]
-    Provision(#[from] provisioner::Error),
-}
-
-/// A sandbox pod as quotas count it (none for a pod on its way out).
-fn held_of(
-    pod: &k8s_openapi::api::core::v1::Pod,
-    defaults: &BTreeMap<String, String>,
-) -> Option<(String, Held)> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let id = objects::sandbox_id_of(&pod.metadata)?;
-    let limits = objects::limits_of(pod);
-    let (cpu, memory) = cpu_and_memory(limits.as_ref().unwrap_or(defaults));
-    Some((
-        id,
-        Held {
-            tenant: objects::tenant_of(&pod.metadata).to_string(),
-            user: objects::user_of(pod).unwrap_or("default").to_string(),
-            cpu,
-            memory,
-        },
-    ))
+    Provision(#[from] cluster::Error),
 }
 
 /// The sandbox if the scope may see it; another tenant's is not found.
@@ -91,19 +68,8 @@ fn visible(sandbox: Sandbox, scope: &Scope) -> Result<Sandbox> {
     if scope.allows(&sandbox.tenant) {
         Ok(sandbox)
     } else {
-        Err(provisioner::Error::NotFound(sandbox.sandbox_id).into())
+        Err(cluster::Error::NotFound(sandbox.sandbox_id).into())
     }
-}
-
-/// CPU cores and memory bytes of a set of limits (unparsable or absent: 0).
-fn cpu_and_memory(limits: &BTreeMap<String, String>) -> (f64, f64) {
-    let value = |key: &str| {
-        limits
-            .get(key)
-            .and_then(|q| parse_quantity(q))
-            .unwrap_or(0.0)
-    };
-    (value("cpu"), value("memory"))
 }
 
 fn reasons(skipped: &[(String, Skipped)]) -> String {
@@ -116,64 +82,45 @@ fn reasons(skipped: &[(String, Skipped)]) -> String {
 
 pub type Result<T, E = FleetError> = std::result::Result<T, E>;
 
-/// One cluster of the fleet with what placement knows about it.
-#[derive(Clone)]
-pub struct Seat {
-    pub provisioner: Provisioner,
-    pub weight: u32,
-    pub max_sandboxes: Option<usize>,
-    pub labels: BTreeMap<String, String>,
+/// An error for reading or deleting in `cluster` while it is out of reach.
+fn reachable(cluster: &Cluster, what: &'static str) -> Result<()> {
+    match cluster.unreachable() {
+        Some(cause) => Err(FleetError::Unreachable {
+            cluster: cluster.name().to_string(),
+            cause,
+            what,
+        }),
+        None => Ok(()),
+    }
 }
 
-impl Seat {
-    pub fn name(&self) -> &str {
-        self.provisioner.member().name()
+/// The cluster as placement sees it now. A cluster with a capacity whose cache is not usable
+/// cannot count its sandboxes, so it takes none until the cache is back.
+fn state(cluster: &Cluster) -> ClusterState<'_> {
+    let count = cluster.count();
+    let unreachable = cluster.unreachable().or_else(|| {
+        (cluster.max_sandboxes().is_some() && count.is_none())
+            .then(|| "its watch cache is not synced, so its sandbox count is unknown".into())
+    });
+    ClusterState {
+        name: cluster.name(),
+        weight: cluster.weight(),
+        sandboxes: count.unwrap_or(0),
+        max_sandboxes: cluster.max_sandboxes(),
+        unreachable,
     }
+}
 
-    fn unreachable(&self) -> Option<String> {
-        self.provisioner.member().unreachable()
-    }
-
-    /// An error for reading or deleting in this cluster while it is out of reach.
-    fn reachable(&self, what: &'static str) -> Result<()> {
-        match self.unreachable() {
-            Some(cause) => Err(FleetError::Unreachable {
-                cluster: self.name().to_string(),
-                cause,
-                what,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// The cluster as placement sees it now. A cluster with a capacity whose cache is not
-    /// usable cannot count its sandboxes, so it takes none until the cache is back.
-    fn state(&self) -> ClusterState<'_> {
-        let count = self.provisioner.member().sandbox_count();
-        let unreachable = self.unreachable().or_else(|| {
-            (self.max_sandboxes.is_some() && count.is_none())
-                .then(|| "its watch cache is not synced, so its sandbox count is unknown".into())
-        });
-        ClusterState {
-            name: self.name(),
-            weight: self.weight,
-            sandboxes: count.unwrap_or(0),
-            max_sandboxes: self.max_sandboxes,
-            unreachable,
-        }
-    }
-
-    /// What GET /api/capabilities and /readyz say about this cluster.
-    pub fn info(&self) -> ClusterInfo {
-        ClusterInfo {
-            name: self.name().to_string(),
-            namespace: self.provisioner.namespace().to_string(),
-            labels: self.labels.clone(),
-            weight: self.weight,
-            sandboxes: self.provisioner.member().sandbox_count(),
-            max_sandboxes: self.max_sandboxes,
-            reachable: self.unreachable().is_none(),
-        }
+/// What GET /api/capabilities and /readyz say about a cluster.
+pub fn info(cluster: &Cluster) -> ClusterInfo {
+    ClusterInfo {
+        name: cluster.name().to_string(),
+        namespace: cluster.namespace().to_string(),
+        labels: cluster.labels().clone(),
+        weight: cluster.weight(),
+        sandboxes: cluster.count(),
+        max_sandboxes: cluster.max_sandboxes(),
+        reachable: cluster.unreachable().is_none(),
     }
 }
 
@@ -243,41 +190,42 @@ impl Scope {
 /// The clusters of the service and the admission of new sandboxes. Cheap to clone.
 #[derive(Clone)]
 pub struct Fleet {
-    seats: Arc<[Seat]>,
+    clusters: Arc<[Cluster]>,
     admission: Admission,
+    /// The registry every cluster's metrics go to (unscoped: the HTTP families).
+    metrics: Metrics,
     /// Quota locks in the first cluster (none in tests that need no cluster).
-    arbiter: Option<Arc<arbiter::Arbiter>>,
+    arbiter: Option<Arc<cluster::Arbiter>>,
 }
 
 impl Fleet {
-    /// A fleet of at least one seat.
-    pub fn new(seats: Vec<Seat>, admission: Admission) -> Fleet {
-        assert!(!seats.is_empty(), "a fleet has at least one cluster");
+    /// A fleet of at least one cluster.
+    pub fn new(clusters: Vec<Cluster>, admission: Admission, metrics: Metrics) -> Fleet {
+        assert!(!clusters.is_empty(), "a fleet has at least one cluster");
         Fleet {
-            seats: seats.into(),
+            clusters: clusters.into(),
             admission,
+            metrics,
             arbiter: None,
         }
     }
 
     /// Takes quota locks through this arbiter, so that limits hold across replicas.
-    pub fn with_arbiter(mut self, arbiter: arbiter::Arbiter) -> Fleet {
+    pub fn with_arbiter(mut self, arbiter: cluster::Arbiter) -> Fleet {
         self.arbiter = Some(Arc::new(arbiter));
         self
     }
 
     /// A fleet of one cluster that takes every sandbox, open to anyone (tests and benchmarks).
-    pub fn single(provisioner: Provisioner) -> Fleet {
-        let admission = Admission::open(None, provisioner.metrics().clone());
-        Fleet::new(
-            vec![Seat {
-                provisioner,
-                weight: 1,
-                max_sandboxes: None,
-                labels: BTreeMap::new(),
-            }],
-            admission,
-        )
+    pub fn single(cluster: Cluster) -> Fleet {
+        let metrics = cluster.metrics().clone();
+        let admission = Admission::open(None, metrics.clone());
+        Fleet::new(vec![cluster], admission, metrics)
+    }
+
+    /// The metrics registry, for `/metrics` and the request log.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn admission(&self) -> &Admission {
@@ -286,30 +234,14 @@ impl Fleet {
 
     /// Every sandbox the caches hold, as quotas count it.
     pub fn held(&self) -> Vec<(String, Held)> {
-        let mut held = Vec::new();
-        for seat in self.seats.iter() {
-            let defaults = &seat.provisioner.spec().default_resources.limits;
-            for pod in seat.provisioner.member().cache.pods() {
-                held.extend(held_of(&pod, defaults));
-            }
-        }
-        held
+        self.clusters.iter().flat_map(Cluster::held).collect()
     }
 
     /// What the caches hold for admission: `tenant`'s sandboxes and the count of all.
     pub fn snapshot(&self, tenant: &str) -> Snapshot {
         let mut seen = Snapshot::default();
-        for seat in self.seats.iter() {
-            let defaults = &seat.provisioner.spec().default_resources.limits;
-            for pod in seat.provisioner.member().cache.pods() {
-                if pod.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                seen.total += 1;
-                if objects::tenant_of(&pod.metadata) == tenant {
-                    seen.tenant.extend(held_of(&pod, defaults));
-                }
-            }
+        for cluster in self.clusters.iter() {
+            cluster.tally(tenant, &mut seen);
         }
         seen
     }
@@ -334,30 +266,24 @@ impl Fleet {
         for (_, held) in self.held() {
             *counts.entry(held.tenant).or_default() += 1;
         }
-        self.seats[0].provisioner.metrics().tenant_sandboxes(counts);
+        self.metrics.tenant_sandboxes(counts);
     }
 
-    pub fn seats(&self) -> &[Seat] {
-        &self.seats
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
     }
 
-    /// The first cluster's provisioner: for what all clusters share (host base, timers, the
-    /// metrics registry).
-    pub fn primary(&self) -> &Provisioner {
-        &self.seats[0].provisioner
-    }
-
-    fn seat(&self, name: &str) -> Option<&Seat> {
-        self.seats.iter().find(|s| s.name() == name)
+    fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|s| s.name() == name)
     }
 
     /// The clusters a create by `tenant` may use, or a 422 naming what exists.
-    pub fn candidates_for(&self, target: &Target, tenant: &Tenant) -> Result<Vec<&Seat>> {
+    pub fn candidates_for(&self, target: &Target, tenant: &Tenant) -> Result<Vec<&Cluster>> {
         let chosen = self.candidates(target)?;
         let Some(allowed) = &tenant.clusters else {
             return Ok(chosen);
         };
-        let permitted: Vec<&Seat> = chosen
+        let permitted: Vec<&Cluster> = chosen
             .iter()
             .copied()
             .filter(|s| allowed.iter().any(|a| a == s.name()))
@@ -377,28 +303,28 @@ impl Fleet {
     }
 
     /// The clusters a create may use, or a 422 naming what exists.
-    pub fn candidates(&self, target: &Target) -> Result<Vec<&Seat>> {
+    pub fn candidates(&self, target: &Target) -> Result<Vec<&Cluster>> {
         match target {
-            Target::Any => Ok(self.seats.iter().collect()),
+            Target::Any => Ok(self.clusters.iter().collect()),
             Target::Named(name) => {
-                self.seat(name)
+                self.cluster(name)
                     .map(|s| vec![s])
                     .ok_or_else(|| FleetError::UnknownCluster {
                         name: name.clone(),
-                        known: self.seats.iter().map(|s| s.name().to_string()).collect(),
+                        known: self.clusters.iter().map(|s| s.name().to_string()).collect(),
                     })
             }
             Target::Labels(wanted) => {
-                let matching: Vec<&Seat> = self
-                    .seats
+                let matching: Vec<&Cluster> = self
+                    .clusters
                     .iter()
-                    .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                    .filter(|s| wanted.iter().all(|(k, v)| s.labels().get(k) == Some(v)))
                     .collect();
                 if matching.is_empty() {
                     let known = self
-                        .seats
+                        .clusters
                         .iter()
-                        .map(|s| format!("{} {:?}", s.name(), s.labels))
+                        .map(|s| format!("{} {:?}", s.name(), s.labels()))
                         .collect::<Vec<_>>()
                         .join(", ");
                     Err(FleetError::NoClusterMatches {
@@ -414,25 +340,21 @@ impl Fleet {
 
     /// The cluster whose cache holds the sandbox (also a stale cache of an unreachable
     /// cluster: where a sandbox lives does not change while its cluster is out of reach).
-    fn cached_holder(&self, id: &SandboxId) -> Option<&Seat> {
-        let pod = manifests::pod_name(id);
-        self.seats
-            .iter()
-            .find(|s| s.provisioner.member().holds(&pod))
+    fn cached_holder(&self, id: &SandboxId) -> Option<&Cluster> {
+        self.clusters.iter().find(|s| s.holds(id))
     }
 
     /// Where the sandbox exists: from the caches, and for a reachable cluster whose cache is
     /// not usable, from its apiserver.
-    async fn holder(&self, id: &SandboxId) -> Option<&Seat> {
+    async fn holder(&self, id: &SandboxId) -> Option<&Cluster> {
         if let Some(seat) = self.cached_holder(id) {
             return Some(seat);
         }
-        let unsure = self.seats.iter().filter(|s| {
-            s.unreachable().is_none() && s.provisioner.member().sandbox_count().is_none()
-        });
-        let found =
-            join_all(unsure.map(|s| async move { s.provisioner.exists(id).await.then_some(s) }))
-                .await;
+        let unsure = self
+            .clusters
+            .iter()
+            .filter(|s| s.unreachable().is_none() && s.count().is_none());
+        let found = join_all(unsure.map(|s| async move { s.exists(id).await.then_some(s) })).await;
         found.into_iter().flatten().next()
     }
 
@@ -462,7 +384,7 @@ impl Fleet {
             Some(held) => self.unseen(&held.last_created).await,
             None => Vec::new(),
         };
-        let (cpu, memory) = cpu_and_memory(&request.resources.limits);
+        let (cpu, memory) = cluster::cpu_and_memory(&request.resources.limits);
         let ask = Ask {
             tenant: &tenant.name,
             user: request.user.as_str(),
@@ -492,7 +414,7 @@ impl Fleet {
         };
         let created = result.as_ref().is_ok_and(|p| p.created);
         if let (Some(arbiter), Some(held)) = (&self.arbiter, lock) {
-            let pod = manifests::pod_name(&request.id);
+            let pod = cluster::pod_name(&request.id);
             let made = result
                 .as_ref()
                 .ok()
@@ -510,22 +432,8 @@ impl Fleet {
     async fn unseen(&self, last_created: &[(String, String)]) -> Vec<(String, Held)> {
         let mut found = Vec::new();
         for (cluster, pod_name) in last_created {
-            let Some(seat) = self.seat(cluster) else {
-                continue;
-            };
-            let member = seat.provisioner.member();
-            if member.holds(pod_name) {
-                continue;
-            }
-            if let Ok(Some(pod)) = member
-                .calls
-                .get::<k8s_openapi::api::core::v1::Pod>(pod_name)
-                .await
-            {
-                found.extend(held_of(
-                    &pod,
-                    &seat.provisioner.spec().default_resources.limits,
-                ));
+            if let Some(cluster) = self.cluster(cluster) {
+                found.extend(cluster.read_held(pod_name).await.ok().flatten());
             }
         }
         found
@@ -534,9 +442,9 @@ impl Fleet {
     async fn place_and_create(
         &self,
         request: &SandboxRequest,
-        candidates: Vec<&Seat>,
+        candidates: Vec<&Cluster>,
     ) -> Result<Provisioned> {
-        if self.seats.len() > 1 {
+        if self.clusters.len() > 1 {
             if let Some(holder) = self.holder(&request.id).await {
                 if !candidates.iter().any(|c| c.name() == holder.name()) {
                     return Err(FleetError::HeldElsewhere {
@@ -544,11 +452,11 @@ impl Fleet {
                         holder: holder.name().to_string(),
                     });
                 }
-                holder.reachable("the sandbox exists there and cannot be checked now")?;
-                return Ok(holder.provisioner.create(request).await?);
+                reachable(holder, "the sandbox exists there and cannot be checked now")?;
+                return Ok(holder.create(request).await?);
             }
         }
-        let states: Vec<ClusterState> = candidates.iter().map(|s| s.state()).collect();
+        let states: Vec<ClusterState> = candidates.iter().map(|s| state(s)).collect();
         let chosen = place(request.thread.as_str(), &states).map_err(|skipped| {
             FleetError::NoCapacity(
                 skipped
@@ -558,17 +466,17 @@ impl Fleet {
             )
         })?;
         let seat = self
-            .seat(chosen)
+            .cluster(chosen)
             .expect("placed among the fleet's own clusters");
-        Ok(seat.provisioner.create(request).await?)
+        Ok(seat.create(request).await?)
     }
 
     /// One sandbox of the scope, from whichever cluster holds it; another tenant's is not
     /// found.
     pub async fn get(&self, id: &SandboxId, scope: &Scope) -> Result<Sandbox> {
         let sandbox = if let Some(seat) = self.cached_holder(id) {
-            seat.reachable("the sandbox is there")?;
-            seat.provisioner.get(id).await?
+            reachable(seat, "the sandbox is there")?;
+            seat.get(id).await?
         } else {
             self.find(id).await?.1
         };
@@ -577,31 +485,31 @@ impl Fleet {
 
     /// A sandbox no cache holds: asked of every reachable cluster (each confirms a miss with
     /// its apiserver). Not found anywhere is 404 only when every cluster could answer.
-    async fn find(&self, id: &SandboxId) -> Result<(&Seat, Sandbox)> {
+    async fn find(&self, id: &SandboxId) -> Result<(&Cluster, Sandbox)> {
         let found = self
             .ask_every_cluster(|seat| async move {
-                match seat.provisioner.get(id).await {
+                match seat.get(id).await {
                     Ok(sandbox) => Ok(Some(sandbox)),
-                    Err(provisioner::Error::NotFound(_)) => Ok(None),
+                    Err(cluster::Error::NotFound(_)) => Ok(None),
                     Err(e) => Err(e.into()),
                 }
             })
             .await?;
-        found.ok_or_else(|| provisioner::Error::NotFound(id.to_string()).into())
+        found.ok_or_else(|| cluster::Error::NotFound(id.to_string()).into())
     }
 
     /// Asks every cluster at once; the first that has an answer gives it. None only when every
     /// cluster answered that it has none: an unreachable cluster, or any failure, is an error
     /// then, never "none".
-    async fn ask_every_cluster<'a, T, F, Fut>(&'a self, ask: F) -> Result<Option<(&'a Seat, T)>>
+    async fn ask_every_cluster<'a, T, F, Fut>(&'a self, ask: F) -> Result<Option<(&'a Cluster, T)>>
     where
-        F: Fn(&'a Seat) -> Fut,
+        F: Fn(&'a Cluster) -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        let answers = join_all(self.seats.iter().map(|s| {
+        let answers = join_all(self.clusters.iter().map(|s| {
             let asked = ask(s);
             async move {
-                s.reachable("the sandbox may be there")?;
+                reachable(s, "the sandbox may be there")?;
                 Ok::<_, FleetError>(asked.await?.map(|found| (s, found)))
             }
         }))
@@ -625,11 +533,11 @@ impl Fleet {
     pub async fn presence(&self, id: &SandboxId, scope: &Scope) -> Result<Option<PodPresence>> {
         let found = match self.cached_holder(id) {
             Some(seat) => {
-                seat.reachable("the sandbox is there")?;
-                seat.provisioner.presence(id).await?
+                reachable(seat, "the sandbox is there")?;
+                seat.presence(id).await?
             }
             None => self
-                .ask_every_cluster(|seat| async move { Ok(seat.provisioner.presence(id).await?) })
+                .ask_every_cluster(|seat| async move { Ok(seat.presence(id).await?) })
                 .await?
                 .map(|(_, found)| found),
         };
@@ -641,7 +549,7 @@ impl Fleet {
         self.get(id, scope).await
     }
 
-    /// Waits for the sandbox in the cluster that holds it (see `Provisioner::wait_ready`).
+    /// Waits for the sandbox in the cluster that holds it (see `Cluster::wait_ready`).
     pub async fn wait_ready(
         &self,
         id: &SandboxId,
@@ -650,8 +558,8 @@ impl Fleet {
     ) -> Result<Sandbox> {
         let seat = match self.cached_holder(id) {
             Some(seat) => {
-                seat.reachable("the sandbox is there")?;
-                visible(seat.provisioner.get(id).await?, scope)?;
+                reachable(seat, "the sandbox is there")?;
+                visible(seat.get(id).await?, scope)?;
                 seat
             }
             None => {
@@ -660,7 +568,7 @@ impl Fleet {
                 seat
             }
         };
-        visible(seat.provisioner.wait_ready(id, limit).await?, scope)
+        visible(seat.wait_ready(id, limit).await?, scope)
     }
 
     /// Deletes the sandbox of the scope wherever it is (another tenant's is not found).
@@ -676,31 +584,26 @@ impl Fleet {
 
     async fn delete_in_scope(&self, id: &SandboxId, scope: &Scope) -> Result<bool> {
         if let Some(seat) = self.cached_holder(id) {
-            seat.reachable("the sandbox is there")?;
-            let pod = seat
-                .provisioner
-                .member()
-                .cache
-                .pod(&manifests::pod_name(id));
-            if let Some(pod) = pod {
-                if !scope.allows(objects::tenant_of(&pod.metadata)) {
-                    return Err(provisioner::Error::NotFound(id.to_string()).into());
+            reachable(seat, "the sandbox is there")?;
+            if let Some(tenant) = seat.cached_tenant(id) {
+                if !scope.allows(&tenant) {
+                    return Err(cluster::Error::NotFound(id.to_string()).into());
                 }
             }
-            return Ok(seat.provisioner.delete(id).await?);
+            return Ok(seat.delete(id).await?);
         }
         match self.find(id).await {
             Ok((seat, sandbox)) => {
                 visible(sandbox, scope)?;
-                return Ok(seat.provisioner.delete(id).await?);
+                return Ok(seat.delete(id).await?);
             }
-            Err(FleetError::Provision(provisioner::Error::NotFound(_))) => {}
+            Err(FleetError::Provision(cluster::Error::NotFound(_))) => {}
             Err(e) => return Err(e),
         }
-        for seat in self.seats.iter() {
-            seat.reachable("the sandbox may be there")?;
+        for seat in self.clusters.iter() {
+            reachable(seat, "the sandbox may be there")?;
         }
-        let results = join_all(self.seats.iter().map(|s| s.provisioner.delete(id))).await;
+        let results = join_all(self.clusters.iter().map(|s| s.delete(id))).await;
         let mut existed = false;
         for result in results {
             existed |= result?;
@@ -711,9 +614,9 @@ impl Fleet {
     /// Every cluster's sandboxes of the scope, sorted by id. A cluster that cannot be read is
     /// reported as such instead of failing the list, unless no cluster can be read at all.
     pub async fn list(&self, scope: &Scope) -> Result<Listing> {
-        let answers = join_all(self.seats.iter().map(|s| async move {
-            match s.reachable("its sandboxes are not listed") {
-                Ok(()) => s.provisioner.list().await.map_err(FleetError::from),
+        let answers = join_all(self.clusters.iter().map(|s| async move {
+            match reachable(s, "its sandboxes are not listed") {
+                Ok(()) => s.list().await.map_err(FleetError::from),
                 Err(e) => Err(e),
             }
         }))
@@ -721,7 +624,7 @@ impl Fleet {
         let mut sandboxes = Vec::new();
         let mut clusters = Vec::new();
         let mut failure = None;
-        for (seat, answer) in self.seats.iter().zip(answers) {
+        for (seat, answer) in self.clusters.iter().zip(answers) {
             let name = seat.name().to_string();
             match answer {
                 Ok(mut listed) => {
@@ -754,7 +657,7 @@ impl Fleet {
             return Err(e);
         }
         // Each cluster's list is sorted already.
-        if self.seats.len() > 1 {
+        if self.clusters.len() > 1 {
             sandboxes.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
         }
         Ok(Listing {
@@ -765,8 +668,8 @@ impl Fleet {
 
     /// Updates every cluster's sandboxes-by-status gauge from its cache.
     pub fn refresh_status_gauges(&self) {
-        for seat in self.seats.iter() {
-            seat.provisioner.refresh_status_gauge();
+        for seat in self.clusters.iter() {
+            seat.refresh_status_gauge();
         }
     }
 }
@@ -774,62 +677,30 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::Config,
-        k8s::refusals::Refusals,
-        k8s::{cache::Cache, calls::Calls},
-        member::Member,
-        metrics::Metrics,
-        sandbox::ThreadId,
-    };
-    use clap::Parser;
+    use crate::sandbox::ThreadId;
 
-    /// A seat's name, weight, capacity and labels.
-    type SeatSpec<'a> = (&'a str, u32, Option<usize>, &'a [(&'a str, &'a str)]);
+    /// A cluster's name, weight, capacity and labels.
+    type ClusterSpec<'a> = (&'a str, u32, Option<usize>, &'a [(&'a str, &'a str)]);
 
-    /// Seats whose Kubernetes calls go nowhere (a closed port) and whose caches never sync.
-    fn fleet(seats: &[SeatSpec]) -> Fleet {
-        let args = crate::cli::Cli::try_parse_from(["x"])
-            .unwrap()
-            .serve_args()
-            .unwrap();
-        let config = Config::try_from(args).unwrap();
+    /// Clusters whose Kubernetes calls go nowhere (a closed port) and whose caches never sync.
+    fn fleet(clusters: &[ClusterSpec]) -> Fleet {
+        let config = crate::config::from_flags(&[]);
         let metrics = Metrics::new();
-        Fleet::new(
-            seats
-                .iter()
-                .map(|(name, weight, max, labels)| {
-                    let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-                    let scoped = metrics.for_cluster(name);
-                    let cluster = Calls::new(
-                        kube::Client::try_from(nowhere).unwrap(),
-                        "ns",
-                        config.cluster.api_timeout,
-                        scoped.clone(),
-                        Refusals::new("ns", scoped.clone()),
-                    );
-                    Seat {
-                        provisioner: Provisioner::new(
-                            Member::new(name, cluster, Cache::unwatched("ns")),
-                            config.sandbox.clone(),
-                            config.lifecycle,
-                            scoped,
-                        ),
-                        weight: *weight,
-                        max_sandboxes: *max,
-                        labels: labels
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                    }
-                })
-                .collect(),
-            Admission::open(None, metrics.clone()),
-        )
+        let clusters = clusters
+            .iter()
+            .map(|(name, weight, max, labels)| {
+                let labels = labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Cluster::nowhere(name, &config, &metrics).with_placement(*weight, *max, labels)
+            })
+            .collect();
+        Fleet::new(clusters, Admission::open(None, metrics.clone()), metrics)
     }
 
-    fn names(seats: Vec<&Seat>) -> Vec<&str> {
-        seats.into_iter().map(|s| s.name()).collect()
+    fn names(clusters: Vec<&Cluster>) -> Vec<&str> {
+        clusters.into_iter().map(|s| s.name()).collect()
     }
 
     #[tokio::test]

@@ -21,6 +21,17 @@ pub enum NetworkPolicyMode {
     Template(NetworkPolicySpec),
 }
 
+impl NetworkPolicyMode {
+    /// The mode as `GET /api/capabilities` names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetworkPolicyMode::None => "none",
+            NetworkPolicyMode::Isolated { .. } => "isolated",
+            NetworkPolicyMode::Template(_) => "template",
+        }
+    }
+}
+
 /// A CIDR such as `10.0.0.0/8` or `fd00::/8`.
 pub fn valid_cidr(text: &str) -> bool {
     let Some((ip, prefix)) = text.split_once('/') else {

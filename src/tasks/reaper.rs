@@ -1,16 +1,16 @@
 //! The reaper: every SANDBOX_REAP_INTERVAL, on the replica that holds the lease, removes
-//! expired sandboxes and sweeps orphans (see `Provisioner::reap` and `Provisioner::sweep`).
+//! expired sandboxes and sweeps orphans (see `Cluster::reap` and `Cluster::sweep`).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::leader::Leadership;
-use crate::provisioner::Provisioner;
+use crate::cluster::Cluster;
 
 /// Starts the reaper; it stops when `shutdown` turns true or its sender is dropped.
 pub fn spawn(
-    provisioner: Provisioner,
+    provisioner: Cluster,
     interval: Duration,
     leadership: Leadership,
     mut shutdown: watch::Receiver<bool>,

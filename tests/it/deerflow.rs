@@ -60,7 +60,7 @@ impl Gateway {
     ) -> Result<String, String> {
         let (status, body) = self.create_answer(thread_id, sandbox_id, acquire).await?;
         if !status.is_success() {
-            return Err(format!("Provisioner create failed: {status} {body}"));
+            return Err(format!("Cluster create failed: {status} {body}"));
         }
         body["sandbox_url"]
             .as_str()
@@ -99,7 +99,7 @@ impl Gateway {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| format!("Provisioner create failed: {e}"))?;
+            .map_err(|e| format!("Cluster create failed: {e}"))?;
         let status = answer.status();
         let body: Value = answer.json().await.map_err(|e| e.to_string())?;
         Ok((status, body))

@@ -3,7 +3,7 @@
 //! watch cache, and the background decisions (expiry, sweep, baseline policy).
 //!
 //! ```text
-//!   api ──► Provisioner ──► create / read / delete        (one file each)
+//!   api ──► Cluster ──► create / read / delete        (one file each)
 //!               │      └──► expiry / sweep / baseline       (plan: pure; apply: thin)
 //!               ├── Cluster  (timed, retried, counted Kubernetes calls)
 //!               ├── Cache    (watched Pods, Services, NetworkPolicies)
@@ -11,10 +11,14 @@
 //! ```
 
 mod baseline;
+mod connect;
 mod create;
 mod delete;
 pub mod expiry;
+mod health;
+mod lock;
 mod memory;
+mod quota;
 mod read;
 mod startup;
 pub mod sweep;
@@ -24,18 +28,29 @@ use std::sync::{atomic::AtomicBool, Arc};
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 
+pub use crate::k8s::manifests::pod_name;
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
+pub use connect::{connection, PROBE_INTERVAL};
+pub use health::Health;
+pub use lock::{Arbiter, LockError, QuotaLock};
 pub use memory::Memory;
+pub use quota::cpu_and_memory;
 pub use read::PodPresence;
+
+use std::collections::BTreeMap;
 
 use crate::{
     config::Lifecycle,
-    k8s::refusals::Refusals,
-    k8s::{cache::CacheSummary, calls, manifests},
-    member::Member,
+    k8s::{
+        cache::{Cache, CacheSummary},
+        calls::{self, Calls},
+        lease::Leases,
+        manifests,
+        refusals::Refusals,
+    },
     metrics::Metrics,
-    sandbox::{InvalidId, Sandbox, Timers},
+    sandbox::{InvalidId, Sandbox, SandboxId, Timers},
     spec::SandboxSpec,
 };
 
@@ -97,11 +112,21 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The sandbox service: one per process, shared by all requests. Cheap to clone.
+/// One Kubernetes cluster the service works in: how to reach it (timed calls, the watch
+/// cache, whether its apiserver answers), what placement knows about it, and the sandbox rules
+/// applied there. Without SANDBOX_CLUSTERS there is one, named `default`. Cheap to clone.
 #[derive(Clone)]
-pub struct Provisioner {
-    member: Member,
-    spec: SandboxSpec,
+pub struct Cluster {
+    name: Arc<str>,
+    calls: Calls,
+    cache: Cache,
+    /// What its probe found: whether its apiserver answers, whether its namespace is usable.
+    probe: health::ProbeState,
+    /// Share of new sandboxes; 0 drains the cluster.
+    weight: u32,
+    max_sandboxes: Option<usize>,
+    labels: Arc<BTreeMap<String, String>>,
+    spec: Arc<SandboxSpec>,
     lifecycle: Lifecycle,
     metrics: Metrics,
     memory: Memory,
@@ -122,11 +147,25 @@ pub struct Provisioned {
     pub created: bool,
 }
 
-impl Provisioner {
-    pub fn new(member: Member, spec: SandboxSpec, lifecycle: Lifecycle, metrics: Metrics) -> Self {
-        Provisioner {
-            member,
-            spec,
+impl Cluster {
+    /// A cluster from its parts, taking every sandbox (tests build one whose calls go nowhere;
+    /// [`Cluster::connect`] builds the real ones).
+    pub fn new(
+        name: &str,
+        (calls, cache): (Calls, Cache),
+        spec: SandboxSpec,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+    ) -> Self {
+        Cluster {
+            name: name.into(),
+            calls,
+            cache,
+            probe: health::unprobed(),
+            weight: 1,
+            max_sandboxes: None,
+            labels: Arc::default(),
+            spec: Arc::new(spec),
             lifecycle,
             metrics,
             memory: Memory::default(),
@@ -147,30 +186,89 @@ impl Provisioner {
 
     /// Whether reads are served from the watch cache.
     pub fn cache_summary(&self) -> CacheSummary {
-        self.member.cache.state().summary()
+        self.cache.state().summary()
     }
 
-    /// The cluster this provisioner works in.
-    pub fn member(&self) -> &Member {
-        &self.member
+    /// A cluster of this configuration whose calls go nowhere (a closed port) and whose cache
+    /// never syncs, so that every read would ask the apiserver: for tests of what needs no
+    /// cluster.
+    #[cfg(test)]
+    pub fn nowhere(name: &str, config: &crate::config::Config, metrics: &Metrics) -> Cluster {
+        let nowhere = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let metrics = metrics.for_cluster(name);
+        let namespace = &config.connection.namespace;
+        let calls = Calls::new(
+            kube::Client::try_from(nowhere).expect("a client"),
+            namespace,
+            config.connection.api_timeout,
+            metrics.clone(),
+            Refusals::new(namespace, metrics.clone()),
+        );
+        let cache = Cache::unwatched(namespace);
+        let spec = config.sandbox.clone();
+        Cluster::new(name, (calls, cache), spec, config.lifecycle, metrics)
+    }
+
+    /// Placement's view of the cluster: its share of new sandboxes (0 drains it), its
+    /// capacity, and the labels requests select it by.
+    pub fn with_placement(
+        mut self,
+        weight: u32,
+        max_sandboxes: Option<usize>,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        self.weight = weight;
+        self.max_sandboxes = max_sandboxes;
+        self.labels = Arc::new(labels);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    pub fn max_sandboxes(&self) -> Option<usize> {
+        self.max_sandboxes
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 
     /// The permissions the apiserver refused and that have not worked since.
     pub fn refusals(&self) -> &Refusals {
-        self.member.refusals()
+        self.calls.refusals()
     }
 
     pub fn namespace(&self) -> &str {
-        self.member.namespace()
+        self.calls.namespace()
+    }
+
+    /// The Leases of this cluster's namespace, taken as `holder`.
+    pub fn leases(&self, holder: String) -> Leases {
+        Leases::new(self.calls.clone(), holder)
+    }
+
+    /// Whether the cache holds the sandbox's pod, even from before the watch broke: where a
+    /// sandbox lives does not change while its cluster is out of reach.
+    pub fn holds(&self, id: &SandboxId) -> bool {
+        self.cache.pod(&manifests::pod_name(id)).is_some()
+    }
+
+    /// Sandboxes in the cluster as the synced cache counts them (None while it is not usable).
+    pub fn count(&self) -> Option<usize> {
+        self.cache.state().usable().then(|| self.cache.pods().len())
     }
 
     /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
     pub fn refresh_status_gauge(&self) {
-        self.metrics
-            .cache_synced(self.member.cache.state().usable());
-        if self.member.cache.state().usable() {
+        self.metrics.cache_synced(self.cache.state().usable());
+        if self.cache.state().usable() {
             let phases = self
-                .member
                 .cache
                 .pods()
                 .iter()
@@ -208,7 +306,7 @@ impl Provisioner {
         {
             return;
         }
-        let cluster = self.member.calls.clone();
+        let cluster = self.calls.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let writes = Arc::clone(&self.activity_writes);
         tokio::spawn(async move {
@@ -234,7 +332,7 @@ impl Provisioner {
         self.idle_since_created(id, pod, objects::created_of(pod))
     }
 
-    /// [`Provisioner::idle_since`] for a caller that has parsed the creation already.
+    /// [`Cluster::idle_since`] for a caller that has parsed the creation already.
     fn idle_since_created(&self, id: &str, pod: &Pod, created: Option<Timestamp>) -> Timestamp {
         let last = [
             self.memory.last_activity(id),

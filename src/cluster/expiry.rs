@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use jiff::Timestamp;
 
-use super::Provisioner;
+use super::Cluster;
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
 use crate::{
@@ -62,11 +62,10 @@ pub fn plan(candidates: &[Candidate], now: Timestamp) -> Vec<Removal> {
         .collect()
 }
 
-impl Provisioner {
+impl Cluster {
     /// The managed sandboxes in the cache, as expiry sees them.
     fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
-        self.member
-            .cache
+        self.cache
             .pods()
             .iter()
             .filter_map(|pod| {
@@ -86,7 +85,7 @@ impl Provisioner {
     /// that carry this service's labels are seen (the cache is label-selected). Returns how
     /// many were removed. Stops early once `leading` says this replica lost the lease.
     pub async fn reap(&self, leading: impl Fn() -> bool) -> usize {
-        if !self.member.cache.state().usable() {
+        if !self.cache.state().usable() {
             return 0;
         }
         let now = Timestamp::now();

@@ -8,14 +8,14 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 
-use super::{Provisioner, Result};
+use super::{Cluster, Result};
 use crate::{k8s::manifests, metrics::DeletionReason as Reason, sandbox::SandboxId};
 
 /// How long a delete waits for the cache to drop the sandbox, so that a read right after it
 /// from this service does not see it.
 const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 
-impl Provisioner {
+impl Cluster {
     /// Deletes the sandbox's Service and Pod at a caller's request. Returns whether anything
     /// existed.
     pub async fn delete(&self, id: &SandboxId) -> Result<bool> {
@@ -26,23 +26,21 @@ impl Provisioner {
     pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         let (service, pod) = tokio::join!(
-            self.member.calls.delete::<Service>(&service_name),
-            self.member.calls.delete::<Pod>(&pod_name),
+            self.calls.delete::<Service>(&service_name),
+            self.calls.delete::<Pod>(&pod_name),
         );
         let existed = service? | pod?;
         if self.policies_on() {
             // The garbage collector would remove it with the pod; this makes it immediate.
-            self.member
-                .calls
+            self.calls
                 .delete::<NetworkPolicy>(&manifests::network_policy_name(id))
                 .await?;
         }
         if existed {
             self.metrics.sandbox_deleted(reason);
             tracing::info!(sandbox_id = %id, "sandbox deleted");
-            if self.member.cache.state().usable() {
-                self.member
-                    .cache
+            if self.cache.state().usable() {
+                self.cache
                     .wait_for(CACHE_CATCH_UP, |c| {
                         c.pod(&pod_name).is_none() && c.service(&service_name).is_none()
                     })

@@ -21,7 +21,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::Provisioner;
+use super::Cluster;
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
 use crate::{
@@ -78,21 +78,21 @@ pub fn snapshot(
     }
 }
 
-impl Provisioner {
+impl Cluster {
     /// Runs one sweep over the cache (see the module). Returns how many objects it acted on.
     /// Stops early once `leading` says this replica lost the lease.
     pub async fn sweep(&self, leading: impl Fn() -> bool) -> usize {
-        if !self.member.cache.state().usable() {
+        if !self.cache.state().usable() {
             return 0;
         }
         if !self.policies_on() {
             // Never fails without policies: a stale baseline is removed or left quietly.
             let _ = self.settle_baseline(None).await;
         }
-        let policies = self.member.cache.policies().filter(|_| self.policies_on());
+        let policies = self.cache.policies().filter(|_| self.policies_on());
         let snapshot = snapshot(
-            &self.member.cache.pods(),
-            &self.member.cache.services(),
+            &self.cache.pods(),
+            &self.cache.services(),
             policies.as_deref(),
         );
         let actions = plan(&snapshot, Timestamp::now(), self.lifecycle.orphan_grace);
@@ -138,7 +138,7 @@ impl Provisioner {
                 done
             }
             Action::RestoreService { id, thread } => {
-                let repaired = match (&thread, self.member.cache.pod(&manifests::pod_name(&id))) {
+                let repaired = match (&thread, self.cache.pod(&manifests::pod_name(&id))) {
                     (Some(thread), Some(pod)) => {
                         self.ensure_service(&id, thread, &pod).await.is_ok()
                     }
@@ -156,7 +156,7 @@ impl Provisioner {
                 done
             }
             Action::RestorePolicy { id, thread } => {
-                let Some(pod) = self.member.cache.pod(&manifests::pod_name(&id)) else {
+                let Some(pod) = self.cache.pod(&manifests::pod_name(&id)) else {
                     return false;
                 };
                 if removed.contains(&id) {
@@ -181,7 +181,7 @@ impl Provisioner {
     /// Deletes an object whose pod is gone; a Service counts as an orphaned sandbox.
     async fn remove_ownerless<K: Kind>(&self, name: &str, counted_as_sandbox: bool) -> bool {
         let kind = K::kind(&()).to_lowercase();
-        match self.member.calls.delete::<K>(name).await {
+        match self.calls.delete::<K>(name).await {
             Ok(true) => {
                 if counted_as_sandbox {
                     self.metrics.sandbox_deleted(Reason::Orphan);

@@ -3,13 +3,13 @@
 
 use jiff::Timestamp;
 
-use super::{Provisioner, Result};
+use super::{Cluster, Result};
 use crate::{
     k8s::{calls, manifests},
     sandbox::{LarkRequest, SandboxId, SandboxRequest, ThreadId},
 };
 
-impl Provisioner {
+impl Cluster {
     /// Has the apiserver validate and admit the pod this configuration makes (dry run), so that
     /// a placement, size or security setting it refuses is found at start, not at first use.
     pub async fn check_pod_template(&self) -> Result<(), calls::Error> {
@@ -24,20 +24,11 @@ impl Provisioner {
             broker: true,
         };
         let pod = manifests::pod(&self.spec, &request, Timestamp::now());
-        self.member.calls.dry_run_pod(&pod).await.map(|_| ())
+        self.calls.dry_run_pod(&pod).await.map(|_| ())
     }
 
     /// Whether the configured PersistentVolumeClaim exists in the sandbox namespace.
     pub async fn pvc_exists(&self, name: &str) -> Result<bool> {
-        Ok(self.member.calls.pvc_exists(name).await?)
-    }
-
-    /// Creates the sandbox namespace when missing. Returns whether it was created.
-    pub async fn ensure_namespace(&self) -> Result<bool> {
-        Ok(self
-            .member
-            .calls
-            .ensure_namespace(&manifests::namespace(self.namespace()))
-            .await?)
+        Ok(self.calls.pvc_exists(name).await?)
     }
 }

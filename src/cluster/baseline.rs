@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::{Provisioner, Result};
+use super::{Cluster, Result};
 use crate::k8s::manifests;
 
 /// What the baseline needs.
@@ -28,7 +28,7 @@ pub fn plan(policies_on: bool, done: bool, watched: Option<bool>) -> Option<Base
     }
 }
 
-impl Provisioner {
+impl Cluster {
     pub(super) fn policies_on(&self) -> bool {
         self.spec.policies_on()
     }
@@ -46,7 +46,7 @@ impl Provisioner {
             BaselineAction::Create => {
                 let baseline = manifests::baseline_network_policy(&self.spec)
                     .expect("policies are on");
-                match self.member.calls.create(&baseline).await {
+                match self.calls.create(&baseline).await {
                     Ok(_) => tracing::info!(
                         name = manifests::BASELINE_POLICY_NAME,
                         "created the baseline NetworkPolicy that shuts off sandboxes without their own"
@@ -55,9 +55,7 @@ impl Provisioner {
                     Err(e) => return Err(e.into()),
                 }
             }
-            BaselineAction::Remove => match self
-                .member
-            .calls
+            BaselineAction::Remove => match self.calls
                 .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
                 .await
             {

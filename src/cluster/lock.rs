@@ -36,8 +36,8 @@ pub struct Arbiter {
     local: Mutex<std::collections::HashMap<String, std::sync::Arc<Mutex<()>>>>,
 }
 
-/// A lock held; give it back with [`Arbiter::release`].
-pub struct Held {
+/// A quota lock held; give it back with [`Arbiter::release`].
+pub struct QuotaLock {
     lease: Lease,
     _local: tokio::sync::OwnedMutexGuard<()>,
     /// Pods the previous holders created, by cluster, that our caches may not show yet.
@@ -55,7 +55,7 @@ impl Arbiter {
 
     /// Takes the lock `name`, waiting (with a growing backoff, never past the holder's expiry)
     /// while another replica holds it, at most the call timeout.
-    pub async fn acquire(&self, name: &str) -> Result<Held, LockError> {
+    pub async fn acquire(&self, name: &str) -> Result<QuotaLock, LockError> {
         let local = {
             let mut locks = self.local.lock().await;
             locks.entry(name.to_string()).or_default().clone()
@@ -83,7 +83,7 @@ impl Arbiter {
                             Some((k.strip_prefix(LAST_CREATED_PREFIX)?.to_string(), v.clone()))
                         })
                         .collect();
-                    return Ok(Held {
+                    return Ok(QuotaLock {
                         lease: *lease,
                         _local: guard,
                         last_created,
@@ -104,8 +104,8 @@ impl Arbiter {
 
     /// Lets go of the lock, naming the pod this holder created (cluster, pod name), if any.
     /// A lock that expired and was taken over meanwhile is left to its new holder.
-    pub async fn release(&self, held: Held, created: Option<(&str, &str)>) {
-        let Held { mut lease, .. } = held;
+    pub async fn release(&self, held: QuotaLock, created: Option<(&str, &str)>) {
+        let QuotaLock { mut lease, .. } = held;
         let name = lease.metadata.name.clone().unwrap_or_default();
         if let Some((cluster, pod)) = created {
             lease

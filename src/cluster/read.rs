@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use super::{Error, Provisioner, Result};
+use super::{Cluster, Error, Result};
 use crate::k8s::read as objects;
 use crate::k8s::status::status_of;
 use crate::{
@@ -62,7 +62,7 @@ pub(super) enum Read {
     Look,
 }
 
-impl Provisioner {
+impl Cluster {
     /// The API's view of a sandbox from its objects, with its deadline; a `Touch` counts as
     /// activity. Time-to-ready is recorded the first time it is seen Ready.
     pub(super) fn view(
@@ -73,7 +73,7 @@ impl Provisioner {
         read: Read,
     ) -> Sandbox {
         let mut sandbox = objects::sandbox_view(id, pod, service, &self.spec);
-        sandbox.cluster = self.member.name().to_string();
+        sandbox.cluster = self.name().to_string();
         if read == Read::Touch {
             self.touch(id, pod);
         }
@@ -109,18 +109,18 @@ impl Provisioner {
     /// otherwise from the apiserver (so a miss is confirmed before answering 404).
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
-        if self.member.cache.state().usable() {
-            if let Some(pod) = self.member.cache.pod(&pod_name) {
-                let service = match self.member.cache.service(&service_name) {
+        if self.cache.state().usable() {
+            if let Some(pod) = self.cache.pod(&pod_name) {
+                let service = match self.cache.service(&service_name) {
                     Some(s) => Some(s.0.clone()),
-                    None => self.member.calls.get::<Service>(&service_name).await?,
+                    None => self.calls.get::<Service>(&service_name).await?,
                 };
                 return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
             }
         }
         let (pod, service) = tokio::join!(
-            self.member.calls.get::<Pod>(&pod_name),
-            self.member.calls.get::<Service>(&service_name),
+            self.calls.get::<Pod>(&pod_name),
+            self.calls.get::<Service>(&service_name),
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
@@ -131,19 +131,19 @@ impl Provisioner {
     /// apiserver, so that None is a confirmed absence (any failure is an error). Not activity.
     pub async fn presence(&self, id: &SandboxId) -> Result<Option<PodPresence>> {
         let pod_name = manifests::pod_name(id);
-        if self.member.cache.state().usable() {
-            if let Some(pod) = self.member.cache.pod(&pod_name) {
+        if self.cache.state().usable() {
+            if let Some(pod) = self.cache.pod(&pod_name) {
                 return Ok(Some(PodPresence::of(&pod)));
             }
         }
-        let pod = self.member.calls.get::<Pod>(&pod_name).await?;
+        let pod = self.calls.get::<Pod>(&pod_name).await?;
         Ok(pod.as_ref().map(PodPresence::of))
     }
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).
     pub async fn exists(&self, id: &SandboxId) -> bool {
         matches!(
-            self.member.calls.get::<Pod>(&manifests::pod_name(id)).await,
+            self.calls.get::<Pod>(&manifests::pod_name(id)).await,
             Ok(Some(_))
         )
     }
@@ -171,9 +171,8 @@ impl Provisioner {
             if done_waiting(&status) || now >= deadline {
                 return Ok(sandbox);
             }
-            if self.member.cache.state().usable() {
-                self.member
-                    .cache
+            if self.cache.state().usable() {
+                self.cache
                     .wait_for(deadline - now, |c| {
                         !c.state().usable()
                             || c.pod(&pod_name)
@@ -191,12 +190,11 @@ impl Provisioner {
     /// built again only for what changed since the last listing, and while neither the cache
     /// nor the activity noted here changed, the last listing is the answer.
     fn list_cached(&self) -> Vec<Arc<Sandbox>> {
-        let stamp = (self.member.cache.state().generation, self.memory.version());
+        let stamp = (self.cache.state().generation, self.memory.version());
         if let Some(unchanged) = self.views.unchanged(stamp) {
             return unchanged;
         }
         let mut pods: Vec<(String, _)> = self
-            .member
             .cache
             .pods()
             .into_iter()
@@ -209,7 +207,7 @@ impl Provisioner {
             .map(|(id, pod)| {
                 let service = SandboxId::parse(&id)
                     .ok()
-                    .and_then(|sid| self.member.cache.service(&manifests::service_name(&sid)));
+                    .and_then(|sid| self.cache.service(&manifests::service_name(&sid)));
                 let service = service.as_deref().map(|s| &s.0);
                 let versions = (
                     pod.metadata.resource_version.as_deref(),
@@ -228,14 +226,14 @@ impl Provisioner {
     /// created here that the watch has not delivered), otherwise from one pod list and one
     /// service list.
     pub async fn list(&self) -> Result<Vec<Arc<Sandbox>>> {
-        let from_cache = self.member.cache.state().usable();
+        let from_cache = self.cache.state().usable();
         let mut sandboxes: Vec<Arc<Sandbox>> = if from_cache {
             self.list_cached()
         } else {
             let selector = manifests::managed_selector();
             let (pods, services) = tokio::join!(
-                self.member.calls.list::<Pod>(&selector),
-                self.member.calls.list::<Service>(&selector),
+                self.calls.list::<Pod>(&selector),
+                self.calls.list::<Service>(&selector),
             );
             let (pods, services) = (pods?, services?);
             let services: HashMap<String, &Service> = services

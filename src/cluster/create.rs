@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use super::{read::Read, Error, Provisioned, Provisioner, Result};
+use super::{read::Read, Cluster, Error, Provisioned, Result};
 use crate::k8s::read as objects;
 use crate::{
     k8s::{
@@ -19,7 +19,7 @@ use crate::{
     },
 };
 
-impl Provisioner {
+impl Cluster {
     /// Creates the sandbox, or returns the existing one when it belongs to the same thread and
     /// user and has at least the shell capacity asked for (repairing a missing Service or
     /// NetworkPolicy; a Service left without its Pod gets a new Pod).
@@ -73,16 +73,13 @@ impl Provisioner {
         const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
         let started = Instant::now();
         loop {
-            match self.member.calls.create(pod).await {
+            match self.calls.create(pod).await {
                 Err(e) if e.is_namespace_missing() && started.elapsed() < SERVICE_ACCOUNT_WAIT => {
                     tracing::info!(
                         namespace = self.namespace(),
                         "namespace is missing; creating it"
                     );
-                    self.member
-                        .calls
-                        .ensure_namespace(&manifests::namespace(self.namespace()))
-                        .await?;
+                    self.ensure_namespace().await?;
                 }
                 Err(e)
                     if e.is_service_account_pending()
@@ -100,7 +97,6 @@ impl Provisioner {
     async fn existing_pod(&self, request: &SandboxRequest) -> Result<Pod> {
         let (id, thread) = (&request.id, &request.thread);
         let pod = self
-            .member
             .calls
             .get::<Pod>(&manifests::pod_name(id))
             .await?
@@ -197,18 +193,18 @@ impl Provisioner {
         let name = wanted.meta().name.clone().unwrap_or_default();
         let kind = K::kind(&()).to_lowercase();
         for _ in 0..3 {
-            match self.member.calls.create(wanted).await {
+            match self.calls.create(wanted).await {
                 Ok(created) => return Ok(created),
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
-            match self.member.calls.get::<K>(&name).await? {
+            match self.calls.get::<K>(&name).await? {
                 Some(existing) if objects::meta_owned_by(existing.meta(), pod) => {
                     return Ok(existing)
                 }
                 Some(_) => {
                     tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
-                    self.member.calls.delete::<K>(&name).await?;
+                    self.calls.delete::<K>(&name).await?;
                 }
                 None => {}
             }
@@ -219,16 +215,10 @@ impl Provisioner {
     /// Removes what this call created when the sandbox could not be completed.
     async fn roll_back(&self, id: &SandboxId) {
         let _ = self
-            .member
             .calls
             .delete::<Service>(&manifests::service_name(id))
             .await;
-        match self
-            .member
-            .calls
-            .delete::<Pod>(&manifests::pod_name(id))
-            .await
-        {
+        match self.calls.delete::<Pod>(&manifests::pod_name(id)).await {
             Ok(_) => {
                 tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
             }
