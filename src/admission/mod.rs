@@ -60,6 +60,19 @@ pub fn lock_name(tenant: &Tenant, max_total: Option<usize>) -> Option<String> {
     }
 }
 
+/// What quotas see at the moment of a create.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaView {
+    /// The tenant's use: the caches, creates in flight here, and pods a previous lock holder
+    /// created that the caches do not show yet.
+    pub usage: Usage,
+    /// Every tenant's sandboxes together, for SANDBOX_MAX_TOTAL.
+    pub total: usize,
+    pub max_total: Option<usize>,
+    /// How long ago the oldest of the last minute's creates was (for the rate's Retry-After).
+    pub oldest_create: Option<Duration>,
+}
+
 /// What the caches hold, as admission needs it: the tenant's sandboxes, and how many
 /// sandboxes there are in all.
 #[derive(Debug, Default)]
@@ -203,19 +216,21 @@ impl Admission {
         });
     }
 
-    /// Admits a create for `tenant` or refuses it. `snapshot` says what the caches hold now
-    /// (asked only when a limit needs counts) and `cached` whether they show an id; both are
-    /// read under the admission lock, so that concurrent admissions here see each other. An
-    /// admitted create counts until the caches show it or [`Admission::settled`] says it
-    /// failed.
-    pub fn admit(
+    /// Decides a create for `tenant` under the admission lock, so that concurrent creates in
+    /// this process see each other: `decide` gets the quota's view (what the caches hold, from
+    /// `snapshot`, asked only when a limit needs counts; plus the creates admitted here that
+    /// the caches, asked through `cached`, do not show yet) and answers. When its answer
+    /// admits a new sandbox (`is_new`), that create counts from then on, until the caches show
+    /// it or [`Admission::settled`] says it failed.
+    pub fn decide<T, E>(
         &self,
         tenant: &Tenant,
-        id: &str,
-        ask: &Ask,
+        (id, ask): (&str, &Ask),
         snapshot: impl FnOnce(&str) -> Snapshot,
         cached: impl Fn(&str) -> bool,
-    ) -> Result<(), Refusal> {
+        decide: impl FnOnce(&QuotaView) -> Result<T, E>,
+        is_new: impl Fn(&T) -> bool,
+    ) -> Result<T, E> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let counts = self.max_total.is_some() || tenant.limits.counts_sandboxes();
@@ -230,35 +245,41 @@ impl Admission {
         let creates = state.creates.entry(tenant.name.clone()).or_default();
         drop_older_than_a_minute(creates, now);
         let creates_last_minute = creates.len();
-        let oldest = creates.front().map(|t| now - *t);
+        let oldest_create = creates.front().map(|t| now - *t);
         let mut all: Vec<Held> = seen.tenant.into_iter().map(|(_, h)| h).collect();
         all.extend(state.pending.values().map(|p| p.held.clone()));
-        let usage = quota::usage(&tenant.name, &all, creates_last_minute);
-        let total = seen.total + state.pending.len();
-        if let Err(refusal) =
-            quota::admit(&tenant.limits, self.max_total, &usage, total, ask, oldest)
-        {
-            self.metrics.quota_refused(&tenant.name, refusal.limit);
-            return Err(refusal);
-        }
-        state
-            .creates
-            .entry(tenant.name.clone())
-            .or_default()
-            .push_back(now);
-        state.pending.insert(
-            id.to_string(),
-            Pending {
-                held: Held {
-                    tenant: ask.tenant.to_string(),
-                    user: ask.user.to_string(),
-                    cpu: ask.cpu,
-                    memory: ask.memory,
+        let view = QuotaView {
+            usage: quota::usage(&tenant.name, &all, creates_last_minute),
+            total: seen.total + state.pending.len(),
+            max_total: self.max_total,
+            oldest_create,
+        };
+        let decided = decide(&view)?;
+        if is_new(&decided) {
+            state
+                .creates
+                .entry(tenant.name.clone())
+                .or_default()
+                .push_back(now);
+            state.pending.insert(
+                id.to_string(),
+                Pending {
+                    held: Held {
+                        tenant: ask.tenant.to_string(),
+                        user: ask.user.to_string(),
+                        cpu: ask.cpu,
+                        memory: ask.memory,
+                    },
+                    since: now,
                 },
-                since: now,
-            },
-        );
-        Ok(())
+            );
+        }
+        Ok(decided)
+    }
+
+    /// Counts a refusal by `limit` of `tenant`'s quota.
+    pub fn refused(&self, tenant: &str, limit: &'static str) {
+        self.metrics.quota_refused(tenant, limit);
     }
 
     /// After an admitted create: one that made nothing no longer counts (nor against the
@@ -379,19 +400,33 @@ mod tests {
         };
         let nothing = |_: &str| Snapshot::default();
         let unseen = |_: &str| false;
-        assert!(admission
-            .admit(&tenant, "s-1", &ask, nothing, unseen)
-            .is_ok());
+        let admit = |id: &'static str| {
+            admission.decide(
+                &tenant,
+                (id, &ask),
+                nothing,
+                unseen,
+                |view| {
+                    let limits = &tenant.limits;
+                    quota::admit(
+                        limits,
+                        None,
+                        &view.usage,
+                        view.total,
+                        &ask,
+                        view.oldest_create,
+                    )
+                },
+                |_| true,
+            )
+        };
+        assert!(admit("s-1").is_ok());
         // Not in the caches yet, but in flight here: the limit holds.
-        let refused = admission
-            .admit(&tenant, "s-2", &ask, nothing, unseen)
-            .unwrap_err();
+        let refused = admit("s-2").unwrap_err();
         assert_eq!(refused.limit, "max_sandboxes");
         // The first create failed: its slot and its place in the rate come back.
         admission.settled(DEFAULT_TENANT, "s-1", false);
-        assert!(admission
-            .admit(&tenant, "s-2", &ask, nothing, unseen)
-            .is_ok());
+        assert!(admit("s-2").is_ok());
         admission.settled(DEFAULT_TENANT, "s-2", true);
         let usage =
             |seen, cached: &dyn Fn(&str) -> bool| admission.usage(DEFAULT_TENANT, seen, cached);

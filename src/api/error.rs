@@ -114,9 +114,9 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::NoKeyConfigured => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Fleet(FleetError::Quota(_)) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Fleet(FleetError::ClusterNotAllowed { .. }) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::Fleet(
+                FleetError::ClusterNotAllowed { .. } | FleetError::SizeNotAllowed { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded | ApiError::RequestTimeout(_) | ApiError::NotReady(_) => {

@@ -377,18 +377,6 @@ pub async fn create(
             )));
         }
     }
-    if let Some(allowed) = &tenant.sizes {
-        let size = request
-            .size
-            .clone()
-            .unwrap_or_else(|| state.capabilities.sizes.default_size.clone());
-        if !allowed.contains(&size) {
-            return Err(ApiError::InvalidRequest(format!(
-                "tenant {:?} may not use size {size:?}; it may use {allowed:?}",
-                tenant.name
-            )));
-        }
-    }
     let resources = state
         .capabilities
         .sizes
@@ -404,8 +392,6 @@ pub async fn create(
         (None, Some(labels)) if !labels.is_empty() => Target::Labels(labels),
         (None, _) => Target::Any,
     };
-    // Before anything else touches a cluster: an unknown cluster is the caller's mistake.
-    state.fleet.candidates_for(&target, &tenant)?;
     let skills_path = match request.skills_container_path.as_deref() {
         Some(path) => {
             let fixed: Vec<&str> = state.fixed_mounts.iter().map(String::as_str).collect();
@@ -437,8 +423,12 @@ pub async fn create(
     let fleet = state.fleet.clone();
     let waiting_id = id;
     let creator = tenant.clone();
+    let size = request
+        .size
+        .unwrap_or_else(|| state.capabilities.sizes.default_size.clone());
     let provisioned =
-        run_to_completion(async move { fleet.create(&wanted, &target, &creator).await }).await?;
+        run_to_completion(async move { fleet.create(&wanted, &size, &target, &creator).await })
+            .await?;
     match wait {
         Some(limit) if !provisioned.sandbox.ready => Ok(Json(
             state

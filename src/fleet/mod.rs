@@ -12,6 +12,7 @@
 //! reach) answers 503, never 404: a 404 makes DeerFlow's client forget the sandbox.
 
 pub mod placement;
+pub mod plan;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -49,6 +50,12 @@ pub enum FleetError {
     },
     #[error("sandbox {id:?} exists in cluster {holder:?}, which this request does not select; use another sandbox_id, or delete the existing sandbox first")]
     HeldElsewhere { id: String, holder: String },
+    #[error("tenant {tenant:?} may not use size {size:?}; it may use {allowed:?}")]
+    SizeNotAllowed {
+        tenant: String,
+        size: String,
+        allowed: Vec<String>,
+    },
     #[error("tenant {tenant:?} may not use cluster {cluster:?}; it may use {allowed:?}")]
     ClusterNotAllowed {
         tenant: String,
@@ -277,113 +284,44 @@ impl Fleet {
         self.clusters.iter().find(|s| s.name() == name)
     }
 
-    /// The clusters a create by `tenant` may use, or a 422 naming what exists.
-    pub fn candidates_for(&self, target: &Target, tenant: &Tenant) -> Result<Vec<&Cluster>> {
-        let chosen = self.candidates(target)?;
-        let Some(allowed) = &tenant.clusters else {
-            return Ok(chosen);
-        };
-        let permitted: Vec<&Cluster> = chosen
-            .iter()
-            .copied()
-            .filter(|s| allowed.iter().any(|a| a == s.name()))
-            .collect();
-        if permitted.is_empty() {
-            return Err(FleetError::ClusterNotAllowed {
-                tenant: tenant.name.clone(),
-                cluster: chosen
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                allowed: allowed.clone(),
-            });
-        }
-        Ok(permitted)
-    }
-
-    /// The clusters a create may use, or a 422 naming what exists.
-    pub fn candidates(&self, target: &Target) -> Result<Vec<&Cluster>> {
-        match target {
-            Target::Any => Ok(self.clusters.iter().collect()),
-            Target::Named(name) => {
-                self.cluster(name)
-                    .map(|s| vec![s])
-                    .ok_or_else(|| FleetError::UnknownCluster {
-                        name: name.clone(),
-                        known: self.clusters.iter().map(|s| s.name().to_string()).collect(),
-                    })
-            }
-            Target::Labels(wanted) => {
-                let matching: Vec<&Cluster> = self
-                    .clusters
-                    .iter()
-                    .filter(|s| wanted.iter().all(|(k, v)| s.labels().get(k) == Some(v)))
-                    .collect();
-                if matching.is_empty() {
-                    let known = self
-                        .clusters
-                        .iter()
-                        .map(|s| format!("{} {:?}", s.name(), s.labels()))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Err(FleetError::NoClusterMatches {
-                        wanted: format!("{wanted:?}"),
-                        known,
-                    })
-                } else {
-                    Ok(matching)
-                }
-            }
-        }
-    }
-
     /// The cluster whose cache holds the sandbox (also a stale cache of an unreachable
     /// cluster: where a sandbox lives does not change while its cluster is out of reach).
     fn cached_holder(&self, id: &SandboxId) -> Option<&Cluster> {
         self.clusters.iter().find(|s| s.holds(id))
     }
 
-    /// Where the sandbox exists: from the caches, and for a reachable cluster whose cache is
-    /// not usable, from its apiserver.
-    async fn holder(&self, id: &SandboxId) -> Option<&Cluster> {
-        if let Some(seat) = self.cached_holder(id) {
-            return Some(seat);
-        }
-        let unsure = self
-            .clusters
+    /// Every cluster as a create sees it: placement's state and whether it holds `id` (from
+    /// its cache; with `confirm`, a reachable cluster whose cache is not synced is asked).
+    async fn views(&self, id: &SandboxId, confirm: bool) -> Vec<plan::ClusterView<'_>> {
+        let holds = join_all(self.clusters.iter().map(|c| async move {
+            c.holds(id)
+                || (confirm
+                    && c.unreachable().is_none()
+                    && c.count().is_none()
+                    && c.exists(id).await)
+        }))
+        .await;
+        self.clusters
             .iter()
-            .filter(|s| s.unreachable().is_none() && s.count().is_none());
-        let found = join_all(unsure.map(|s| async move { s.exists(id).await.then_some(s) })).await;
-        found.into_iter().flatten().next()
+            .zip(holds)
+            .map(|(c, holds)| plan::ClusterView {
+                placement: state(c),
+                labels: c.labels(),
+                holds,
+            })
+            .collect()
     }
 
-    /// Creates the sandbox in the cluster placement picks among the target's (after the
-    /// tenant's quota admits it), or returns it from the cluster that already holds it (which
-    /// no quota refuses).
+    /// Creates the sandbox, or returns it from the cluster that already holds it, as
+    /// [`plan::plan`] decides from a snapshot of the clusters and the tenant's quota. A create
+    /// a limit governs runs under that limit's lock across replicas.
     pub async fn create(
         &self,
         request: &SandboxRequest,
+        size: &str,
         target: &Target,
         tenant: &Tenant,
     ) -> Result<Provisioned> {
-        let candidates = self.candidates_for(target, tenant)?;
-        let exists = self.cached_holder(&request.id).is_some();
-        if exists {
-            return self.place_and_create(request, candidates).await;
-        }
-        // Across replicas, a create a limit governs runs under that limit's lock.
-        let lock = match (
-            &self.arbiter,
-            crate::admission::lock_name(tenant, self.admission.max_total()),
-        ) {
-            (Some(arbiter), Some(name)) => Some(arbiter.acquire(&name).await?),
-            _ => None,
-        };
-        let unseen = match &lock {
-            Some(held) => self.unseen(&held.last_created).await,
-            None => Vec::new(),
-        };
         let (cpu, memory) = cluster::cpu_and_memory(&request.resources.limits);
         let ask = Ask {
             tenant: &tenant.name,
@@ -391,10 +329,32 @@ impl Fleet {
             cpu,
             memory,
         };
-        let admitted = self.admission.admit(
+        let facts = plan::Request {
+            id: request.id.as_str(),
+            thread: request.thread.as_str(),
+            size,
+            ask: ask.clone(),
+            target,
+        };
+        // The caller's mistakes are answered before any Kubernetes call.
+        let cached = self.views(&request.id, false).await;
+        plan::candidates(&facts, tenant, &cached)?;
+        let exists = cached.iter().any(|v| v.holds);
+        let lock = match (
+            &self.arbiter,
+            crate::admission::lock_name(tenant, self.admission.max_total()),
+        ) {
+            (Some(arbiter), Some(name)) if !exists => Some(arbiter.acquire(&name).await?),
+            _ => None,
+        };
+        let unseen = match &lock {
+            Some(held) => self.unseen(&held.last_created).await,
+            None => Vec::new(),
+        };
+        let views = self.views(&request.id, true).await;
+        let decided = self.admission.decide(
             tenant,
-            request.id.as_str(),
-            &ask,
+            (request.id.as_str(), &ask),
             |name| {
                 let mut seen = self.snapshot(name);
                 seen.total += unseen.len();
@@ -403,14 +363,20 @@ impl Fleet {
                 seen
             },
             |id| self.holds_id(id),
+            |quota| plan::plan(&facts, tenant, &views, Some(quota)),
+            |decided| matches!(decided, plan::Plan::Place(_)),
         );
-        let result = match admitted {
-            Ok(()) => self.place_and_create(request, candidates).await,
-            // Not in a cache, but perhaps in a cluster whose cache lags: a re-create.
-            Err(refusal) => match self.holder(&request.id).await {
-                Some(_) => self.place_and_create(request, candidates).await,
-                None => Err(refusal.into()),
-            },
+        if let Err(FleetError::Quota(refusal)) = &decided {
+            self.admission.refused(&tenant.name, refusal.limit);
+        }
+        let result = match decided {
+            Ok(plan::Plan::Existing(name) | plan::Plan::Place(name)) => {
+                let chosen = self
+                    .cluster(&name)
+                    .expect("planned among the fleet's own clusters");
+                chosen.create(request).await.map_err(FleetError::from)
+            }
+            Err(e) => Err(e),
         };
         let created = result.as_ref().is_ok_and(|p| p.created);
         if let (Some(arbiter), Some(held)) = (&self.arbiter, lock) {
@@ -437,38 +403,6 @@ impl Fleet {
             }
         }
         found
-    }
-
-    async fn place_and_create(
-        &self,
-        request: &SandboxRequest,
-        candidates: Vec<&Cluster>,
-    ) -> Result<Provisioned> {
-        if self.clusters.len() > 1 {
-            if let Some(holder) = self.holder(&request.id).await {
-                if !candidates.iter().any(|c| c.name() == holder.name()) {
-                    return Err(FleetError::HeldElsewhere {
-                        id: request.id.to_string(),
-                        holder: holder.name().to_string(),
-                    });
-                }
-                reachable(holder, "the sandbox exists there and cannot be checked now")?;
-                return Ok(holder.create(request).await?);
-            }
-        }
-        let states: Vec<ClusterState> = candidates.iter().map(|s| state(s)).collect();
-        let chosen = place(request.thread.as_str(), &states).map_err(|skipped| {
-            FleetError::NoCapacity(
-                skipped
-                    .into_iter()
-                    .map(|(name, why)| (name.to_string(), why))
-                    .collect(),
-            )
-        })?;
-        let seat = self
-            .cluster(chosen)
-            .expect("placed among the fleet's own clusters");
-        Ok(seat.create(request).await?)
     }
 
     /// One sandbox of the scope, from whichever cluster holds it; another tenant's is not
@@ -699,50 +633,6 @@ mod tests {
         Fleet::new(clusters, Admission::open(None, metrics.clone()), metrics)
     }
 
-    fn names(clusters: Vec<&Cluster>) -> Vec<&str> {
-        clusters.into_iter().map(|s| s.name()).collect()
-    }
-
-    #[tokio::test]
-    async fn targets_choose_clusters_or_name_what_exists() {
-        let f = fleet(&[
-            ("a", 1, None, &[("region", "eu")]),
-            ("b", 1, None, &[("region", "us"), ("tier", "gpu")]),
-        ]);
-        assert_eq!(names(f.candidates(&Target::Any).unwrap()), ["a", "b"]);
-        assert_eq!(
-            names(f.candidates(&Target::Named("b".into())).unwrap()),
-            ["b"]
-        );
-        let labels = |pairs: &[(&str, &str)]| {
-            Target::Labels(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
-        assert_eq!(
-            names(f.candidates(&labels(&[("region", "us")])).unwrap()),
-            ["b"]
-        );
-        assert_eq!(
-            names(
-                f.candidates(&labels(&[("region", "us"), ("tier", "gpu")]))
-                    .unwrap()
-            ),
-            ["b"]
-        );
-        let unknown = f.candidates(&Target::Named("c".into())).err().unwrap();
-        assert!(unknown.to_string().contains(r#"["a", "b"]"#), "{unknown}");
-        let unmatched = f.candidates(&labels(&[("region", "eu"), ("tier", "gpu")]));
-        let message = unmatched.err().unwrap().to_string();
-        assert!(
-            message.contains(r#"a {"region": "eu"}, b {"region": "us", "tier": "gpu"}"#),
-            "{message}"
-        );
-    }
-
     #[tokio::test]
     async fn nothing_is_created_when_no_cluster_can_take_it() {
         // b drains; a has a capacity but its cache never synced, so its count is unknown.
@@ -750,7 +640,7 @@ mod tests {
         let id = crate::sandbox::SandboxId::parse("s-1").unwrap();
         let request = SandboxRequest::new(id.clone(), ThreadId::of_sandbox(&id));
         let anyone = Tenant::unlimited("default", None);
-        match f.create(&request, &Target::Any, &anyone).await {
+        match f.create(&request, "default", &Target::Any, &anyone).await {
             Err(FleetError::NoCapacity(skipped)) => {
                 let reasons: Vec<(String, String)> = skipped
                     .into_iter()
