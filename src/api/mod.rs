@@ -3,14 +3,15 @@
 
 mod auth;
 mod error;
-mod handlers;
 mod limits;
+pub mod model;
+mod routes;
 #[cfg(test)]
 mod tests;
 
 pub use auth::ApiAccess;
 pub use error::{ApiError, ErrorBody};
-pub use handlers::{Capabilities, CreateRequest, Deleted, Health, SandboxList};
+pub use model::{Capabilities, CreateRequest, Deleted, Health, SandboxList};
 
 use std::time::Instant;
 
@@ -115,24 +116,27 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
             .saturating_sub(std::time::Duration::from_secs(1)),
     };
     let api = Router::new()
-        .route("/api/sandboxes", get(handlers::list).post(handlers::create))
+        .route(
+            "/api/sandboxes",
+            get(routes::sandboxes::list).post(routes::sandboxes::create),
+        )
         .route(
             "/api/sandboxes/{sandbox_id}",
-            get(handlers::get).delete(handlers::delete),
+            get(routes::sandboxes::get).delete(routes::sandboxes::delete),
         )
-        .route("/api/capabilities", get(handlers::capabilities))
-        .route("/api/quota", get(handlers::quota))
+        .route("/api/capabilities", get(routes::info::capabilities))
+        .route("/api/quota", get(routes::info::quota))
         .route(
             "/api/sandboxes/{sandbox_id}/keepalive",
-            axum::routing::post(handlers::keepalive),
+            axum::routing::post(routes::sandboxes::keepalive),
         )
         .route(
             "/api/sandboxes/{sandbox_id}/presence",
-            get(handlers::presence),
+            get(routes::sandboxes::presence),
         )
         .route("/openapi.json", get(openapi_json))
-        .fallback(handlers::no_such_route)
-        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .fallback(routes::no_such_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             (settings.access, state.fleet.admission().clone()),
@@ -150,8 +154,8 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
     // Probes stay outside the request log and the limits, so that they neither flood the log
     // nor fail because the API is busy.
     Router::new()
-        .route("/health", get(handlers::health))
-        .route("/readyz", get(handlers::readyz))
+        .route("/health", get(routes::probes::health))
+        .route("/readyz", get(routes::probes::readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(api)
@@ -182,19 +186,21 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         license(name = "Apache-2.0"),
     ),
     paths(
-        handlers::health,
-        handlers::readyz,
-        handlers::create,
-        handlers::list,
-        handlers::get,
-        handlers::delete,
-        handlers::keepalive,
-        handlers::presence,
-        handlers::capabilities,
-        handlers::quota,
+        routes::probes::health,
+        routes::probes::readyz,
+        routes::sandboxes::create,
+        routes::sandboxes::list,
+        routes::sandboxes::get,
+        routes::sandboxes::delete,
+        routes::sandboxes::keepalive,
+        routes::sandboxes::presence,
+        routes::info::capabilities,
+        routes::info::quota,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, handlers::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, handlers::ClusterHealth, handlers::QuotaAnswer, handlers::TenantQuota, handlers::LimitsView, crate::admission::Usage)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, model::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, model::ClusterHealth, model::QuotaAnswer, model::TenantQuota, model::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),
+    // Every /api/* route takes the key either way; the probes need none.
+    security((), ("api_key" = []), ("bearer" = [])),
     tags(
         (name = "sandboxes", description = "Create, read, list and delete sandboxes"),
         (name = "probes", description = "Liveness and readiness"),
