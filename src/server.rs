@@ -237,11 +237,8 @@ impl Background {
 async fn prepare(provisioner: &Cluster) -> Result<(), StartError> {
     let cluster_name = provisioner.name();
     match provisioner.ensure_namespace().await {
-        Ok(true) => tracing::info!(
-            cluster = cluster_name,
-            namespace = provisioner.namespace(),
-            "namespace created"
-        ),
+        // Its creation is logged where it happens (here, or by the cluster's first probe).
+        Ok(true) => {}
         Ok(false) => tracing::info!(
             cluster = cluster_name,
             namespace = provisioner.namespace(),

@@ -98,7 +98,9 @@ impl Cluster {
                 }
                 let failure = match tokio::time::timeout(timeout, client.apiserver_version()).await
                 {
-                    Ok(Ok(_)) => None,
+                    // Any answer, a 429 of an apiserver shedding load included, means it is
+                    // there: only calls that get no answer make a cluster unreachable.
+                    Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => None,
                     Ok(Err(e)) => Some(probe_failure(&e, timeout)),
                     Err(elapsed) => Some(probe_failure(&elapsed, timeout)),
                 };
@@ -107,9 +109,14 @@ impl Cluster {
                     namespace_known = false;
                 }
                 if reachable && !namespace_known {
-                    namespace_known = tokio::time::timeout(timeout, cluster.ensure_namespace())
-                        .await
-                        .is_ok_and(|r| r.is_ok());
+                    // Known once it is usable, or refused for good (a permission the log and
+                    // /readyz already name); a timeout or a transient failure asks again.
+                    let prepared = tokio::time::timeout(timeout, cluster.ensure_namespace()).await;
+                    namespace_known = match prepared {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e)) => e.is_permission_denied(),
+                        Err(_) => false,
+                    };
                 }
                 cluster.note_probed();
             }

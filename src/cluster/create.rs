@@ -56,7 +56,7 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let sandbox = self.view(id.as_str(), &pod, Some(&service), Read::Touch);
+        let sandbox = self.view_of(&pod, Some(&service), Read::Touch);
         if created {
             // Until the watch delivers it, LIST shows it from memory (GET confirms a cache
             // miss with the apiserver), so a read right after this write sees it.

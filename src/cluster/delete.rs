@@ -42,7 +42,7 @@ impl Cluster {
             if self.cache.state().usable() {
                 self.cache
                     .wait_for(CACHE_CATCH_UP, |c| {
-                        c.pod(&pod_name).is_none() && c.service(&service_name).is_none()
+                        c.pod(id.as_str()).is_none() && c.service(id.as_str()).is_none()
                     })
                     .await;
             }

@@ -5,8 +5,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::Cluster;
-use crate::k8s::read as objects;
-use crate::k8s::status::status_of;
 use crate::{
     metrics::DeletionReason as Reason,
     sandbox::{Expiry, SandboxId, SandboxStatus, Timers},
@@ -68,13 +66,13 @@ impl Cluster {
         self.cache
             .pods()
             .iter()
-            .filter_map(|pod| {
-                let id = SandboxId::parse(&objects::sandbox_id_of(&pod.metadata)?).ok()?;
+            .filter_map(|(id, pod)| {
+                let id = SandboxId::parse(id).ok()?;
                 Some(Candidate {
-                    timers: objects::timers_of(pod, self.lifecycle.timers.ready),
-                    created: objects::created_of(pod).unwrap_or(now),
+                    timers: pod.timers(self.lifecycle.timers.ready),
+                    created: pod.created.unwrap_or(now),
                     idle_since: self.idle_since(id.as_str(), pod),
-                    status: status_of(pod),
+                    status: pod.status.clone(),
                     id,
                 })
             })

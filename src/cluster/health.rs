@@ -96,6 +96,9 @@ impl Cluster {
             .await;
         let why = result.as_ref().err().map(ToString::to_string);
         self.probe.send_modify(|p| p.namespace = why);
+        if matches!(result, Ok(true)) {
+            tracing::info!(cluster = %self.name, namespace = self.namespace(), "namespace created");
+        }
         result
     }
 }

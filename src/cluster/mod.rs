@@ -26,11 +26,9 @@ mod views;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 
 pub use crate::k8s::manifests::pod_name;
-use crate::k8s::read as objects;
-use crate::k8s::status::status_of;
 pub use connect::{connection, PROBE_INTERVAL};
 pub use health::Health;
 pub use lock::{Arbiter, LockError, QuotaLock};
@@ -47,10 +45,11 @@ use crate::{
         calls::{self, Calls},
         lease::Leases,
         manifests,
+        record::PodRecord,
         refusals::Refusals,
     },
     metrics::Metrics,
-    sandbox::{InvalidId, Sandbox, SandboxId, Timers},
+    sandbox::{InvalidId, Sandbox, SandboxId},
     spec::SandboxSpec,
 };
 
@@ -256,12 +255,12 @@ impl Cluster {
     /// Whether the cache holds the sandbox's pod, even from before the watch broke: where a
     /// sandbox lives does not change while its cluster is out of reach.
     pub fn holds(&self, id: &SandboxId) -> bool {
-        self.cache.pod(&manifests::pod_name(id)).is_some()
+        self.cache.pod(id.as_str()).is_some()
     }
 
     /// Sandboxes in the cluster as the synced cache counts them (None while it is not usable).
     pub fn count(&self) -> Option<usize> {
-        self.cache.state().usable().then(|| self.cache.pods().len())
+        self.cache.state().usable().then(|| self.cache.pod_count())
     }
 
     /// Updates the sandboxes-by-status gauge from the cache (no apiserver call).
@@ -272,33 +271,20 @@ impl Cluster {
                 .cache
                 .pods()
                 .iter()
-                .map(|p| status_of(p).phase)
+                .map(|(_, p)| p.status.phase)
                 .collect::<Vec<_>>();
             self.metrics.sandboxes_by_status(phases);
         }
     }
 
-    /// The timers of a new sandbox: the request's, within the configured ceilings.
-    /// The request's extra mounts, checked against DeerFlow's rules and the base directory.
-    pub fn check_extra_mounts(
-        &self,
-        requested: &[crate::sandbox::mounts::ExtraMountRequest],
-        skills_path: Option<&str>,
-    ) -> Result<Vec<crate::sandbox::ExtraMount>, crate::sandbox::InvalidMount> {
-        crate::sandbox::mounts::check_extra_mounts(requested, &self.spec.host_base, skills_path)
-    }
-
-    pub fn timers_for(&self, ttl_seconds: Option<u32>, idle_seconds: Option<u32>) -> Timers {
-        self.lifecycle.timers.for_request(ttl_seconds, idle_seconds)
-    }
-
     /// Notes activity on a sandbox: kept in memory, and written to the pod at most once per
     /// SANDBOX_ACTIVITY_PERSIST_INTERVAL (in the background, so a GET costs no write).
-    fn touch(&self, id: &str, pod: &Pod) {
+    fn touch(&self, id: &str, pod: &PodRecord) {
         let now = Timestamp::now();
         // Creation counts as written activity: a create costs no extra write.
-        let written = objects::activity_of(pod)
-            .or_else(|| objects::created_of(pod))
+        let written = pod
+            .activity
+            .or(pod.created)
             .unwrap_or(Timestamp::UNIX_EPOCH);
         if !self
             .memory
@@ -307,7 +293,7 @@ impl Cluster {
             return;
         }
         let cluster = self.calls.clone();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let name = manifests::pod_name(id);
         let writes = Arc::clone(&self.activity_writes);
         tokio::spawn(async move {
             // Waits its turn; the activity is in memory meanwhile.
@@ -328,21 +314,100 @@ impl Cluster {
     /// pod, or the creation), plus the grace that covers activity other replicas saw but have
     /// not written yet. The published `expires_at` and the reaper both use it, so a sandbox
     /// goes when its answer said it would.
-    fn idle_since(&self, id: &str, pod: &Pod) -> Timestamp {
-        self.idle_since_created(id, pod, objects::created_of(pod))
+    fn idle_since(&self, id: &str, pod: &PodRecord) -> Timestamp {
+        let last = [self.memory.last_activity(id), pod.activity, pod.created]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_else(Timestamp::now);
+        last + self.lifecycle.idle_grace()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Pod, Service};
+
+    use super::*;
+    use crate::{
+        admission::Snapshot,
+        k8s::manifests::test_support::{a_request, spec},
+        sandbox::{Phase, ThreadId},
+    };
+
+    /// A sandbox's Pod (Running and Ready unless `terminating`) and its Service on node port
+    /// 30000 + n.
+    fn objects(id: &str, tenant: &str, n: i32, terminating: bool) -> (Pod, Service) {
+        let t = spec(None, None);
+        let mut request = a_request();
+        request.id = SandboxId::parse(id).unwrap();
+        request.thread = ThreadId::parse("t").unwrap();
+        request.tenant = tenant.into();
+        let mut pod = manifests::pod(&t, &request, Timestamp::UNIX_EPOCH);
+        pod.metadata.uid = Some(format!("uid-{id}"));
+        pod.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+            }))
+            .unwrap(),
+        );
+        if terminating {
+            pod.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+            );
+        }
+        let mut service = manifests::service(&t, &request.id, &request.thread, &pod);
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30000 + n);
+        (pod, service)
     }
 
-    /// [`Cluster::idle_since`] for a caller that has parsed the creation already.
-    fn idle_since_created(&self, id: &str, pod: &Pod, created: Option<Timestamp>) -> Timestamp {
-        let last = [
-            self.memory.last_activity(id),
-            objects::activity_of(pod),
-            created,
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or_else(Timestamp::now);
-        last + self.lifecycle.idle_grace()
+    /// A cluster whose cache holds these sandboxes and whose calls go nowhere: every answer
+    /// below comes from the cache.
+    fn cluster(sandboxes: &[(&str, &str, bool)]) -> Cluster {
+        let config = crate::config::from_flags(&["--node-host", "node.example"]);
+        let (pods, services): (Vec<Pod>, Vec<Service>) = sandboxes
+            .iter()
+            .enumerate()
+            .map(|(n, (id, tenant, terminating))| objects(id, tenant, n as i32, *terminating))
+            .unzip();
+        let cache = Cache::from_objects("deer-flow", &pods, &services);
+        let nowhere = Cluster::nowhere("a", &config, &Metrics::new());
+        Cluster { cache, ..nowhere }
+    }
+
+    #[tokio::test]
+    async fn reads_come_from_the_cache_records() {
+        let c = cluster(&[("s-2", "team-b", true), ("s-1", "team-a", false)]);
+        let id = |s: &str| SandboxId::parse(s).unwrap();
+        assert!(c.holds(&id("s-1")) && !c.holds(&id("s-3")));
+        assert_eq!(c.count(), Some(2));
+        assert_eq!(c.cached_tenant(&id("s-2")).as_deref(), Some("team-b"));
+
+        let got = c.get(&id("s-1")).await.unwrap();
+        assert_eq!(got.sandbox_url, "http://node.example:30001");
+        assert_eq!((got.status, got.ready), (Phase::Running, true));
+        assert_eq!(got.container_id.as_deref(), Some("uid-s-1"));
+        assert_eq!((got.cluster.as_str(), got.tenant.as_str()), ("a", "team-a"));
+        let presence = c.presence(&id("s-2")).await.unwrap().unwrap();
+        assert_eq!(
+            presence.uid.as_deref(),
+            Some("uid-s-2"),
+            "terminating still exists"
+        );
+
+        let listed = c.list().await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|s| s.sandbox_id.as_str()).collect();
+        assert_eq!(ids, ["s-1", "s-2"], "sorted by id");
+        assert_eq!(listed[1].reason.as_deref(), Some("Terminating"));
+        // The next listing, with nothing changed, is the same one.
+        assert!(Arc::ptr_eq(&listed[0], &c.list().await.unwrap()[0]));
+
+        // Quotas count live sandboxes only, with the limits recorded on each.
+        let held = c.held();
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].0.as_str(), held[0].1.cpu), ("s-1", 1.0));
+        let mut seen = Snapshot::default();
+        c.tally("team-b", &mut seen);
+        assert_eq!((seen.total, seen.tenant.len()), (1, 0));
     }
 }

@@ -7,10 +7,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
 use super::{Cluster, Error, Result};
-use crate::k8s::read as objects;
-use crate::k8s::status::status_of;
 use crate::{
-    k8s::manifests,
+    k8s::{
+        manifests, read as objects,
+        record::{self, PodRecord, ServiceRecord},
+    },
     sandbox::{Phase, Sandbox, SandboxId, SandboxStatus},
 };
 
@@ -45,10 +46,10 @@ pub struct PodPresence {
 }
 
 impl PodPresence {
-    fn of(pod: &Pod) -> PodPresence {
+    fn of(pod: &PodRecord) -> PodPresence {
         PodPresence {
-            uid: pod.metadata.uid.clone(),
-            tenant: objects::tenant_of(&pod.metadata).to_string(),
+            uid: (!pod.uid.is_empty()).then(|| pod.uid.to_string()),
+            tenant: pod.tenant.to_string(),
         }
     }
 }
@@ -68,28 +69,33 @@ impl Cluster {
     pub(super) fn view(
         &self,
         id: &str,
-        pod: &Pod,
-        service: Option<&Service>,
+        pod: &PodRecord,
+        service: Option<&ServiceRecord>,
         read: Read,
     ) -> Sandbox {
-        let mut sandbox = objects::sandbox_view(id, pod, service, &self.spec);
+        let mut sandbox = record::sandbox_view(id, pod, service, &self.spec);
         sandbox.cluster = self.name().to_string();
         if read == Read::Touch {
             self.touch(id, pod);
         }
-        let timers = objects::timers_of(pod, self.lifecycle.timers.ready);
-        // Parsed once per view: a LIST of thousands makes every parse count.
-        let parsed = objects::created_of(pod);
-        let created = parsed.unwrap_or_else(Timestamp::now);
+        let timers = pod.timers(self.lifecycle.timers.ready);
+        let created = pod.created.unwrap_or_else(Timestamp::now);
         sandbox.expires_at = timers
-            .expires_at(created, self.idle_since_created(id, pod, parsed))
+            .expires_at(created, self.idle_since(id, pod))
             .map(|t| t.to_string());
         self.note_readiness(&sandbox, pod);
         sandbox
     }
 
+    /// The view of a sandbox from its objects as the apiserver returned them.
+    pub(super) fn view_of(&self, pod: &Pod, service: Option<&Service>, read: Read) -> Sandbox {
+        let id = objects::sandbox_id_of(&pod.metadata).unwrap_or_default();
+        let service = service.map(ServiceRecord::from_service);
+        self.view(&id, &PodRecord::from_pod(pod), service.as_ref(), read)
+    }
+
     /// Records time-to-ready (and its steps) the first time this process sees a sandbox Ready.
-    fn note_readiness(&self, sandbox: &Sandbox, pod: &Pod) {
+    fn note_readiness(&self, sandbox: &Sandbox, pod: &PodRecord) {
         if !sandbox.ready || !self.memory.first_ready(&sandbox.sandbox_id) {
             return;
         }
@@ -99,8 +105,7 @@ impl Cluster {
             .and_then(|t| t.parse::<Timestamp>().ok());
         if let Some(created) = created {
             if let Ok(waited) = Duration::try_from(Timestamp::now().duration_since(created)) {
-                self.metrics
-                    .sandbox_ready(waited, objects::start_steps(pod));
+                self.metrics.sandbox_ready(waited, pod.start_steps);
             }
         }
     }
@@ -110,12 +115,16 @@ impl Cluster {
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
         let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
         if self.cache.state().usable() {
-            if let Some(pod) = self.cache.pod(&pod_name) {
-                let service = match self.cache.service(&service_name) {
-                    Some(s) => Some(s.0.clone()),
-                    None => self.calls.get::<Service>(&service_name).await?,
+            if let Some(pod) = self.cache.pod(id.as_str()) {
+                let service = match self.cache.service(id.as_str()) {
+                    Some(s) => Some(s),
+                    None => self
+                        .calls
+                        .get::<Service>(&service_name)
+                        .await?
+                        .map(|s| Arc::new(ServiceRecord::from_service(&s))),
                 };
-                return Ok(self.view(id.as_str(), &pod, service.as_ref(), Read::Touch));
+                return Ok(self.view(id.as_str(), &pod, service.as_deref(), Read::Touch));
             }
         }
         let (pod, service) = tokio::join!(
@@ -123,21 +132,22 @@ impl Cluster {
             self.calls.get::<Service>(&service_name),
         );
         let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
-        Ok(self.view(id.as_str(), &pod, service?.as_ref(), Read::Touch))
+        Ok(self.view_of(&pod, service?.as_ref(), Read::Touch))
     }
 
     /// Whether the sandbox's Pod exists (also one that is being deleted), looking at the Pod
     /// only: from the cache when it is usable and holds the Pod, otherwise one read of the
     /// apiserver, so that None is a confirmed absence (any failure is an error). Not activity.
     pub async fn presence(&self, id: &SandboxId) -> Result<Option<PodPresence>> {
-        let pod_name = manifests::pod_name(id);
         if self.cache.state().usable() {
-            if let Some(pod) = self.cache.pod(&pod_name) {
+            if let Some(pod) = self.cache.pod(id.as_str()) {
                 return Ok(Some(PodPresence::of(&pod)));
             }
         }
-        let pod = self.calls.get::<Pod>(&pod_name).await?;
-        Ok(pod.as_ref().map(PodPresence::of))
+        let pod = self.calls.get::<Pod>(&manifests::pod_name(id)).await?;
+        Ok(pod
+            .as_ref()
+            .map(|pod| PodPresence::of(&PodRecord::from_pod(pod))))
     }
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).
@@ -158,7 +168,6 @@ impl Cluster {
     /// the watch; only while the cache is not usable does it poll the apiserver.
     pub async fn wait_ready(&self, id: &SandboxId, limit: Duration) -> Result<Sandbox> {
         let deadline = tokio::time::Instant::now() + limit;
-        let pod_name = manifests::pod_name(id);
         loop {
             let sandbox = self.get(id).await?;
             let status = SandboxStatus {
@@ -175,8 +184,7 @@ impl Cluster {
                 self.cache
                     .wait_for(deadline - now, |c| {
                         !c.state().usable()
-                            || c.pod(&pod_name)
-                                .is_none_or(|p| done_waiting(&status_of(&p)))
+                            || c.pod(id.as_str()).is_none_or(|p| done_waiting(&p.status))
                     })
                     .await;
             } else {
@@ -194,27 +202,19 @@ impl Cluster {
         if let Some(unchanged) = self.views.unchanged(stamp) {
             return unchanged;
         }
-        let mut pods: Vec<(String, _)> = self
-            .cache
-            .pods()
-            .into_iter()
-            .filter_map(|pod| Some((objects::sandbox_id_of(&pod.metadata)?, pod)))
-            .collect();
+        let mut pods = self.cache.pods();
         pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut listing = self.views.listing(pods.len());
         let listed: Vec<Arc<Sandbox>> = pods
             .into_iter()
             .map(|(id, pod)| {
-                let service = SandboxId::parse(&id)
-                    .ok()
-                    .and_then(|sid| self.cache.service(&manifests::service_name(&sid)));
-                let service = service.as_deref().map(|s| &s.0);
+                let service = self.cache.service(&id);
                 let versions = (
-                    pod.metadata.resource_version.as_deref(),
-                    service.and_then(|s| s.metadata.resource_version.as_deref()),
+                    Some(&*pod.resource_version),
+                    service.as_ref().map(|s| &*s.resource_version),
                 );
                 let activity = self.memory.last_activity(&id);
-                let build = || self.view(&id, &pod, service, Read::Look);
+                let build = || self.view(&id, &pod, service.as_deref(), Read::Look);
                 listing.view(id.clone(), versions.0, versions.1, activity, build)
             })
             .collect();
@@ -236,16 +236,11 @@ impl Cluster {
                 self.calls.list::<Service>(&selector),
             );
             let (pods, services) = (pods?, services?);
-            let services: HashMap<String, &Service> = services
-                .iter()
-                .filter_map(|s| Some((objects::sandbox_id_of(&s.metadata)?, s)))
-                .collect();
+            let services: HashMap<String, ServiceRecord> =
+                services.iter().filter_map(ServiceRecord::of).collect();
             pods.iter()
-                .filter_map(|pod| {
-                    let id = objects::sandbox_id_of(&pod.metadata)?;
-                    let view = self.view(&id, pod, services.get(&id).copied(), Read::Look);
-                    Some(Arc::new(view))
-                })
+                .filter_map(PodRecord::of)
+                .map(|(id, pod)| Arc::new(self.view(&id, &pod, services.get(&id), Read::Look)))
                 .collect()
         };
         let sorted = if from_cache {

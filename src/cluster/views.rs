@@ -45,7 +45,7 @@ type Stamped = (Stamp, Vec<Arc<Sandbox>>);
 /// Cheap to clone.
 #[derive(Clone, Default)]
 pub(super) struct Views {
-    by_id: Arc<Mutex<HashMap<String, Kept>>>,
+    by_id: Arc<Mutex<HashMap<Arc<str>, Kept>>>,
     last: Arc<Mutex<Option<Stamped>>>,
 }
 
@@ -54,8 +54,8 @@ pub(super) struct Views {
 /// at once are correct: the second builds its views afresh.
 pub(super) struct Listing {
     views: Views,
-    before: HashMap<String, Kept>,
-    after: HashMap<String, Kept>,
+    before: HashMap<Arc<str>, Kept>,
+    after: HashMap<Arc<str>, Kept>,
 }
 
 impl Views {
@@ -82,7 +82,7 @@ impl Listing {
     /// versions and activity, otherwise `build()`'s.
     pub fn view(
         &mut self,
-        id: String,
+        id: Arc<str>,
         pod: Option<&str>,
         service: Option<&str>,
         activity: Option<Timestamp>,
@@ -175,6 +175,6 @@ mod tests {
         listing.view("a".into(), Some("1"), None, None, || unreachable!());
         drop(listing);
         let kept = views.by_id.lock().unwrap();
-        assert_eq!(kept.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(kept.keys().map(|k| &**k).collect::<Vec<_>>(), ["a"]);
     }
 }

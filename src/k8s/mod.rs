@@ -7,5 +7,6 @@ pub mod client;
 pub mod lease;
 pub mod manifests;
 pub mod read;
+pub mod record;
 pub mod refusals;
 pub mod status;

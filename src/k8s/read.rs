@@ -7,18 +7,12 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::{
-    manifests::{
-        ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, LARK_BROKER_CONTAINER,
-        LIMITS_ANNOTATION, SANDBOX_ID_LABEL, SHELL_SESSIONS_ANNOTATION, SKILLS_PATH_ANNOTATION,
-        TENANT_LABEL, THREAD_ANNOTATION, TTL_ANNOTATION, USER_ANNOTATION,
-    },
-    status::status_of,
+use super::manifests::{
+    ACTIVITY_ANNOTATION, CREATED_ANNOTATION, IDLE_ANNOTATION, LARK_BROKER_CONTAINER,
+    LIMITS_ANNOTATION, SANDBOX_ID_LABEL, SHELL_SESSIONS_ANNOTATION, SKILLS_PATH_ANNOTATION,
+    TENANT_LABEL, THREAD_ANNOTATION, TTL_ANNOTATION, USER_ANNOTATION,
 };
-use crate::{
-    sandbox::{Sandbox, Timers, DEFAULT_USER_ID},
-    spec::{Exposure, SandboxSpec},
-};
+use crate::sandbox::Timers;
 
 /// The timers a pod was created with (the ready timeout is the service's own).
 pub fn timers_of(pod: &Pod, ready: std::time::Duration) -> Timers {
@@ -146,11 +140,6 @@ pub fn has_lark_broker(pod: &Pod) -> bool {
         .any(|c| c.name == LARK_BROKER_CONTAINER)
 }
 
-/// Whether a Service belongs to this incarnation of the Pod (not to one deleted earlier).
-pub fn owned_by(service: &Service, pod: &Pod) -> bool {
-    meta_owned_by(&service.metadata, pod)
-}
-
 /// Whether an object belongs to this incarnation of the Pod.
 pub fn meta_owned_by(meta: &ObjectMeta, pod: &Pod) -> bool {
     let uid = pod.metadata.uid.as_deref();
@@ -158,23 +147,6 @@ pub fn meta_owned_by(meta: &ObjectMeta, pod: &Pod) -> bool {
         .iter()
         .flatten()
         .any(|r| r.kind == "Pod" && Some(r.uid.as_str()) == uid)
-}
-
-/// Where the backend reaches the sandbox through its Service: the node port on NODE_HOST, or
-/// the Service's cluster DNS name.
-fn sandbox_url(service: &Service, t: &SandboxSpec) -> Option<String> {
-    match &t.exposure {
-        Exposure::NodePort { node_host } => {
-            node_port(service).map(|p| format!("http://{node_host}:{p}"))
-        }
-        Exposure::ClusterIp => {
-            let name = service.metadata.name.as_deref()?;
-            Some(format!(
-                "http://{name}.{}.svc.cluster.local:{}",
-                t.namespace, t.port
-            ))
-        }
-    }
 }
 
 /// The node port the backend reaches the sandbox on.
@@ -187,36 +159,6 @@ pub fn node_port(service: &Service) -> Option<i32> {
         .iter()
         .find(|p| p.name.as_deref() == Some("http"))?
         .node_port
-}
-
-/// The API's view of a sandbox, from its Pod and (when present) its Service.
-pub fn sandbox_view(id: &str, pod: &Pod, service: Option<&Service>, t: &SandboxSpec) -> Sandbox {
-    let mut status = status_of(pod);
-    let url = service
-        .filter(|s| owned_by(s, pod))
-        .and_then(|s| sandbox_url(s, t));
-    if url.is_none() && status.reason.is_none() {
-        status.reason = Some("ServiceMissing".into());
-        status.message =
-            Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());
-    }
-    Sandbox {
-        sandbox_id: id.to_string(),
-        sandbox_url: url.unwrap_or_default(),
-        status: status.phase,
-        ready: status.ready,
-        reason: status.reason,
-        message: status.message,
-        thread_id: thread_of(&pod.metadata).map(str::to_string),
-        user_id: user_of(pod).unwrap_or(DEFAULT_USER_ID).to_string(),
-        max_shell_sessions: shell_sessions_of(pod),
-        container_id: pod.metadata.uid.clone(),
-        created_at: created_of(pod).map(|t| t.to_string()),
-        expires_at: None,
-        // The provisioner names its cluster.
-        cluster: String::new(),
-        tenant: tenant_of(&pod.metadata).to_string(),
-    }
 }
 
 /// The tenant a sandbox object belongs to; objects made before tenants existed are `default`'s.
@@ -237,44 +179,7 @@ pub fn limits_of(pod: &Pod) -> Option<std::collections::BTreeMap<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        k8s::manifests::{service, test_support::*},
-        spec::Exposure,
-    };
-
-    #[test]
-    fn view_builds_the_url_from_the_node_port() {
-        let (id, thread) = ids();
-        let t = spec(None, None);
-        let p = a_pod(&t);
-        let mut s = service(&t, &id, &thread, &p);
-        s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
-        let v = sandbox_view("abc-123", &p, Some(&s), &t);
-        assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
-        assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
-        assert_eq!(v.user_id, "default");
-        assert_eq!(v.max_shell_sessions, None);
-        assert_eq!(v.container_id.as_deref(), Some("uid-1"), "the pod's UID");
-        assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
-        let missing = sandbox_view("abc-123", &p, None, &t);
-        assert_eq!(missing.sandbox_url, "");
-        assert_eq!(missing.reason.as_deref(), Some("ServiceMissing"));
-    }
-
-    #[test]
-    fn cluster_ip_mode_uses_the_dns_name_and_the_configured_port() {
-        let (id, thread) = ids();
-        let mut t = spec(None, None);
-        t.exposure = Exposure::ClusterIp;
-        t.port = 9090;
-        let p = a_pod(&t);
-        let s = service(&t, &id, &thread, &p);
-        let view = sandbox_view("abc-123", &p, Some(&s), &t);
-        assert_eq!(
-            view.sandbox_url,
-            "http://sandbox-abc-123-svc.deer-flow.svc.cluster.local:9090"
-        );
-    }
+    use crate::k8s::manifests::test_support::*;
 
     #[test]
     fn timers_and_times_are_read_from_the_annotations() {
@@ -339,17 +244,12 @@ mod tests {
         let mut cached = p.clone();
         cached.spec = None;
         assert_eq!(shell_sessions_of(&cached), Some(24));
-        let view = sandbox_view("abc-123", &p, None, &t);
-        assert_eq!(
-            (view.user_id.as_str(), view.max_shell_sessions),
-            ("alice", Some(24))
-        );
         let mut old = a_pod(&t);
         old.metadata
             .annotations
             .as_mut()
             .unwrap()
             .remove(USER_ANNOTATION);
-        assert_eq!(sandbox_view("abc-123", &old, None, &t).user_id, "default");
+        assert_eq!(user_of(&old), None, "made before user ids were recorded");
     }
 }

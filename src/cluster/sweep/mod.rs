@@ -23,12 +23,11 @@ use k8s_openapi::{
 
 use super::Cluster;
 use crate::k8s::read as objects;
-use crate::k8s::status::status_of;
 use crate::{
     k8s::{
-        cache::{CachedPod, CachedService},
         calls::Kind,
         manifests,
+        record::{PodRecord, ServiceRecord},
     },
     metrics::DeletionReason as Reason,
     sandbox::{Phase, SandboxId, ThreadId},
@@ -49,27 +48,35 @@ fn owned_facts(meta: &ObjectMeta) -> OwnedFacts {
     }
 }
 
-fn pod_facts(pod: &Pod) -> Option<PodFacts> {
-    let meta = &pod.metadata;
+fn pod_facts(id: &str, pod: &PodRecord) -> Option<PodFacts> {
     Some(PodFacts {
-        id: SandboxId::parse(&objects::sandbox_id_of(meta)?).ok()?,
-        uid: meta.uid.clone()?,
-        thread: objects::thread_of(meta).and_then(|t| ThreadId::parse(t).ok()),
-        created: meta.creation_timestamp.as_ref().map(|t| t.0),
-        ended: matches!(status_of(pod).phase, Phase::Succeeded | Phase::Failed),
-        terminating: meta.deletion_timestamp.is_some(),
+        id: SandboxId::parse(id).ok()?,
+        uid: pod.uid.to_string(),
+        thread: pod.thread.as_deref().and_then(|t| ThreadId::parse(t).ok()),
+        created: pod.creation,
+        ended: matches!(pod.status.phase, Phase::Succeeded | Phase::Failed),
+        terminating: pod.terminating,
     })
+}
+
+fn service_facts(service: &ServiceRecord) -> OwnedFacts {
+    OwnedFacts {
+        name: service.name.to_string(),
+        owners: service.owners.iter().map(|o| o.to_string()).collect(),
+        created: service.creation,
+        per_sandbox: true,
+    }
 }
 
 /// The sweep's view of the watched objects.
 pub fn snapshot(
-    pods: &[Arc<CachedPod>],
-    services: &[Arc<CachedService>],
+    pods: &[(Arc<str>, Arc<PodRecord>)],
+    services: &[(Arc<str>, Arc<ServiceRecord>)],
     policies: Option<&[Arc<NetworkPolicy>]>,
 ) -> Snapshot {
     Snapshot {
-        pods: pods.iter().filter_map(|p| pod_facts(p)).collect(),
-        services: services.iter().map(|s| owned_facts(&s.metadata)).collect(),
+        pods: pods.iter().filter_map(|(id, p)| pod_facts(id, p)).collect(),
+        services: services.iter().map(|(_, s)| service_facts(s)).collect(),
         baseline_present: policies.is_some_and(|ps| {
             ps.iter()
                 .any(|p| p.metadata.name.as_deref() == Some(manifests::BASELINE_POLICY_NAME))
@@ -138,7 +145,7 @@ impl Cluster {
                 done
             }
             Action::RestoreService { id, thread } => {
-                let repaired = match (&thread, self.cache.pod(&manifests::pod_name(&id))) {
+                let repaired = match (&thread, self.live_pod(&id).await) {
                     (Some(thread), Some(pod)) => {
                         self.ensure_service(&id, thread, &pod).await.is_ok()
                     }
@@ -156,12 +163,12 @@ impl Cluster {
                 done
             }
             Action::RestorePolicy { id, thread } => {
-                let Some(pod) = self.cache.pod(&manifests::pod_name(&id)) else {
-                    return false;
-                };
                 if removed.contains(&id) {
                     return false;
                 }
+                let Some(pod) = self.live_pod(&id).await else {
+                    return false;
+                };
                 match self.ensure_network_policy(&id, &thread, &pod).await {
                     Ok(()) => {
                         tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
@@ -176,6 +183,17 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The sandbox's Pod as the apiserver has it, to repair what it owns (the cache keeps
+    /// records, and a repair is rare); None when it is gone or cannot be read now.
+    async fn live_pod(&self, id: &SandboxId) -> Option<Pod> {
+        self.cache.pod(id.as_str())?;
+        self.calls
+            .get::<Pod>(&manifests::pod_name(id))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Deletes an object whose pod is gone; a Service counts as an orphaned sandbox.

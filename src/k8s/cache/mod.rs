@@ -1,8 +1,10 @@
 //! A watch-backed, in-memory copy of the sandboxes' Pods and Services, so that reads cost no
 //! apiserver call and waiters learn about changes the moment the watch delivers them.
 //!
-//! Only what the API needs is kept: managed fields are dropped, and pods lose their spec.
-//! NetworkPolicies are watched too when sandboxes get them (for the sweep).
+//! Each watched object is kept only as its compact record ([`PodRecord`], [`ServiceRecord`]),
+//! keyed by sandbox id, in a concurrent map that readers use without locks, so that a burst
+//! of reads never waits for the watch and the watch never waits for readers. NetworkPolicies
+//! are watched too when sandboxes get them (for the sweep); they are few.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,14 +13,15 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    runtime::reflector::{self, ObjectRef, Store},
+    runtime::reflector::{self, Store},
     Client,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{k8s::manifests, k8s::refusals::Refusals};
-use reflect::Watch;
+use super::record::{PodRecord, ServiceRecord};
+use crate::k8s::refusals::Refusals;
+use reflect::{Keep, Watch};
 
 mod reflect;
 mod slim;
@@ -97,88 +100,16 @@ pub enum CacheSummary {
     Forbidden,
 }
 
-/// Keeps of a pod what the reads use (its name, uid, times, the sandbox id and tenant labels,
-/// the provisioner's own annotations, phase, conditions, container states), so that ten
-/// thousand sandboxes fit in little memory. Cached objects are only read, never written back.
-fn slim_pod(pod: &mut Pod) {
-    pod.spec = None;
-    let meta = &mut pod.metadata;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == manifests::SANDBOX_ID_LABEL || k == manifests::TENANT_LABEL);
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with(manifests::ANNOTATION_PREFIX));
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.host_ip = None;
-        status.host_ips = None;
-        status.pod_ip = None;
-        status.pod_ips = None;
-        status.qos_class = None;
-        status.nominated_node_name = None;
-        status.ephemeral_container_statuses = None;
-        status.resource_claim_statuses = None;
-        status.resize = None;
-        for condition in status.conditions.iter_mut().flatten() {
-            condition.last_probe_time = None;
-        }
-        let containers = status
-            .container_statuses
-            .iter_mut()
-            .chain(status.init_container_statuses.iter_mut())
-            .flatten();
-        for c in containers {
-            c.image = String::new();
-            c.image_id = String::new();
-            c.container_id = None;
-            c.last_state = None;
-            c.allocated_resources = None;
-            c.allocated_resources_status = None;
-            c.resources = None;
-            c.user = None;
-            c.volume_mounts = None;
-        }
-        // Lists grow by doubling while they are read (a single container status takes room
-        // for four, 3 KB); give the spare room back.
-        for list in [
-            &mut status.container_statuses,
-            &mut status.init_container_statuses,
-        ] {
-            list.as_mut().map(Vec::shrink_to_fit);
-        }
-        status.conditions.as_mut().map(Vec::shrink_to_fit);
-    }
-}
+/// Records by sandbox id.
+pub(super) type Records<R> = Arc<papaya::HashMap<Arc<str>, Arc<R>>>;
 
-/// Keeps of a service what the reads use: its name, owner, creation, sandbox id, type and
-/// ports (the URL).
-fn slim_service(service: &mut Service) {
-    service.status = None;
-    let meta = &mut service.metadata;
-    meta.annotations = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == manifests::SANDBOX_ID_LABEL);
-    }
-    meta.owner_references.as_mut().map(Vec::shrink_to_fit);
-    if let Some(spec) = service.spec.as_mut() {
-        spec.ports.as_mut().map(Vec::shrink_to_fit);
-        spec.cluster_ips = None;
-        spec.ip_families = None;
-        spec.ip_family_policy = None;
-        spec.session_affinity = None;
-        spec.internal_traffic_policy = None;
-        spec.external_traffic_policy = None;
-        spec.selector = None;
-    }
-}
-
-/// Read access to the cached objects and their state. Cheap to clone.
+/// Read access to the cached records and their state. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
-    namespace: String,
-    pods: Store<CachedPod>,
-    services: Store<CachedService>,
+    pods: Records<PodRecord>,
+    services: Records<ServiceRecord>,
     policies: Option<Store<NetworkPolicy>>,
+    namespace: Arc<str>,
     state: watch::Receiver<CacheState>,
 }
 
@@ -216,19 +147,26 @@ impl Cache {
             refusals,
             shutdown,
         };
-        let pods = watch.run::<CachedPod>(|p| slim_pod(&mut p.0), |s| &mut s.pods);
-        let services = watch.run::<CachedService>(|s| slim_service(&mut s.0), |s| &mut s.services);
+        let pods: Records<PodRecord> = Arc::default();
+        let services: Records<ServiceRecord> = Arc::default();
+        let pod_record: fn(&CachedPod) -> _ = |p| PodRecord::of(p);
+        watch.run(Keep::Records(pods.clone(), pod_record), |s| &mut s.pods);
+        let service_record: fn(&CachedService) -> _ = |s| ServiceRecord::of(s);
+        watch.run(Keep::Records(services.clone(), service_record), |s| {
+            &mut s.services
+        });
         let policies = scope.network_policies.then(|| {
-            watch.run::<NetworkPolicy>(
-                |_| {},
-                |s| s.policies.get_or_insert_with(WatchState::default),
-            )
+            let (reader, writer) = reflector::store();
+            watch.run::<NetworkPolicy, ()>(Keep::Objects(writer), |s| {
+                s.policies.get_or_insert_with(WatchState::default)
+            });
+            reader
         });
         Cache {
-            namespace: scope.namespace.to_string(),
             pods,
             services,
             policies,
+            namespace: scope.namespace.into(),
             state,
         }
     }
@@ -238,33 +176,80 @@ impl Cache {
     pub fn unwatched(namespace: &str) -> Cache {
         let (_, state) = watch::channel(CacheState::default());
         Cache {
-            namespace: namespace.to_string(),
-            pods: reflector::store().0,
-            services: reflector::store().0,
+            pods: Arc::default(),
+            services: Arc::default(),
             policies: None,
+            namespace: namespace.into(),
             state,
         }
+    }
+
+    /// A synced cache holding these objects (for unit tests of what reads from it).
+    pub fn from_objects(namespace: &str, pods: &[Pod], services: &[Service]) -> Cache {
+        let synced = WatchState {
+            synced: true,
+            healthy: true,
+            forbidden: false,
+        };
+        let (_, state) = watch::channel(CacheState {
+            pods: synced,
+            services: synced,
+            ..CacheState::default()
+        });
+        let cache = Cache {
+            pods: Arc::default(),
+            services: Arc::default(),
+            policies: None,
+            namespace: namespace.into(),
+            state,
+        };
+        let (p, s) = (cache.pods.pin(), cache.services.pin());
+        for (id, record) in pods.iter().filter_map(PodRecord::of) {
+            p.insert(id.into(), Arc::new(record));
+        }
+        for (id, record) in services.iter().filter_map(ServiceRecord::of) {
+            s.insert(id.into(), Arc::new(record));
+        }
+        drop((p, s));
+        cache
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub fn state(&self) -> CacheState {
         *self.state.borrow()
     }
 
-    pub fn pod(&self, name: &str) -> Option<Arc<CachedPod>> {
-        self.pods.get(&ObjectRef::new(name).within(&self.namespace))
+    /// The record of the sandbox's Pod.
+    pub fn pod(&self, id: &str) -> Option<Arc<PodRecord>> {
+        self.pods.pin().get(id).cloned()
     }
 
-    pub fn service(&self, name: &str) -> Option<Arc<CachedService>> {
-        self.services
-            .get(&ObjectRef::new(name).within(&self.namespace))
+    /// The record of the sandbox's Service.
+    pub fn service(&self, id: &str) -> Option<Arc<ServiceRecord>> {
+        self.services.pin().get(id).cloned()
     }
 
-    pub fn pods(&self) -> Vec<Arc<CachedPod>> {
-        self.pods.state()
+    /// Every Pod record, by sandbox id (in no order).
+    pub fn pods(&self) -> Vec<(Arc<str>, Arc<PodRecord>)> {
+        let pods = self.pods.pin();
+        pods.iter().map(|(id, r)| (id.clone(), r.clone())).collect()
     }
 
-    pub fn services(&self) -> Vec<Arc<CachedService>> {
-        self.services.state()
+    /// Every Service record, by sandbox id (in no order).
+    pub fn services(&self) -> Vec<(Arc<str>, Arc<ServiceRecord>)> {
+        let services = self.services.pin();
+        services
+            .iter()
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect()
+    }
+
+    /// How many Pods the cache holds.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
     }
 
     /// The managed NetworkPolicies, when they are watched.
@@ -293,62 +278,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::{manifests::test_support::*, read as objects, status::status_of};
-
-    #[test]
-    fn a_slimmed_pod_reads_like_the_whole_pod() {
-        let t = spec(None, None);
-        let (id, thread) = ids();
-        let mut pod = a_pod(&t);
-        let meta = &mut pod.metadata;
-        meta.uid = Some("uid-1".into());
-        meta.labels
-            .get_or_insert_default()
-            .insert(manifests::TENANT_LABEL.into(), "team-a".into());
-        let annotations = meta.annotations.get_or_insert_default();
-        annotations.insert(manifests::TTL_ANNOTATION.into(), "90".into());
-        annotations.insert(manifests::USER_ANNOTATION.into(), "alice".into());
-        pod.status = Some(
-            serde_json::from_value(serde_json::json!({
-                "phase": "Running",
-                "podIP": "10.0.0.1",
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "sandbox", "image": "img:1", "imageID": "x",
-                    "ready": true, "restartCount": 0, "state": {"running": {}}}],
-            }))
-            .unwrap(),
-        );
-        let service = manifests::service(&t, &id, &thread, &pod);
-        let mut slim = pod.clone();
-        slim_pod(&mut slim);
-        let mut slim_svc = service.clone();
-        slim_service(&mut slim_svc);
-
-        assert!(slim.spec.is_none());
-        let view = |p: &Pod, s: &Service| objects::sandbox_view("abc-123", p, Some(s), &t);
-        assert_eq!(view(&slim, &slim_svc), view(&pod, &service));
-        assert_eq!(status_of(&slim), status_of(&pod));
-        assert_eq!(objects::limits_of(&slim), objects::limits_of(&pod));
-        assert_eq!(objects::tenant_of(&slim.metadata), "team-a");
-        assert_eq!(
-            format!("{:?}", objects::timers_of(&slim, Duration::ZERO)),
-            format!("{:?}", objects::timers_of(&pod, Duration::ZERO))
-        );
-        let kept: Vec<&String> = slim
-            .metadata
-            .labels
-            .iter()
-            .flatten()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(kept, [manifests::SANDBOX_ID_LABEL, manifests::TENANT_LABEL]);
-        assert!(slim
-            .metadata
-            .annotations
-            .iter()
-            .flatten()
-            .all(|(k, _)| k.starts_with(manifests::ANNOTATION_PREFIX)));
-    }
 
     #[test]
     fn usable_needs_both_synced_and_healthy() {

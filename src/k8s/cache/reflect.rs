@@ -6,15 +6,12 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use kube::{
     api::ListParams,
-    runtime::{
-        reflector::{self, Store},
-        watcher, WatchStreamExt,
-    },
+    runtime::{reflector::store::Writer, watcher, WatchStreamExt},
     Api, Client, Resource,
 };
 use tokio::sync::watch;
 
-use super::{CacheState, WatchState};
+use super::{CacheState, Records, WatchState};
 use crate::k8s::refusals::Refusals;
 
 /// What every watch of the cache shares.
@@ -65,14 +62,63 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// What a watch keeps of the objects it sees.
+pub(super) enum Keep<K: Resource<DynamicType = ()> + Clone + 'static, R> {
+    /// The objects themselves, in kube's store (for the few NetworkPolicies).
+    Objects(Writer<K>),
+    /// A record of each, by sandbox id; objects without one are not kept.
+    Records(Records<R>, fn(&K) -> Option<(String, R)>),
+}
+
+impl<K, R> Keep<K, R>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// Applies one event. A listing (`Init` .. `InitDone`) replaces everything at its end,
+    /// so that objects deleted while the watch was down go too.
+    fn apply(&mut self, event: &watcher::Event<K>, listing: &mut Option<Vec<(Arc<str>, R)>>) {
+        let (records, record_of) = match self {
+            Keep::Objects(writer) => return writer.apply_watcher_event(event),
+            Keep::Records(records, record_of) => (records, *record_of),
+        };
+        let records = records.pin();
+        match event {
+            watcher::Event::Apply(object) => {
+                if let Some((id, record)) = record_of(object) {
+                    records.insert(id.into(), Arc::new(record));
+                }
+            }
+            watcher::Event::Delete(object) => {
+                if let Some((id, _)) = record_of(object) {
+                    records.remove(id.as_str());
+                }
+            }
+            watcher::Event::Init => *listing = Some(Vec::new()),
+            watcher::Event::InitApply(object) => {
+                if let (Some(listed), Some((id, record))) = (listing.as_mut(), record_of(object)) {
+                    listed.push((id.into(), record));
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = listing.take().unwrap_or_default();
+                let ids: std::collections::HashSet<Arc<str>> =
+                    listed.iter().map(|(id, _)| id.clone()).collect();
+                for (id, record) in listed {
+                    records.insert(id, Arc::new(record));
+                }
+                records.retain(|id, _| ids.contains(id));
+            }
+        }
+    }
+}
+
 impl Watch<'_> {
-    /// Runs one reflector in the background and returns its store.
-    pub(super) fn run<K>(
+    /// Runs one watch in the background, keeping what `keep` says.
+    pub(super) fn run<K, R>(
         &self,
-        trim: fn(&mut K),
+        mut keep: Keep<K, R>,
         mine: fn(&mut CacheState) -> &mut WatchState,
-    ) -> Store<K>
-    where
+    ) where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + std::fmt::Debug
@@ -80,8 +126,8 @@ impl Watch<'_> {
             + Send
             + Sync
             + 'static,
+        R: Send + Sync + 'static,
     {
-        let (reader, writer) = reflector::store();
         let config = watcher::Config::default().labels(self.selector);
         let kind = K::kind(&()).to_string();
         let plural = K::plural(&()).to_string();
@@ -91,13 +137,7 @@ impl Watch<'_> {
             ListParams::default().labels(self.selector).limit(1),
         );
         let call_timeout = self.call_timeout;
-        let stream = watcher(api, config)
-            .backoff(WatchBackoff(WatchBackoff::FIRST))
-            .modify(move |obj: &mut K| {
-                obj.meta_mut().managed_fields = None;
-                trim(obj);
-            })
-            .reflect(writer);
+        let stream = watcher(api, config).backoff(WatchBackoff(WatchBackoff::FIRST));
         let (state, refusals, mut shutdown) = (
             Arc::clone(&self.state),
             self.refusals.clone(),
@@ -105,6 +145,7 @@ impl Watch<'_> {
         );
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut listing = None;
             let mut last_logged: Option<tokio::time::Instant> = None;
             // While failing: when the watch may count as recovered, and which verb failed.
             let mut recovery: Option<(tokio::time::Instant, &'static str)> = None;
@@ -131,6 +172,7 @@ impl Watch<'_> {
                     }
                     event = stream.next() => match event {
                         Some(Ok(event)) => {
+                            keep.apply(&event, &mut listing);
                             let synced = matches!(event, watcher::Event::InitDone);
                             if synced {
                                 refusals.allowed("list", &plural);
@@ -184,7 +226,6 @@ impl Watch<'_> {
             }
             tracing::debug!(kind, "watch stopped");
         });
-        reader
     }
 }
 

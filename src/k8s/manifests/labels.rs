@@ -12,16 +12,25 @@ use crate::sandbox::{SandboxId, ThreadId};
 
 pub use crate::spec::keys::*;
 
-pub fn pod_name(id: &SandboxId) -> String {
-    format!("sandbox-{id}")
+/// Every object of a sandbox is named this, its id, and a suffix per kind (none for the Pod).
+const NAME_PREFIX: &str = "sandbox-";
+
+/// The name of a sandbox's Pod (`id` a [`SandboxId`], or one read back from a label).
+pub fn pod_name(id: &(impl std::fmt::Display + ?Sized)) -> String {
+    format!("{NAME_PREFIX}{id}")
 }
 
-pub fn service_name(id: &SandboxId) -> String {
-    format!("sandbox-{id}-svc")
+/// The sandbox id a Pod name was made from ([`pod_name`]'s inverse).
+pub fn id_of_pod_name(name: &str) -> Option<&str> {
+    name.strip_prefix(NAME_PREFIX)
+}
+
+pub fn service_name(id: &(impl std::fmt::Display + ?Sized)) -> String {
+    format!("{NAME_PREFIX}{id}-svc")
 }
 
 pub fn network_policy_name(id: &SandboxId) -> String {
-    format!("sandbox-{id}-netpol")
+    format!("{NAME_PREFIX}{id}-netpol")
 }
 
 /// Label selector matching every object this service manages.

@@ -38,7 +38,7 @@ mod tests {
     use serde_json::json;
 
     use super::{super::test_support::*, *};
-    use crate::{k8s::read::owned_by, spec::Exposure};
+    use crate::{k8s::read::meta_owned_by, spec::Exposure};
 
     #[test]
     fn service_is_nodeport_owned_by_the_pod() {
@@ -46,7 +46,7 @@ mod tests {
         let t = spec(None, None);
         let mut owner = a_pod(&t);
         let s = service(&t, &id, &thread, &owner);
-        assert!(owned_by(&s, &owner));
+        assert!(meta_owned_by(&s.metadata, &owner));
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["metadata"]["name"], "sandbox-abc-123-svc");
         assert_eq!(v["spec"]["type"], "NodePort");
@@ -62,7 +62,7 @@ mod tests {
         assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "Pod");
         assert_eq!(v["metadata"]["labels"]["sandbox-id"], "abc-123");
         owner.metadata.uid = Some("uid-2".into());
-        assert!(!owned_by(&s, &owner));
+        assert!(!meta_owned_by(&s.metadata, &owner));
     }
 
     #[test]

@@ -1,0 +1,314 @@
+//! Compact records of a sandbox's Pod and Service: exactly what reads, the reaper, the sweep,
+//! quotas and (later) the gateway use, built from watch events, create answers and direct
+//! reads alike. A few hundred bytes each, where the API objects take kilobytes: the watch
+//! cache keeps nothing else.
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
+
+use super::{read as objects, status::status_of};
+use crate::{
+    sandbox::{Sandbox, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
+    spec::{Exposure, SandboxSpec},
+};
+
+/// A sandbox's Pod, as the service uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodRecord {
+    pub uid: Box<str>,
+    /// Changes with every write to the Pod (LIST keeps a sandbox's view until it does).
+    pub resource_version: Box<str>,
+    /// The apiserver's creation time (the sweep's grace counts from it).
+    pub creation: Option<Timestamp>,
+    /// When the provisioner created the sandbox (its annotation, else the creation time).
+    pub created: Option<Timestamp>,
+    /// Being deleted.
+    pub terminating: bool,
+    pub tenant: Box<str>,
+    pub thread: Option<Box<str>>,
+    /// None for pods made before user ids were recorded.
+    pub user: Option<Box<str>>,
+    /// Lifetime and idle timeout in seconds (0: none).
+    pub lifetime: u32,
+    pub idle: u32,
+    /// The last activity a provisioner wrote on the Pod.
+    pub activity: Option<Timestamp>,
+    /// CPU cores and memory bytes of the sandbox container's limits, as recorded on the Pod
+    /// (None for pods made before they were recorded).
+    pub limits: Option<(f64, f64)>,
+    pub shell_sessions: Option<u32>,
+    pub skills_path: Option<Box<str>>,
+    pub status: SandboxStatus,
+    /// The steps of its start, once it is Ready.
+    pub start_steps: Option<StartSteps>,
+    /// The Pod's IP on the pod network, once it has one.
+    pub ip: Option<Box<str>>,
+}
+
+impl PodRecord {
+    /// The sandbox id and the record of a managed Pod (None without a `sandbox-id` label).
+    pub fn of(pod: &Pod) -> Option<(String, PodRecord)> {
+        Some((
+            objects::sandbox_id_of(&pod.metadata)?,
+            PodRecord::from_pod(pod),
+        ))
+    }
+
+    /// The record of a Pod.
+    pub fn from_pod(pod: &Pod) -> PodRecord {
+        let meta = &pod.metadata;
+        let timers = objects::timers_of(pod, std::time::Duration::ZERO);
+        let seconds = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let limits = objects::limits_of(pod).map(|l| cpu_and_memory(&l));
+        PodRecord {
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
+            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            creation: meta.creation_timestamp.as_ref().map(|t| t.0),
+            created: objects::created_of(pod),
+            terminating: meta.deletion_timestamp.is_some(),
+            tenant: objects::tenant_of(meta).into(),
+            thread: objects::thread_of(meta).map(Into::into),
+            user: objects::user_of(pod).map(Into::into),
+            lifetime: seconds(timers.lifetime),
+            idle: seconds(timers.idle),
+            activity: objects::activity_of(pod),
+            limits,
+            shell_sessions: objects::shell_sessions_of(pod),
+            skills_path: objects::skills_path_of(pod).map(Into::into),
+            status: status_of(pod),
+            start_steps: objects::start_steps(pod),
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .map(Into::into),
+        }
+    }
+
+    /// The timers the sandbox was created with (the ready timeout is the service's own).
+    pub fn timers(&self, ready: std::time::Duration) -> Timers {
+        let secs = |s: u32| std::time::Duration::from_secs(s.into());
+        Timers {
+            lifetime: secs(self.lifetime),
+            idle: secs(self.idle),
+            ready,
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or(DEFAULT_USER_ID)
+    }
+}
+
+/// CPU cores and memory bytes of a set of limits (unparsable or absent: 0).
+pub fn cpu_and_memory(limits: &std::collections::BTreeMap<String, String>) -> (f64, f64) {
+    let value = |key: &str| {
+        limits
+            .get(key)
+            .and_then(|q| crate::sandbox::parse_quantity(q))
+            .unwrap_or(0.0)
+    };
+    (value("cpu"), value("memory"))
+}
+
+/// A sandbox's Service, as the service uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub name: Box<str>,
+    pub resource_version: Box<str>,
+    pub creation: Option<Timestamp>,
+    /// The uids of the Pods it belongs to.
+    pub owners: Box<[Box<str>]>,
+    pub node_port: Option<i32>,
+}
+
+impl ServiceRecord {
+    /// The sandbox id and the record of a managed Service (None without a `sandbox-id` label).
+    pub fn of(service: &Service) -> Option<(String, ServiceRecord)> {
+        let id = objects::sandbox_id_of(&service.metadata)?;
+        Some((id, ServiceRecord::from_service(service)))
+    }
+
+    /// The record of a Service.
+    pub fn from_service(service: &Service) -> ServiceRecord {
+        let meta = &service.metadata;
+        ServiceRecord {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            creation: meta.creation_timestamp.as_ref().map(|t| t.0),
+            owners: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|r| r.kind == "Pod")
+                .map(|r| r.uid.as_str().into())
+                .collect(),
+            node_port: objects::node_port(service),
+        }
+    }
+
+    /// Whether it belongs to this incarnation of the Pod (not to one deleted earlier).
+    pub fn owned_by(&self, pod: &PodRecord) -> bool {
+        self.owners.contains(&pod.uid)
+    }
+
+    /// Where the backend reaches the sandbox through it: the node port on NODE_HOST, or its
+    /// cluster DNS name.
+    fn url(&self, t: &SandboxSpec) -> Option<String> {
+        match &t.exposure {
+            Exposure::NodePort { node_host } => {
+                self.node_port.map(|p| format!("http://{node_host}:{p}"))
+            }
+            Exposure::ClusterIp => Some(format!(
+                "http://{}.{}.svc.cluster.local:{}",
+                self.name, t.namespace, t.port
+            )),
+        }
+    }
+}
+
+/// The API's view of a sandbox, from its Pod and (when present) its Service.
+pub fn sandbox_view(
+    id: &str,
+    pod: &PodRecord,
+    service: Option<&ServiceRecord>,
+    t: &SandboxSpec,
+) -> Sandbox {
+    let mut status = pod.status.clone();
+    let url = service.filter(|s| s.owned_by(pod)).and_then(|s| s.url(t));
+    if url.is_none() && status.reason.is_none() {
+        status.reason = Some("ServiceMissing".into());
+        status.message =
+            Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());
+    }
+    Sandbox {
+        sandbox_id: id.to_string(),
+        sandbox_url: url.unwrap_or_default(),
+        status: status.phase,
+        ready: status.ready,
+        reason: status.reason,
+        message: status.message,
+        thread_id: pod.thread.as_deref().map(str::to_string),
+        user_id: pod.user().to_string(),
+        max_shell_sessions: pod.shell_sessions,
+        container_id: (!pod.uid.is_empty()).then(|| pod.uid.to_string()),
+        created_at: pod.created.map(|t| t.to_string()),
+        expires_at: None,
+        // The cluster names itself.
+        cluster: String::new(),
+        tenant: pod.tenant.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::{
+        cache::{CachedPod, CachedService},
+        manifests::{self, test_support::*},
+    };
+
+    fn record(pod: &Pod) -> PodRecord {
+        PodRecord::of(pod).unwrap().1
+    }
+
+    fn service_record(service: &Service) -> ServiceRecord {
+        ServiceRecord::of(service).unwrap().1
+    }
+
+    #[test]
+    fn view_builds_the_url_from_the_node_port() {
+        let (id, thread) = ids();
+        let t = spec(None, None);
+        let p = a_pod(&t);
+        let mut s = manifests::service(&t, &id, &thread, &p);
+        s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32123);
+        let v = sandbox_view("abc-123", &record(&p), Some(&service_record(&s)), &t);
+        assert_eq!(v.sandbox_url, "http://host.docker.internal:32123");
+        assert_eq!(v.thread_id.as_deref(), Some("thread-456"));
+        assert_eq!(v.user_id, "default");
+        assert_eq!(v.max_shell_sessions, None);
+        assert_eq!(v.container_id.as_deref(), Some("uid-1"), "the pod's UID");
+        assert_eq!(v.created_at.as_deref(), Some("1970-01-01T00:00:00Z"));
+        let missing = sandbox_view("abc-123", &record(&p), None, &t);
+        assert_eq!(missing.sandbox_url, "");
+        assert_eq!(missing.reason.as_deref(), Some("ServiceMissing"));
+        // A Service of an earlier Pod of the same name gives no URL.
+        let mut other = p.clone();
+        other.metadata.uid = Some("uid-2".into());
+        let stale = sandbox_view("abc-123", &record(&other), Some(&service_record(&s)), &t);
+        assert_eq!(stale.reason.as_deref(), Some("ServiceMissing"));
+    }
+
+    #[test]
+    fn cluster_ip_mode_uses_the_dns_name_and_the_configured_port() {
+        let (id, thread) = ids();
+        let mut t = spec(None, None);
+        t.exposure = Exposure::ClusterIp;
+        t.port = 9090;
+        let p = a_pod(&t);
+        let s = manifests::service(&t, &id, &thread, &p);
+        let view = sandbox_view("abc-123", &record(&p), Some(&service_record(&s)), &t);
+        assert_eq!(
+            view.sandbox_url,
+            "http://sandbox-abc-123-svc.deer-flow.svc.cluster.local:9090"
+        );
+    }
+
+    #[test]
+    fn a_record_keeps_what_the_reads_use_from_whole_and_cached_objects_alike() {
+        let t = spec(None, None);
+        let mut request = a_request();
+        request.user = crate::sandbox::UserId::parse("alice").unwrap();
+        request.max_shell_sessions = Some(24);
+        request.tenant = "team-a".into();
+        request.skills_path = Some("/mnt/s".into());
+        request.timers.lifetime = std::time::Duration::from_secs(90);
+        let mut pod = pod_of(&t, &request);
+        pod.metadata.resource_version = Some("7".into());
+        pod.metadata.annotations.as_mut().unwrap().insert(
+            manifests::ACTIVITY_ANNOTATION.into(),
+            "2026-01-01T00:00:00Z".into(),
+        );
+        pod.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": "Running", "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }))
+            .unwrap(),
+        );
+        let (id, r) = PodRecord::of(&pod).unwrap();
+        assert_eq!(id, "abc-123");
+        assert_eq!(
+            (
+                r.uid.as_ref(),
+                r.resource_version.as_ref(),
+                r.tenant.as_ref()
+            ),
+            ("uid-1", "7", "team-a")
+        );
+        assert_eq!(
+            (r.thread.as_deref(), r.user()),
+            (Some("thread-456"), "alice")
+        );
+        assert_eq!((r.lifetime, r.idle, r.shell_sessions), (90, 0, Some(24)));
+        assert_eq!(r.skills_path.as_deref(), Some("/mnt/s"));
+        assert_eq!(r.activity, Some("2026-01-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(r.limits, Some((1.0, 1024.0 * 1024.0 * 1024.0)));
+        assert_eq!(r.ip.as_deref(), Some("10.0.0.7"));
+        assert!(r.status.ready && !r.terminating);
+        assert_eq!(r.created, Some(Timestamp::UNIX_EPOCH));
+        // The watch cache decodes a slimmed object: its record is the same.
+        let json = serde_json::to_value(&pod).unwrap();
+        let cached: CachedPod = serde_json::from_value(json).unwrap();
+        let (_, from_cache) = PodRecord::of(&cached).unwrap();
+        assert_eq!(from_cache, r);
+        let service = manifests::service(&t, &request.id, &request.thread, &pod);
+        let json = serde_json::to_value(&service).unwrap();
+        let cached: CachedService = serde_json::from_value(json).unwrap();
+        assert_eq!(ServiceRecord::of(&cached), ServiceRecord::of(&service));
+        assert!(service_record(&service).owned_by(&r));
+    }
+}
