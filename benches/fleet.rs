@@ -303,7 +303,7 @@ async fn scale(http: &reqwest::Client) {
         &mut rows,
         format!("RSS with {total} sandboxes"),
         format!("{:.1} MiB", svc.rss_mib()),
-        "<= 120 MiB",
+        "<= 100 MiB",
     );
     let (list_p50, list_p99, listed) = list_latencies(http, &svc.base, 20, None).await;
     row(
@@ -319,7 +319,7 @@ async fn scale(http: &reqwest::Client) {
         &mut rows,
         "GET p50 / p99",
         format!("{get_p50:.3} / {get_p99:.3} ms"),
-        "-",
+        "p99 <= 1 ms",
     );
     let (list_p50, list_p99, _) = list_latencies(http, &svc.base, 20, Some(&ids[0])).await;
     row(
@@ -332,7 +332,7 @@ async fn scale(http: &reqwest::Client) {
         &mut rows,
         format!("RSS right after 20 LISTs of {listed}"),
         format!("{:.1} MiB", svc.rss_mib()),
-        "<= 120 MiB",
+        "<= 100 MiB",
     );
     // The allocator returns a LIST's freed pages within about a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -340,7 +340,7 @@ async fn scale(http: &reqwest::Client) {
         &mut rows,
         "RSS 2 s after the LISTs",
         format!("{:.1} MiB", svc.rss_mib()),
-        "<= 120 MiB",
+        "<= 100 MiB",
     );
     drop(svc);
 
@@ -363,7 +363,7 @@ async fn scale(http: &reqwest::Client) {
         &mut rows,
         "RSS after the restart's sync",
         format!("{:.1} MiB", again.rss_mib()),
-        "<= 120 MiB",
+        "<= 100 MiB",
     );
 
     // Mass expiry: everything but the first 500 ends at `deadline`.

@@ -74,6 +74,17 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoundLabels {
+    cluster: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     cluster: String,
     step: String,
@@ -128,6 +139,8 @@ pub struct Metrics {
     leader: Family<ClusterLabels, Gauge>,
     tenant_sandboxes: Family<TenantLabels, Gauge>,
     quota_refusals: Family<RefusalLabels, Counter>,
+    reaper_rounds: Family<RoundLabels, Counter>,
+    tenant_file_checks: Family<CheckLabels, Counter>,
     /// The cluster whose events this handle records (`default` with a single cluster).
     cluster: Arc<str>,
 }
@@ -254,8 +267,22 @@ impl Metrics {
             "Creates refused with 429, by tenant and by the limit they would have broken",
             quota_refusals.clone(),
         );
+        let reaper_rounds = Family::<RoundLabels, Counter>::default();
+        registry.register(
+            "reaper_rounds",
+            "Rounds of the reaper completed, by role: a leader's removes what expired and sweeps, a follower's only looks whether it leads",
+            reaper_rounds.clone(),
+        );
+        let tenant_file_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "tenant_file_checks",
+            "Checks of PROVISIONER_TENANTS for changes, by result: unchanged, applied, invalid (logged and ignored), unreadable",
+            tenant_file_checks.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            reaper_rounds,
+            tenant_file_checks,
             tenant_sandboxes,
             quota_refusals,
             http_requests,
@@ -326,6 +353,26 @@ impl Metrics {
         self.leader
             .get_or_create(&self.cluster_labels())
             .set(i64::from(leading));
+    }
+
+    /// A round of the reaper has ended (`leading`: it removed and swept; else it only looked).
+    pub fn reaper_round(&self, leading: bool) {
+        let role = if leading { "leader" } else { "follower" };
+        self.reaper_rounds
+            .get_or_create(&RoundLabels {
+                cluster: self.cluster.to_string(),
+                role: role.into(),
+            })
+            .inc();
+    }
+
+    /// A check of the tenant file has ended with `result`.
+    pub fn tenant_file_checked(&self, result: &str) {
+        self.tenant_file_checks
+            .get_or_create(&CheckLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn cache_synced(&self, synced: bool) {

@@ -177,7 +177,7 @@ impl Admission {
     /// Checks the file every [`RELOAD_INTERVAL`] until `shutdown`; a changed file that is valid
     /// replaces the tenants, an invalid one is logged (once per content) and ignored.
     pub fn watch_file(&self, file: TenantFile, mut shutdown: watch::Receiver<bool>) {
-        let tenants = self.tenants.clone();
+        let (tenants, metrics) = (self.tenants.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let mut last = std::fs::read_to_string(&file.path).ok();
             let mut tick = tokio::time::interval(RELOAD_INTERVAL);
@@ -194,10 +194,12 @@ impl Admission {
                             tracing::warn!(file = %file.path.display(), error = %e, "PROVISIONER_TENANTS cannot be read; the tenants stay as they were");
                             last = None;
                         }
+                        metrics.tenant_file_checked("unreadable");
                         continue;
                     }
                 };
                 if last.as_deref() == Some(text.as_str()) {
+                    metrics.tenant_file_checked("unchanged");
                     continue;
                 }
                 match file.parse(&text) {
@@ -206,9 +208,11 @@ impl Admission {
                             new.tenants.iter().map(|t| t.name.clone()).collect();
                         *tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
                         tracing::info!(file = %file.path.display(), tenants = ?names, "PROVISIONER_TENANTS reloaded");
+                        metrics.tenant_file_checked("applied");
                     }
                     Err(problem) => {
                         tracing::warn!(file = %file.path.display(), %problem, "PROVISIONER_TENANTS changed but is invalid; the tenants stay as they were until it is fixed");
+                        metrics.tenant_file_checked("invalid");
                     }
                 }
                 last = Some(text);

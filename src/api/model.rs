@@ -9,7 +9,7 @@ use crate::{
     admission::Usage,
     fleet::{ClusterInfo, ClusterListing},
     k8s::{cache::CacheSummary, refusals::MissingPermission},
-    sandbox::{mounts::ExtraMountRequest, Resources, Sandbox, Sizes},
+    sandbox::{mounts::ExtraMountRequest, Listed, Resources, Sandbox, Sizes},
 };
 
 /// Body of `POST /api/sandboxes`; unknown fields are ignored.
@@ -134,11 +134,12 @@ pub struct GetQuery {
 }
 
 /// Answer of `GET /api/sandboxes`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SandboxList {
-    // Shared with the views the service keeps: a LIST of thousands copies none of them.
+    // Shared with the views the service keeps, each with its JSON: a LIST of thousands
+    // serializes none of them again.
     #[schema(value_type = Vec<Sandbox>)]
-    pub sandboxes: Vec<std::sync::Arc<Sandbox>>,
+    pub sandboxes: Vec<std::sync::Arc<Listed>>,
     pub count: usize,
     /// How each cluster answered; a cluster that could not be read has `reachable: false`
     /// and its sandboxes are missing from `sandboxes`.

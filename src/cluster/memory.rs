@@ -13,7 +13,7 @@ use std::{
 
 use jiff::Timestamp;
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Listed, Sandbox};
 
 /// How long a created sandbox is listed from memory while the watch has not delivered it.
 pub const UNWATCHED_FOR: Duration = Duration::from_secs(10);
@@ -101,7 +101,7 @@ impl Memory {
 
     /// Created sandboxes missing from `listed` (what the watch shows), newer than
     /// UNWATCHED_FOR; the others are dropped from memory.
-    pub fn unwatched(&self, listed: &[Arc<Sandbox>], now: Instant) -> Vec<Sandbox> {
+    pub fn unwatched(&self, listed: &[Arc<Listed>], now: Instant) -> Vec<Sandbox> {
         let mut sandboxes = self.lock();
         if sandboxes.values().all(|r| r.unwatched.is_none()) {
             return Vec::new();
@@ -203,7 +203,7 @@ mod tests {
         let start = Instant::now();
         m.created(sandbox("a"), start);
         m.created(sandbox("b"), start);
-        let listed = [Arc::new(sandbox("b"))];
+        let listed = [Arc::new(Listed::new(sandbox("b")))];
         let missing = m.unwatched(&listed, start + Duration::from_secs(1));
         assert_eq!(
             missing

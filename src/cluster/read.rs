@@ -12,7 +12,7 @@ use crate::{
         manifests, read as objects,
         record::{self, PodRecord, ServiceRecord},
     },
-    sandbox::{Phase, Sandbox, SandboxId, SandboxStatus},
+    sandbox::{Listed, Phase, Sandbox, SandboxId, SandboxStatus},
 };
 
 /// Reasons that mean a sandbox will not become ready by waiting.
@@ -197,7 +197,7 @@ impl Cluster {
     /// not views); services come from the cache's own index (no map built per LIST); a view is
     /// built again only for what changed since the last listing, and while neither the cache
     /// nor the activity noted here changed, the last listing is the answer.
-    fn list_cached(&self) -> Vec<Arc<Sandbox>> {
+    fn list_cached(&self) -> Vec<Arc<Listed>> {
         let stamp = (self.cache.state().generation, self.memory.version());
         if let Some(unchanged) = self.views.unchanged(stamp) {
             return unchanged;
@@ -205,7 +205,7 @@ impl Cluster {
         let mut pods = self.cache.pods();
         pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut listing = self.views.listing(pods.len());
-        let listed: Vec<Arc<Sandbox>> = pods
+        let listed: Vec<Arc<Listed>> = pods
             .into_iter()
             .map(|(id, pod)| {
                 let service = self.cache.service(&id);
@@ -225,9 +225,9 @@ impl Cluster {
     /// All managed sandboxes, sorted by id: from the cache when it is synced (plus those just
     /// created here that the watch has not delivered), otherwise from one pod list and one
     /// service list.
-    pub async fn list(&self) -> Result<Vec<Arc<Sandbox>>> {
+    pub async fn list(&self) -> Result<Vec<Arc<Listed>>> {
         let from_cache = self.cache.state().usable();
-        let mut sandboxes: Vec<Arc<Sandbox>> = if from_cache {
+        let mut sandboxes: Vec<Arc<Listed>> = if from_cache {
             self.list_cached()
         } else {
             let selector = manifests::managed_selector();
@@ -240,13 +240,14 @@ impl Cluster {
                 services.iter().filter_map(ServiceRecord::of).collect();
             pods.iter()
                 .filter_map(PodRecord::of)
-                .map(|(id, pod)| Arc::new(self.view(&id, &pod, services.get(&id), Read::Look)))
+                .map(|(id, pod)| self.view(&id, &pod, services.get(&id), Read::Look))
+                .map(|view| Arc::new(Listed::new(view)))
                 .collect()
         };
         let sorted = if from_cache {
             let unwatched = self.memory.unwatched(&sandboxes, std::time::Instant::now());
             let none = unwatched.is_empty();
-            sandboxes.extend(unwatched.into_iter().map(Arc::new));
+            sandboxes.extend(unwatched.into_iter().map(|s| Arc::new(Listed::new(s))));
             none
         } else {
             false

@@ -9,7 +9,7 @@ use std::{
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Listed, Sandbox};
 
 /// What a view was built from. The resource versions change with every change of the pod or
 /// of the service (a new object of the same name has a new one); the activity this process
@@ -31,7 +31,7 @@ impl Source {
 
 struct Kept {
     source: Source,
-    view: Arc<Sandbox>,
+    view: Arc<Listed>,
 }
 
 /// When a listing was made: the cache's generation (bumped by every event the watch applied)
@@ -39,7 +39,7 @@ struct Kept {
 pub(super) type Stamp = (u64, u64);
 
 /// A listing and when it was made.
-type Stamped = (Stamp, Vec<Arc<Sandbox>>);
+type Stamped = (Stamp, Vec<Arc<Listed>>);
 
 /// Views by sandbox id, as the last listing left them, and that listing itself with its stamp.
 /// Cheap to clone.
@@ -60,7 +60,7 @@ pub(super) struct Listing {
 
 impl Views {
     /// The last listing, when nothing it was made from has changed since.
-    pub fn unchanged(&self, now: Stamp) -> Option<Vec<Arc<Sandbox>>> {
+    pub fn unchanged(&self, now: Stamp) -> Option<Vec<Arc<Listed>>> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.as_ref()
             .filter(|(stamp, _)| *stamp == now)
@@ -87,7 +87,7 @@ impl Listing {
         service: Option<&str>,
         activity: Option<Timestamp>,
         build: impl FnOnce() -> Sandbox,
-    ) -> Arc<Sandbox> {
+    ) -> Arc<Listed> {
         let kept = match self.before.remove(&id) {
             Some(kept) if kept.source.is(pod, service, activity) => kept,
             _ => Kept {
@@ -96,7 +96,7 @@ impl Listing {
                     service_version: service.map(str::to_string),
                     activity,
                 },
-                view: Arc::new(build()),
+                view: Arc::new(Listed::new(build())),
             },
         };
         let view = Arc::clone(&kept.view);
@@ -106,7 +106,7 @@ impl Listing {
 
     /// Keeps the listing as the answer while `stamp` stays the same. The stamp was read
     /// before the listing began, so a change during it makes the next listing look again.
-    pub fn finish(&self, stamp: Stamp, listed: &[Arc<Sandbox>]) {
+    pub fn finish(&self, stamp: Stamp, listed: &[Arc<Listed>]) {
         *self.views.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((stamp, listed.to_vec()));
     }
 }
@@ -156,7 +156,7 @@ mod tests {
         let views = Views::default();
         assert!(views.unchanged((1, 0)).is_none());
         let listing = views.listing(0);
-        listing.finish((1, 0), &[Arc::new(sandbox("a", "u"))]);
+        listing.finish((1, 0), &[Arc::new(Listed::new(sandbox("a", "u")))]);
         drop(listing);
         assert_eq!(views.unchanged((1, 0)).unwrap()[0].sandbox_id, "a");
         assert!(views.unchanged((2, 0)).is_none(), "the cache changed");

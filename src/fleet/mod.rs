@@ -26,7 +26,7 @@ use crate::{
     admission::{Admission, Ask, Held, Refusal, Snapshot, Tenant},
     cluster::{self, Cluster, PodPresence, Provisioned},
     metrics::Metrics,
-    sandbox::{Sandbox, SandboxId, SandboxRequest},
+    sandbox::{Listed, Sandbox, SandboxId, SandboxRequest},
 };
 
 /// How long a client should wait before retrying a 503 about a cluster (its probe runs every
@@ -173,7 +173,7 @@ pub struct ClusterListing {
 
 /// Every cluster's sandboxes, and how each cluster answered.
 pub struct Listing {
-    pub sandboxes: Vec<Arc<Sandbox>>,
+    pub sandboxes: Vec<Arc<Listed>>,
     pub clusters: Vec<ClusterListing>,
 }
 

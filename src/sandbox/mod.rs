@@ -74,6 +74,35 @@ fn default_user() -> String {
     DEFAULT_USER_ID.to_string()
 }
 
+/// A sandbox as a listing holds it: the view and its JSON, serialized once when the view was
+/// built, so that a LIST of thousands copies bytes instead of serializing every field again.
+#[derive(Debug)]
+pub struct Listed {
+    sandbox: Sandbox,
+    json: Box<serde_json::value::RawValue>,
+}
+
+impl Listed {
+    pub fn new(sandbox: Sandbox) -> Listed {
+        let json = serde_json::value::to_raw_value(&sandbox).expect("a sandbox serializes");
+        Listed { sandbox, json }
+    }
+}
+
+impl std::ops::Deref for Listed {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl Serialize for Listed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
 /// Shell sessions DeerFlow's sandbox images keep when MAX_SHELL_SESSIONS is not set (what
 /// DeerFlow's gateway assumes of a sandbox that reports none).
 pub const IMAGE_DEFAULT_SHELL_SESSIONS: u32 = 10;

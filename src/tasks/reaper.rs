@@ -24,6 +24,7 @@ pub fn spawn(
                     let leading = leadership.is_leader();
                     provisioner.metrics().leader(leading);
                     if !leading {
+                        provisioner.metrics().reaper_round(false);
                         continue;
                     }
                     // Checked again before every deletion: a replica that loses the lease
@@ -33,6 +34,7 @@ pub fn spawn(
                     if removed + swept > 0 {
                         tracing::info!(removed, swept, "reaper removed expired sandboxes and orphans");
                     }
+                    provisioner.metrics().reaper_round(true);
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {

@@ -448,7 +448,8 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     )
     .await;
     // Two more reaper rounds on both replicas: still counted once.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    testkit::reaper_rounds(&first.base, 2).await;
+    testkit::reaper_rounds(&second.base, 2).await;
     assert_eq!(
         first.metric(lifetime).await + second.metric(lifetime).await,
         1.0,
@@ -543,8 +544,9 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
         )
         .await;
     assert_eq!(code, 200);
-    // The deadline plus three reaper rounds.
-    tokio::time::sleep(Duration::from_secs(1 + 3)).await;
+    // The deadline, then three reaper rounds of this (following) replica.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    testkit::reaper_rounds(&svc.base, 3).await;
     assert!(pod_exists(&ns, "lost-1").await, "a follower must not reap");
     assert_eq!(
         svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
@@ -647,8 +649,9 @@ async fn a_replica_that_cannot_take_the_lease_says_so_and_does_not_reap() {
         .await
         .unwrap();
     assert_eq!(created.status(), 200);
-    // The deadline plus three reaper rounds: nobody may reap without the lease.
-    tokio::time::sleep(Duration::from_secs(1 + 3)).await;
+    // The deadline, then three reaper rounds: nobody may reap without the lease.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    testkit::reaper_rounds(&running.base, 3).await;
     assert!(pod_exists(&ns, "nl-1").await, "reaped without the lease");
     running.sigterm();
     let (status, log) = running.wait_exit(Duration::from_secs(15)).await;
@@ -705,9 +708,11 @@ async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
     // not written to the pod, and the leader cannot know it.
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(created.elapsed())).await;
     assert_eq!(follower.get("ir-1").await.0, 200);
-    // The deadline the leader knows (4 s) passed a reaper round ago; the true one (6 s) has
-    // not: the sandbox must still be there.
-    tokio::time::sleep(Duration::from_millis(5500).saturating_sub(created.elapsed())).await;
+    // Once the deadline the leader knows (4 s) has passed, two rounds of the leader's reaper
+    // (so one began after it); the true deadline (6 s) has not passed: the sandbox must still
+    // be there.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(created.elapsed())).await;
+    testkit::reaper_rounds(&leader.base, 2).await;
     assert!(
         pod_exists(&ns, "ir-1").await,
         "removed before its idle deadline"

@@ -494,13 +494,20 @@ async fn a_changed_tenant_file_applies_without_a_restart_and_a_broken_one_is_ign
         "the raised limit applies"
     );
 
-    // A broken file changes nothing.
+    // A broken file changes nothing (once the reload has read it).
+    let invalid = format!("{}result=\"invalid\"", testkit::TENANT_FILE_CHECKS);
+    let before = testkit::metric_sum(&svc.base, &invalid).await;
     std::fs::write(
         &file.0,
         "tenants: [{name: team-a, api_key_sha256: not-a-digest}]",
     )
     .unwrap();
-    tokio::time::sleep(sandbox_provisioner::admission::RELOAD_INTERVAL * 3).await;
+    eventually(
+        Duration::from_secs(30),
+        "the broken file to be read",
+        || async { (testkit::metric_sum(&svc.base, &invalid).await > before).then_some(()) },
+    )
+    .await;
     assert_eq!(
         call(&svc, KEY_C, Method::GET, "/api/sandboxes", None)
             .await

@@ -253,17 +253,20 @@ impl Calls {
         .await
     }
 
-    /// Sets one annotation on a pod (a merge patch: nothing else changes).
-    pub async fn annotate_pod(&self, name: &str, key: &str, value: &str) -> Result<Pod> {
+    /// Sets one annotation on a pod (a merge patch: nothing else changes). The apiserver
+    /// answers with the pod's metadata only, not the whole pod: activity writes come in bursts,
+    /// and decoding thousands of pods would take the cores reads need.
+    pub async fn annotate_pod(&self, name: &str, key: &str, value: &str) -> Result<()> {
         let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
         let pods = self.api::<Pod>();
         self.call(
             ("patch", "pods"),
             || format!("annotate pod {name} in namespace {}", self.namespace),
-            || pods.patch(name, &params, &patch),
+            || pods.patch_metadata(name, &params, &patch),
         )
         .await
+        .map(drop)
     }
 
     /// Asks the apiserver to validate (and admit) a pod without creating it.

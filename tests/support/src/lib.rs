@@ -6,6 +6,7 @@ mod binary;
 mod cluster;
 mod gate;
 mod namespace;
+mod rounds;
 mod service;
 mod wait;
 
@@ -16,5 +17,6 @@ pub use cluster::{
 };
 pub use gate::{alone, Alone};
 pub use namespace::{provisioner_rules, TestNamespace};
+pub use rounds::{counted, metric_sum, reaper_rounds, REAPER_ROUNDS, TENANT_FILE_CHECKS};
 pub use service::{serve_args, TestService};
 pub use wait::{eventually, random_suffix};
