@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn the_parser_sees_every_form_of_use() {
-        let source = "use crate::{\n    a::B,\n    b::{c, d::{E, F}},\n    c,\n};\nfn x() { crate::d::e(); }";
+        let source = "use crate::{\n    a::B,\n    b::{c, d::{E, F}},\n    c,\n};\nfn x() \
+            { crate::d::e(); }";
         assert_eq!(used_modules(source), ["a", "b", "c", "d"]);
         let cyclic = BTreeSet::from([
             ("a".to_string(), "b".to_string()),

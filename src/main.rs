@@ -91,7 +91,11 @@ fn hash_key(key: Option<String>) -> Result<String, String> {
         }
     };
     if key.len() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("the key must be at least 16 characters without spaces or control characters, for example from `openssl rand -hex 32`".into());
+        return Err(
+            "the key must be at least 16 characters without spaces or control characters, \
+            for example from `openssl rand -hex 32`"
+                .into(),
+        );
     }
     Ok(admission::hex_digest(&key))
 }

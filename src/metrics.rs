@@ -210,7 +210,9 @@ impl Metrics {
         );
         registry.register(
             "sandbox_start_step_seconds",
-            "Time-to-ready split by step, from the pod status (whole seconds): step=scheduled (creation to PodScheduled), started (scheduled to the sandbox container running: image pulls, init containers), ready (running to Ready: boot and probes)",
+            "Time-to-ready split by step, from the pod status (whole seconds): step=scheduled \
+                (creation to PodScheduled), started (scheduled to the sandbox container running: \
+                image pulls, init containers), ready (running to Ready: boot and probes)",
             start_steps.clone(),
         );
         let sandboxes = Family::<StatusLabels, Gauge>::default();
@@ -270,13 +272,15 @@ impl Metrics {
         let reaper_rounds = Family::<RoundLabels, Counter>::default();
         registry.register(
             "reaper_rounds",
-            "Rounds of the reaper completed, by role: a leader's removes what expired and sweeps, a follower's only looks whether it leads",
+            "Rounds of the reaper completed, by role: a leader's removes what expired and sweeps, \
+                a follower's only looks whether it leads",
             reaper_rounds.clone(),
         );
         let tenant_file_checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "tenant_file_checks",
-            "Checks of PROVISIONER_TENANTS for changes, by result: unchanged, applied, invalid (logged and ignored), unreadable",
+            "Checks of PROVISIONER_TENANTS for changes, by result: unchanged, applied, invalid \
+                (logged and ignored), unreadable",
             tenant_file_checks.clone(),
         );
         Metrics {
@@ -557,18 +561,36 @@ mod tests {
         m.cache_synced(true);
         let text = m.render();
         for needle in [
-            "sandbox_provisioner_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 1",
+            concat!(
+                "sandbox_provisioner_http_requests_total",
+                "{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 1"
+            ),
             "sandbox_provisioner_http_request_duration_seconds_bucket",
             "sandbox_provisioner_sandbox_create_duration_seconds_count{cluster=\"default\"} 1",
             "sandbox_provisioner_sandbox_time_to_ready_seconds_count{cluster=\"default\"} 1",
-            "sandbox_provisioner_sandbox_start_step_seconds_count{cluster=\"default\",step=\"started\"} 1",
+            concat!(
+                "sandbox_provisioner_sandbox_start_step_seconds_count",
+                "{cluster=\"default\",step=\"started\"} 1"
+            ),
             "sandbox_provisioner_sandboxes{cluster=\"default\",status=\"Running\"} 2",
             "sandbox_provisioner_sandboxes{cluster=\"default\",status=\"Pending\"} 1",
             "sandbox_provisioner_sandbox_deletions_total{cluster=\"default\",reason=\"api\"} 1",
-            "sandbox_provisioner_sandbox_deletions_total{cluster=\"default\",reason=\"idle\"} 0",
-            "sandbox_provisioner_kubernetes_requests_total{cluster=\"default\",verb=\"create\",resource=\"pods\"} 1",
-            "sandbox_provisioner_kubernetes_errors_total{cluster=\"default\",verb=\"create\",resource=\"pods\",code=\"409\"} 1",
-            "sandbox_provisioner_kubernetes_forbidden_total{cluster=\"default\",verb=\"watch\",resource=\"pods\"} 1",
+            concat!(
+                "sandbox_provisioner_sandbox_deletions_total",
+                "{cluster=\"default\",reason=\"idle\"} 0"
+            ),
+            concat!(
+                "sandbox_provisioner_kubernetes_requests_total",
+                "{cluster=\"default\",verb=\"create\",resource=\"pods\"} 1"
+            ),
+            concat!(
+                "sandbox_provisioner_kubernetes_errors_total",
+                "{cluster=\"default\",verb=\"create\",resource=\"pods\",code=\"409\"} 1"
+            ),
+            concat!(
+                "sandbox_provisioner_kubernetes_forbidden_total",
+                "{cluster=\"default\",verb=\"watch\",resource=\"pods\"} 1"
+            ),
             "sandbox_provisioner_cache_synced{cluster=\"default\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

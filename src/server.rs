@@ -25,13 +25,23 @@ pub enum StartError {
         name: String,
         cause: client::ClientError,
     },
-    #[error("cannot listen on {addr}: {cause}; choose another address with PROVISIONER_LISTEN (or --listen)")]
+    #[error(
+        "cannot listen on {addr}: {cause}; choose another address with PROVISIONER_LISTEN (or \
+        --listen)"
+    )]
     Listen { addr: String, cause: String },
     #[error("the HTTP server failed: {0}")]
     Serve(String),
-    #[error("{0}. The sandbox pod this configuration describes is invalid: check SANDBOX_POD_TEMPLATE, SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the capability settings")]
+    #[error(
+        "{0}. The sandbox pod this configuration describes is invalid: check \
+        SANDBOX_POD_TEMPLATE, SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the \
+        capability settings"
+    )]
     PodRefused(String),
-    #[error("{variable}={claim}: there is no PersistentVolumeClaim {claim:?} in namespace {namespace}; create it (it must hold the data the sandboxes expect) or unset {variable}")]
+    #[error(
+        "{variable}={claim}: there is no PersistentVolumeClaim {claim:?} in namespace \
+        {namespace}; create it (it must hold the data the sandboxes expect) or unset {variable}"
+    )]
     MissingClaim {
         variable: &'static str,
         claim: String,
@@ -156,7 +166,8 @@ impl Server {
         };
         tokio::select! {
             served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
-            _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
+            _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within \
+                PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
         }
         self.stop().await;
         Ok(())
@@ -187,7 +198,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             cause: e.to_string(),
         })?;
     for member in &config.clusters {
-        tracing::info!(cluster = %member.name, namespace = %member.connection.namespace, image = %member.sandbox.image, exposure = ?member.sandbox.exposure, weight = member.weight, "cluster");
+        tracing::info!(cluster = %member.name, namespace = %member.connection.namespace,
+            image = %member.sandbox.image, exposure = ?member.sandbox.exposure,
+                weight = member.weight, "cluster");
     }
     tracing::info!(%listen, clusters = config.clusters.len(), "serving");
     server.serve(listener, shutdown_signal()).await?;
@@ -245,7 +258,8 @@ async fn prepare(provisioner: &Cluster) -> Result<(), StartError> {
             "namespace present"
         ),
         Err(e) => {
-            tracing::warn!(cluster = cluster_name, error = %e, "cannot prepare the namespace now; sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
+            tracing::warn!(cluster = cluster_name, error = %e, "cannot prepare the namespace now; \
+                sandbox requests will retry it and answer 503 while Kubernetes is unreachable")
         }
     }
     check_claims(provisioner).await?;
@@ -264,7 +278,8 @@ async fn prepare(provisioner: &Cluster) -> Result<(), StartError> {
             )))
         }
         Err(e) => {
-            tracing::warn!(cluster = cluster_name, error = %e, "cannot dry-run a sandbox pod now; configuration problems will show on the first create")
+            tracing::warn!(cluster = cluster_name, error = %e, "cannot dry-run a sandbox pod now; \
+                configuration problems will show on the first create")
         }
     }
     Ok(())
@@ -284,7 +299,8 @@ async fn check_claims(provisioner: &Cluster) -> Result<(), StartError> {
                 })
             }
             Err(e) => {
-                tracing::warn!(variable, claim, error = %e, "cannot check the PersistentVolumeClaim now")
+                tracing::warn!(variable, claim, error = %e, "cannot check the \
+                    PersistentVolumeClaim now")
             }
         }
     }
@@ -310,14 +326,29 @@ pub fn replica_identity() -> String {
 fn warn_about_defaults(config: &Config) {
     match (&config.http.api_key, config.http.allow_no_api_key) {
         (Some(_), _) => {}
-        (None, true) => tracing::warn!("PROVISIONER_ALLOW_NO_API_KEY=true and no PROVISIONER_API_KEY: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT HOST PATHS. Set a key unless the port is reachable only by the backend"),
-        (None, false) => tracing::warn!("PROVISIONER_API_KEY is not set: every /api/* request is refused with 401. Set a key (for example from `openssl rand -hex 32`) and give the backend the same one, or set PROVISIONER_ALLOW_NO_API_KEY=true to serve without a key"),
+        (None, true) => tracing::warn!(
+            "PROVISIONER_ALLOW_NO_API_KEY=true and no \
+            PROVISIONER_API_KEY: ANYONE WHO CAN REACH THIS PORT CAN CREATE SANDBOXES THAT MOUNT \
+            HOST PATHS. Set a key unless the port is reachable only by the backend"
+        ),
+        (None, false) => tracing::warn!(
+            "PROVISIONER_API_KEY is not set: every /api/* request is \
+            refused with 401. Set a key (for example from `openssl rand -hex 32`) and give the \
+            backend the same one, or set PROVISIONER_ALLOW_NO_API_KEY=true to serve without a key"
+        ),
     }
     if config.sandbox.skills == SkillsMount::None {
-        tracing::warn!("no skills source is set (SKILLS_HOST_PATH, SKILLS_PVC_NAME, DEER_FLOW_HOST_BASE_DIR or a THREADS_HOST_PATH ending in /threads): sandboxes get no /mnt/skills");
+        tracing::warn!(
+            "no skills source is set (SKILLS_HOST_PATH, SKILLS_PVC_NAME, \
+            DEER_FLOW_HOST_BASE_DIR or a THREADS_HOST_PATH ending in /threads): sandboxes get no \
+            /mnt/skills"
+        );
     }
     if config.sandbox.user_data == UserDataMount::EmptyDir {
-        tracing::warn!("THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost with the sandbox");
+        tracing::warn!(
+            "THREADS_HOST_PATH is not set: /mnt/user-data is an emptyDir that is lost \
+            with the sandbox"
+        );
     }
 }
 

@@ -128,7 +128,13 @@ impl TenantFile {
         let mut tenants = tenants::parse(text, &known)?;
         if let Some(extra) = &self.extra {
             if tenants.get(&extra.name).is_some() {
-                return Err(format!("defines a tenant {:?} while PROVISIONER_API_KEY is set, which is that tenant's key: rename the tenant, or move the key into the file (its digest from `sandbox-provisioner hash-key`) and unset PROVISIONER_API_KEY", extra.name));
+                return Err(format!(
+                    "defines a tenant {:?} while PROVISIONER_API_KEY is set, which \
+                    is that tenant's key: rename the tenant, or move the key into the file (its \
+                    digest from `sandbox-provisioner hash-key`) and unset \
+                    PROVISIONER_API_KEY",
+                    extra.name
+                ));
             }
             tenants.tenants.push(extra.clone());
         }
@@ -191,7 +197,9 @@ impl Admission {
                     Ok(text) => text,
                     Err(e) => {
                         if last.is_some() {
-                            tracing::warn!(file = %file.path.display(), error = %e, "PROVISIONER_TENANTS cannot be read; the tenants stay as they were");
+                            tracing::warn!(file = %file.path.display(), error = %e,
+                                "PROVISIONER_TENANTS cannot be read; the tenants stay as they \
+                                    were");
                             last = None;
                         }
                         metrics.tenant_file_checked("unreadable");
@@ -207,11 +215,14 @@ impl Admission {
                         let names: Vec<String> =
                             new.tenants.iter().map(|t| t.name.clone()).collect();
                         *tenants.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-                        tracing::info!(file = %file.path.display(), tenants = ?names, "PROVISIONER_TENANTS reloaded");
+                        tracing::info!(file = %file.path.display(), tenants = ?names,
+                            "PROVISIONER_TENANTS reloaded");
                         metrics.tenant_file_checked("applied");
                     }
                     Err(problem) => {
-                        tracing::warn!(file = %file.path.display(), %problem, "PROVISIONER_TENANTS changed but is invalid; the tenants stay as they were until it is fixed");
+                        tracing::warn!(file = %file.path.display(), %problem,
+                            "PROVISIONER_TENANTS changed but is invalid; the tenants stay as they \
+                                were until it is fixed");
                         metrics.tenant_file_checked("invalid");
                     }
                 }
@@ -353,12 +364,10 @@ mod tests {
             hex_digest("key-a-0123456789")
         );
         let tenants = file(Some("the-old-key-0123456789")).parse(&text).unwrap();
-        assert!(
-            matches!(tenants.identify(b"the-old-key-0123456789"), Some(Caller::Tenant(t)) if t.name == "default")
-        );
-        assert!(
-            matches!(tenants.identify(b"key-a-0123456789"), Some(Caller::Tenant(t)) if t.name == "team-a")
-        );
+        assert!(matches!(tenants.identify(b"the-old-key-0123456789"),
+                Some(Caller::Tenant(t)) if t.name == "default"));
+        assert!(matches!(tenants.identify(b"key-a-0123456789"),
+                Some(Caller::Tenant(t)) if t.name == "team-a"));
         let clash = format!(
             "tenants: [{{name: default, api_key_sha256: {}}}]",
             hex_digest("key-a-0123456789")

@@ -128,7 +128,8 @@ pub fn admit(
                 "max_cpu",
                 max.text.clone(),
                 format!(
-                    "the tenant's sandboxes have CPU limits of {} cores together, and this one asks for {} more",
+                    "the tenant's sandboxes have CPU limits of {} cores together, and this one \
+                        asks for {} more",
                     round(usage.cpu),
                     round(ask.cpu)
                 ),
@@ -143,7 +144,8 @@ pub fn admit(
                 "max_memory",
                 max.text.clone(),
                 format!(
-                    "the tenant's sandboxes have memory limits of {} together, and this one asks for {} more",
+                    "the tenant's sandboxes have memory limits of {} together, and this one asks \
+                        for {} more",
                     bytes(usage.memory),
                     bytes(ask.memory)
                 ),
@@ -352,7 +354,8 @@ mod tests {
         assert_eq!(r.retry_after, 15);
         assert_eq!(
             r.to_string(),
-            "quota exceeded: max_creates_per_minute is 3 and the tenant created 3 in the last minute; nothing was created. Retry after the time in Retry-After"
+            "quota exceeded: max_creates_per_minute is 3 and the tenant created 3 in the last \
+                minute; nothing was created. Retry after the time in Retry-After"
         );
         let limits = Limits {
             max_memory: Some(Quantity {

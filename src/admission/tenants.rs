@@ -189,7 +189,11 @@ pub struct Known<'a> {
 /// Parses and checks a tenant file; the error names the entry and the fix.
 pub fn parse(text: &str, known: &Known) -> Result<Tenants, String> {
     let file: TenantFile = serde_saphyr::from_str(text).map_err(|e| {
-        format!("is not a valid tenant list ({e}); it holds `tenants:` (each with name, api_key_sha256 and optionally max_sandboxes, max_sandboxes_per_user, max_cpu, max_memory, max_creates_per_minute, sizes, clusters) and optionally admin_key_sha256")
+        format!(
+            "is not a valid tenant list ({e}); it holds `tenants:` (each with name, \
+            api_key_sha256 and optionally max_sandboxes, max_sandboxes_per_user, max_cpu, \
+            max_memory, max_creates_per_minute, sizes, clusters) and optionally admin_key_sha256"
+        )
     })?;
     if file.tenants.is_empty() {
         return Err("lists no tenant: add at least one under `tenants`".into());
@@ -208,7 +212,11 @@ pub fn parse(text: &str, known: &Known) -> Result<Tenants, String> {
     for (i, entry) in file.tenants.into_iter().enumerate() {
         let at = |problem: String| format!("tenants[{i}] ({:?}): {problem}", entry.name);
         if !is_dns_label(&entry.name) {
-            return Err(at("name must be a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit".into()));
+            return Err(at(
+                "name must be a DNS label: 1-63 lowercase letters, digits or '-', \
+                starting and ending with a letter or digit"
+                    .into(),
+            ));
         }
         if !names.insert(entry.name.clone()) {
             return Err(at("name is used by an earlier entry".into()));
@@ -216,21 +224,27 @@ pub fn parse(text: &str, known: &Known) -> Result<Tenants, String> {
         let digest =
             parse_digest(&entry.api_key_sha256).map_err(|e| at(format!("api_key_sha256 {e}")))?;
         if !digests.insert(digest) {
-            return Err(at("api_key_sha256 is the digest of a key another entry (or the admin) has: every tenant needs its own key".into()));
+            return Err(at(
+                "api_key_sha256 is the digest of a key another entry (or the admin) \
+                has: every tenant needs its own key"
+                    .into(),
+            ));
         }
-        let quantity = |field: &str,
-                        value: Option<QuantityText>|
-         -> Result<Option<Quantity>, String> {
-            let Some(value) = value else { return Ok(None) };
-            let text = match value {
-                QuantityText::Text(t) => t,
-                QuantityText::Number(n) => n.to_string(),
+        let quantity =
+            |field: &str, value: Option<QuantityText>| -> Result<Option<Quantity>, String> {
+                let Some(value) = value else { return Ok(None) };
+                let text = match value {
+                    QuantityText::Text(t) => t,
+                    QuantityText::Number(n) => n.to_string(),
+                };
+                match parse_quantity(&text) {
+                    Some(value) => Ok(Some(Quantity { text, value })),
+                    None => Err(at(format!(
+                        "{field} {text:?} is not a Kubernetes quantity (for \
+                    example \"8\", \"500m\", \"16Gi\")"
+                    ))),
+                }
             };
-            match parse_quantity(&text) {
-                Some(value) => Ok(Some(Quantity { text, value })),
-                None => Err(at(format!("{field} {text:?} is not a Kubernetes quantity (for example \"8\", \"500m\", \"16Gi\")"))),
-            }
-        };
         let limits = Limits {
             max_sandboxes: entry.max_sandboxes,
             max_sandboxes_per_user: entry.max_sandboxes_per_user,
@@ -264,7 +278,10 @@ pub fn parse(text: &str, known: &Known) -> Result<Tenants, String> {
 fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{hex:?} must be 64 hex digits: the SHA-256 of the key, as `sandbox-provisioner hash-key` prints it (never the key itself)"));
+        return Err(format!(
+            "{hex:?} must be 64 hex digits: the SHA-256 of the key, as \
+            `sandbox-provisioner hash-key` prints it (never the key itself)"
+        ));
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -287,7 +304,9 @@ mod tests {
     #[test]
     fn digests_identify_tenants_and_the_admin() {
         let text = format!(
-            "admin_key_sha256: {}\ntenants:\n  - {{name: team-a, api_key_sha256: {}, max_sandboxes: 3, max_cpu: 8, max_memory: 16Gi}}\n  - {{name: team-b, api_key_sha256: {}, sizes: [small]}}\n",
+            "admin_key_sha256: {}\ntenants:\n  - \
+                {{name: team-a, api_key_sha256: {}, max_sandboxes: 3, max_cpu: 8, max_memory: \
+                16Gi}}\n  - {{name: team-b, api_key_sha256: {}, sizes: [small]}}\n",
             hex_digest("admin-key-0123456789"),
             hex_digest("key-a-0123456789"),
             hex_digest("key-b-0123456789").to_uppercase(),
@@ -306,9 +325,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            matches!(tenants.identify(b"key-b-0123456789"), Some(Caller::Tenant(t)) if t.sizes == Some(vec!["small".into()]))
-        );
+        assert!(matches!(tenants.identify(b"key-b-0123456789"),
+                Some(Caller::Tenant(t)) if t.sizes == Some(vec!["small".into()])));
         assert!(matches!(
             tenants.identify(b"admin-key-0123456789"),
             Some(Caller::Admin)

@@ -39,12 +39,21 @@ pub enum ApiError {
     NoSuchRoute,
     #[error("Method Not Allowed")]
     MethodNotAllowed,
-    #[error("missing or invalid API key: send it in the X-API-Key header or as Authorization: Bearer <key>")]
+    #[error(
+        "missing or invalid API key: send it in the X-API-Key header or as Authorization: \
+        Bearer <key>"
+    )]
     Unauthorized,
     /// The key is valid but may not do this.
     #[error("{0}")]
     Forbidden(String),
-    #[error("this provisioner has no API key configured, so it refuses every /api/* request: set PROVISIONER_API_KEY on the provisioner (for example to the output of `openssl rand -hex 32`) and the same key in the backend (DeerFlow: sandbox.provisioner_api_key), or set PROVISIONER_ALLOW_NO_API_KEY=true to run without a key where only the backend can reach this port")]
+    #[error(
+        "this provisioner has no API key configured, so it refuses every /api/* request: set \
+        PROVISIONER_API_KEY on the provisioner (for example to the output of `openssl rand -hex \
+        32`) and the same key in the backend (DeerFlow: sandbox.provisioner_api_key), or set \
+        PROVISIONER_ALLOW_NO_API_KEY=true to run without a key where only the backend can reach \
+        this port"
+    )]
     NoKeyConfigured,
     #[error("the request body is larger than {0} bytes (PROVISIONER_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
@@ -52,7 +61,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the provisioner is at its limit of concurrent requests; retry shortly")]
     Overloaded,
-    #[error("the request did not finish within {0:?} (PROVISIONER_REQUEST_TIMEOUT_SECONDS); retry, and check the Kubernetes API if it keeps happening")]
+    #[error(
+        "the request did not finish within {0:?} (PROVISIONER_REQUEST_TIMEOUT_SECONDS); \
+        retry, and check the Kubernetes API if it keeps happening"
+    )]
     RequestTimeout(Duration),
     #[error("not ready: {0}")]
     NotReady(String),

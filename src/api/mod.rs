@@ -182,7 +182,8 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(
         title = "sandbox-provisioner",
-        description = "Isolated code-execution sandboxes for AI agents on Kubernetes. A drop-in for DeerFlow's provisioner API.",
+        description = "Isolated code-execution sandboxes for AI agents on Kubernetes. A drop-in \
+            for DeerFlow's provisioner API.",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -197,7 +198,12 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         routes::info::capabilities,
         routes::info::quota,
     ),
-    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, model::Presence, Health, crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary, crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources, crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing, model::ClusterHealth, model::QuotaAnswer, model::TenantQuota, model::LimitsView, crate::admission::Usage)),
+    components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, model::Presence, Health,
+        crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary,
+            crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources,
+                crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing,
+                    model::ClusterHealth, model::QuotaAnswer, model::TenantQuota,
+                        model::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),
     // Every /api/* route takes the key either way; the probes need none.
     security((), ("api_key" = []), ("bearer" = [])),

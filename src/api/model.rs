@@ -284,7 +284,8 @@ pub enum KubernetesFailed {
     Refused(ErrorBody),
     #[response(
         status = 503,
-        description = "Kubernetes unreachable or timed out (also while a cluster that may hold the sandbox is unreachable: never 404 or absent then), or the provisioner overloaded"
+        description = "Kubernetes unreachable or timed out (also while a cluster that may hold \
+            the sandbox is unreachable: never 404 or absent then), or the provisioner overloaded"
     )]
     Unavailable(ErrorBody),
 }

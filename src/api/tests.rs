@@ -403,12 +403,14 @@ async fn gateway_fields_are_checked_before_kubernetes() {
             "got 1001",
         ),
         (
-            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/etc","container_path":"/mnt/acp-workspace"}]}"#,
+            r#"{"sandbox_id":"a","extra_mounts":[
+                {"host_path":"/etc","container_path":"/mnt/acp-workspace"}]}"#,
             StatusCode::BAD_REQUEST,
             "extra_mounts[0].host_path \"/etc\" is outside the DeerFlow base directory /.deer-flow",
         ),
         (
-            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/.deer-flow/a","container_path":"/root"}]}"#,
+            r#"{"sandbox_id":"a","extra_mounts":[
+                {"host_path":"/.deer-flow/a","container_path":"/root"}]}"#,
             StatusCode::BAD_REQUEST,
             "extra_mounts[0].container_path \"/root\" is not a path extra mounts may use",
         ),
@@ -433,7 +435,9 @@ async fn gateway_fields_are_checked_before_kubernetes() {
             "is not normalised; write it as \"/mnt/t\"",
         ),
         (
-            r#"{"sandbox_id":"a","extra_mounts":[{"host_path":"/.deer-flow/users/u/threads/t/skills_view/public","container_path":"/mnt/s/public"}]}"#,
+            r#"{"sandbox_id":"a","extra_mounts":[{
+                "host_path":"/.deer-flow/users/u/threads/t/skills_view/public",
+                "container_path":"/mnt/s/public"}]}"#,
             StatusCode::BAD_REQUEST,
             "is not a path extra mounts may use",
         ),

@@ -44,24 +44,27 @@ impl Cluster {
         };
         match action {
             BaselineAction::Create => {
-                let baseline = manifests::baseline_network_policy(&self.spec)
-                    .expect("policies are on");
+                let baseline =
+                    manifests::baseline_network_policy(&self.spec).expect("policies are on");
                 match self.calls.create(&baseline).await {
                     Ok(_) => tracing::info!(
                         name = manifests::BASELINE_POLICY_NAME,
-                        "created the baseline NetworkPolicy that shuts off sandboxes without their own"
+                        "created the baseline NetworkPolicy that shuts off sandboxes without \
+                            their own"
                     ),
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            BaselineAction::Remove => match self.calls
+            BaselineAction::Remove => match self
+                .calls
                 .delete::<NetworkPolicy>(manifests::BASELINE_POLICY_NAME)
                 .await
             {
                 Ok(true) => tracing::warn!(
                     name = manifests::BASELINE_POLICY_NAME,
-                    "SANDBOX_NETWORK_POLICY is none: removed the baseline NetworkPolicy left from before"
+                    "SANDBOX_NETWORK_POLICY is none: removed the baseline NetworkPolicy left from \
+                        before"
                 ),
                 Ok(false) => {}
                 Err(e) => {

@@ -45,7 +45,8 @@ impl Cluster {
     ) -> Result<Cluster, ClientError> {
         let connection = &config.connection;
         let connected = client::connect(&self::connection(connection)).await?;
-        tracing::info!(cluster = %config.name, source = %connected.source, server = %connected.server, "Kubernetes client configured");
+        tracing::info!(cluster = %config.name, source = %connected.source,
+            server = %connected.server, "Kubernetes client configured");
         let namespace = &connection.namespace;
         let metrics = metrics.for_cluster(&config.name);
         let refusals = Refusals::new(namespace, metrics.clone());

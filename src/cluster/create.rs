@@ -62,7 +62,8 @@ impl Cluster {
             // miss with the apiserver), so a read right after this write sees it.
             self.memory.created(sandbox.clone(), Instant::now());
             self.metrics.sandbox_created(started.elapsed());
-            tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url, "sandbox created");
+            tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url,
+                "sandbox created");
         }
         Ok(Provisioned { sandbox, created })
     }
@@ -203,7 +204,8 @@ impl Cluster {
                     return Ok(existing)
                 }
                 Some(_) => {
-                    tracing::info!(%name, %kind, "replacing an object left over from an earlier pod");
+                    tracing::info!(%name, %kind, "replacing an object left over from an earlier \
+                        pod");
                     self.calls.delete::<K>(&name).await?;
                 }
                 None => {}
@@ -220,10 +222,12 @@ impl Cluster {
             .await;
         match self.calls.delete::<Pod>(&manifests::pod_name(id)).await {
             Ok(_) => {
-                tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was removed again")
+                tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was \
+                    removed again")
             }
             Err(e) => {
-                tracing::error!(sandbox_id = %id, error = %e, "the sandbox could not be completed and its pod could not be removed; the next POST for this id repairs it")
+                tracing::error!(sandbox_id = %id, error = %e, "the sandbox could not be completed \
+                    and its pod could not be removed; the next POST for this id repairs it")
             }
         }
     }

@@ -101,13 +101,15 @@ impl Cluster {
                 }
                 match self.remove(&removal.id, removal.reason).await {
                     Ok(true) => {
-                        tracing::warn!(sandbox_id = %removal.id, reason = %removal.why, "sandbox expired and was removed");
+                        tracing::warn!(sandbox_id = %removal.id, reason = %removal.why,
+                            "sandbox expired and was removed");
                         true
                     }
                     Ok(false) => false,
                     Err(e) if e.is_permission_denied() => false,
                     Err(e) => {
-                        tracing::warn!(sandbox_id = %removal.id, error = %e, "removing an expired sandbox failed; retrying next round");
+                        tracing::warn!(sandbox_id = %removal.id, error = %e, "removing an expired \
+                            sandbox failed; retrying next round");
                         false
                     }
                 }

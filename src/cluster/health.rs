@@ -72,7 +72,9 @@ impl Cluster {
             recovered = p.unreachable.is_some() && failure.is_none();
             match (&p.unreachable, &failure) {
                 (None, Some(why)) => {
-                    tracing::warn!(cluster = %self.name, cause = %why, "cluster unreachable: its sandboxes answer 503 and new ones go to other clusters until it answers again; check that its apiserver runs and is reachable from here")
+                    tracing::warn!(cluster = %self.name, cause = %why, "cluster unreachable: its \
+                        sandboxes answer 503 and new ones go to other clusters until it answers \
+                        again; check that its apiserver runs and is reachable from here")
                 }
                 (Some(_), None) => tracing::info!(cluster = %self.name, "cluster reachable again"),
                 _ => {}

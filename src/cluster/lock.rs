@@ -115,7 +115,8 @@ impl Arbiter {
                 .insert(format!("{LAST_CREATED_PREFIX}{cluster}"), pod.to_string());
         }
         if let Err(e) = self.leases.give_up(lease).await {
-            tracing::warn!(lock = %name, error = %e, "letting go of a quota lock failed; it expires by itself within 5 s");
+            tracing::warn!(lock = %name, error = %e, "letting go of a quota lock failed; it \
+                expires by itself within 5 s");
         }
     }
 }

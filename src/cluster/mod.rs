@@ -60,46 +60,81 @@ pub enum Error {
     Invalid(#[from] InvalidId),
     #[error("sandbox {0:?} not found")]
     NotFound(String),
-    #[error("sandbox {id:?} already exists for thread {existing:?}, but this request names thread {requested:?}; use another sandbox_id, or delete the existing sandbox first")]
+    #[error(
+        "sandbox {id:?} already exists for thread {existing:?}, but this request names thread \
+        {requested:?}; use another sandbox_id, or delete the existing sandbox first"
+    )]
     ThreadConflict {
         id: String,
         existing: String,
         requested: String,
     },
-    #[error("sandbox {id:?} already exists for user {existing:?}, but this request names user {requested:?}; use another sandbox_id, or delete the existing sandbox first")]
+    #[error(
+        "sandbox {id:?} already exists for user {existing:?}, but this request names user \
+        {requested:?}; use another sandbox_id, or delete the existing sandbox first"
+    )]
     UserConflict {
         id: String,
         existing: String,
         requested: String,
     },
-    #[error("sandbox {id:?} exists with a shell-session capacity of {existing}{default}, below the {requested} this request asks for; its pod was left alone: delete the sandbox and create it again to get the larger capacity", default = if *.existing_is_default { " (the image's default)" } else { "" })]
+    #[error("sandbox {id:?} exists with a shell-session capacity of {existing}{default}, below \
+        the {requested} this request asks for; its pod was left alone: delete the sandbox and \
+        create it again to get the larger \
+        capacity", default = if *.existing_is_default { " (the image's default)" } else { "" })]
     ShellCapacity {
         id: String,
         existing: u32,
         existing_is_default: bool,
         requested: u32,
     },
-    #[error("sandbox {id:?} exists with skills at {existing}, but this request names {requested} (skills_container_path); its pod was left alone: delete the sandbox and create it again to move its skills")]
+    #[error(
+        "sandbox {id:?} exists with skills at {existing}, but this request names {requested} \
+        (skills_container_path); its pod was left alone: delete the sandbox and create it again \
+        to move its skills"
+    )]
     SkillsPathConflict {
         id: String,
         existing: String,
         requested: String,
     },
-    #[error("sandbox {id:?} exists {existing} the Lark CLI broker sidecar, but this request asks {requested} it (provision_lark_cli_broker); its pod was left alone: delete the sandbox and create it again", existing = if *.existing_has_broker { "with" } else { "without" }, requested = if *.existing_has_broker { "without" } else { "for" })]
+    #[error(
+        "sandbox {id:?} exists {existing} the Lark CLI broker sidecar, but this request asks \
+        {requested} it (provision_lark_cli_broker); its pod was left alone: delete the sandbox \
+        and create it again",
+        existing = broker_words(*.existing_has_broker).0,
+        requested = broker_words(*.existing_has_broker).1
+    )]
     LarkConflict {
         id: String,
         existing_has_broker: bool,
     },
-    #[error("the request asks for the Lark CLI broker (provision_lark_cli_broker), but this provisioner has no broker image: set LARK_CLI_BROKER_IMAGE on the provisioner, or create the sandbox without the broker")]
+    #[error(
+        "the request asks for the Lark CLI broker (provision_lark_cli_broker), but this \
+        provisioner has no broker image: set LARK_CLI_BROKER_IMAGE on the provisioner, or create \
+        the sandbox without the broker"
+    )]
     LarkBrokerUnavailable,
     #[error("the sandbox id {0:?} is taken; choose another sandbox_id")]
     Taken(String),
     #[error("sandbox {0:?} is being deleted; retry in a moment")]
     Terminating(String),
-    #[error("cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in a moment")]
+    #[error(
+        "cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in \
+        a moment"
+    )]
     KeptReappearing { kind: String, name: String },
     #[error(transparent)]
     Kubernetes(#[from] calls::Error),
+}
+
+/// How a Lark conflict reads: (what the sandbox has, what the request asks).
+fn broker_words(existing_has_broker: bool) -> (&'static str, &'static str) {
+    if existing_has_broker {
+        ("with", "without")
+    } else {
+        ("without", "for")
+    }
 }
 
 impl Error {
@@ -305,7 +340,8 @@ impl Cluster {
                 .await
             {
                 // A refusal is reported by the cluster layer, once.
-                tracing::debug!(pod = %name, error = %e, "recording activity failed; it stays in memory");
+                tracing::debug!(pod = %name, error = %e, "recording activity failed; it stays in \
+                    memory");
             }
         });
     }

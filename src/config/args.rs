@@ -9,6 +9,10 @@ use clap::Args;
 use super::DEFAULT_IMAGE;
 use crate::spec::network_policy::DEFAULT_EGRESS_DENY;
 
+/// The capabilities a root-based image usually needs (SANDBOX_CAPABILITIES_ADD's default).
+const DEFAULT_CAPABILITIES_ADD: &str =
+    "CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SETPCAP";
+
 /// Flags of `sandbox-provisioner serve`; each can also be given as the named environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -288,7 +292,8 @@ pub struct LifecycleArgs {
 /// Locking sandboxes down: pod security and network policy.
 #[derive(Args, Debug, Clone)]
 pub struct SecurityArgs {
-    /// Mount a Kubernetes API token into sandboxes (off: sandboxed code gets no cluster credential).
+    /// Mount a Kubernetes API token into sandboxes (off: sandboxed code gets no cluster
+    /// credential).
     #[arg(
         long,
         env = "SANDBOX_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN",
@@ -326,7 +331,7 @@ pub struct SecurityArgs {
     #[arg(
         long,
         env = "SANDBOX_CAPABILITIES_ADD",
-        default_value = "CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SETPCAP"
+        default_value = DEFAULT_CAPABILITIES_ADD
     )]
     pub sandbox_capabilities_add: String,
 
@@ -348,7 +353,8 @@ pub struct SecurityArgs {
 
 /// How the kubelet checks a sandbox: a startup probe that finds a booted sandbox within a
 /// second, then readiness and liveness. DeerFlow's timings: SANDBOX_PROBE_STARTUP_TIMEOUT=0,
-/// SANDBOX_PROBE_READINESS_INITIAL_DELAY_SECONDS=5 and SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS=10.
+/// SANDBOX_PROBE_READINESS_INITIAL_DELAY_SECONDS=5 and
+/// SANDBOX_PROBE_LIVENESS_INITIAL_DELAY_SECONDS=10.
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
     /// Longest a sandbox may take to boot before the kubelet restarts it; a startup probe

@@ -24,13 +24,18 @@ pub(super) fn sizes(args: &SizeArgs) -> Result<Sizes, ConfigError> {
         .as_deref()
         .filter(|s| !s.trim().is_empty())
     {
-        let given: std::collections::BTreeMap<String, Resources> = serde_json::from_str(json).map_err(|e| {
-            ConfigError::new(
-                "SANDBOX_SIZES",
-                json,
-                format!("must be JSON like {{\"small\": {{\"requests\": {{\"cpu\": \"100m\"}}, \"limits\": {{\"cpu\": \"500m\"}}}}}}: {e}"),
-            )
-        })?;
+        let given: std::collections::BTreeMap<String, Resources> = serde_json::from_str(json)
+            .map_err(|e| {
+                ConfigError::new(
+                    "SANDBOX_SIZES",
+                    json,
+                    format!(
+                        "must be JSON like \
+                    {{\"small\": {{\"requests\": {{\"cpu\": \"100m\"}}, \"limits\": {{\"cpu\": \
+                    \"500m\"}}}}}}: {e}"
+                    ),
+                )
+            })?;
         named.extend(given);
     }
     let max_resources = serde_json::from_str(&args.sandbox_max_resources).map_err(|e| {
@@ -80,13 +85,21 @@ pub(super) fn network_policy(args: &SecurityArgs) -> Result<NetworkPolicyMode, C
     match mode {
         "" | "none" => Ok(NetworkPolicyMode::None),
         "isolated" => {
-            let ingress_from = match args.sandbox_network_policy_ingress_from.as_deref().map(str::trim) {
+            let ingress_from = match args
+                .sandbox_network_policy_ingress_from
+                .as_deref()
+                .map(str::trim)
+            {
                 None | Some("") => Vec::new(),
                 Some(json) => serde_json::from_str(json).map_err(|e| {
                     ConfigError::new(
                         "SANDBOX_NETWORK_POLICY_INGRESS_FROM",
                         json,
-                        format!("must be a JSON list of NetworkPolicy peers, for example [{{\"podSelector\": {{\"matchLabels\": {{\"app\": \"deer-flow-gateway\"}}}}}}]: {e}"),
+                        format!(
+                            "must be a JSON list of NetworkPolicy peers, for example \
+                            [{{\"podSelector\": {{\"matchLabels\": {{\"app\": \
+                            \"deer-flow-gateway\"}}}}}}]: {e}"
+                        ),
                     )
                 })?,
             };
@@ -121,7 +134,10 @@ pub(super) fn network_policy(args: &SecurityArgs) -> Result<NetworkPolicyMode, C
                 ConfigError::new(
                     "SANDBOX_NETWORK_POLICY",
                     path,
-                    format!("the template must be a JSON NetworkPolicy spec (policyTypes, ingress, egress): {e}"),
+                    format!(
+                        "the template must be a JSON NetworkPolicy spec (policyTypes, \
+                        ingress, egress): {e}"
+                    ),
                 )
             })?;
             Ok(NetworkPolicyMode::Template(spec))
@@ -154,7 +170,10 @@ pub(super) fn placement(value: Option<&str>) -> Result<Placement, ConfigError> {
         ConfigError::new(
             "SANDBOX_PLACEMENT",
             value,
-            format!("must be a JSON object of nodeSelector, tolerations, affinity, topologySpreadConstraints, priorityClassName, runtimeClassName: {e}"),
+            format!(
+                "must be a JSON object of nodeSelector, tolerations, affinity, \
+                topologySpreadConstraints, priorityClassName, runtimeClassName: {e}"
+            ),
         )
     })
 }
@@ -177,7 +196,8 @@ pub(super) fn placement_and_template(
 ) -> Result<(), String> {
     match template.overlap(placement) {
         Some(field) => Err(format!(
-            "the pod template sets spec.{field}, which the placement (SANDBOX_PLACEMENT) sets too: keep it in one of them"
+            "the pod template sets spec.{field}, which the placement (SANDBOX_PLACEMENT) sets \
+                too: keep it in one of them"
         )),
         None => Ok(()),
     }
@@ -209,7 +229,8 @@ pub(super) fn claim_name(
         Err(ConfigError::new(
             variable,
             name,
-            "must be the name of a PersistentVolumeClaim in K8S_NAMESPACE (lowercase letters, digits, '-' and '.')",
+            "must be the name of a PersistentVolumeClaim in K8S_NAMESPACE (lowercase letters, \
+                digits, '-' and '.')",
         ))
     }
 }
@@ -229,7 +250,8 @@ pub(super) fn sub_path(
         return Err(ConfigError::new(
             variable,
             path,
-            "must be a relative path inside the volume, without '..' or empty parts, for example skills/public",
+            "must be a relative path inside the volume, without '..' or empty parts, for example \
+                skills/public",
         ));
     }
     Ok(Some(path))
@@ -268,13 +290,18 @@ pub(super) fn seccomp(value: &str) -> Result<Seccomp, ConfigError> {
         "RuntimeDefault" => Ok(Seccomp::RuntimeDefault),
         "Unconfined" => Ok(Seccomp::Unconfined),
         other => match other.strip_prefix("Localhost/") {
-            Some(path) if !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|p| p == "..") => {
+            Some(path)
+                if !path.is_empty()
+                    && !path.starts_with('/')
+                    && !path.split('/').any(|p| p == "..") =>
+            {
                 Ok(Seccomp::Localhost(path.to_string()))
             }
             _ => Err(ConfigError::new(
                 "SANDBOX_SECCOMP_PROFILE",
                 value,
-                "must be RuntimeDefault, Unconfined, or Localhost/<path relative to the kubelet's seccomp directory>",
+                "must be RuntimeDefault, Unconfined, or Localhost/<path relative to the kubelet's \
+                    seccomp directory>",
             )),
         },
     }
@@ -292,13 +319,18 @@ pub(super) fn capabilities(
         .map(|c| {
             let name = c.to_ascii_uppercase();
             let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
-            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()) {
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+            {
                 Ok(name)
             } else {
                 Err(ConfigError::new(
                     variable,
                     value,
-                    "must be a comma-separated list of capability names such as NET_ADMIN,SYS_PTRACE (or ALL)",
+                    "must be a comma-separated list of capability names such as \
+                        NET_ADMIN,SYS_PTRACE (or ALL)",
                 ))
             }
         })
@@ -319,7 +351,8 @@ pub(super) fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
         Err(ConfigError::new(
             "K8S_NAMESPACE",
             ns,
-            "must be a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+            "must be a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and ending \
+                with a letter or digit",
         ))
     }
 }
@@ -336,7 +369,8 @@ pub(super) fn host_path(
         return Err(ConfigError::new(
             variable,
             &raw,
-            "must be an absolute path on the Kubernetes node's host, for example /srv/deer-flow/skills",
+            "must be an absolute path on the Kubernetes node's host, for example \
+                /srv/deer-flow/skills",
         ));
     }
     if raw.split('/').any(|part| part == "..") {

@@ -95,7 +95,10 @@ pub(super) fn from_file(
         ConfigError::new(
             VARIABLE,
             &shown,
-            format!("cannot read the cluster list: {e}; give the path of a YAML or JSON file with a top-level `clusters` list"),
+            format!(
+                "cannot read the cluster list: {e}; give the path of a YAML or JSON file with \
+                a top-level `clusters` list"
+            ),
         )
     })?;
     parse(&text, &shown, defaults, sandbox, &|p| {
@@ -115,18 +118,28 @@ fn parse(
     let fail = |problem: String| ConfigError::new(VARIABLE, shown, problem);
     let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| {
         fail(format!(
-            "is not a valid cluster list ({e}); each entry of `clusters` has name and kubeconfig, and optionally context, api_server, namespace, node_host, service_type, weight, max_sandboxes, labels, image, placement, pod_template"
+            "is not a valid cluster list ({e}); each entry of `clusters` has name and kubeconfig, \
+                and optionally context, api_server, namespace, node_host, service_type, weight, \
+                max_sandboxes, labels, image, placement, pod_template"
         ))
     })?;
     if file.clusters.is_empty() {
-        return Err(fail("lists no cluster: add at least one entry under `clusters`, or unset SANDBOX_CLUSTERS to use KUBECONFIG_PATH".into()));
+        return Err(fail(
+            "lists no cluster: add at least one entry under `clusters`, or unset \
+            SANDBOX_CLUSTERS to use KUBECONFIG_PATH"
+                .into(),
+        ));
     }
     let mut names = HashSet::new();
     let mut members = Vec::new();
     for (i, entry) in file.clusters.into_iter().enumerate() {
         let at = |problem: String| fail(format!("clusters[{i}] ({:?}): {problem}", entry.name));
         if !is_dns_label(&entry.name) {
-            return Err(at("name must be a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit".into()));
+            return Err(at(
+                "name must be a DNS label: 1-63 lowercase letters, digits or '-', \
+                starting and ending with a letter or digit"
+                    .into(),
+            ));
         }
         if !names.insert(entry.name.clone()) {
             return Err(at(
@@ -135,7 +148,8 @@ fn parse(
         }
         let kubeconfig = read_kubeconfig(&entry.kubeconfig).map_err(|e| {
             at(format!(
-                "cannot read the kubeconfig {}: {e}; check the path (mounted into the container?) and that `kubectl --kubeconfig {} config view` reads it",
+                "cannot read the kubeconfig {}: {e}; check the path (mounted into the container?) \
+                    and that `kubectl --kubeconfig {} config view` reads it",
                 entry.kubeconfig.display(),
                 entry.kubeconfig.display()
             ))
@@ -167,12 +181,17 @@ fn parse(
         check::validate_namespace(&namespace)
             .map_err(|e| at(format!("namespace {namespace:?} {}", e.problem)))?;
         if entry.max_sandboxes == Some(0) {
-            return Err(at("max_sandboxes must be at least 1 (set weight: 0 to stop new sandboxes in a cluster)".into()));
+            return Err(at(
+                "max_sandboxes must be at least 1 (set weight: 0 to stop new sandboxes \
+                in a cluster)"
+                    .into(),
+            ));
         }
         for (key, value) in &entry.labels {
             if !is_label_part(key) || !(value.is_empty() || is_label_part(value)) {
                 return Err(at(format!(
-                    "label {key:?}: {value:?} must be 1-63 letters, digits, '-', '_' or '.' (the value may be empty)"
+                    "label {key:?}: {value:?} must be 1-63 letters, digits, '-', '_' or '.' (the \
+                        value may be empty)"
                 )));
             }
         }
@@ -199,7 +218,10 @@ fn parse(
             "NodePort" => {
                 let host = node_host.unwrap_or_default();
                 if host.is_empty() || host.contains(['/', ' ', '@']) {
-                    return Err(at(format!("node_host {host:?} must be a bare host name or IP address (NodePort URLs are http://node_host:port)")));
+                    return Err(at(format!(
+                        "node_host {host:?} must be a bare host name or IP \
+                        address (NodePort URLs are http://node_host:port)"
+                    )));
                 }
                 Exposure::NodePort { node_host: host }
             }
@@ -366,13 +388,16 @@ clusters:
         std::fs::write(&path, "spec: {runtimeClassName: gvisor}\n").unwrap();
         let shown = path.display();
         let members = run(&format!(
-            "clusters:\n  - {{name: a, kubeconfig: /k, pod_template: {shown}}}\n  - {{name: b, kubeconfig: /k}}"
+            "clusters:\n  - {{name: a, kubeconfig: /k, pod_template: {shown}}}\n  - \
+                {{name: b, kubeconfig: /k}}"
         ))
         .unwrap();
         assert!(!members[0].sandbox.pod_template.is_empty());
         assert!(members[1].sandbox.pod_template.is_empty());
         let error = run(&format!(
-            "clusters:\n  - {{name: a, kubeconfig: /k, pod_template: {shown}, placement: {{runtimeClassName: kata}}}}"
+            "clusters:\n  - \
+                {{name: a, kubeconfig: /k, pod_template: {shown}, placement: {{runtimeClassName: \
+                kata}}}}"
         ))
         .unwrap_err();
         assert!(

@@ -283,14 +283,16 @@ impl TryFrom<ListenArgs> for HttpSection {
                 return Err(ConfigError::new(
                     "PROVISIONER_API_KEY",
                     "(hidden)",
-                    "must be at least 16 characters without spaces or control characters, for example from `openssl rand -hex 32`",
+                    "must be at least 16 characters without spaces or control characters, for \
+                        example from `openssl rand -hex 32`",
                 ));
             }
         } else if args.require_api_key {
             return Err(ConfigError::new(
                 "PROVISIONER_API_KEY",
                 "",
-                "is required because PROVISIONER_REQUIRE_API_KEY is set: set a key (for example from `openssl rand -hex 32`) or unset PROVISIONER_REQUIRE_API_KEY",
+                "is required because PROVISIONER_REQUIRE_API_KEY is set: set a key (for example \
+                    from `openssl rand -hex 32`) or unset PROVISIONER_REQUIRE_API_KEY",
             ));
         }
         let limits = HttpLimits {
@@ -480,19 +482,19 @@ fn sandbox_spec(
             "must be a bare host name or IP address, for example host.docker.internal",
         ));
     }
-    let exposure = match sandbox.sandbox_service_type.trim() {
-        "NodePort" => Exposure::NodePort {
-            node_host: node_host.to_string(),
-        },
-        "ClusterIP" => Exposure::ClusterIp,
-        other => {
-            return Err(ConfigError::new(
+    let exposure =
+        match sandbox.sandbox_service_type.trim() {
+            "NodePort" => Exposure::NodePort {
+                node_host: node_host.to_string(),
+            },
+            "ClusterIP" => Exposure::ClusterIp,
+            other => return Err(ConfigError::new(
                 "SANDBOX_SERVICE_TYPE",
                 other,
-                "must be NodePort (URLs on NODE_HOST) or ClusterIP (cluster DNS URLs for backends inside the cluster)",
-            ))
-        }
-    };
+                "must be NodePort (URLs on NODE_HOST) or ClusterIP (cluster DNS URLs for backends \
+                    inside the cluster)",
+            )),
+        };
     if sandbox.sandbox_container_port == 0 {
         return Err(ConfigError::new(
             "SANDBOX_CONTAINER_PORT",
@@ -611,7 +613,8 @@ fn mounts(storage: StorageArgs) -> Result<(SkillsMount, UserDataMount, HostBase)
             return Err(ConfigError::new(
                 "SKILLS_PVC_SUBPATH_TEMPLATE",
                 fixed,
-                "is set together with SKILLS_PVC_SUBPATH: keep one (a template without placeholders is a fixed sub-path)",
+                "is set together with SKILLS_PVC_SUBPATH: keep one (a template without \
+                    placeholders is a fixed sub-path)",
             ))
         }
         (Some(fixed), None) => Some(template("SKILLS_PVC_SUBPATH", &fixed)?),

@@ -134,9 +134,26 @@ pub(super) async fn rbac_checks(
             .iter()
             .any(|c| c.name == "rbac create namespaces" && c.verdict == Verdict::Ok);
         checks.push(if creatable {
-            Check::ok("namespace", format!("{namespace} does not exist yet; the provisioner will create it"))
+            Check::ok(
+                "namespace",
+                format!(
+                    "{namespace} does not exist yet; the provisioner will \
+                create it"
+                ),
+            )
         } else {
-            Check::fail("namespace", format!("{namespace} does not exist and the provisioner may not create it"), format!("create it (`kubectl create namespace {namespace}`) or grant create on namespaces"))
+            Check::fail(
+                "namespace",
+                format!(
+                    "{namespace} does not exist and the provisioner may \
+                not create \
+                it"
+                ),
+                format!(
+                    "create it (`kubectl create namespace {namespace}`) or grant create \
+                on namespaces"
+                ),
+            )
         });
     }
 }
@@ -197,20 +214,32 @@ pub(super) async fn image_check(
     images.extend(sandbox.lark.init_image.clone());
     images.extend(sandbox.lark.broker_image.clone());
     let api: Api<Node> = Api::all(client.clone());
-    let nodes = match tokio::time::timeout(timeout, api.list(&ListParams::default())).await {
-        Ok(Ok(list)) => list.items,
-        Ok(Err(kube::Error::Api(e))) if e.code == 403 => {
-            return Check::warn(
+    let nodes =
+        match tokio::time::timeout(timeout, api.list(&ListParams::default())).await {
+            Ok(Ok(list)) => list.items,
+            Ok(Err(kube::Error::Api(e))) if e.code == 403 => return Check::warn(
                 "images on nodes",
                 "may not list nodes, so cannot see which nodes have the sandbox image",
-                "optional: grant list on nodes (deploy/kubernetes/prepull includes a ClusterRole for it)",
-            )
-        }
-        Ok(Err(e)) => {
-            return Check::warn("images on nodes", format!("cannot list nodes: {e}"), "check the API server")
-        }
-        Err(_) => return Check::warn("images on nodes", "listing nodes timed out", "check the API server"),
-    };
+                "optional: grant list on nodes (deploy/kubernetes/prepull includes a ClusterRole \
+                    for it)",
+            ),
+            Ok(Err(e)) => {
+                return Check::warn(
+                    "images on \
+                nodes",
+                    format!("cannot list nodes: {e}"),
+                    "check the API server",
+                )
+            }
+            Err(_) => {
+                return Check::warn(
+                    "images on \
+            nodes",
+                    "listing nodes timed out",
+                    "check the API server",
+                )
+            }
+        };
     let selector = sandbox.placement.node_selector.clone().unwrap_or_default();
     let eligible: Vec<&Node> = nodes
         .iter()
@@ -273,12 +302,18 @@ pub(super) async fn image_check(
     Check::warn(
         "images on nodes",
         format!(
-            "{} of {} nodes that may run sandboxes lack an image, so their first sandbox waits for the pull: {}{}",
+            "{} of {} nodes that may run sandboxes lack an image, so their first sandbox waits \
+                for the pull: {}{}",
             lacking.len(),
             eligible.len(),
             shown.join("; "),
-            if more > 0 { format!("; and {more} more") } else { String::new() }
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
         ),
-        "pre-pull it: add the component deploy/kubernetes/prepull to the deployment (see docs/operations.md)",
+        "pre-pull it: add the component deploy/kubernetes/prepull to the deployment (see \
+            docs/operations.md)",
     )
 }

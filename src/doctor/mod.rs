@@ -191,12 +191,16 @@ fn settings(args: &ServeArgs) -> Vec<Check> {
             None => Check::warn(
                 "host path",
                 format!("{variable} is not set"),
-                format!("set {variable} to an absolute directory on the node to mount it into sandboxes"),
+                format!(
+                    "set {variable} to an absolute directory on the node to mount it into \
+                    sandboxes"
+                ),
             ),
             Some(v) if !v.starts_with('/') || v.split('/').any(|p| p == "..") => Check::fail(
                 "host path",
                 format!("{variable}={v:?} is not an absolute path free of '..'"),
-                "give the resolved absolute path on the Kubernetes node (for example from `realpath`)",
+                "give the resolved absolute path on the Kubernetes node (for example from \
+                    `realpath`)",
             ),
             Some(v) => Check::ok("host path", format!("{variable}={v}")),
         });
@@ -215,16 +219,26 @@ fn settings(args: &ServeArgs) -> Vec<Check> {
     });
     let host = args.sandbox.node_host.trim();
     checks.push(match host {
-        "" => Check::fail("node host", "NODE_HOST is empty", "set NODE_HOST to the name the backend uses to reach the node"),
+        "" => Check::fail(
+            "node host",
+            "NODE_HOST is \
+            empty",
+            "set NODE_HOST to the name the backend uses to reach the node",
+        ),
         "localhost" | "127.0.0.1" | "0.0.0.0" | "::1" => Check::warn(
             "node host",
-            format!("NODE_HOST={host}: sandbox URLs only work for a backend on the same host, not in a container"),
-            "use host.docker.internal (with extra_hosts on Linux) or the node's address when the backend runs in a container",
+            format!(
+                "NODE_HOST={host}: sandbox URLs only work for a backend on the same host, not \
+                in a container"
+            ),
+            "use host.docker.internal (with extra_hosts on Linux) or the node's address when the \
+                backend runs in a container",
         ),
         _ if std::net::ToSocketAddrs::to_socket_addrs(&(host, 80)).is_err() => Check::warn(
             "node host",
             format!("NODE_HOST={host} does not resolve from here"),
-            "check that the backend can resolve it (for host.docker.internal on Linux add `extra_hosts: host.docker.internal:host-gateway`)",
+            "check that the backend can resolve it (for host.docker.internal on Linux add \
+                `extra_hosts: host.docker.internal:host-gateway`)",
         ),
         _ => Check::ok("node host", format!("NODE_HOST={host} resolves")),
     });
@@ -243,12 +257,16 @@ fn settings(args: &ServeArgs) -> Vec<Check> {
 fn kubeconfig_fix(e: &client::ClientError) -> String {
     match e {
         client::ClientError::KubeconfigIsDirectory(_) => {
-            "create the kubeconfig file on the host before mounting it (Docker made a directory because the file was missing)".into()
+            "create the kubeconfig file on the host before mounting it (Docker made a directory \
+                because the file was missing)"
+                .into()
         }
         client::ClientError::KubeconfigUnreadable { .. } => {
             "check the file with `kubectl --kubeconfig FILE config view`".into()
         }
-        _ => "mount a kubeconfig at KUBECONFIG_PATH, set KUBECONFIG, or run in a pod with a service account".into(),
+        _ => "mount a kubeconfig at KUBECONFIG_PATH, set KUBECONFIG, or run in a pod with a \
+            service account"
+            .into(),
     }
 }
 
@@ -271,11 +289,20 @@ fn unreachable(server: &str, summary: &str, chain: &str) -> Check {
         || lower.contains("tls")
         || lower.contains("invalidcert")
     {
-        "the API server's certificate was not accepted: check the kubeconfig's certificate-authority and that the kubeconfig's server name is in the certificate (K8S_INSECURE_SKIP_TLS_VERIFY=true only as a last resort)".to_string()
+        "the API server's certificate was not accepted: check the kubeconfig's \
+            certificate-authority and that the kubeconfig's server name is in the certificate \
+            (K8S_INSECURE_SKIP_TLS_VERIFY=true only as a last resort)"
+            .to_string()
     } else if local {
-        format!("{server} is this machine's own loopback address: inside a container it is the container itself; set K8S_API_SERVER=https://host.docker.internal:PORT (TLS stays verified against the kubeconfig's name)")
+        format!(
+            "{server} is this machine's own loopback address: inside a container it is the \
+            container itself; set K8S_API_SERVER=https://host.docker.internal:PORT (TLS stays \
+            verified against the kubeconfig's name)"
+        )
     } else {
-        "check that the API server runs and is reachable from here (firewall, address, port), or set K8S_API_SERVER".to_string()
+        "check that the API server runs and is reachable from here (firewall, address, port), or \
+            set K8S_API_SERVER"
+            .to_string()
     };
     let detail = if chain.is_empty() {
         summary.to_string()

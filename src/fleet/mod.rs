@@ -36,19 +36,31 @@ pub const RETRY_AFTER_SECONDS: u64 = 5;
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("there is no cluster named {name:?}; the clusters are {known:?} (GET /api/capabilities lists them)")]
+    #[error(
+        "there is no cluster named {name:?}; the clusters are {known:?} (GET \
+        /api/capabilities lists them)"
+    )]
     UnknownCluster { name: String, known: Vec<String> },
-    #[error("no cluster has the labels {wanted}; the clusters and their labels are {known} (GET /api/capabilities lists them)")]
+    #[error(
+        "no cluster has the labels {wanted}; the clusters and their labels are {known} (GET \
+        /api/capabilities lists them)"
+    )]
     NoClusterMatches { wanted: String, known: String },
     #[error("no cluster can take a new sandbox now: {}; retry later", reasons(.0))]
     NoCapacity(Vec<(String, Skipped)>),
-    #[error("cannot reach the Kubernetes API of cluster {cluster:?} ({cause}); {what}; retry when it answers again")]
+    #[error(
+        "cannot reach the Kubernetes API of cluster {cluster:?} ({cause}); {what}; retry when \
+        it answers again"
+    )]
     Unreachable {
         cluster: String,
         cause: String,
         what: &'static str,
     },
-    #[error("sandbox {id:?} exists in cluster {holder:?}, which this request does not select; use another sandbox_id, or delete the existing sandbox first")]
+    #[error(
+        "sandbox {id:?} exists in cluster {holder:?}, which this request does not select; use \
+        another sandbox_id, or delete the existing sandbox first"
+    )]
     HeldElsewhere { id: String, holder: String },
     #[error("tenant {tenant:?} may not use size {size:?}; it may use {allowed:?}")]
     SizeNotAllowed {
@@ -575,7 +587,8 @@ impl Fleet {
                     // An unreachable cluster was logged once by its probe; a LIST polled
                     // through a long outage must not repeat that every time.
                     if !matches!(e, FleetError::Unreachable { .. }) {
-                        tracing::warn!(cluster = %name, error = %e, "cannot list a cluster's sandboxes; they are missing from the answer");
+                        tracing::warn!(cluster = %name, error = %e, "cannot list a cluster's \
+                            sandboxes; they are missing from the answer");
                     }
                     clusters.push(ClusterListing {
                         name,

@@ -1,6 +1,6 @@
-//! Building the Kubernetes client from DeerFlow's provisioner's settings, with the fixes for its known traps:
-//! a kubeconfig "file" that Docker made into a directory, and an API server override that must
-//! not turn TLS verification off.
+//! Building the Kubernetes client from DeerFlow's provisioner's settings, with the fixes for its
+//! known traps: a kubeconfig "file" that Docker made into a directory, and an API server
+//! override that must not turn TLS verification off.
 
 use std::{path::Path, time::Duration};
 
@@ -9,11 +9,22 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 /// Why no client could be built; each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("KUBECONFIG_PATH={0} is a directory, not a kubeconfig file. Docker creates an empty directory when the file it should mount is missing on the host: create the kubeconfig on the host (e.g. ~/.kube/config) before starting, or point KUBECONFIG_PATH at the file")]
+    #[error(
+        "KUBECONFIG_PATH={0} is a directory, not a kubeconfig file. Docker creates an empty \
+        directory when the file it should mount is missing on the host: create the kubeconfig on \
+        the host (e.g. ~/.kube/config) before starting, or point KUBECONFIG_PATH at the file"
+    )]
     KubeconfigIsDirectory(String),
-    #[error("cannot read the kubeconfig at KUBECONFIG_PATH={path}: {cause}. Check that the file is a valid kubeconfig (`kubectl --kubeconfig {path} config view`)")]
+    #[error(
+        "cannot read the kubeconfig at KUBECONFIG_PATH={path}: {cause}. Check that the file \
+        is a valid kubeconfig (`kubectl --kubeconfig {path} config view`)"
+    )]
     KubeconfigUnreadable { path: String, cause: String },
-    #[error("no Kubernetes configuration found: KUBECONFIG_PATH={path} does not exist, and neither KUBECONFIG nor an in-cluster service account gave one ({cause}). Mount your kubeconfig at {path} or set KUBECONFIG_PATH")]
+    #[error(
+        "no Kubernetes configuration found: KUBECONFIG_PATH={path} does not exist, and \
+        neither KUBECONFIG nor an in-cluster service account gave one ({cause}). Mount your \
+        kubeconfig at {path} or set KUBECONFIG_PATH"
+    )]
     NotFound { path: String, cause: String },
     #[error("cannot build the Kubernetes client: {0}")]
     Build(String),
@@ -51,7 +62,10 @@ pub async fn connect(config: &Connection) -> Result<Connected, ClientError> {
         override_server(&mut kube_config, server.clone());
     }
     if config.insecure_skip_tls_verify {
-        tracing::warn!("K8S_INSECURE_SKIP_TLS_VERIFY is set: the API server's certificate is NOT verified; anyone on the path can impersonate it");
+        tracing::warn!(
+            "K8S_INSECURE_SKIP_TLS_VERIFY is set: the API server's certificate is NOT \
+            verified; anyone on the path can impersonate it"
+        );
         kube_config.accept_invalid_certs = true;
     }
     // Retries happen in one place, bounded by the call's time limit (k8s::calls), not also
@@ -93,7 +107,8 @@ async fn load(path: &Path, context: Option<&str>) -> Result<(kube::Config, Strin
             .map_err(|e| unreadable(e.to_string()))?;
         return Ok((config, format!("kubeconfig file {shown} (KUBECONFIG_PATH)")));
     }
-    tracing::info!(path = %shown, "KUBECONFIG_PATH does not exist; trying KUBECONFIG and the in-cluster service account");
+    tracing::info!(path = %shown, "KUBECONFIG_PATH does not exist; trying KUBECONFIG and the \
+        in-cluster service account");
     let source = match std::env::var("KUBECONFIG") {
         Ok(v) if !v.is_empty() => format!("KUBECONFIG={v}"),
         _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {

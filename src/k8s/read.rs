@@ -215,7 +215,8 @@ mod tests {
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": at(1)},
                     {"type": "Ready", "status": "True", "lastTransitionTime": at(24)},
                 ],
-                "containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "", "ready": true,
+                "containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "",
+                    "ready": true,
                     "restartCount": 0, "state": {"running": {"startedAt": at(21)}}}],
             }))
             .unwrap(),

@@ -84,7 +84,8 @@ impl Refusals {
                 times,
                 apiserver = message,
                 fix,
-                "Kubernetes refused a permission the provisioner needs; logged again at most once a minute while it lasts"
+                "Kubernetes refused a permission the provisioner needs; logged again at most once \
+                    a minute while it lasts"
             );
         }
     }

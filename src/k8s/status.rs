@@ -137,7 +137,8 @@ mod tests {
             "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
             "containerStatuses": [{
                 "name": "sandbox", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"i\""}},
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling \
+                    image \"i\""}},
             }],
         })));
         assert_eq!(s.phase, Phase::Pending);

@@ -17,17 +17,21 @@ pub const DEFAULT_USER_ID: &str = "default";
 /// Why an identifier was refused; the text says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidId {
-    #[error("sandbox_id {value} is invalid: {problem}; a sandbox_id is 1-{max} characters of lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes part of Kubernetes object names)", max = MAX_SANDBOX_ID_LEN)]
+    #[error("sandbox_id {value} is invalid: {problem}; a sandbox_id is 1-{max} characters of \
+        lowercase letters, digits and '-', starting and ending with a letter or digit (it becomes \
+        part of Kubernetes object names)", max = MAX_SANDBOX_ID_LEN)]
     SandboxId {
         value: String,
         problem: &'static str,
     },
-    #[error("thread_id {value} is invalid: {problem}; a thread_id is 1-{max} characters of letters, digits, '_' and '-' (it becomes part of a host path)", max = MAX_THREAD_ID_LEN)]
+    #[error("thread_id {value} is invalid: {problem}; a thread_id is 1-{max} characters of \
+        letters, digits, '_' and '-' (it becomes part of a host path)", max = MAX_THREAD_ID_LEN)]
     ThreadId {
         value: String,
         problem: &'static str,
     },
-    #[error("user_id {value} is invalid: {problem}; a user_id is 1-{max} characters of letters, digits, '_' and '-' (it becomes part of host paths)", max = MAX_USER_ID_LEN)]
+    #[error("user_id {value} is invalid: {problem}; a user_id is 1-{max} characters of letters, \
+        digits, '_' and '-' (it becomes part of host paths)", max = MAX_USER_ID_LEN)]
     UserId {
         value: String,
         problem: &'static str,

@@ -150,7 +150,8 @@ pub fn check_skills_path(
     }
     if let Some(fixed) = reserved.iter().find(|d| within(d)) {
         return Err(fail(format!(
-            "is or lies inside {fixed}, which the sandbox mounts for another purpose; choose a directory of its own, such as /mnt/thread-skills"
+            "is or lies inside {fixed}, which the sandbox mounts for another purpose; choose a \
+                directory of its own, such as /mnt/thread-skills"
         )));
     }
     Ok(Some(normal))
@@ -195,7 +196,10 @@ pub fn check_extra_mounts(
             return Err(fail(
                 "container_path",
                 &mount.container_path,
-                format!("is already mounted by extra_mounts[{first}]; each container path may appear once"),
+                format!(
+                    "is already mounted by extra_mounts[{first}]; each container path may \
+                    appear once"
+                ),
             ));
         }
         checked.push(ExtraMount {
@@ -227,7 +231,8 @@ fn host_path_below(raw: &str, base: &HostBase) -> Result<(String, String), Strin
     let inside = parts.len() > base_parts.len() && parts[..base_parts.len()] == base_parts[..];
     if !inside {
         return Err(format!(
-            "is outside the DeerFlow base directory {} ({}); mount only directories below it, or set DEER_FLOW_HOST_BASE_DIR to the base directory the backend uses",
+            "is outside the DeerFlow base directory {} ({}); mount only directories below it, or \
+                set DEER_FLOW_HOST_BASE_DIR to the base directory the backend uses",
             base.dir, base.origin
         ));
     }
@@ -316,17 +321,27 @@ mod tests {
     #[test]
     fn every_rule_names_the_entry() {
         let ok = mount("/.deer-flow/a", "/mnt/acp-workspace");
-        let cases: Vec<(Vec<ExtraMountRequest>, &str)> = vec![
-            (vec![mount("relative/a", "/mnt/acp-workspace")], "extra_mounts[0].host_path \"relative/a\" must be an absolute path"),
-            (vec![ok.clone(), mount("/.deer-flow/../etc", "/mnt/skills/custom")], "extra_mounts[1].host_path \"/.deer-flow/../etc\" must not contain '..'"),
-            (vec![mount("/etc", "/mnt/acp-workspace")], "extra_mounts[0].host_path \"/etc\" is outside the DeerFlow base directory /.deer-flow"),
-            (vec![mount("/.deer-flow", "/mnt/acp-workspace")], "is outside the DeerFlow base directory"),
-            (vec![mount("/.deer-flow-other/a", "/mnt/acp-workspace")], "is outside the DeerFlow base directory"),
+        let cases: Vec<(Vec<ExtraMountRequest>, &str)> =
+            vec![
+            (vec![mount("relative/a", "/mnt/acp-workspace")], "extra_mounts[0].host_path \
+                \"relative/a\" must be an absolute path"),
+            (vec![ok.clone(), mount("/.deer-flow/../etc", "/mnt/skills/custom")],
+                "extra_mounts[1].host_path \"/.deer-flow/../etc\" must not contain '..'"),
+            (vec![mount("/etc", "/mnt/acp-workspace")], "extra_mounts[0].host_path \"/etc\" is \
+                outside the DeerFlow base directory /.deer-flow"),
+            (vec![mount("/.deer-flow", "/mnt/acp-workspace")], "is outside the DeerFlow base \
+                directory"),
+            (vec![mount("/.deer-flow-other/a", "/mnt/acp-workspace")], "is outside the DeerFlow \
+                base directory"),
             (vec![mount("/.deer-flow/a\n", "/mnt/acp-workspace")], "contains a control character"),
-            (vec![mount("/.deer-flow/a", "/etc")], "extra_mounts[0].container_path \"/etc\" is not a path extra mounts may use; allowed: /mnt/acp-workspace"),
-            (vec![mount("/.deer-flow/a", "mnt/acp-workspace")], "extra_mounts[0].container_path \"mnt/acp-workspace\" must be an absolute path"),
+            (vec![mount("/.deer-flow/a", "/etc")], "extra_mounts[0].container_path \"/etc\" is \
+                not a path extra mounts may use; allowed: /mnt/acp-workspace"),
+            (vec![mount("/.deer-flow/a", "mnt/acp-workspace")], "extra_mounts[0].container_path \
+                \"mnt/acp-workspace\" must be an absolute path"),
             (vec![mount("/.deer-flow/a", "/mnt/user-data")], "is not a path extra mounts may use"),
-            (vec![ok.clone(), mount("/.deer-flow/b", "/mnt/acp-workspace/.")], "extra_mounts[1].container_path \"/mnt/acp-workspace/.\" is already mounted by extra_mounts[0]"),
+            (vec![ok.clone(), mount("/.deer-flow/b", "/mnt/acp-workspace/.")],
+                "extra_mounts[1].container_path \"/mnt/acp-workspace/.\" is already mounted by \
+                    extra_mounts[0]"),
             (vec![ok.clone(); 11], "extra_mounts has 11 entries; at most 10 are allowed"),
         ];
         for (mounts, expected) in cases {

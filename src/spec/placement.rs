@@ -49,8 +49,16 @@ mod tests {
             r#"{
                 "nodeSelector": {"pool": "sandboxes"},
                 "tolerations": [{"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}],
-                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
-                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "deer-flow-sandbox"}}}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}
+                    ]}]
+                }}},
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app": "deer-flow-sandbox"}}
+                }],
                 "priorityClassName": "sandbox-low",
                 "runtimeClassName": "gvisor"
             }"#,

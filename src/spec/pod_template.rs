@@ -110,7 +110,8 @@ impl PodTemplate {
         expect_literal(&mut top, "kind", "Pod")?;
         if let Some(key) = top.keys().find(|k| *k != "metadata" && *k != "spec") {
             return Err(format!(
-                "has {key:?} at the top; a pod template holds only metadata (labels, annotations) and spec"
+                "has {key:?} at the top; a pod template holds only metadata (labels, annotations) \
+                    and spec"
             ));
         }
         if let Some(metadata) = top.get("metadata") {
@@ -213,7 +214,8 @@ fn check_metadata(metadata: &Value) -> Result<(), String> {
     for (key, value) in metadata {
         if key != "labels" && key != "annotations" {
             return Err(format!(
-                "metadata.{key} is the provisioner's: a template may only add labels and annotations"
+                "metadata.{key} is the provisioner's: a template may only add labels and \
+                    annotations"
             ));
         }
         let owned = value
@@ -245,7 +247,8 @@ fn check_spec(spec: &Value) -> Result<(), String> {
         .is_some()
     {
         return Err(
-            "spec.securityContext.seccompProfile is the provisioner's: SANDBOX_SECCOMP_PROFILE sets it"
+            "spec.securityContext.seccompProfile is the provisioner's: SANDBOX_SECCOMP_PROFILE \
+                sets it"
                 .into(),
         );
     }
@@ -259,7 +262,9 @@ fn check_spec(spec: &Value) -> Result<(), String> {
         let name = container.get("name").and_then(Value::as_str);
         if name != Some(SANDBOX_CONTAINER) || i > 0 {
             return Err(format!(
-                "spec.containers[{i}] ({name:?}): a template may only add to the one container named {SANDBOX_CONTAINER:?} (other containers would run without the sandbox's security settings)"
+                "spec.containers[{i}] ({name:?}): a template may only add to the one container \
+                    named {SANDBOX_CONTAINER:?} (other containers would run without the sandbox's \
+                    security settings)"
             ));
         }
         for key in container.as_object().into_iter().flat_map(|c| c.keys()) {
@@ -290,7 +295,8 @@ fn check_typed(pod: &Pod) -> Result<(), String> {
     for (i, volume) in spec.volumes.iter().flatten().enumerate() {
         if is_owned_volume(&volume.name) {
             return Err(format!(
-                "spec.volumes[{i}] is named {:?}, a name the provisioner gives its own volumes; choose another name",
+                "spec.volumes[{i}] is named {:?}, a name the provisioner gives its own volumes; \
+                    choose another name",
                 volume.name
             ));
         }
@@ -409,43 +415,161 @@ mod tests {
     fn every_owned_field_is_refused_by_name() {
         let cases = [
             ("metadata: {name: x}", "metadata.name is the provisioner's"),
-            ("metadata: {namespace: x}", "metadata.namespace is the provisioner's"),
-            ("metadata: {labels: {app: x}}", "metadata.labels.app is the provisioner's own key"),
-            ("metadata: {labels: {sandbox-id: x}}", "metadata.labels.sandbox-id"),
-            ("metadata: {labels: {app.kubernetes.io/managed-by: x}}", "managed-by"),
-            ("metadata: {labels: {sandbox-provisioner.dev/tenant: x}}", "tenant"),
-            ("metadata: {annotations: {sandbox-provisioner.dev/ttl-seconds: '1'}}", "metadata.annotations.sandbox-provisioner.dev/ttl-seconds"),
-            ("spec: {initContainers: []}", "spec.initContainers is the provisioner's: the provisioner's Lark CLI helpers"),
-            ("spec: {restartPolicy: Never}", "spec.restartPolicy is the provisioner's"),
-            ("spec: {automountServiceAccountToken: true}", "SANDBOX_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN"),
-            ("spec: {enableServiceLinks: true}", "SANDBOX_ENABLE_SERVICE_LINKS"),
-            ("spec: {hostNetwork: true}", "spec.hostNetwork is the provisioner's: it would give the sandbox the node's network"),
+            (
+                "metadata: {namespace: x}",
+                "metadata.namespace is the provisioner's",
+            ),
+            (
+                "metadata: {labels: {app: x}}",
+                "metadata.labels.app is the provisioner's own key",
+            ),
+            (
+                "metadata: {labels: {sandbox-id: x}}",
+                "metadata.labels.sandbox-id",
+            ),
+            (
+                "metadata: {labels: {app.kubernetes.io/managed-by: x}}",
+                "managed-by",
+            ),
+            (
+                "metadata: {labels: {sandbox-provisioner.dev/tenant: x}}",
+                "tenant",
+            ),
+            (
+                "metadata: {annotations: {sandbox-provisioner.dev/ttl-seconds: '1'}}",
+                "metadata.annotations.sandbox-provisioner.dev/ttl-seconds",
+            ),
+            (
+                "spec: {initContainers: []}",
+                "spec.initContainers is the provisioner's: the \
+                provisioner's Lark CLI helpers",
+            ),
+            (
+                "spec: {restartPolicy: Never}",
+                "spec.restartPolicy is the provisioner's",
+            ),
+            (
+                "spec: {automountServiceAccountToken: true}",
+                "SANDBOX_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN",
+            ),
+            (
+                "spec: {enableServiceLinks: true}",
+                "SANDBOX_ENABLE_SERVICE_LINKS",
+            ),
+            (
+                "spec: {hostNetwork: true}",
+                "spec.hostNetwork is the provisioner's: it would give \
+                the sandbox the node's network",
+            ),
             ("spec: {hostPID: true}", "spec.hostPID"),
             ("spec: {hostIPC: true}", "spec.hostIPC"),
-            ("spec: {ephemeralContainers: []}", "spec.ephemeralContainers"),
-            ("spec: {securityContext: {seccompProfile: {type: Unconfined}}}", "SANDBOX_SECCOMP_PROFILE"),
-            ("spec: {containers: [{name: sandbox, image: x}]}", "spec.containers[0].image is the provisioner's: SANDBOX_IMAGE sets it"),
-            ("spec: {containers: [{name: sandbox, imagePullPolicy: Always}]}", "imagePullPolicy"),
-            ("spec: {containers: [{name: sandbox, ports: []}]}", "SANDBOX_CONTAINER_PORT"),
-            ("spec: {containers: [{name: sandbox, startupProbe: {}}]}", "SANDBOX_PROBE_STARTUP_"),
-            ("spec: {containers: [{name: sandbox, readinessProbe: {}}]}", "SANDBOX_PROBE_READINESS_"),
-            ("spec: {containers: [{name: sandbox, livenessProbe: {}}]}", "SANDBOX_PROBE_LIVENESS_"),
-            ("spec: {containers: [{name: sandbox, securityContext: {privileged: true}}]}", "SANDBOX_CAPABILITIES_DROP"),
-            ("spec: {containers: [{name: sandbox, command: [sh]}]}", "its image's own entrypoint"),
-            ("spec: {containers: [{name: sandbox, args: [x]}]}", "spec.containers[0].args"),
-            ("spec: {containers: [{name: sandbox, stdin: true}]}", "spec.containers[0].stdin cannot be set by a template"),
-            ("spec: {containers: [{name: sidecar, image: x}]}", "spec.containers[0] (Some(\"sidecar\")): a template may only add to the one container named \"sandbox\""),
-            ("spec: {containers: [{name: sandbox}, {name: sandbox}]}", "spec.containers[1]"),
-            ("spec: {containers: [{name: sandbox, env: [{name: MAX_SHELL_SESSIONS, value: '3'}]}]}", "spec.containers[0].env[0] sets MAX_SHELL_SESSIONS"),
-            ("spec: {containers: [{name: sandbox, env: [{name: DEERFLOW_LARK_BROKER_URL, value: x}]}]}", "DEERFLOW_LARK_BROKER_URL"),
-            ("spec: {volumes: [{name: user-data, emptyDir: {}}]}", "spec.volumes[0] is named \"user-data\""),
-            ("spec: {volumes: [{name: extra-0, emptyDir: {}}]}", "\"extra-0\""),
-            ("spec: {volumes: [{name: lark-cli-runtime, emptyDir: {}}]}", "\"lark-cli-runtime\""),
-            ("spec: {containers: [{name: sandbox, volumeMounts: [{name: skills, mountPath: /x}]}]}", "mounts \"skills\", one of the provisioner's own volumes"),
-            ("spec: {containers: [{name: sandbox, volumeMounts: [{name: v, mountPath: /mnt/user-data}]}]}", "where the provisioner mounts /mnt/user-data"),
-            ("spec: {containers: [{name: sandbox, volumeMounts: [{name: v, mountPath: /mnt/skills/custom/}]}]}", "where the provisioner mounts /mnt/skills"),
-            ("spec: {containers: [{name: sandbox, volumeMounts: [{name: v, mountPath: /mnt/integrations/lark-cli}]}]}", "/mnt/integrations"),
-            ("spec: {containers: [{name: sandbox, volumeMounts: [{name: v, mountPath: /}]}]}", "choose another path"),
+            (
+                "spec: {ephemeralContainers: []}",
+                "spec.ephemeralContainers",
+            ),
+            (
+                "spec: {securityContext: {seccompProfile: {type: Unconfined}}}",
+                "SANDBOX_SECCOMP_PROFILE",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, image: x}]}",
+                "spec.containers[0].image is the \
+                provisioner's: SANDBOX_IMAGE sets it",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, imagePullPolicy: Always}]}",
+                "imagePullPolicy",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, ports: []}]}",
+                "SANDBOX_CONTAINER_PORT",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, startupProbe: {}}]}",
+                "SANDBOX_PROBE_STARTUP_",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, readinessProbe: {}}]}",
+                "SANDBOX_PROBE_READINESS_",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, livenessProbe: {}}]}",
+                "SANDBOX_PROBE_LIVENESS_",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, securityContext: {privileged: true}}]}",
+                "SANDBOX_CAPABILITIES_DROP",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, command: [sh]}]}",
+                "its image's own entrypoint",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, args: [x]}]}",
+                "spec.containers[0].args",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, stdin: true}]}",
+                "spec.containers[0].stdin \
+                cannot be set by a template",
+            ),
+            (
+                "spec: {containers: [{name: sidecar, image: x}]}",
+                "spec.containers[0] \
+                (Some(\"sidecar\")): a template may only add to the one container named \
+                \"sandbox\"",
+            ),
+            (
+                "spec: {containers: [{name: sandbox}, {name: sandbox}]}",
+                "spec.containers[1]",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, env: \
+                    [{name: MAX_SHELL_SESSIONS, value: '3'}]}]}",
+                "spec.containers[0].env[0] sets MAX_SHELL_SESSIONS",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, env: \
+                    [{name: DEERFLOW_LARK_BROKER_URL, value: x}]}]}",
+                "DEERFLOW_LARK_BROKER_URL",
+            ),
+            (
+                "spec: {volumes: [{name: user-data, emptyDir: {}}]}",
+                "spec.volumes[0] is named \
+                \"user-data\"",
+            ),
+            (
+                "spec: {volumes: [{name: extra-0, emptyDir: {}}]}",
+                "\"extra-0\"",
+            ),
+            (
+                "spec: {volumes: [{name: lark-cli-runtime, emptyDir: {}}]}",
+                "\"lark-cli-runtime\"",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, volumeMounts: \
+                    [{name: skills, mountPath: /x}]}]}",
+                "mounts \"skills\", one of the provisioner's own volumes",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, volumeMounts: \
+                    [{name: v, mountPath: /mnt/user-data}]}]}",
+                "where the provisioner mounts /mnt/user-data",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, volumeMounts: \
+                    [{name: v, mountPath: /mnt/skills/custom/}]}]}",
+                "where the provisioner mounts /mnt/skills",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, volumeMounts: \
+                    [{name: v, mountPath: /mnt/integrations/lark-cli}]}]}",
+                "/mnt/integrations",
+            ),
+            (
+                "spec: {containers: [{name: sandbox, volumeMounts: [{name: v, mountPath: /}]}]}",
+                "choose another path",
+            ),
         ];
         for (yaml, expected) in cases {
             let e = refused(yaml);
@@ -558,11 +682,13 @@ spec:
         assert_eq!(p["spec"]["dnsConfig"]["options"][0]["value"], "2");
         assert_eq!(
             p["spec"]["tolerations"],
-            json!([{"key": "ours", "operator": "Exists"}, {"key": "sandboxes", "operator": "Exists", "effect": "NoSchedule"}])
+            json!([{"key": "ours", "operator": "Exists"}, {"key": "sandboxes",
+                "operator": "Exists", "effect": "NoSchedule"}])
         );
         assert_eq!(
             p["spec"]["volumes"],
-            json!([{"name": "user-data", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}])
+            json!([{"name": "user-data", "emptyDir": {}}, {"name": "dshm",
+                "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}])
         );
         let c = &p["spec"]["containers"];
         assert_eq!(
@@ -573,7 +699,8 @@ spec:
         assert_eq!(c[0]["image"], "img:1");
         assert_eq!(
             c[0]["env"],
-            json!([{"name": "MAX_SHELL_SESSIONS", "value": "12"}, {"name": "BROWSER_NO_SANDBOX", "value": "--no-sandbox"}])
+            json!([{"name": "MAX_SHELL_SESSIONS", "value": "12"}, {"name": "BROWSER_NO_SANDBOX",
+                "value": "--no-sandbox"}])
         );
         assert_eq!(
             c[0]["volumeMounts"][1],
@@ -582,7 +709,8 @@ spec:
         // The chosen size's limits stay; the template fills in what the size does not set.
         assert_eq!(
             c[0]["resources"],
-            json!({"limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "requests": {"cpu": "500m"}})
+            json!({"limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"},
+                "requests": {"cpu": "500m"}})
         );
     }
 

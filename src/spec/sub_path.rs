@@ -39,7 +39,8 @@ impl SubPathTemplate {
                 "thread_id" => Part::Thread,
                 other => {
                     return Err(format!(
-                        "has the unknown placeholder {{{other}}}; the placeholders are {{user_id}} and {{thread_id}}"
+                        "has the unknown placeholder {{{other}}}; the placeholders are \
+                            {{user_id}} and {{thread_id}}"
                     ))
                 }
             });
@@ -57,7 +58,11 @@ impl SubPathTemplate {
             || sample.split('/').any(|p| p == ".." || p.is_empty())
             || sample.chars().any(char::is_control)
         {
-            return Err("must be a relative path without '..' or empty parts, for example deer-flow/users/{user_id}/threads/{thread_id}/user-data".into());
+            return Err(
+                "must be a relative path without '..' or empty parts, for example \
+                deer-flow/users/{user_id}/threads/{thread_id}/user-data"
+                    .into(),
+            );
         }
         Ok(parsed)
     }

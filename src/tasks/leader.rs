@@ -82,10 +82,15 @@ pub fn spawn(
             match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
                 Ok(Ok(())) => tracing::info!(identity, "gave up the leader lease"),
                 Ok(Err(e)) => {
-                    tracing::warn!(identity, error = %e, "could not give up the leader lease; another replica takes over once it expires")
+                    tracing::warn!(identity, error = %e, "could not give up the leader lease; \
+                        another replica takes over once it expires")
                 }
                 Err(_) => {
-                    tracing::warn!(identity, "giving up the leader lease timed out; another replica takes over once it expires")
+                    tracing::warn!(
+                        identity,
+                        "giving up the leader lease timed out; another \
+                        replica takes over once it expires"
+                    )
                 }
             }
         }
@@ -110,7 +115,9 @@ impl FailureLog {
         let since = *self.since.get_or_insert(now);
         if self.last_logged.is_none_or(|t| now - t >= Self::EVERY) {
             self.last_logged = Some(now);
-            tracing::warn!(error, failing_for = ?(now - since), "leader election failed; this replica does not reap or sweep until it succeeds (check the leases permission with `sandbox-provisioner doctor`)");
+            tracing::warn!(error, failing_for = ?(now - since), "leader election failed; this \
+                replica does not reap or sweep until it succeeds (check the leases permission \
+                with `sandbox-provisioner doctor`)");
         }
     }
 

@@ -32,7 +32,8 @@ pub fn spawn(
                     let removed = provisioner.reap(|| leadership.is_leader()).await;
                     let swept = provisioner.sweep(|| leadership.is_leader()).await;
                     if removed + swept > 0 {
-                        tracing::info!(removed, swept, "reaper removed expired sandboxes and orphans");
+                        tracing::info!(removed, swept, "reaper removed expired sandboxes and \
+                            orphans");
                     }
                     provisioner.metrics().reaper_round(true);
                 }

@@ -1,5 +1,6 @@
 //! The REST API against the real local apiserver and node simulator.
 
+use sandbox_provisioner::k8s::manifests;
 use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
@@ -542,7 +543,7 @@ async fn presence(svc: &TestService, id: &str) -> (u16, Value) {
 }
 
 async fn pod_uid(ns: &TestNamespace, id: &str) -> String {
-    let pod: Pod = ns.pods().get(&format!("sandbox-{id}")).await.unwrap();
+    let pod: Pod = ns.pods().get(&manifests::pod_name(id)).await.unwrap();
     pod.metadata.uid.unwrap()
 }
 

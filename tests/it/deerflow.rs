@@ -2,6 +2,7 @@
 //! DeerFlow's `RemoteSandboxBackend` (URLs, payloads, headers, timeouts, and how it reads each
 //! answer), against the real apiserver, plus the pod shapes the gateway's fields ask for.
 
+use sandbox_provisioner::k8s::manifests;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -256,7 +257,7 @@ fn mount(host: &str, container: &str, read_only: bool) -> Value {
 }
 
 async fn pod(ns: &TestNamespace, id: &str) -> Value {
-    serde_json::to_value(ns.pods().get(&format!("sandbox-{id}")).await.unwrap()).unwrap()
+    serde_json::to_value(ns.pods().get(&manifests::pod_name(id)).await.unwrap()).unwrap()
 }
 
 fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
@@ -336,7 +337,7 @@ async fn deerflows_gateway_runs_its_whole_sandbox_cycle() {
         format!("{BASE}/threads/thread-1/user-data")
     );
     assert_eq!(
-        p["metadata"]["annotations"]["sandbox-provisioner.dev/user-id"],
+        p["metadata"]["annotations"][manifests::USER_ANNOTATION],
         "alice"
     );
     let (_, view) = keyed(
@@ -1110,7 +1111,7 @@ async fn skill_projections_need_a_sound_path_and_bad_ones_create_nothing() {
     assert!(wait_for_sandbox_ready(&url).await);
     let p = pod(&ns, "proj-ok").await;
     assert_eq!(
-        p["metadata"]["annotations"]["sandbox-provisioner.dev/skills-container-path"],
+        p["metadata"]["annotations"][manifests::SKILLS_PATH_ANNOTATION],
         "/mnt/s"
     );
 }

@@ -1,6 +1,7 @@
 //! Expiry against the real apiserver with short timers: lifetime, idle (with and without
 //! keepalive), never-ready, and activity that survives a restart.
 
+use sandbox_provisioner::k8s::manifests;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -14,7 +15,7 @@ const LAG: Duration = Duration::from_secs(1 + 5);
 
 async fn pod_exists(ns: &TestNamespace, id: &str) -> bool {
     ns.pods()
-        .get_opt(&format!("sandbox-{id}"))
+        .get_opt(&manifests::pod_name(id))
         .await
         .unwrap()
         .is_some()
@@ -190,7 +191,7 @@ async fn activity_is_written_to_the_pod_and_survives_a_restart() {
             let value = pod
                 .metadata
                 .annotations?
-                .get("sandbox-provisioner.dev/last-activity")
+                .get(manifests::ACTIVITY_ANNOTATION)
                 .cloned()?;
             (value.parse::<Timestamp>().ok()? == activity).then_some(value)
         },

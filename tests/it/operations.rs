@@ -2,6 +2,7 @@
 //! real apiserver with full and partial permissions, and the deployment manifests (server-side
 //! dry run, and a real run of the API with exactly their Role).
 
+use sandbox_provisioner::k8s::manifests;
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use clap::CommandFactory;
@@ -395,7 +396,7 @@ async fn the_shipped_role_runs_every_feature() {
             let pod = ns.pods().get("sandbox-dep-1").await.ok()?;
             pod.metadata
                 .annotations?
-                .contains_key("sandbox-provisioner.dev/last-activity")
+                .contains_key(manifests::ACTIVITY_ANNOTATION)
                 .then_some(())
         },
     )

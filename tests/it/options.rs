@@ -1,5 +1,6 @@
 //! Sandbox options read back from the real apiserver: service modes and the container port.
 
+use sandbox_provisioner::k8s::manifests;
 use std::time::Duration;
 
 use testkit::{eventually, serve_args, TestNamespace, TestService};
@@ -375,7 +376,7 @@ async fn the_shipped_pod_templates_render_pods_the_apiserver_stores() {
         let svc = TestService::start(args).await;
         let (code, body) = svc.create(id, "t").await;
         assert_eq!(code, 200, "{file}: {body}");
-        let pod = ns.pods().get(&format!("sandbox-{id}")).await.unwrap();
+        let pod = ns.pods().get(&manifests::pod_name(id)).await.unwrap();
         let p = serde_json::to_value(&pod).unwrap();
         assert_eq!(p["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
         let c = &p["spec"]["containers"][0];

@@ -4,6 +4,7 @@
 //! NetworkPolicy, and no Service or NetworkPolicy without its pod. The counts are printed (`-- --nocapture` shows them); the rounds
 //! and the random seed can be set with `STRESS_ROUNDS` and `STRESS_SEED` to repeat a run.
 
+use sandbox_provisioner::k8s::manifests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
@@ -27,7 +28,6 @@ use testkit::{eventually, kubeconfig_path, RunningBinary, TestNamespace};
 const WORKERS: usize = 12;
 /// Few ids, so that creates and deletes of the same sandbox collide.
 const IDS: u64 = 24;
-const MANAGED: &str = "app.kubernetes.io/managed-by=sandbox-provisioner";
 
 /// A small deterministic generator (xorshift64*), so a failing run can be repeated by its seed.
 struct Rng(u64);
@@ -69,12 +69,18 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ns.client.clone(), &ns.name);
-    api.list(&ListParams::default().labels(MANAGED))
+    api.list(&ListParams::default().labels(&manifests::managed_selector()))
         .await
         .unwrap()
         .items
         .iter()
-        .filter_map(|o| o.meta().labels.as_ref()?.get("sandbox-id").cloned())
+        .filter_map(|o| {
+            o.meta()
+                .labels
+                .as_ref()?
+                .get(manifests::SANDBOX_ID_LABEL)
+                .cloned()
+        })
         .collect()
 }
 

@@ -2,6 +2,7 @@
 //! 429 and nothing created, the live reload of the tenant file, the admin view, two replicas
 //! racing for the last slot, and two DeerFlow-like backends sharing one provisioner.
 
+use sandbox_provisioner::k8s::manifests;
 use std::{path::PathBuf, time::Duration};
 
 use kube::api::ListParams;
@@ -136,12 +137,12 @@ async fn every_call_is_scoped_to_the_callers_tenant() {
     // Every object carries its tenant.
     let pod = ns.pods().get("sandbox-b-1").await.unwrap();
     assert_eq!(
-        pod.metadata.labels.unwrap()["sandbox-provisioner.dev/tenant"],
+        pod.metadata.labels.unwrap()[manifests::TENANT_LABEL],
         "team-b"
     );
     let service = ns.services().get("sandbox-b-1-svc").await.unwrap();
     assert_eq!(
-        service.metadata.labels.unwrap()["sandbox-provisioner.dev/tenant"],
+        service.metadata.labels.unwrap()[manifests::TENANT_LABEL],
         "team-b"
     );
 

@@ -29,7 +29,8 @@ pub async fn health() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses(
         (status = 200, description = "Ready to serve sandbox requests", body = Health),
-        (status = 503, description = "No cluster takes new sandboxes: Kubernetes unreachable, the namespace unusable, or every cluster draining or full", body = ErrorBody),
+        (status = 503, description = "No cluster takes new sandboxes: Kubernetes unreachable, the \
+            namespace unusable, or every cluster draining or full", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     // Waits at most for a first probe round of a cluster that has just started.

@@ -56,15 +56,23 @@ fn wait_duration(
 /// Create a sandbox, or return the existing one of the same thread.
 #[utoipa::path(post, path = "/api/sandboxes", tag = "sandboxes", request_body = CreateRequest,
     responses(
-        (status = 200, description = "Created, or already there for the same thread", body = Sandbox),
-        (status = 400, description = "An extra mount breaks a mount rule; nothing was created", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key, or no key configured", body = ErrorBody),
+        (status = 200, description = "Created, or already there for the same \
+            thread", body = Sandbox),
+        (status = 400, description = "An extra mount breaks a mount rule; nothing was \
+            created", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key, or no key \
+            configured", body = ErrorBody),
         (status = 403, description = "The admin key creates no sandboxes", body = ErrorBody),
-        (status = 409, description = "The sandbox exists for another thread, user or tenant, with less shell capacity, in a cluster the request does not select, or is being deleted", body = ErrorBody),
+        (status = 409, description = "The sandbox exists for another thread, user or tenant, with \
+            less shell capacity, in a cluster the request does not select, or is being \
+            deleted", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or max_shell_sessions, an unknown cluster or unmatched cluster_labels, or a size or cluster the tenant may not use", body = ErrorBody),
-        (status = 429, description = "A quota of the tenant (or SANDBOX_MAX_TOTAL) is used up; nothing was created; Retry-After says when to retry", body = ErrorBody),
+        (status = 422, description = "Invalid body, sandbox_id, thread_id, user_id or \
+            max_shell_sessions, an unknown cluster or unmatched cluster_labels, or a size or \
+            cluster the tenant may not use", body = ErrorBody),
+        (status = 429, description = "A quota of the tenant (or SANDBOX_MAX_TOTAL) is used up; \
+            nothing was created; Retry-After says when to retry", body = ErrorBody),
         KubernetesFailed,
     ))]
 pub async fn create(
@@ -75,7 +83,9 @@ pub async fn create(
 ) -> Result<Json<Sandbox>, ApiError> {
     let Caller::Tenant(tenant) = caller.clone() else {
         return Err(ApiError::Forbidden(
-            "the admin key sees every tenant's sandboxes but creates none: create with a tenant's key".into(),
+            "the admin key sees every tenant's sandboxes but creates none: create with a tenant's \
+                key"
+            .into(),
         ));
     };
     require_json(&headers)?;
@@ -85,7 +95,8 @@ pub async fn create(
     })?;
     let invalid = |e: &dyn std::fmt::Display| {
         ApiError::InvalidRequest(format!(
-            "the body must be a JSON object with a string field \"sandbox_id\" (see the CreateRequest schema in /openapi.json): {e}"
+            "the body must be a JSON object with a string field \"sandbox_id\" (see the \
+                CreateRequest schema in /openapi.json): {e}"
         ))
     };
     // An object, not an array that serde would also accept for a struct; duplicate fields are
@@ -221,7 +232,8 @@ pub async fn get(
     responses(
         (status = 200, description = "All sandboxes", body = SandboxList),
         Unauthorized,
-        (status = 403, description = "A tenant's key asked for another tenant's sandboxes", body = ErrorBody),
+        (status = 403, description = "A tenant's key asked for another tenant's \
+            sandboxes", body = ErrorBody),
         (status = 422, description = "Invalid query", body = ErrorBody),
         KubernetesFailed,
     ))]
@@ -301,7 +313,8 @@ pub async fn keepalive(
 #[utoipa::path(get, path = "/api/sandboxes/{sandbox_id}/presence", tag = "sandboxes",
     params(SandboxPath),
     responses(
-        (status = 200, description = "Whether the Pod exists (another tenant's reads as absent)", body = Presence),
+        (status = 200, description = "Whether the Pod exists (another tenant's reads as \
+            absent)", body = Presence),
         Unauthorized,
         InvalidId,
         KubernetesFailed,

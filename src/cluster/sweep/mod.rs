@@ -131,7 +131,8 @@ impl Cluster {
                 }
                 Err(e) => {
                     if !e.is_permission_denied() {
-                        tracing::warn!(error = %e, "restoring the baseline NetworkPolicy failed; retrying next round");
+                        tracing::warn!(error = %e, "restoring the baseline NetworkPolicy failed; \
+                            retrying next round");
                     }
                     false
                 }
@@ -157,7 +158,8 @@ impl Cluster {
                 }
                 let done = matches!(self.remove(&id, Reason::Orphan).await, Ok(true));
                 if done {
-                    tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be restored");
+                    tracing::warn!(sandbox_id = %id, "removed a pod whose Service could not be \
+                        restored");
                 }
                 removed.insert(id);
                 done
@@ -171,12 +173,14 @@ impl Cluster {
                 };
                 match self.ensure_network_policy(&id, &thread, &pod).await {
                     Ok(()) => {
-                        tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy back");
+                        tracing::warn!(sandbox_id = %id, "gave a pod its missing NetworkPolicy \
+                            back");
                         true
                     }
                     Err(e) => {
                         if !e.is_permission_denied() {
-                            tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing NetworkPolicy failed; retrying next round");
+                            tracing::warn!(sandbox_id = %id, error = %e, "restoring a missing \
+                                NetworkPolicy failed; retrying next round");
                         }
                         false
                     }

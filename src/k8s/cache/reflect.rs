@@ -151,12 +151,17 @@ impl Watch<'_> {
             let mut recovery: Option<(tokio::time::Instant, &'static str)> = None;
             loop {
                 let recovery_due = recovery.map(|(at, _)| at);
+                let recovered = tokio::time::sleep_until(
+                    recovery_due.unwrap_or_else(tokio::time::Instant::now),
+                );
                 tokio::select! {
-                    _ = tokio::time::sleep_until(recovery_due.unwrap_or_else(tokio::time::Instant::now)), if recovery_due.is_some() => {
-                        let answered = tokio::time::timeout(call_timeout, probe.0.list(&probe.1)).await;
+                    _ = recovered, if recovery_due.is_some() => {
+                        let answered = tokio::time::timeout(call_timeout,
+                            probe.0.list(&probe.1)).await;
                         let Some((_, verb)) = recovery.take() else { continue };
                         if !matches!(answered, Ok(Ok(_))) {
-                            recovery = Some((tokio::time::Instant::now() + WATCH_RECOVERED_AFTER, verb));
+                            recovery = Some((tokio::time::Instant::now() + WATCH_RECOVERED_AFTER,
+                                verb));
                             continue;
                         }
                         refusals.allowed(verb, &plural);
@@ -178,7 +183,8 @@ impl Watch<'_> {
                                 refusals.allowed("list", &plural);
                             }
                             // Only these come from the watch itself (the others from the listing).
-                            if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                            if matches!(event,
+                                watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
                                 refusals.allowed("watch", &plural);
                             }
                             if last_logged.take().is_some() {
@@ -200,12 +206,17 @@ impl Watch<'_> {
                                 (watcher::Error::InitialListFailed(_), None) => "list",
                                 _ => "watch",
                             };
-                            recovery = Some((tokio::time::Instant::now() + WATCH_RECOVERED_AFTER, verb));
+                            recovery = Some((tokio::time::Instant::now() + WATCH_RECOVERED_AFTER,
+                                verb));
+                            let log_due = last_logged
+                                .is_none_or(|t| t.elapsed() >= WATCH_FAILURE_LOG_EVERY);
                             match &forbidden {
                                 Some((verb, message)) => refusals.refused(verb, &plural, message),
-                                None if last_logged.is_none_or(|t| t.elapsed() >= WATCH_FAILURE_LOG_EVERY) => {
+                                None if log_due => {
                                     last_logged = Some(tokio::time::Instant::now());
-                                    tracing::warn!(kind, error = %e, "watch failed; reads fall back to the apiserver until it recovers (logged again at most once a minute)");
+                                    tracing::warn!(kind, error = %e, "watch failed; reads fall \
+                                        back to the apiserver until it recovers (logged again at \
+                                        most once a minute)");
                                 }
                                 None => tracing::debug!(kind, error = %e, "watch failed again"),
                             }

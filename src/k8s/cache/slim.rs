@@ -135,7 +135,8 @@ mod tests {
                 "name": "sandbox-a", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
                 "creationTimestamp": "2026-01-01T00:00:00Z",
                 "labels": {"sandbox-id": "a"}, "annotations": {"k": "v"},
-                "managedFields": [{"manager": "x", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
+                "managedFields": [{"manager": "x", "operation": "Apply",
+                    "fieldsV1": {"f:spec": {}}}],
             },
             "spec": {"containers": [{"name": "sandbox", "image": "img:1"}]},
             "status": {"phase": "Running"},
@@ -156,7 +157,8 @@ mod tests {
         let json = serde_json::json!({
             "metadata": {
                 "name": "sandbox-a-svc",
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "sandbox-a", "uid": "u1"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "sandbox-a",
+                    "uid": "u1"}],
             },
             "spec": {"type": "NodePort", "ports": [{"port": 8080, "nodePort": 30001}]},
             "status": {"loadBalancer": {}},

@@ -5,9 +5,15 @@ use std::time::Duration;
 /// A Kubernetes call that did not succeed, classified by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the Kubernetes API did not answer within {timeout:?} while trying to {action}; check that the API server is up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)")]
+    #[error(
+        "the Kubernetes API did not answer within {timeout:?} while trying to {action}; check \
+        that the API server is up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)"
+    )]
     Timeout { action: String, timeout: Duration },
-    #[error("cannot reach the Kubernetes API to {action}: {cause}; check that the API server is up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)")]
+    #[error(
+        "cannot reach the Kubernetes API to {action}: {cause}; check that the API server is \
+        up and reachable (KUBECONFIG_PATH / K8S_API_SERVER)"
+    )]
     Unreachable { action: String, cause: String },
     #[error("Kubernetes refused to {action}: {message} (HTTP {code} {reason})")]
     Refused {

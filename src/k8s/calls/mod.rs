@@ -348,7 +348,9 @@ mod tests {
             action: "x".into(),
             code: 403,
             reason: "Forbidden".into(),
-            message: "pods \"p\" is forbidden: error looking up service account ns/default: serviceaccount \"default\" not found".into(),
+            message: "pods \"p\" is forbidden: error looking up service account ns/default: \
+                serviceaccount \"default\" not found"
+                .into(),
             kind: Some("pods".into()),
         };
         assert!(sa.is_service_account_pending());

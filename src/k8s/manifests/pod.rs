@@ -218,7 +218,8 @@ mod tests {
         );
         assert_eq!(
             p["spec"]["containers"][0]["securityContext"],
-            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}})
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"],
+                "add": ["CHOWN", "SETUID"]}})
         );
     }
 
@@ -313,7 +314,8 @@ mod tests {
             p["spec"]["volumes"],
             json!([
                 {"name": "skills", "hostPath": {"path": "/srv/skills", "type": "Directory"}},
-                {"name": "user-data", "hostPath": {"path": "/srv/threads/thread-456/user-data", "type": "DirectoryOrCreate"}},
+                {"name": "user-data", "hostPath": {"path": "/srv/threads/thread-456/user-data",
+                    "type": "DirectoryOrCreate"}},
             ])
         );
     }
@@ -347,10 +349,17 @@ mod tests {
         assert_eq!(
             p["spec"]["volumes"],
             json!([
-                {"name": "skills-public", "hostPath": {"path": "/.deer-flow/skills_view/public", "type": "Directory"}},
-                {"name": "skills-custom", "hostPath": {"path": "/.deer-flow/users/alice/skills_view/custom", "type": "Directory"}},
-                {"name": "skills-legacy", "hostPath": {"path": "/.deer-flow/users/alice/skills_view/legacy", "type": "Directory"}},
-                {"name": "user-data", "hostPath": {"path": "/.deer-flow/threads/thread-456/user-data", "type": "DirectoryOrCreate"}},
+                {"name": "skills-public", "hostPath": {"path": "/.deer-flow/skills_view/public",
+                    "type": "Directory"}},
+                {"name": "skills-custom",
+                    "hostPath": {"path": "/.deer-flow/users/alice/skills_view/custom",
+                        "type": "Directory"}},
+                {"name": "skills-legacy",
+                    "hostPath": {"path": "/.deer-flow/users/alice/skills_view/legacy",
+                        "type": "Directory"}},
+                {"name": "user-data",
+                    "hostPath": {"path": "/.deer-flow/threads/thread-456/user-data",
+                        "type": "DirectoryOrCreate"}},
             ])
         );
         assert_eq!(
@@ -398,11 +407,14 @@ mod tests {
         );
         assert_eq!(
             volumes[3],
-            json!({"name": "extra-0", "hostPath": {"path": "/.deer-flow/users/alice/threads/t/acp-workspace", "type": "Directory"}})
+            json!({"name": "extra-0",
+                "hostPath": {"path": "/.deer-flow/users/alice/threads/t/acp-workspace",
+                    "type": "Directory"}})
         );
         assert_eq!(
             volumes[5],
-            json!({"name": "extra-2", "hostPath": {"path": "/.deer-flow/users/alice/lark/locks", "type": "DirectoryOrCreate"}})
+            json!({"name": "extra-2", "hostPath": {"path": "/.deer-flow/users/alice/lark/locks",
+                "type": "DirectoryOrCreate"}})
         );
         let mounts = &p["spec"]["containers"][0]["volumeMounts"];
         assert_eq!(
@@ -437,17 +449,23 @@ mod tests {
         assert_eq!(
             p["spec"]["volumes"],
             json!([
-                {"name": "skills", "persistentVolumeClaim": {"claimName": "skills", "readOnly": true}},
-                {"name": "user-data", "persistentVolumeClaim": {"claimName": "home", "readOnly": false}},
-                {"name": "extra-0", "persistentVolumeClaim": {"claimName": "home", "readOnly": false}},
+                {"name": "skills", "persistentVolumeClaim": {"claimName": "skills",
+                    "readOnly": true}},
+                {"name": "user-data", "persistentVolumeClaim": {"claimName": "home",
+                    "readOnly": false}},
+                {"name": "extra-0", "persistentVolumeClaim": {"claimName": "home",
+                    "readOnly": false}},
             ])
         );
         assert_eq!(
             p["spec"]["containers"][0]["volumeMounts"],
             json!([
-                {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true, "subPath": "views/alice"},
-                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false, "subPath": "deer-flow/users/alice/threads/thread-456/user-data"},
-                {"name": "extra-0", "mountPath": "/mnt/acp-workspace", "readOnly": true, "subPath": "deer-flow/users/alice/acp"},
+                {"name": "skills", "mountPath": "/mnt/skills", "readOnly": true,
+                    "subPath": "views/alice"},
+                {"name": "user-data", "mountPath": "/mnt/user-data", "readOnly": false,
+                    "subPath": "deer-flow/users/alice/threads/thread-456/user-data"},
+                {"name": "extra-0", "mountPath": "/mnt/acp-workspace", "readOnly": true,
+                    "subPath": "deer-flow/users/alice/acp"},
             ])
         );
     }
@@ -480,13 +498,15 @@ mod tests {
     #[test]
     fn lark_runtime_is_staged_by_an_init_container_and_replaces_its_extra_mount() {
         let p = pod_json(&pod_of(&lark_spec(), &lark_request()));
-        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}});
+        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"],
+            "add": ["CHOWN", "SETUID"]}});
         assert_eq!(
             p["spec"]["initContainers"],
             json!([{
                 "name": "lark-cli-init", "image": "lark-init:1", "imagePullPolicy": "IfNotPresent",
                 "env": [{"name": "LARK_CLI_RUNTIME_DEST", "value": LARK_RUNTIME_PATH}],
-                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": false}],
+                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH,
+                    "readOnly": false}],
                 "securityContext": helper,
             }])
         );
@@ -524,14 +544,17 @@ mod tests {
         let mut request = lark_request();
         request.lark.broker = true;
         let p = pod_json(&pod_of(&lark_spec(), &request));
-        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID"]}});
+        let helper = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"],
+            "add": ["CHOWN", "SETUID"]}});
         assert_eq!(
             p["spec"]["initContainers"],
             json!([{
-                "name": "lark-cli-shim-init", "image": "lark-broker:1", "imagePullPolicy": "IfNotPresent",
+                "name": "lark-cli-shim-init", "image": "lark-broker:1",
+                    "imagePullPolicy": "IfNotPresent",
                 "args": ["install-shim", LARK_RUNTIME_PATH],
                 "env": [{"name": "LARK_CLI_RUNTIME_DEST", "value": LARK_RUNTIME_PATH}],
-                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH, "readOnly": false}],
+                "volumeMounts": [{"name": "lark-cli-runtime", "mountPath": LARK_RUNTIME_PATH,
+                    "readOnly": false}],
                 "securityContext": helper,
             }])
         );
@@ -550,7 +573,8 @@ mod tests {
         assert_eq!(
             p["spec"]["containers"][1],
             json!({
-                "name": "lark-cli-broker", "image": "lark-broker:1", "imagePullPolicy": "IfNotPresent",
+                "name": "lark-cli-broker", "image": "lark-broker:1",
+                    "imagePullPolicy": "IfNotPresent",
                 "args": ["serve"],
                 "env": [
                     {"name": "LARKSUITE_CLI_CONFIG_DIR", "value": "/var/lark/config"},
@@ -559,7 +583,8 @@ mod tests {
                 ],
                 "volumeMounts": [
                     {"name": "lark-cli-config", "mountPath": "/var/lark/config", "readOnly": true},
-                    {"name": "lark-cli-locks", "mountPath": "/var/lark/config/locks", "readOnly": false},
+                    {"name": "lark-cli-locks", "mountPath": "/var/lark/config/locks",
+                        "readOnly": false},
                     {"name": "lark-cli-data", "mountPath": "/var/lark/data", "readOnly": false},
                 ],
                 "securityContext": helper,
@@ -583,7 +608,8 @@ mod tests {
         );
         assert_eq!(
             p["spec"]["volumes"][2],
-            json!({"name": "lark-cli-config", "hostPath": {"path": "/.deer-flow/lark/config", "type": "Directory"}})
+            json!({"name": "lark-cli-config", "hostPath": {"path": "/.deer-flow/lark/config",
+                "type": "Directory"}})
         );
     }
 
