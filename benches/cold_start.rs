@@ -28,7 +28,9 @@ use kube::{
     Api,
 };
 use serde_json::json;
-use testkit::{kubeconfig_path, random_suffix, RunningBinary, TestNamespace};
+use testkit::{
+    bench_env, json_answer, percentiles_ms, random_suffix, RunningBinary, TestNamespace,
+};
 
 const PULL_MS: u64 = 20_000;
 const BOOT_MS: u64 = 2_000;
@@ -41,10 +43,9 @@ struct Row {
 }
 
 /// p50 and p99 of samples, in seconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64();
-    (at(0.50), at(0.99))
+fn percentiles(samples: Vec<Duration>) -> (f64, f64) {
+    let (p50, p99) = percentiles_ms(samples);
+    (p50 / 1000.0, p99 / 1000.0)
 }
 
 /// An image the node has never seen, pulled in 20 s and booting in 2 s.
@@ -56,13 +57,7 @@ fn fresh_image(case: &str) -> String {
 }
 
 async fn provisioner(namespace: &str, image: &str, probes: &[(&str, &str)]) -> RunningBinary {
-    let mut env: Vec<(&str, String)> = vec![
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", namespace.into()),
-        ("SANDBOX_IMAGE", image.into()),
-        ("NODE_HOST", "127.0.0.1".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let mut env = bench_env(namespace, image);
     env.extend(probes.iter().map(|(k, v)| (*k, v.to_string())));
     let (binary, _) = RunningBinary::start_quiet(&env).await;
     binary.wait_synced().await;
@@ -249,15 +244,12 @@ async fn main() {
     let posts = (0..n).map(|i| {
         let (http, base) = (http.clone(), service.base.clone());
         async move {
-            let body: serde_json::Value = http
+            let body: serde_json::Value = json_answer(
+http
                 .post(format!("{base}/api/sandboxes"))
                 .json(&json!({"sandbox_id": format!("wait-{i}"), "thread_id": "t", "wait_ready_seconds": 60}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                )
+.await;
             assert_eq!(body["ready"], true, "{body}");
             (format!("sandbox-wait-{i}"), Instant::now())
         }

@@ -15,28 +15,13 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt};
 use kube::api::ListParams;
 use serde_json::{json, Value};
-use testkit::{kubeconfig_path, second_kubeconfig_path, RunningBinary, TestNamespace};
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// p50 and p99 of samples, in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: f64| ms(samples[((samples.len() as f64 - 1.0) * q).round() as usize]);
-    (at(0.50), at(0.99))
-}
+use testkit::{
+    bench_env, kubeconfig_path, ms, percentiles_ms, second_kubeconfig_path, RunningBinary,
+    TestNamespace,
+};
 
 async fn start(namespace: &str, env: &[(&str, String)]) -> (RunningBinary, Duration) {
-    let mut all: Vec<(&str, String)> = vec![
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", namespace.into()),
-        ("SANDBOX_IMAGE", "sandbox:bench".into()),
-        ("NODE_HOST", "127.0.0.1".into()),
-        ("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let mut all = bench_env(namespace, "sandbox:bench");
     all.extend(env.iter().cloned());
     RunningBinary::start_quiet(&all).await
 }
@@ -110,7 +95,7 @@ async fn get_latencies(http: &reqwest::Client, base: &str, ids: &[String], n: us
         resp.bytes().await.unwrap();
         samples.push(started.elapsed());
     }
-    percentiles(samples)
+    percentiles_ms(samples)
 }
 
 /// LIST latencies; with `touch`, that sandbox is read (activity) before each LIST, so that no
@@ -142,7 +127,7 @@ async fn list_latencies(
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         count = body["count"].as_u64().unwrap();
     }
-    let (p50, p99) = percentiles(samples);
+    let (p50, p99) = percentiles_ms(samples);
     (p50, p99, count)
 }
 

@@ -17,18 +17,7 @@ use kube::{
     Api,
 };
 use serde_json::{json, Value};
-use testkit::{kubeconfig_path, RunningBinary, TestNamespace};
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// p50 and p99 of samples, in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: f64| ms(samples[((samples.len() as f64 - 1.0) * q).round() as usize]);
-    (at(0.50), at(0.99))
-}
+use testkit::{bench_env, json_answer, ms, percentiles_ms, RunningBinary, TestNamespace};
 
 async fn timed<T>(f: impl Future<Output = T>) -> (Duration, T) {
     let started = Instant::now();
@@ -119,14 +108,7 @@ async fn start_provisioner(
     image: &str,
     env: &[(&str, &str)],
 ) -> (RunningBinary, Duration) {
-    let mut all: Vec<(&str, String)> = vec![
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", namespace.into()),
-        ("SANDBOX_IMAGE", image.into()),
-        ("NODE_HOST", "127.0.0.1".into()),
-        ("PROVISIONER_MAX_CONCURRENT_REQUESTS", "1024".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let mut all = bench_env(namespace, image);
     all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
     RunningBinary::start_quiet(&all).await
 }
@@ -181,10 +163,10 @@ async fn main() {
     for _ in 0..50 {
         svc_lists.push(timed(services.list(&lp)).await.0);
     }
-    let (pod_post, _) = percentiles(pod_posts);
-    let (svc_post, _) = percentiles(svc_posts);
-    let (pod_get, pod_get_p99) = percentiles(pod_gets);
-    let (svc_list, _) = percentiles(svc_lists);
+    let (pod_post, _) = percentiles_ms(pod_posts);
+    let (svc_post, _) = percentiles_ms(svc_posts);
+    let (pod_get, pod_get_p99) = percentiles_ms(pod_gets);
+    let (svc_list, _) = percentiles_ms(svc_lists);
     report.info("raw pod POST p50", format!("{pod_post:.2} ms"));
     report.info("raw service POST p50", format!("{svc_post:.2} ms"));
     report.info(
@@ -218,7 +200,7 @@ async fn main() {
     for i in 0..sequential {
         creates.push(timed(create(&http, &svc.base, &format!("s-{i}"))).await.0);
     }
-    let (create_p50, create_p99) = percentiles(creates);
+    let (create_p50, create_p99) = percentiles_ms(creates);
     report.row(
         "create p50 (sequential)",
         create_p50,
@@ -259,14 +241,7 @@ async fn main() {
     // Read figures are for the steady state: wait until the node simulator has started them all.
     let settle = Instant::now();
     loop {
-        let body: Value = http
-            .get(format!("{}/api/sandboxes", svc.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = json_answer(http.get(format!("{}/api/sandboxes", svc.base))).await;
         let all = body["sandboxes"].as_array().unwrap();
         if all.iter().all(|s| s["ready"] == true) || settle.elapsed() > Duration::from_secs(120) {
             break;
@@ -282,7 +257,7 @@ async fn main() {
         assert_eq!(resp.unwrap().status(), 200);
         gets.push(d);
     }
-    let (get_p50, get_p99) = percentiles(gets);
+    let (get_p50, get_p99) = percentiles_ms(gets);
     report.info(
         &format!("GET p50 ({present} sandboxes)"),
         format!("{get_p50:.3} ms"),
@@ -302,7 +277,7 @@ async fn main() {
         listed = body["count"].as_u64().unwrap();
         lists.push(d);
     }
-    let (list_p50, list_p99) = percentiles(lists);
+    let (list_p50, list_p99) = percentiles_ms(lists);
     report.row(
         &format!("LIST p50 ({listed} sandboxes)"),
         list_p50,
@@ -373,7 +348,7 @@ async fn main() {
         assert_eq!(body["ready"], true, "{body}");
         latencies.push(answered.saturating_duration_since(marked));
     }
-    let (ready_p50, ready_p99) = percentiles(latencies);
+    let (ready_p50, ready_p99) = percentiles_ms(latencies);
     report.info("ready notification p50", format!("{ready_p50:.2} ms"));
     report.row("ready notification p99", ready_p99, "ms", 50.0, true);
     drop(waiter_svc);
@@ -447,7 +422,7 @@ async fn mass_expiry(report: &mut Report, http: &reqwest::Client, expiring: usiz
         "{} sandboxes outlived their lifetime by 2 minutes",
         left.len()
     );
-    let (lag_p50, _) = percentiles(lags.clone());
+    let (lag_p50, _) = percentiles_ms(lags.clone());
     let worst = lags.iter().max().copied().unwrap_or_default();
     report.info(
         &format!("mass expiry of {expiring} sandboxes: lag past the deadline p50"),

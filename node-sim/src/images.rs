@@ -114,34 +114,6 @@ impl Images {
     }
 }
 
-/// The name a container runtime reports for an image: with its registry, `library/` for
-/// Docker Hub's official images, and a tag. (The provisioner has its own copy for matching
-/// these names: the simulator stays independent of the code it tests, so that one mistake
-/// cannot hide itself.)
-pub fn canonical(image: &str) -> String {
-    let (name, suffix) = match image.split_once('@') {
-        Some((name, digest)) => (name, format!("@{digest}")),
-        None => (image, String::new()),
-    };
-    let last = name.rsplit('/').next().unwrap_or(name);
-    let tagged = if suffix.is_empty() && !last.contains(':') {
-        format!("{name}:latest")
-    } else {
-        name.to_string()
-    };
-    let first = tagged.split('/').next().unwrap_or_default();
-    let has_registry = tagged.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
-    let full = if has_registry {
-        tagged
-    } else if tagged.contains('/') {
-        format!("docker.io/{tagged}")
-    } else {
-        format!("docker.io/library/{tagged}")
-    };
-    format!("{full}{suffix}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,19 +199,5 @@ mod tests {
         assert_eq!(Policy::of(None, "reg:5000/b"), Policy::Always);
         assert_eq!(Policy::of(None, "reg:5000/b:1"), Policy::IfNotPresent);
         assert_eq!(Policy::of(Some("Never"), "b"), Policy::Never);
-    }
-
-    #[test]
-    fn canonical_names_are_what_runtimes_report() {
-        for (image, name) in [
-            ("python:3.12", "docker.io/library/python:3.12"),
-            ("python", "docker.io/library/python:latest"),
-            ("bitnami/redis:7", "docker.io/bitnami/redis:7"),
-            ("reg.example/a/b:1", "reg.example/a/b:1"),
-            ("localhost:5000/a", "localhost:5000/a:latest"),
-            ("a@sha256:00", "docker.io/library/a@sha256:00"),
-        ] {
-            assert_eq!(canonical(image), name, "{image}");
-        }
     }
 }

@@ -13,12 +13,13 @@ use kube::{
     runtime::{watcher, WatchStreamExt},
     Api, Client, ResourceExt,
 };
+use sandbox_provisioner::spec::image::canonical;
 use serde_json::{json, Value};
 use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::{
     behaviour::{self, Mode},
-    images::{self, Images, Plan, Policy, Wanted},
+    images::{Images, Plan, Policy, Wanted},
     kubelet::{self, Event, Probe, Probes},
     status::{self, Container, View},
     stubs::{self, Stub},
@@ -471,7 +472,7 @@ impl Sim {
             .images
             .present()
             .map(|name| {
-                let canonical = images::canonical(name);
+                let canonical = canonical(name);
                 let names: Vec<&str> = if canonical == *name {
                     vec![name.as_str()]
                 } else {

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use ring::digest::{digest, SHA256};
 use serde::Deserialize;
 
-use crate::sandbox::{is_dns_label, parse_quantity};
+use crate::sandbox::{is_dns_label, parse_quantity, NOT_A_DNS_LABEL};
 
 /// The tenant of a deployment without PROVISIONER_TENANTS (and of sandboxes made before
 /// tenants existed).
@@ -212,11 +212,7 @@ pub fn parse(text: &str, known: &Known) -> Result<Tenants, String> {
     for (i, entry) in file.tenants.into_iter().enumerate() {
         let at = |problem: String| format!("tenants[{i}] ({:?}): {problem}", entry.name);
         if !is_dns_label(&entry.name) {
-            return Err(at(
-                "name must be a DNS label: 1-63 lowercase letters, digits or '-', \
-                starting and ending with a letter or digit"
-                    .into(),
-            ));
+            return Err(at(NOT_A_DNS_LABEL.into()));
         }
         if !names.insert(entry.name.clone()) {
             return Err(at("name is used by an earlier entry".into()));

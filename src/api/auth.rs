@@ -84,4 +84,21 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("k2"));
         assert_eq!(presented(&h), Some(&b"k2"[..]));
     }
+
+    #[test]
+    fn the_bearer_scheme_is_case_blind_and_nothing_else_counts() {
+        let with = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            presented(&h).map(<[u8]>::to_vec)
+        };
+        assert_eq!(with("bearer k"), Some(b"k".to_vec()));
+        assert_eq!(with("BEARER k"), Some(b"k".to_vec()));
+        // No space: no scheme, no key.
+        assert_eq!(with("Bearerk"), None);
+        assert_eq!(with("Bearer"), None);
+        // A scheme with nothing after it presents an empty key, which no tenant has.
+        assert_eq!(with("Bearer "), Some(Vec::new()));
+        assert_eq!(with("Token k"), None);
+    }
 }

@@ -62,7 +62,7 @@ pub fn plan(candidates: &[Candidate], now: Timestamp) -> Vec<Removal> {
 
 impl Cluster {
     /// The managed sandboxes in the cache, as expiry sees them.
-    fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
+    pub(super) fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
         self.cache
             .pods()
             .iter()
@@ -234,5 +234,36 @@ mod tests {
             at("2026-01-02T00:00:00Z"),
         );
         assert_eq!(removed[0].reason, Reason::Lifetime);
+    }
+
+    #[test]
+    fn idle_counts_from_the_last_activity_not_the_creation() {
+        let timers = Timers {
+            idle: 10 * MIN,
+            ..Timers::default()
+        };
+        // Created at 00:00, last active at 00:05 (the fixture): due at 00:15, not 00:10.
+        let c = [candidate("active", timers, true)];
+        assert!(plan(&c, at("2026-01-01T00:14:59Z")).is_empty());
+        assert_eq!(plan(&c, at("2026-01-01T00:15:00Z"))[0].reason, Reason::Idle);
+    }
+
+    #[test]
+    fn a_sandbox_that_never_said_why_it_is_not_ready_is_still_explained() {
+        let mut c = candidate(
+            "silent",
+            Timers {
+                ready: MIN,
+                ..Timers::default()
+            },
+            false,
+        );
+        c.status.reason = None;
+        c.status.message = None;
+        let removed = plan(&[c], at("2026-01-01T00:01:00Z"));
+        assert_eq!(
+            removed[0].why,
+            "it never became ready (no reason reported: -)"
+        );
     }
 }

@@ -368,17 +368,29 @@ mod tests {
     use crate::{
         admission::Snapshot,
         k8s::manifests::test_support::{a_request, spec},
-        sandbox::{Phase, ThreadId},
+        sandbox::{Phase, ThreadId, Timers},
     };
 
     /// A sandbox's Pod (Running and Ready unless `terminating`) and its Service on node port
     /// 30000 + n.
     fn objects(id: &str, tenant: &str, n: i32, terminating: bool) -> (Pod, Service) {
+        timed_objects(id, tenant, n, terminating, Timers::default())
+    }
+
+    /// The same, created at the epoch with these timers.
+    fn timed_objects(
+        id: &str,
+        tenant: &str,
+        n: i32,
+        terminating: bool,
+        timers: Timers,
+    ) -> (Pod, Service) {
         let t = spec(None, None);
         let mut request = a_request();
         request.id = SandboxId::parse(id).unwrap();
         request.thread = ThreadId::parse("t").unwrap();
         request.tenant = tenant.into();
+        request.timers = timers;
         let mut pod = manifests::pod(&t, &request, Timestamp::UNIX_EPOCH);
         pod.metadata.uid = Some(format!("uid-{id}"));
         pod.status = Some(
@@ -400,21 +412,28 @@ mod tests {
     /// A cluster whose cache holds these sandboxes and whose calls go nowhere: every answer
     /// below comes from the cache.
     fn cluster(sandboxes: &[(&str, &str, bool)]) -> Cluster {
-        let config = crate::config::from_flags(&["--node-host", "node.example"]);
-        let (pods, services): (Vec<Pod>, Vec<Service>) = sandboxes
+        let objects = sandboxes
             .iter()
             .enumerate()
-            .map(|(n, (id, tenant, terminating))| objects(id, tenant, n as i32, *terminating))
-            .unzip();
+            .map(|(n, (id, tenant, terminating))| objects(id, tenant, n as i32, *terminating));
+        cluster_of(objects.collect())
+    }
+
+    fn cluster_of(objects: Vec<(Pod, Service)>) -> Cluster {
+        let config = crate::config::from_flags(&["--node-host", "node.example"]);
+        let (pods, services): (Vec<Pod>, Vec<Service>) = objects.into_iter().unzip();
         let cache = Cache::from_objects("deer-flow", &pods, &services);
         let nowhere = Cluster::nowhere("a", &config, &Metrics::new());
         Cluster { cache, ..nowhere }
     }
 
+    fn id(s: &str) -> SandboxId {
+        SandboxId::parse(s).unwrap()
+    }
+
     #[tokio::test]
     async fn reads_come_from_the_cache_records() {
         let c = cluster(&[("s-2", "team-b", true), ("s-1", "team-a", false)]);
-        let id = |s: &str| SandboxId::parse(s).unwrap();
         assert!(c.holds(&id("s-1")) && !c.holds(&id("s-3")));
         assert_eq!(c.count(), Some(2));
         assert_eq!(c.cached_tenant(&id("s-2")).as_deref(), Some("team-b"));
@@ -445,5 +464,142 @@ mod tests {
         let mut seen = Snapshot::default();
         c.tally("team-b", &mut seen);
         assert_eq!((seen.total, seen.tenant.len()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_read_is_activity_and_a_listing_is_not() {
+        let c = cluster(&[("s-1", "team-a", false), ("s-2", "team-a", false)]);
+        let before = c.memory.version();
+        c.list().await.unwrap();
+        assert_eq!(c.memory.version(), before, "a listing moves no idle timer");
+        assert_eq!(c.memory.last_activity("s-1"), None);
+        c.get(&id("s-1")).await.unwrap();
+        assert_ne!(c.memory.version(), before);
+        assert!(c.memory.last_activity("s-1").is_some());
+        assert_eq!(c.memory.last_activity("s-2"), None, "only the sandbox read");
+        // The presence check proves existence; it is not activity either.
+        c.presence(&id("s-2")).await.unwrap();
+        assert_eq!(c.memory.last_activity("s-2"), None);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_a_read_publishes_is_the_one_the_reaper_plans_with() {
+        let minute = std::time::Duration::from_secs(60);
+        let c = cluster_of(vec![
+            timed_objects(
+                "idle",
+                "t",
+                0,
+                false,
+                Timers {
+                    idle: minute,
+                    ..Timers::default()
+                },
+            ),
+            timed_objects(
+                "ttl",
+                "t",
+                1,
+                false,
+                Timers {
+                    lifetime: minute,
+                    ..Timers::default()
+                },
+            ),
+        ]);
+        // Created at the epoch: the lifetime is long over; the idle one was read just now.
+        let read = c.get(&id("idle")).await.unwrap();
+        let published: Timestamp = read.expires_at.unwrap().parse().unwrap();
+        let now = Timestamp::now();
+        let due = expiry::plan(&c.expiry_candidates(now), now);
+        let due: Vec<_> = due.iter().map(|r| (r.id.as_str(), r.reason)).collect();
+        assert_eq!(due, [("ttl", crate::metrics::DeletionReason::Lifetime)]);
+        let at_deadline = expiry::plan(&c.expiry_candidates(published), published);
+        assert_eq!(
+            at_deadline.len(),
+            2,
+            "the idle one is due when its answer said"
+        );
+        let just_before = published - jiff::SignedDuration::from_millis(1);
+        assert_eq!(
+            expiry::plan(&c.expiry_candidates(just_before), just_before).len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_ready_or_hopeless_sandbox_returns_at_once() {
+        let c = cluster(&[("ready", "t", false), ("leaving", "t", true)]);
+        let hour = std::time::Duration::from_secs(3600);
+        let started = std::time::Instant::now();
+        let ready = c.wait_ready(&id("ready"), hour).await.unwrap();
+        assert!(ready.ready);
+        let leaving = c.wait_ready(&id("leaving"), hour).await.unwrap();
+        assert_eq!(leaving.reason.as_deref(), Some("Terminating"));
+        assert!(
+            started.elapsed() < hour / 60,
+            "neither waited for its limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn health_says_why_a_cluster_cannot_be_used() {
+        let c = cluster(&[("s-1", "t", false)]);
+        let now = std::time::Duration::ZERO;
+        let healthy = c.health(now).await;
+        assert_eq!((healthy.error, healthy.sandboxes), (None, Some(1)));
+
+        c.probe
+            .send_modify(|p| p.namespace = Some("namespace is terminating".into()));
+        assert_eq!(
+            c.health(now).await.error.as_deref(),
+            Some("namespace is terminating")
+        );
+        assert!(
+            !c.note_reachable(Some("connection refused".into())),
+            "not a recovery"
+        );
+        assert_eq!(
+            c.health(now).await.error.as_deref(),
+            Some("cannot reach the Kubernetes API: connection refused"),
+            "an apiserver out of reach says so first"
+        );
+        assert_eq!(c.unreachable().as_deref(), Some("connection refused"));
+        assert!(c.note_reachable(None), "reachable again: a recovery");
+        assert!(!c.note_reachable(None), "once");
+        assert_eq!(c.unreachable(), None);
+    }
+
+    #[tokio::test]
+    async fn the_status_gauge_counts_what_the_cache_holds() {
+        let c = cluster(&[("s-1", "t", false), ("s-2", "t", false), ("s-3", "t", true)]);
+        c.refresh_status_gauge();
+        let text = c.metrics().render();
+        for line in [
+            r#"sandbox_provisioner_sandboxes{cluster="a",status="Running"} 3"#,
+            r#"sandbox_provisioner_cache_synced{cluster="a"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_lark_conflict_says_which_way_round_it_is() {
+        let conflict = |existing_has_broker| {
+            Error::LarkConflict {
+                id: "s".into(),
+                existing_has_broker,
+            }
+            .to_string()
+        };
+        assert!(conflict(true).starts_with(
+            "sandbox \"s\" exists with the Lark CLI broker sidecar, but this request asks \
+             without it"
+        ));
+        assert!(conflict(false).starts_with(
+            "sandbox \"s\" exists without the Lark CLI broker sidecar, but this request asks \
+             for it"
+        ));
+        assert!(conflict(false).ends_with("delete the sandbox and create it again"));
     }
 }

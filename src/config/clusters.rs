@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{check, ConfigError, Connection};
 use crate::{
-    sandbox::{is_dns_label, DEFAULT_CLUSTER},
+    sandbox::{is_dns_label, DEFAULT_CLUSTER, NOT_A_DNS_LABEL},
     spec::{Exposure, Placement, SandboxSpec},
 };
 
@@ -135,11 +135,7 @@ fn parse(
     for (i, entry) in file.clusters.into_iter().enumerate() {
         let at = |problem: String| fail(format!("clusters[{i}] ({:?}): {problem}", entry.name));
         if !is_dns_label(&entry.name) {
-            return Err(at(
-                "name must be a DNS label: 1-63 lowercase letters, digits or '-', \
-                starting and ending with a letter or digit"
-                    .into(),
-            ));
+            return Err(at(NOT_A_DNS_LABEL.into()));
         }
         if !names.insert(entry.name.clone()) {
             return Err(at(

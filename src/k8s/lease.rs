@@ -296,4 +296,68 @@ mod tests {
         let past = at("2025-12-31T23:59:59Z");
         assert!(backoff.wait(Some(past), now) <= Backoff::MAX * 3 / 2);
     }
+
+    #[test]
+    fn a_lease_that_names_no_duration_is_held_for_ours() {
+        let now = at("2026-01-01T00:00:30Z");
+        let silent = LeaseSpec {
+            lease_duration_seconds: None,
+            ..spec("b", at("2026-01-01T00:00:25Z"))
+        };
+        assert_eq!(
+            decide(Some(&silent), "a", now, Duration::from_secs(10)),
+            Decision::Follow {
+                until: Some(at("2026-01-01T00:00:35Z"))
+            }
+        );
+        assert_eq!(
+            decide(Some(&silent), "a", now, Duration::from_secs(3)),
+            Decision::Take
+        );
+    }
+
+    #[test]
+    fn a_lease_that_was_never_renewed_is_free() {
+        let unrenewed = LeaseSpec {
+            renew_time: None,
+            ..spec("b", at("2026-01-01T00:00:00Z"))
+        };
+        let now = at("2026-01-01T00:00:01Z");
+        assert_eq!(
+            decide(Some(&unrenewed), "a", now, Duration::from_secs(10)),
+            Decision::Take
+        );
+    }
+
+    #[test]
+    fn nonsense_durations_neither_block_forever_nor_overflow() {
+        let now = at("2026-01-01T00:00:30Z");
+        let d = Duration::from_secs(10);
+        // Zero or negative: held for one second.
+        for seconds in [0, -5] {
+            let odd = LeaseSpec {
+                lease_duration_seconds: Some(seconds),
+                ..spec("b", at("2026-01-01T00:00:29.5Z"))
+            };
+            assert_eq!(
+                decide(Some(&odd), "a", now, d),
+                Decision::Follow {
+                    until: Some(at("2026-01-01T00:00:30.5Z"))
+                },
+                "{seconds}"
+            );
+        }
+        // The longest a lease can say: followed, with a deadline that exists.
+        let long = LeaseSpec {
+            lease_duration_seconds: Some(i32::MAX),
+            ..spec("b", at("2026-01-01T00:00:00Z"))
+        };
+        assert!(matches!(
+            decide(Some(&long), "a", now, d),
+            Decision::Follow { until: Some(_) }
+        ));
+        // What we write is within what a Lease can hold.
+        let huge = held_by("l", None, "a", now, Duration::from_secs(u64::MAX));
+        assert_eq!(huge.spec.unwrap().lease_duration_seconds, Some(i32::MAX));
+    }
 }

@@ -311,4 +311,53 @@ mod tests {
         assert_eq!(ServiceRecord::of(&cached), ServiceRecord::of(&service));
         assert!(service_record(&service).owned_by(&r));
     }
+
+    #[test]
+    fn objects_without_a_sandbox_id_are_not_sandboxes() {
+        let t = spec(None, None);
+        let mut pod = a_pod(&t);
+        let mut service = manifests::service(&t, &a_request().id, &a_request().thread, &pod);
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(manifests::SANDBOX_ID_LABEL);
+        service
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(manifests::SANDBOX_ID_LABEL);
+        assert!(PodRecord::of(&pod).is_none());
+        assert!(ServiceRecord::of(&service).is_none());
+    }
+
+    #[test]
+    fn annotations_someone_else_garbled_read_as_absent() {
+        let mut pod = a_pod(&spec(None, None));
+        let annotations = pod.metadata.annotations.as_mut().unwrap();
+        for (key, garbage) in [
+            (manifests::ACTIVITY_ANNOTATION, "yesterday"),
+            (manifests::TTL_ANNOTATION, "-1"),
+            (manifests::IDLE_ANNOTATION, "soon"),
+        ] {
+            annotations.insert(key.into(), garbage.into());
+        }
+        let r = record(&pod);
+        assert_eq!((r.activity, r.lifetime, r.idle), (None, 0, 0));
+        // A Pod with nothing but its id reads as a Pending sandbox of the default tenant.
+        let bare = Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                labels: Some([(manifests::SANDBOX_ID_LABEL.into(), "bare".into())].into()),
+                ..Default::default()
+            },
+            ..Pod::default()
+        };
+        let (id, r) = PodRecord::of(&bare).unwrap();
+        assert_eq!((id.as_str(), r.tenant.as_ref()), ("bare", "default"));
+        assert_eq!(
+            (r.status.phase, r.status.ready, r.limits, r.ip),
+            (crate::sandbox::Phase::Pending, false, None, None)
+        );
+    }
 }

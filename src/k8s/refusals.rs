@@ -134,6 +134,10 @@ impl Refusals {
 mod tests {
     use super::*;
 
+    fn permissions(missing: &[MissingPermission]) -> Vec<&str> {
+        missing.iter().map(|m| m.permission.as_str()).collect()
+    }
+
     #[test]
     fn refusals_are_listed_until_allowed() {
         let refusals = Refusals::new("ns", Metrics::new());
@@ -141,13 +145,7 @@ mod tests {
         refusals.refused("watch", "pods", "forbidden");
         refusals.refused("patch", "pods", "forbidden");
         let missing = refusals.missing();
-        assert_eq!(
-            missing
-                .iter()
-                .map(|m| m.permission.as_str())
-                .collect::<Vec<_>>(),
-            ["patch pods", "watch pods"]
-        );
+        assert_eq!(permissions(&missing), ["patch pods", "watch pods"]);
         assert!(
             missing[1].fix.contains("add verb watch on pods"),
             "{}",
@@ -155,12 +153,6 @@ mod tests {
         );
         refusals.allowed("watch", "pods");
         let missing = refusals.missing();
-        assert_eq!(
-            missing
-                .iter()
-                .map(|m| m.permission.as_str())
-                .collect::<Vec<_>>(),
-            ["patch pods"]
-        );
+        assert_eq!(permissions(&missing), ["patch pods"]);
     }
 }

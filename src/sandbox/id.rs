@@ -50,6 +50,10 @@ pub struct ThreadId(String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
 
+/// What a name that is not a DNS label is told (names of clusters and tenants).
+pub const NOT_A_DNS_LABEL: &str = "name must be a DNS label: 1-63 lowercase letters, digits or \
+    '-', starting and ending with a letter or digit";
+
 /// Whether `s` is a DNS-1123 label: 1-63 lowercase letters, digits or '-', starting and
 /// ending with a letter or digit (names of clusters and tenants).
 pub fn is_dns_label(s: &str) -> bool {

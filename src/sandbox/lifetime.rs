@@ -162,4 +162,32 @@ mod tests {
         assert_eq!(Timers::default().expires_at(t0, t0), None);
         assert_eq!(Timers::default().due(at(1_000_000), t0, t0, false), None);
     }
+
+    #[test]
+    fn a_deadline_is_due_at_its_instant() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |ms: i64| t0.checked_add(SignedDuration::from_millis(ms)).unwrap();
+        let idle = Timers {
+            idle: Duration::from_secs(30),
+            ..Timers::default()
+        };
+        assert_eq!(idle.due(at(29_999), t0, t0, true), None);
+        assert_eq!(idle.due(at(30_000), t0, t0, true), Some(Expiry::Idle));
+        assert_eq!(idle.expires_at(t0, t0), Some(at(30_000)));
+    }
+
+    #[test]
+    fn timers_past_the_calendar_never_fire_and_never_panic() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let forever = Timers {
+            lifetime: Duration::MAX,
+            idle: Duration::from_secs(u64::MAX / 2),
+            ready: Duration::MAX,
+        };
+        assert_eq!(forever.expires_at(t0, t0), None);
+        assert_eq!(forever.due(Timestamp::MAX, t0, t0, false), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+        assert_eq!(parse_duration("999999999999999999d"), None);
+        assert_eq!(parse_duration("1d2h"), Some(Duration::from_secs(93_600)));
+    }
 }

@@ -8,7 +8,7 @@ mod status;
 
 pub use id::{
     is_dns_label, InvalidId, SandboxId, ThreadId, UserId, DEFAULT_USER_ID, MAX_SANDBOX_ID_LEN,
-    MAX_THREAD_ID_LEN, MAX_USER_ID_LEN,
+    MAX_THREAD_ID_LEN, MAX_USER_ID_LEN, NOT_A_DNS_LABEL,
 };
 pub use lifetime::{parse_duration, Expiry, Timers};
 pub use mounts::{ExtraMount, HostBase, InvalidMount, InvalidSkillsPath};

@@ -58,4 +58,20 @@ mod tests {
             "docker.io/library/python:3.12"
         ));
     }
+
+    #[test]
+    fn canonical_names_are_what_runtimes_report() {
+        for (image, name) in [
+            ("python:3.12", "docker.io/library/python:3.12"),
+            ("python", "docker.io/library/python:latest"),
+            ("bitnami/redis:7", "docker.io/bitnami/redis:7"),
+            ("reg.example/a/b:1", "reg.example/a/b:1"),
+            ("localhost:5000/a", "localhost:5000/a:latest"),
+            ("reg:5000/a:1", "reg:5000/a:1"),
+            ("a@sha256:00", "docker.io/library/a@sha256:00"),
+            ("reg.example/a:1@sha256:00", "reg.example/a:1@sha256:00"),
+        ] {
+            assert_eq!(canonical(image), name, "{image}");
+        }
+    }
 }

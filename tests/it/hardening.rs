@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use reqwest::{header, Method};
 use serde_json::{json, Value};
 use testkit::{
-    eventually, kubeconfig_path, serve_args, BlackholeProxy, ExtraApiserver, RunningBinary,
-    TestNamespace, TestService,
+    eventually, json_answer, kubeconfig_path, serve_args, BlackholeProxy, ExtraApiserver,
+    RunningBinary, TestNamespace, TestService,
 };
 
 const KEY: &str = "test-key-0123456789abcdef";
@@ -79,12 +79,10 @@ async fn api_key_guards_the_api_but_not_the_probes() {
 #[tokio::test]
 async fn the_key_is_never_logged_or_shown() {
     let ns = TestNamespace::uncreated("keylog").await;
-    let mut running = RunningBinary::start(&[
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", ns.name.clone()),
+    let mut running = RunningBinary::start(&ns.binary_env([
         ("PROVISIONER_API_KEY", KEY.into()),
         ("RUST_LOG", "debug".into()),
-    ])
+    ]))
     .await;
     let resp = reqwest::Client::new()
         .get(format!("{}/api/sandboxes", running.base))
@@ -492,15 +490,13 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     // hole: the test then sees the request arrive (so it is in flight) and the request ends
     // only when the 2 s Kubernetes timeout fires.
     let proxy = BlackholeProxy::start(testkit::apiserver_port()).await;
-    let mut running = RunningBinary::start(&[
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", ns.name.clone()),
+    let mut running = RunningBinary::start(&ns.binary_env([
         (
             "K8S_API_SERVER",
             format!("https://127.0.0.1:{}", proxy.port),
         ),
         ("K8S_API_TIMEOUT_SECONDS", "2".into()),
-    ])
+    ]))
     .await;
     proxy.swallow();
     let arrived = proxy.request_arrived();
@@ -522,24 +518,16 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
 #[tokio::test]
 async fn a_restarted_provisioner_sees_every_sandbox_with_the_same_url() {
     let ns = TestNamespace::new("restart").await;
-    let env = [
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", ns.name.clone()),
-        ("NODE_HOST", "127.0.0.1".into()),
-    ];
+    let env = ns.binary_env([("NODE_HOST", "127.0.0.1".into())]);
     let http = reqwest::Client::new();
     let mut first = RunningBinary::start(&env).await;
     let mut urls = HashMap::new();
     for id in ["rs-1", "rs-2"] {
-        let created: Value = http
-            .post(format!("{}/api/sandboxes", first.base))
-            .json(&json!({"sandbox_id": id, "thread_id": "t"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created: Value = json_answer(
+            http.post(format!("{}/api/sandboxes", first.base))
+                .json(&json!({"sandbox_id": id, "thread_id": "t"})),
+        )
+        .await;
         urls.insert(id, created["sandbox_url"].as_str().unwrap().to_string());
     }
     first.sigterm();
@@ -547,24 +535,10 @@ async fn a_restarted_provisioner_sees_every_sandbox_with_the_same_url() {
 
     let second = RunningBinary::start(&env).await;
     for (id, url) in &urls {
-        let got: Value = http
-            .get(format!("{}/api/sandboxes/{id}", second.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Value = json_answer(http.get(format!("{}/api/sandboxes/{id}", second.base))).await;
         assert_eq!(got["sandbox_url"], url.as_str());
     }
-    let list: Value = http
-        .get(format!("{}/api/sandboxes", second.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = json_answer(http.get(format!("{}/api/sandboxes", second.base))).await;
     assert_eq!(list["count"], 2);
     for id in urls.keys() {
         let resp = http

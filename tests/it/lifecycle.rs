@@ -1,14 +1,22 @@
 //! Expiry against the real apiserver with short timers: lifetime, idle (with and without
 //! keepalive), never-ready, and activity that survives a restart.
 
-use sandbox_provisioner::k8s::manifests;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use reqwest::Method;
-use sandbox_provisioner::spec::keys::LEADER_LEASE;
+use sandbox_provisioner::{k8s::manifests, spec::keys::LEADER_LEASE};
 use serde_json::json;
-use testkit::{eventually, serve_args, TestNamespace, TestService};
+use testkit::{eventually, serve_args, TestNamespace, TestService, LEADER};
+
+/// Waits until `svc` leads (or follows, with `leads` false).
+async fn leadership(svc: &TestService, leads: bool, limit: Duration, what: &str) {
+    let wanted = if leads { 1.0 } else { 0.0 };
+    eventually(limit, what, || async {
+        (svc.metric(LEADER).await == wanted).then_some(())
+    })
+    .await;
+}
 
 /// Reclaim lag the issue promises: the reap interval plus 5 s.
 const LAG: Duration = Duration::from_secs(1 + 5);
@@ -409,16 +417,7 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     };
     let first = TestService::start(args()).await;
     let second = TestService::start(args()).await;
-    let leaders = || async {
-        (
-            first
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await,
-            second
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await,
-        )
-    };
+    let leaders = || async { (first.metric(LEADER).await, second.metric(LEADER).await) };
     let (a, b) = eventually(Duration::from_secs(10), "a leader", || async {
         let (a, b) = leaders().await;
         (a + b == 1.0).then_some((a, b))
@@ -465,16 +464,11 @@ async fn two_replicas_elect_one_reaper_and_fail_over() {
     };
     drop(leader);
     let took_over = std::time::Instant::now();
-    eventually(
+    leadership(
+        &follower,
+        true,
         Duration::from_secs(3 + 2 + 3),
         "the follower to take over",
-        || async {
-            (follower
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await
-                == 1.0)
-                .then_some(())
-        },
     )
     .await;
     eprintln!("took over after {:?}", took_over.elapsed());
@@ -497,13 +491,7 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     let mut args = fast(&ns);
     args.lifecycle.sandbox_leader_lease = "3s".into();
     let svc = TestService::start(args).await;
-    eventually(Duration::from_secs(10), "the lease", || async {
-        (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-            .await
-            == 1.0)
-            .then_some(())
-    })
-    .await;
+    leadership(&svc, true, Duration::from_secs(10), "the lease").await;
 
     // Another holder takes the lease and keeps renewing it.
     let leases: kube::Api<Lease> = kube::Api::namespaced(ns.client.clone(), &ns.name);
@@ -524,15 +512,11 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
             }
         })
     };
-    eventually(
+    leadership(
+        &svc,
+        false,
         Duration::from_secs(5),
         "the replica to step down",
-        || async {
-            (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await
-                == 0.0)
-                .then_some(())
-        },
     )
     .await;
 
@@ -549,11 +533,7 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     testkit::reaper_rounds(&svc.base, 3).await;
     assert!(pod_exists(&ns, "lost-1").await, "a follower must not reap");
-    assert_eq!(
-        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(svc.metric(LEADER).await, 0.0);
 
     // The intruder stops renewing: once its lease ran out the replica takes over and reaps.
     intruder.abort();
@@ -570,11 +550,7 @@ async fn a_replica_that_loses_the_lease_stops_reaping_until_it_wins_it_back() {
         Some("intruder"),
         "the replica holds the lease again"
     );
-    assert_eq!(
-        svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(svc.metric(LEADER).await, 1.0);
 }
 
 #[tokio::test]
@@ -587,31 +563,21 @@ async fn a_stopping_leader_hands_the_lease_over_at_once() {
         a
     };
     let first = TestService::start(args()).await;
-    eventually(
+    leadership(
+        &first,
+        true,
         Duration::from_secs(10),
         "the first replica to lead",
-        || async {
-            (first
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await
-                == 1.0)
-                .then_some(())
-        },
     )
     .await;
     let second = TestService::start(args()).await;
     let stopped = std::time::Instant::now();
     first.stop_gracefully().await;
-    eventually(
+    leadership(
+        &second,
+        true,
         Duration::from_secs(10 / 3 + 3),
         "the second replica to take over before the lease would have run out",
-        || async {
-            (second
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await
-                == 1.0)
-                .then_some(())
-        },
     )
     .await;
     eprintln!("took over {:?} after the leader stopped", stopped.elapsed());
@@ -680,14 +646,7 @@ async fn the_leader_waits_for_activity_another_replica_has_not_written_yet() {
     let first = TestService::start(args()).await;
     let second = TestService::start(args()).await;
     let first_leads = eventually(Duration::from_secs(10), "a leader", || async {
-        let (a, b) = (
-            first
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await,
-            second
-                .metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-                .await,
-        );
+        let (a, b) = (first.metric(LEADER).await, second.metric(LEADER).await);
         (a + b == 1.0).then_some(a == 1.0)
     })
     .await;

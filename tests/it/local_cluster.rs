@@ -9,7 +9,7 @@ use kube::{
     Api,
 };
 use serde_json::json;
-use testkit::{eventually, TestNamespace};
+use testkit::{eventually, json_answer, TestNamespace};
 
 const MODE: &str = "node-sim.sandbox-provisioner.dev/mode";
 const DELAY: &str = "node-sim.sandbox-provisioner.dev/start-delay-ms";
@@ -175,15 +175,11 @@ async fn simulated_pod_becomes_ready_and_its_stub_answers() {
         })
         .await;
     assert_eq!(info["namespace"], ns.name.as_str());
-    let exec: serde_json::Value = http
-        .post(format!("{url}/v1/shell/exec"))
-        .json(&json!({"command": "echo hello"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let exec: serde_json::Value = json_answer(
+        http.post(format!("{url}/v1/shell/exec"))
+            .json(&json!({"command": "echo hello"})),
+    )
+    .await;
     assert_eq!(exec["data"]["output"], "hello\n");
 }
 

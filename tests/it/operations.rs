@@ -10,7 +10,9 @@ use reqwest::Method;
 use sandbox_provisioner::permissions::{self, Features, Permission};
 use sandbox_provisioner::spec::keys::LEADER_LEASE;
 use serde_json::{json, Value};
-use testkit::{eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService};
+use testkit::{
+    eventually, kubeconfig_path, serve_args, RunningBinary, TestNamespace, TestService, LEADER,
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -119,12 +121,7 @@ async fn request_ids_are_kept_or_made() {
 #[tokio::test]
 async fn json_logs_carry_the_request_id() {
     let ns = TestNamespace::uncreated("jsonlog").await;
-    let mut running = RunningBinary::start(&[
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", ns.name.clone()),
-        ("LOG_FORMAT", "json".into()),
-    ])
-    .await;
+    let mut running = RunningBinary::start(&ns.binary_env([("LOG_FORMAT", "json".into())])).await;
     let resp = reqwest::Client::new()
         .get(format!("{}/api/sandboxes", running.base))
         .header("x-request-id", "req-json-1")
@@ -173,12 +170,10 @@ fn failed_checks(report: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn doctor_passes_with_full_access() {
     let ns = TestNamespace::new("doctor-ok").await;
-    let (code, report) = doctor(&[
-        ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-        ("K8S_NAMESPACE", ns.name.clone()),
+    let (code, report) = doctor(&ns.binary_env([
         ("SKILLS_HOST_PATH", "/srv/skills".into()),
         ("THREADS_HOST_PATH", "/srv/threads".into()),
-    ]);
+    ]));
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("all checks passed"), "{report}");
     for name in [
@@ -412,10 +407,7 @@ async fn the_shipped_role_runs_every_feature() {
     .await;
     // The gauge follows at the reaper's next tick (every second here).
     eventually(Duration::from_secs(10), "this replica leads", || async {
-        (svc.metric(r#"sandbox_provisioner_leader{cluster="default"}"#)
-            .await
-            == 1.0)
-            .then_some(())
+        (svc.metric(LEADER).await == 1.0).then_some(())
     })
     .await;
 
@@ -907,13 +899,7 @@ async fn the_prepull_component_puts_the_sandbox_image_on_the_nodes_and_doctor_se
         "sim-pull-5000",
     );
     let image = format!("{name}:{tag}");
-    let doctor_env = || {
-        vec![
-            ("KUBECONFIG_PATH", kubeconfig_path().display().to_string()),
-            ("K8S_NAMESPACE", ns.name.clone()),
-            ("SANDBOX_IMAGE", image.clone()),
-        ]
-    };
+    let doctor_env = || ns.binary_env([("SANDBOX_IMAGE", image.clone())]);
     let (code, before) = doctor(&doctor_env());
     assert_eq!(code, 0, "a missing image is a warning:\n{before}");
     let line = before

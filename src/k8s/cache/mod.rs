@@ -323,4 +323,29 @@ mod tests {
         });
         assert!(s.usable(), "a failed policy watch keeps its listing");
     }
+
+    #[test]
+    fn a_cache_filled_from_objects_holds_the_sandboxes_only() {
+        use crate::k8s::manifests::{self, test_support::*};
+        let t = spec(None, None);
+        let pod = a_pod(&t);
+        let request = a_request();
+        let service = manifests::service(&t, &request.id, &request.thread, &pod);
+        let mut stranger = pod.clone();
+        stranger.metadata.name = Some("someone-elses".into());
+        stranger
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(manifests::SANDBOX_ID_LABEL);
+        let cache = Cache::from_objects("ns", &[pod, stranger], &[service]);
+        assert!(cache.state().usable(), "filled means synced");
+        assert_eq!(cache.pod_count(), 1);
+        let id = request.id.as_str();
+        assert_eq!(cache.pod(id).unwrap().uid.as_ref(), "uid-1");
+        assert!(cache.service(id).is_some());
+        assert!(cache.pod("someone-elses").is_none());
+        assert_eq!(cache.namespace(), "ns");
+    }
 }

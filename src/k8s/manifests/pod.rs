@@ -206,6 +206,15 @@ mod tests {
     fn pod_json(of: &impl AsJson) -> serde_json::Value {
         of.json()
     }
+    fn volume_names(pod: &serde_json::Value) -> Vec<&str> {
+        let volumes = pod["spec"]["volumes"]
+            .as_array()
+            .expect("the pod has volumes");
+        volumes
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect()
+    }
 
     #[test]
     fn pod_is_locked_down_by_default() {
@@ -388,12 +397,7 @@ mod tests {
         ];
         let p = pod_json(&pod_of(&per_user_spec(), &request));
         let volumes = &p["spec"]["volumes"];
-        let names: Vec<&str> = volumes
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap())
-            .collect();
+        let names = volume_names(&p);
         assert_eq!(
             names,
             [
@@ -590,12 +594,7 @@ mod tests {
                 "securityContext": helper,
             })
         );
-        let names: Vec<&str> = p["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap())
-            .collect();
+        let names = volume_names(&p);
         assert_eq!(
             names,
             [

@@ -75,6 +75,23 @@ impl TestNamespace {
         }
     }
 
+    /// The environment of a provisioner binary serving this namespace of the first cluster,
+    /// with `more` after it.
+    pub fn binary_env(
+        &self,
+        more: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (
+                "KUBECONFIG_PATH",
+                crate::kubeconfig_path().display().to_string(),
+            ),
+            ("K8S_NAMESPACE", self.name.clone()),
+        ];
+        env.extend(more);
+        env
+    }
+
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.name)
     }

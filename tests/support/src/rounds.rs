@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::eventually;
 
+/// Whether the service leads its default cluster's reaping (1) or not (0).
+pub const LEADER: &str = r#"sandbox_provisioner_leader{cluster="default"}"#;
+
 /// The sum of every sample of a metric family whose name (with labels) starts with `prefix`,
 /// from the service at `base`.
 pub async fn metric_sum(base: &str, prefix: &str) -> f64 {

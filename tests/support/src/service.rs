@@ -188,3 +188,8 @@ impl Drop for TestService {
         self.task.abort();
     }
 }
+
+/// Sends a prepared request and returns its JSON body (whatever the status).
+pub async fn json_answer(req: reqwest::RequestBuilder) -> serde_json::Value {
+    TestService::answer(req).await.1
+}
