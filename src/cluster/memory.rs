@@ -126,9 +126,9 @@ impl Memory {
 
     /// Forgets the sandboxes that no longer exist (deleted by another replica or by hand):
     /// those missing from `existing`, except ones created here that the watch may not show yet.
-    pub fn keep_only(&self, existing: &std::collections::HashSet<String>) {
+    pub fn keep_only(&self, exists: impl Fn(&str) -> bool) {
         self.lock()
-            .retain(|id, r| existing.contains(id) || r.unwatched.is_some());
+            .retain(|id, r| exists(id) || r.unwatched.is_some());
         self.activity_version.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -229,7 +229,7 @@ mod tests {
             m.touch(id, now, now, Duration::from_secs(1));
         }
         m.created(sandbox("new"), Instant::now());
-        m.keep_only(&["kept".to_string()].into());
+        m.keep_only(|id| id == "kept");
         assert_eq!(m.last_activity("kept"), Some(now));
         assert_eq!(m.last_activity("gone"), None);
         assert_eq!(m.len(), 2, "the new one stays until the watch shows it");

@@ -172,8 +172,10 @@ pub struct Cluster {
     baseline_done: Arc<AtomicBool>,
 }
 
-/// Activity writes in flight at once, per cluster.
-const ACTIVITY_WRITES_AT_ONCE: usize = 8;
+/// Activity writes in flight at once, per cluster: enough for every sandbox of a large fleet
+/// once per persist interval (each takes a few milliseconds), few enough that a burst of reads
+/// does not become a burst of apiserver writes competing with the reads themselves.
+const ACTIVITY_WRITES_AT_ONCE: usize = 2;
 
 /// A created or found sandbox, and whether this call created it.
 pub struct Provisioned {
