@@ -2,12 +2,12 @@
 //! deletes and lists find a sandbox in whichever cluster holds it.
 //!
 //! ```text
-//!   api ──► Fleet ──► Cluster "eu-1" ── Cluster ── Member (client, cache, probe)
-//!                └──► Cluster "us-1" ── Cluster ── Member
+//!   api ──► Fleet ──► Cluster "eu-1" (its client, watch cache, probe and loops, all private)
+//!                └──► Cluster "us-1"
 //! ```
 //!
-//! Sandbox ids are unique across the fleet: before placing a new one, every member's cache is
-//! asked whether it holds the id. A cluster whose apiserver does not answer is skipped for new
+//! Sandbox ids are unique across the fleet: before placing a new one, every cluster is asked
+//! whether it holds the id. A cluster whose apiserver does not answer is skipped for new
 //! sandboxes, and a read of a sandbox it holds (or of an id found nowhere while it is out of
 //! reach) answers 503, never 404: a 404 makes DeerFlow's client forget the sandbox.
 
