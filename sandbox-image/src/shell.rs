@@ -99,6 +99,8 @@ async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so that a timeout stops what the command started too.
+        .process_group(0)
         .env("HOME", &state.settings.home_dir);
     if cwd.is_dir() {
         command.current_dir(cwd);
@@ -120,6 +122,7 @@ async fn run(
             format!("cannot start /bin/sh: {e}"),
         )
     })?;
+    let group = child.id();
     let output = child.wait_with_output();
     let limit = limit
         .filter(|s| s.is_finite() && *s > 0.0)
@@ -128,12 +131,15 @@ async fn run(
         Some(limit) => match tokio::time::timeout(limit, output).await {
             Ok(output) => output,
             Err(_) => {
+                if let Some(group) = group {
+                    stop_group(group);
+                }
                 return Ok(Ran {
                     stdout: String::new(),
                     stderr: String::new(),
                     exit_code: None,
                     timed_out: true,
-                })
+                });
             }
         },
         None => output.await,
@@ -150,6 +156,14 @@ async fn run(
         exit_code: output.status.code(),
         timed_out: false,
     })
+}
+
+/// SIGKILL to every process of the group (`kill -KILL -PGID`): the shell's children do not
+/// go with the shell when it is killed alone.
+fn stop_group(group: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .status();
 }
 
 #[derive(Deserialize)]

@@ -211,6 +211,31 @@ async fn a_command_past_its_hard_timeout_is_stopped() {
     let body = json!({"command": "sleep 5", "hard_timeout": 0.2});
     let (_, body) = call(&app, Method::POST, "/v1/bash/exec", Some(body)).await;
     assert_eq!(body["data"]["status"], json!("timed_out"));
+    // What the command started goes with it.
+    let pid_file = scratch("timeout-child").join("pid");
+    let command = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+    let body = json!({"command": command, "hard_timeout": 0.5});
+    let (_, body) = call(&app, Method::POST, "/v1/shell/exec", Some(body)).await;
+    assert_eq!(body["data"]["status"], json!("hard_timeout"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.starts_with(" Z"))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !running(),
+        "the command's child {pid} outlived its hard timeout"
+    );
 }
 
 #[tokio::test]
