@@ -1,6 +1,6 @@
 //! node-sim: plays kubelet and kube-proxy for a local test apiserver that has no real nodes.
 //!
-//! It registers one Node, binds every unscheduled pod to it, reports pod status as a kubelet
+//! It registers one Node, binds every unscheduled pod left to the default scheduler to it, reports pod status as a kubelet
 //! would (including simulated failures chosen per pod), serves a stub of the sandbox HTTP API on
 //! 127.0.0.1 at the node port of every NodePort Service that selects a ready pod, and finishes
 //! pod deletions. Everything goes through the Kubernetes API, like kwok does.

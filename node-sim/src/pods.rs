@@ -192,6 +192,8 @@ impl Sim {
                     self.spawn(patch_status(self.pods(&key.namespace), key, patch));
                 }
             }
+            // A pod that names another scheduler (the real node's) is that scheduler's to bind.
+            None if !for_default_scheduler(&pod) => {}
             None => {
                 if self.binding.insert(uid) {
                     let node = self.args.node_name.clone();
@@ -791,6 +793,16 @@ async fn finish_deletion(pods: Api<Pod>, key: Key, uid: String) {
     }
 }
 
+/// Whether the pod is left to the default scheduler, which this simulator stands in for.
+fn for_default_scheduler(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .is_none_or(|name| name == DEFAULT_SCHEDULER)
+}
+
+const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,6 +812,20 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn pods_for_another_scheduler_are_left_alone() {
+        let with = |name: Option<&str>| Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                scheduler_name: name.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(for_default_scheduler(&with(None)));
+        assert!(for_default_scheduler(&with(Some("default-scheduler"))));
+        assert!(!for_default_scheduler(&with(Some("sandbox-real-node"))));
     }
 
     #[test]

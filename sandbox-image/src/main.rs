@@ -1,5 +1,7 @@
 //! `sandbox-server`: the test sandbox image's entry point. Listens on `SANDBOX_PORT` (8080);
-//! `SANDBOX_START_DELAY_MS` holds the first listening back, for tests of slow starts.
+//! `SANDBOX_START_DELAY_MS` holds the first listening back, for tests of slow starts. Started as
+//! root, it hands the directories in `SANDBOX_USER_DIRS` (default `/mnt/user-data`) that root owns
+//! to the user commands run as.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
@@ -31,6 +33,17 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.home_dir).ok();
     if let Some((uid, gid)) = settings.run_as {
         std::os::unix::fs::chown(&settings.home_dir, Some(uid), Some(gid)).ok();
+        // A hostPath the kubelet had to create belongs to root; the user must write there.
+        let user_dirs =
+            std::env::var("SANDBOX_USER_DIRS").unwrap_or_else(|_| "/mnt/user-data".into());
+        for dir in user_dirs.split(',').filter(|d| !d.is_empty()) {
+            let owned_by_root = std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == 0);
+            if owned_by_root {
+                if let Err(e) = std::os::unix::fs::chown(dir, Some(uid), Some(gid)) {
+                    tracing::warn!(dir, error = %e, "cannot hand the directory to the sandbox user");
+                }
+            }
+        }
     }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     tracing::info!(port, "sandbox server listening");

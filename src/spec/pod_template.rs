@@ -748,6 +748,27 @@ spec:
             pod.spec.unwrap().runtime_class_name.as_deref(),
             Some("gvisor")
         );
+        let real_node =
+            PodTemplate::parse(include_str!("../../deploy/examples/local-real-node.yaml"))
+                .expect("local-real-node.yaml");
+        let mut pod = a_pod();
+        real_node.apply(&mut pod);
+        let p = serde_json::to_value(&pod).unwrap();
+        assert_eq!(p["spec"]["schedulerName"], "sandbox-real-node");
+        assert_eq!(
+            p["spec"]["nodeSelector"]["sandbox-provisioner.dev/node"],
+            "real"
+        );
+        let tolerated: Vec<_> = p["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["key"])
+            .collect();
+        assert!(
+            tolerated.contains(&&json!("sandbox-provisioner.dev/real-node")),
+            "{tolerated:?}"
+        );
     }
 
     #[test]

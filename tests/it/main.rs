@@ -12,6 +12,7 @@ mod local_cluster;
 mod openapi;
 mod operations;
 mod options;
+mod real_node;
 mod startup;
 mod stress;
 mod tenants;

@@ -7,6 +7,7 @@ mod binary;
 mod cluster;
 mod gate;
 mod namespace;
+mod real_node;
 mod rounds;
 mod service;
 mod wait;
@@ -19,6 +20,10 @@ pub use cluster::{
 };
 pub use gate::{alone, Alone};
 pub use namespace::{provisioner_rules, TestNamespace};
+pub use real_node::{
+    real_node_containers, real_node_pod_template, real_node_pod_template_with, real_node_running,
+    real_node_serve_args, REAL_NODE, REAL_NODE_ADDRESS, REAL_NODE_IMAGE,
+};
 pub use rounds::{counted, metric_sum, reaper_rounds, LEADER, REAPER_ROUNDS, TENANT_FILE_CHECKS};
 pub use service::{json_answer, serve_args, TestService};
 pub use wait::{eventually, random_suffix};
