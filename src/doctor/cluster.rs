@@ -1,11 +1,11 @@
 //! Checks that ask the cluster: the namespace, one SelfSubjectAccessReview per permission of
 //! the table, and node port allocation.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Namespace, Node, Service},
+    core::v1::{Namespace, Node, Pod, PodSpec, Service, Taint, Toleration},
 };
 use kube::{
     api::{Api, ListParams, PostParams},
@@ -203,8 +203,62 @@ pub(super) async fn node_port_check(client: &Client, namespace: &str, port: u16)
     }
 }
 
-/// Nodes that may run sandboxes (their labels match SANDBOX_PLACEMENT's nodeSelector) and
-/// lack one of the images sandboxes need: there the first sandbox waits for the pull.
+/// The nodeSelector and tolerations a sandbox pod gets from the placement and the pod template.
+fn sandbox_placement(sandbox: &SandboxSpec) -> (BTreeMap<String, String>, Vec<Toleration>) {
+    let mut pod = Pod {
+        spec: Some(PodSpec {
+            node_selector: sandbox.placement.node_selector.clone(),
+            tolerations: sandbox.placement.tolerations.clone(),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    sandbox.pod_template.apply(&mut pod);
+    let spec = pod.spec.unwrap_or_default();
+    (
+        spec.node_selector.unwrap_or_default(),
+        spec.tolerations.unwrap_or_default(),
+    )
+}
+
+/// Whether the scheduler may put a pod with this nodeSelector and these tolerations on the node.
+fn may_run_sandboxes(
+    node: &Node,
+    selector: &BTreeMap<String, String>,
+    tolerations: &[Toleration],
+) -> bool {
+    let labels = node.metadata.labels.as_ref();
+    let spec = node.spec.as_ref();
+    let selected = selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    let schedulable = !spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    let tolerated = taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)));
+    selected && schedulable && tolerated
+}
+
+/// Kubernetes' rule: an empty key with Exists tolerates everything; otherwise the keys match,
+/// and the values do unless the operator is Exists; an empty effect matches every effect.
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let exists = toleration.operator.as_deref() == Some("Exists");
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    (effect.is_empty() || effect == taint.effect)
+        && ((key.is_empty() && exists)
+            || (key == taint.key
+                && (exists
+                    || toleration.value.as_deref().unwrap_or_default()
+                        == taint.value.as_deref().unwrap_or_default())))
+}
+
+/// Nodes that may run sandboxes (schedulable, their labels match the sandbox pod's nodeSelector
+/// and their NoSchedule/NoExecute taints are tolerated, from SANDBOX_PLACEMENT and the pod
+/// template) and lack one of the images sandboxes need: there the first sandbox waits for the
+/// pull.
 pub(super) async fn image_check(
     client: &Client,
     timeout: Duration,
@@ -240,20 +294,10 @@ pub(super) async fn image_check(
                 )
             }
         };
-    let selector = sandbox.placement.node_selector.clone().unwrap_or_default();
+    let (selector, tolerations) = sandbox_placement(sandbox);
     let eligible: Vec<&Node> = nodes
         .iter()
-        .filter(|n| {
-            let labels = n.metadata.labels.as_ref();
-            selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-                && !n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false)
-        })
+        .filter(|n| may_run_sandboxes(n, &selector, &tolerations))
         .collect();
     let lacking: Vec<String> = eligible
         .iter()
@@ -316,4 +360,54 @@ pub(super) async fn image_check(
         "pre-pull it: add the component deploy/kubernetes/prepull to the deployment (see \
             docs/operations.md)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(labels: serde_json::Value, taints: serde_json::Value) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels},
+                                      "spec": {"taints": taints}}))
+        .unwrap()
+    }
+
+    fn tolerations(v: serde_json::Value) -> Vec<Toleration> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_node_may_run_sandboxes_when_selected_and_its_taints_are_tolerated() {
+        let real = node(
+            json!({"sandbox-provisioner.dev/node": "real"}),
+            json!([{"key": "sandbox-provisioner.dev/real-node", "value": "true", "effect": "NoSchedule"}]),
+        );
+        let none = BTreeMap::new();
+        assert!(!may_run_sandboxes(&real, &none, &[]));
+        let exists = tolerations(json!([{"key": "sandbox-provisioner.dev/real-node",
+                                          "operator": "Exists", "effect": "NoSchedule"}]));
+        assert!(may_run_sandboxes(&real, &none, &exists));
+        let other_value = tolerations(json!([{"key": "sandbox-provisioner.dev/real-node",
+                                               "operator": "Equal", "value": "false"}]));
+        assert!(!may_run_sandboxes(&real, &none, &other_value));
+        let everything = tolerations(json!([{"operator": "Exists"}]));
+        assert!(may_run_sandboxes(&real, &none, &everything));
+        let other_effect = tolerations(json!([{"key": "sandbox-provisioner.dev/real-node",
+                                                "operator": "Exists", "effect": "NoExecute"}]));
+        assert!(!may_run_sandboxes(&real, &none, &other_effect));
+        // PreferNoSchedule does not keep a pod away.
+        let soft = node(
+            json!({}),
+            json!([{"key": "k", "effect": "PreferNoSchedule"}]),
+        );
+        assert!(may_run_sandboxes(&soft, &none, &[]));
+        let selector: BTreeMap<String, String> = [(
+            "sandbox-provisioner.dev/node".to_string(),
+            "real".to_string(),
+        )]
+        .into();
+        assert!(!may_run_sandboxes(&soft, &selector, &[]));
+        assert!(may_run_sandboxes(&real, &selector, &exists));
+    }
 }
