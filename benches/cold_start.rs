@@ -8,7 +8,10 @@
 //! - (c) this service's probes, the image pre-pulled by the prepull DaemonSet;
 //! - (ref) DeerFlow's probe timings with the image pre-pulled, for the same-boot comparison;
 //! - (d) `wait_ready_seconds` in the POST: how long after the pod turned Ready (as a watch
-//!   sees it) the POST returned.
+//!   sees it) the POST returned;
+//! - (real) on the real node (kubelet + containerd, the sandbox image built here, present on
+//!   the node): from the POST to the first successful `POST {sandbox_url}/v1/shell/exec`,
+//!   polled every 50 ms, for BENCH_REAL_SANDBOXES (default 5) sandboxes in a burst.
 //!
 //!     eval "$(scripts/local-cluster up)" && cargo bench --bench cold_start
 //!
@@ -29,7 +32,8 @@ use kube::{
 };
 use serde_json::json;
 use testkit::{
-    bench_env, json_answer, percentiles_ms, random_suffix, RunningBinary, TestNamespace,
+    bench_env, json_answer, percentiles_ms, random_suffix, real_node_pod_template,
+    real_node_running, RunningBinary, TestNamespace, REAL_NODE_ADDRESS, REAL_NODE_IMAGE,
 };
 
 const PULL_MS: u64 = 20_000;
@@ -270,6 +274,8 @@ http
     drop(service);
     ns.delete_and_wait("the namespace").await;
 
+    real_node_row().await;
+
     let (a, b, c, warm) = (&rows[0], &rows[1], &rows[2], &rows[3]);
     let budget = BOOT_MS as f64 / 1000.0 + 1.2;
     println!(
@@ -284,4 +290,68 @@ http
         p99 * 1000.0,
         if p99 <= 0.1 { "met" } else { "MISSED" },
     );
+}
+
+/// (real): POST to the first successful command on the real node, image present.
+async fn real_node_row() {
+    if !real_node_running().await {
+        println!(
+            "{:<48} skipped: no real node on this machine",
+            "(real) real node"
+        );
+        return;
+    }
+    let n: usize = std::env::var("BENCH_REAL_SANDBOXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let ns = TestNamespace::new("cold-real").await;
+    let mut env = bench_env(&ns.name, REAL_NODE_IMAGE);
+    env.push((
+        "SANDBOX_POD_TEMPLATE",
+        real_node_pod_template().display().to_string(),
+    ));
+    env.push(("NODE_HOST", REAL_NODE_ADDRESS.into()));
+    let (service, _) = RunningBinary::start_quiet(&env).await;
+    service.wait_synced().await;
+    let http = reqwest::Client::new();
+    let runs = (0..n).map(|i| {
+        let (http, base) = (http.clone(), service.base.clone());
+        async move {
+            let posted = Instant::now();
+            let body: serde_json::Value =
+                json_answer(http.post(format!("{base}/api/sandboxes")).json(
+                    &json!({"sandbox_id": format!("real-{i}"), "thread_id": format!("t-{i}")}),
+                ))
+                .await;
+            let url = body["sandbox_url"]
+                .as_str()
+                .expect("a sandbox URL")
+                .to_string();
+            let deadline = posted + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let ran = http
+                    .post(format!("{url}/v1/shell/exec"))
+                    .json(&json!({"command": "true"}))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if let Ok(r) = ran {
+                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    if answer["data"]["exit_code"] == 0 {
+                        return posted.elapsed();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("real-{i} ran no command in 120 s");
+        }
+    });
+    let (p50, p99) = percentiles(futures::future::join_all(runs).await);
+    println!(
+        "{:<48} POST to first successful exec, 50 ms polling: p50 {p50:6.2} s  p99 {p99:6.2} s ({n} sandboxes)",
+        "(real) real node, image present"
+    );
+    drop(service);
+    ns.delete_and_wait("the namespace").await;
 }

@@ -136,6 +136,7 @@ pub fn router(settings: Settings) -> Router {
         .route("/test/identity", get(identity))
         .route("/test/slow", get(slow))
         .route("/test/stream", get(files::stream))
+        .route("/test/ws", get(echo))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/v1/ping", get(|| async { ok("pong", Value::Null) }))
@@ -217,6 +218,23 @@ struct SlowQuery {
 async fn slow(Query(q): Query<SlowQuery>) -> Json<Value> {
     tokio::time::sleep(std::time::Duration::from_millis(q.ms)).await;
     ok("slept", json!({"ms": q.ms}))
+}
+
+/// A WebSocket that sends every text and binary message back (a closing frame ends it).
+async fn echo(upgrade: axum::extract::ws::WebSocketUpgrade) -> Response {
+    use axum::extract::ws::Message;
+    upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            let reply = match message {
+                Message::Text(_) | Message::Binary(_) => message,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 pub(crate) type Env = HashMap<String, Option<String>>;

@@ -368,3 +368,31 @@ fn globs_keep_single_stars_within_a_segment() {
     assert!(!glob_matches("?.txt", "ab.txt"));
     assert!(!glob_matches("*.py", "a.pyc"));
 }
+
+#[tokio::test]
+async fn the_websocket_hook_echoes_text_and_binary_and_honours_the_key() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut with_key = settings(scratch("ws"));
+    with_key.api_key = Some("k".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(with_key)).await.unwrap() });
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/test/ws")).await;
+    assert!(refused.is_err(), "no key, no socket");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/test/ws?api_key=k"))
+            .await
+            .unwrap();
+    socket.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    socket.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2])
+    );
+    socket.close(None).await.unwrap();
+}
