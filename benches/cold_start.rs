@@ -155,7 +155,9 @@ fn watch_ready(ns: &TestNamespace) -> Arc<Mutex<HashMap<String, Instant>>> {
     tokio::spawn(async move {
         let mut stream =
             std::pin::pin!(watcher(pods, watcher::Config::default()).applied_objects());
-        while let Some(Ok(pod)) = stream.next().await {
+        while let Some(event) = stream.next().await {
+            // A watch error is retried by the watcher; only objects matter here.
+            let Ok(pod) = event else { continue };
             let ready = pod
                 .status
                 .as_ref()
@@ -259,6 +261,19 @@ http
         }
     });
     let returned = futures::future::join_all(posts).await;
+    // This watch is not the service's: its event may trail the POST's return by a moment.
+    testkit::eventually(
+        Duration::from_secs(30),
+        "the watch to see every pod Ready",
+        || async {
+            let seen = ready_seen.lock().unwrap();
+            returned
+                .iter()
+                .all(|(pod, _)| seen.contains_key(pod))
+                .then_some(())
+        },
+    )
+    .await;
     let seen = ready_seen.lock().unwrap().clone();
     let lags: Vec<Duration> = returned
         .iter()
