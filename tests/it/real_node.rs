@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::{
-    eventually, real_node_containers, real_node_pod_template_with, real_node_running,
+    eventually, json_answer, real_node_containers, real_node_pod_template_with, real_node_running,
     real_node_serve_args, TestNamespace, TestService, REAL_NODE,
 };
 
@@ -73,15 +73,11 @@ fn http_client() -> reqwest::Client {
 
 /// Runs a command through the sandbox's own API; returns its output and exit code.
 async fn exec(http: &reqwest::Client, sandbox_url: &str, command: &str) -> (String, i64) {
-    let answer: Value = http
-        .post(format!("{sandbox_url}/v1/shell/exec"))
-        .json(&json!({"command": command}))
-        .send()
-        .await
-        .expect("the sandbox answers")
-        .json()
-        .await
-        .expect("JSON from the sandbox");
+    let answer = json_answer(
+        http.post(format!("{sandbox_url}/v1/shell/exec"))
+            .json(&json!({"command": command})),
+    )
+    .await;
     let data = &answer["data"];
     (
         data["output"].as_str().unwrap_or_default().to_string(),
@@ -176,23 +172,9 @@ async fn a_sandbox_on_the_real_node_is_ready_through_its_probes_and_runs_command
     let http = http_client();
 
     // The node port, through kube-proxy.
-    let context: Value = http
-        .get(format!("{url}/v1/sandbox"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let context = json_answer(http.get(format!("{url}/v1/sandbox"))).await;
     assert_eq!(context["home_dir"], "/home/gem", "{context}");
-    let identity: Value = http
-        .get(format!("{url}/test/identity"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let identity = json_answer(http.get(format!("{url}/test/identity"))).await;
     assert_eq!(
         identity["data"]["pod_uid"], answer["container_id"],
         "{identity}"
@@ -262,14 +244,7 @@ async fn a_sandbox_on_the_real_node_is_ready_through_its_probes_and_runs_command
         .build()
         .unwrap();
     until_answering(&via_cluster_ip, &answer).await;
-    let identity: Value = via_cluster_ip
-        .get(format!("{url}/test/identity"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let identity = json_answer(via_cluster_ip.get(format!("{url}/test/identity"))).await;
     assert_eq!(
         identity["data"]["pod_uid"], answer["container_id"],
         "{identity}"
