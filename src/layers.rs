@@ -25,6 +25,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         &["admission", "cluster", "config", "metrics", "sandbox"],
     ),
     (
+        "gateway",
+        &["cluster", "config", "fleet", "k8s", "metrics", "spec"],
+    ),
+    (
         "api",
         &[
             "admission",
@@ -48,6 +52,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "cluster",
             "config",
             "fleet",
+            "gateway",
             "k8s",
             "metrics",
             "spec",

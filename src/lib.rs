@@ -6,14 +6,16 @@
 //!
 //! ```text
 //!   main ─► server ─► api ─► fleet ─► cluster ─► k8s ─► spec ─► sandbox
+//!                 ├─► gateway ─┘
 //!                 └─► tasks (election, reaper)     admission, config, metrics, permissions
 //! ```
 //!
 //! | module | may use |
 //! | --- | --- |
-//! | `server` | admission, api, cluster, config, fleet, k8s, metrics, spec, tasks |
+//! | `server` | admission, api, cluster, config, fleet, gateway, k8s, metrics, spec, tasks |
 //! | `doctor` | cli, cluster, config, k8s, permissions, spec |
 //! | `api` | admission, cluster, config, fleet, k8s, metrics, sandbox |
+//! | `gateway` | cluster, config, fleet, k8s, metrics, spec |
 //! | `fleet` | admission, cluster, config, metrics, sandbox |
 //! | `tasks` | cluster, k8s, spec |
 //! | `cluster` | admission, config, k8s, metrics, sandbox, spec |
@@ -35,6 +37,7 @@ pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod fleet;
+pub mod gateway;
 pub mod healthcheck;
 pub mod k8s;
 #[cfg(test)]

@@ -90,6 +90,35 @@ struct StepLabels {
     step: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    cluster: String,
+    tenant: String,
+    /// `2xx` .. `5xx`.
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    cluster: String,
+    tenant: String,
+    /// `upstream` (to sandboxes) or `downstream` (to callers).
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    cluster: String,
+    /// connect, timeout, gone, not-ready, body-limit, idle, broken.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpenLabels {
+    /// `api` or `gateway` (the listener), or `websocket`.
+    what: String,
+}
+
 /// Why a sandbox was deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeletionReason {
@@ -141,6 +170,12 @@ pub struct Metrics {
     quota_refusals: Family<RefusalLabels, Counter>,
     reaper_rounds: Family<RoundLabels, Counter>,
     tenant_file_checks: Family<CheckLabels, Counter>,
+    gateway_requests: Family<GatewayLabels, Counter>,
+    gateway_bytes: Family<BytesLabels, Counter>,
+    gateway_duration: Family<ClusterLabels, Histogram>,
+    gateway_upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    open: Family<OpenLabels, Gauge>,
+    connections_refused: Family<OpenLabels, Counter>,
     /// The cluster whose events this handle records (`default` with a single cluster).
     cluster: Arc<str>,
 }
@@ -283,8 +318,54 @@ impl Metrics {
                 (logged and ignored), unreadable",
             tenant_file_checks.clone(),
         );
+        let gateway_requests = Family::<GatewayLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Requests proxied to sandboxes (past the token check), by cluster, tenant and status \
+                class",
+            gateway_requests.clone(),
+        );
+        let gateway_bytes = Family::<BytesLabels, Counter>::default();
+        registry.register(
+            "gateway_bytes",
+            "Body and WebSocket bytes the gateway moved, by cluster, tenant and direction",
+            gateway_bytes.clone(),
+        );
+        let gateway_duration = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time from a proxied request's arrival to its answer's head",
+            gateway_duration.clone(),
+        );
+        let gateway_upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_errors",
+            "Proxied requests that failed on the sandbox's side, by kind: connect, timeout, \
+                gone, not-ready, body-limit, idle, broken",
+            gateway_upstream_errors.clone(),
+        );
+        let open = Family::<OpenLabels, Gauge>::default();
+        registry.register(
+            "open",
+            "Open client connections by listener (api, gateway), and open WebSockets (websocket)",
+            open.clone(),
+        );
+        let connections_refused = Family::<OpenLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener held its maximum",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            gateway_requests,
+            gateway_bytes,
+            gateway_duration,
+            gateway_upstream_errors,
+            open,
+            connections_refused,
             reaper_rounds,
             tenant_file_checks,
             tenant_sandboxes,
@@ -332,6 +413,55 @@ impl Metrics {
         ClusterLabels {
             cluster: self.cluster.to_string(),
         }
+    }
+
+    /// A proxied request's answer (its head) for one of this cluster's sandboxes.
+    pub fn gateway_request(&self, tenant: &str, status: u16, elapsed: Duration) {
+        self.gateway_requests
+            .get_or_create(&GatewayLabels {
+                cluster: self.cluster.to_string(),
+                tenant: tenant.into(),
+                class: format!("{}xx", status / 100),
+            })
+            .inc();
+        self.gateway_duration
+            .get_or_create(&self.cluster_labels())
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of bytes the gateway moves for one tenant in one direction.
+    pub fn gateway_bytes(&self, tenant: &str, upstream: bool) -> Counter {
+        self.gateway_bytes
+            .get_or_create(&BytesLabels {
+                cluster: self.cluster.to_string(),
+                tenant: tenant.into(),
+                direction: if upstream { "upstream" } else { "downstream" }.into(),
+            })
+            .clone()
+    }
+
+    pub fn gateway_upstream_error(&self, kind: &str) {
+        self.gateway_upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                cluster: self.cluster.to_string(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// The gauge of open connections of a listener (`api`, `gateway`) or of `websocket`s.
+    pub fn open(&self, what: &str) -> Gauge {
+        self.open
+            .get_or_create(&OpenLabels { what: what.into() })
+            .clone()
+    }
+
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&OpenLabels {
+                what: listener.into(),
+            })
+            .inc();
     }
 
     /// Replaces the per-tenant sandbox counts.

@@ -12,6 +12,7 @@ use crate::{
     cluster::{Arbiter, Cluster},
     config::Config,
     fleet::Fleet,
+    gateway::Gateway,
     k8s::{calls, client},
     metrics::Metrics,
     spec::{SkillsMount, UserDataMount},
@@ -110,9 +111,19 @@ impl Server {
         &self.fleet
     }
 
-    /// The HTTP API over this server's clusters.
+    /// The HTTP API over this server's clusters, with the gateway's routes when it shares the
+    /// API's port.
     pub fn app(&self) -> axum::Router {
-        api::app(self.fleet.clone(), ApiSettings::from_config(&self.config))
+        let app = api::app(self.fleet.clone(), ApiSettings::from_config(&self.config));
+        match (self.config.gateway.on, self.config.gateway.listen) {
+            (true, None) => app.merge(self.gateway()),
+            _ => app,
+        }
+    }
+
+    /// The gateway's routes.
+    pub fn gateway(&self) -> axum::Router {
+        Gateway::new(self.fleet.clone(), self.config.gateway.limits).router()
     }
 
     /// The start-up checks: the namespace (created when missing), the claims, and a dry run of
@@ -155,7 +166,42 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (signalled, mut signal) = watch::channel(false);
-        let server = axum::serve(listener, self.app()).with_graceful_shutdown(async move {
+        let gateway_listen = self
+            .config
+            .gateway
+            .listen
+            .filter(|_| self.config.gateway.on);
+        if let Some(addr) = gateway_listen {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Listen {
+                        addr: addr.to_string(),
+                        cause: e.to_string(),
+                    })?;
+            let app = self.gateway();
+            let mut stopped = signal.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the gateway's listener failed");
+                }
+            });
+            tracing::info!(%addr, "gateway serving");
+        }
+        let server = axum::serve(
+            listener,
+            self.app()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = signalled.send(true);
         });

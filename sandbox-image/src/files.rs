@@ -395,10 +395,47 @@ pub(crate) struct StreamQuery {
     mib: usize,
 }
 
-/// `mib` MiB of bytes, produced as they are sent: for tests of large answers through proxies.
+/// The byte at `offset` of `/test/stream`'s answer: a pattern a test can check at every
+/// position, so that a lost, repeated or reordered chunk shows.
+pub fn stream_byte(offset: usize) -> u8 {
+    (offset % 251) as u8
+}
+
+/// `mib` MiB of [`stream_byte`]s, produced as they are sent: for tests of large answers
+/// through proxies.
 pub(crate) async fn stream(Query(q): Query<StreamQuery>) -> Response {
-    let chunks = futures::stream::iter(
-        (0..q.mib * 16).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024])),
-    );
+    const CHUNK: usize = 64 * 1024;
+    let chunks = futures::stream::iter((0..q.mib * 16).map(|n| {
+        let chunk: Vec<u8> = (n * CHUNK..(n + 1) * CHUNK).map(stream_byte).collect();
+        Ok::<_, std::io::Error>(chunk)
+    }));
     octets(Body::from_stream(chunks))
+}
+
+/// FNV-1a (64 bits) of `bytes`, continuing from `hash` (start from [`FNV_START`]).
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Reads the request body as it arrives and answers its length and FNV-1a hash: for tests of
+/// large uploads through proxies.
+pub(crate) async fn upload(body: Body) -> Result<Json<Value>, Failure> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut hash) = (0u64, FNV_START);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| bad_request(format!("the body broke off: {e}")))?;
+        bytes += chunk.len() as u64;
+        hash = fnv1a(hash, &chunk);
+    }
+    Ok(ok(
+        "received",
+        json!({"bytes": bytes, "fnv1a": format!("{hash:016x}")}),
+    ))
 }

@@ -8,7 +8,7 @@
 //! `/test/` (`identity`, `slow`, `stream`). A shell session keeps its working directory from one
 //! command to the next; exported variables do not carry over (each command is its own `sh`).
 
-mod files;
+pub mod files;
 mod shell;
 
 use std::collections::HashMap;
@@ -136,6 +136,7 @@ pub fn router(settings: Settings) -> Router {
         .route("/test/identity", get(identity))
         .route("/test/slow", get(slow))
         .route("/test/stream", get(files::stream))
+        .route("/test/upload", post(files::upload))
         .route("/test/ws", get(echo))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

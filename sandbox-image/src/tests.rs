@@ -339,6 +339,21 @@ async fn files_are_written_read_listed_found_grepped_and_downloaded() {
     assert_eq!((status, bytes.as_slice()), (200, &b"\x00\x01binary"[..]));
     let (status, bytes) = call_raw(&app, Method::GET, "/test/stream?mib=2", None, &[]).await;
     assert_eq!((status, bytes.len()), (200, 2 << 20));
+    let pattern: Vec<u8> = (0..2 << 20).map(crate::files::stream_byte).collect();
+    assert!(bytes == pattern, "the stream follows its pattern");
+    let upload = vec![7u8; 300_000];
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/test/upload")
+        .body(Body::from(upload.clone()))
+        .unwrap();
+    let answer = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer = to_bytes(answer.into_body(), usize::MAX).await.unwrap();
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["data"]["bytes"], 300_000);
+    let hash = crate::files::fnv1a(crate::files::FNV_START, &upload);
+    assert_eq!(answer["data"]["fnv1a"], format!("{hash:016x}"));
 }
 
 #[tokio::test]

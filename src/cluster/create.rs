@@ -43,7 +43,10 @@ impl Cluster {
             Err(e) => return Err(e.into()),
         };
         let completed = async {
-            let service = self.ensure_service(id, thread, &pod).await?;
+            let service = match self.spec.exposure.has_service() {
+                true => Some(self.ensure_service(id, thread, &pod).await?),
+                false => None,
+            };
             self.ensure_network_policy(id, thread, &pod).await?;
             Ok::<_, Error>(service)
         };
@@ -56,7 +59,7 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let sandbox = self.view_of(&pod, Some(&service), Read::Touch);
+        let sandbox = self.view_of(&pod, service.as_ref(), Read::Touch);
         if created {
             // Until the watch delivers it, LIST shows it from memory (GET confirms a cache
             // miss with the apiserver), so a read right after this write sees it.

@@ -22,6 +22,7 @@ mod quota;
 mod read;
 mod startup;
 pub mod sweep;
+mod traffic;
 mod views;
 
 use std::sync::{atomic::AtomicBool, Arc};

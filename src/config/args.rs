@@ -34,6 +34,89 @@ pub struct ServeArgs {
     pub probes: ProbeArgs,
     #[command(flatten)]
     pub tenancy: TenancyArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// The sandbox gateway: one authenticated door to every sandbox (see docs/gateway.md).
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// The URLs handed out: `direct` (the sandbox's Service, DeerFlow's URLs) or `gateway`
+    /// (`PROVISIONER_PUBLIC_URL/sandboxes/{id}/{token}`, through this service).
+    #[arg(long, env = "SANDBOX_URL_MODE", default_value = "direct")]
+    pub sandbox_url_mode: String,
+
+    /// The address backends reach the gateway at, e.g. http://provisioner:8002 (required in
+    /// gateway mode; no query, no trailing slash needed).
+    #[arg(long, env = "PROVISIONER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The secret sandbox URL tokens are signed with, shared by every replica (at least 32
+    /// characters; required in gateway mode unless PROVISIONER_GATEWAY_SECRET_FILE is set).
+    #[arg(long, env = "PROVISIONER_GATEWAY_SECRET", hide_env_values = true)]
+    pub gateway_secret: Option<String>,
+
+    /// A file holding the gateway secret (e.g. a mounted Secret), instead of
+    /// PROVISIONER_GATEWAY_SECRET.
+    #[arg(long, env = "PROVISIONER_GATEWAY_SECRET_FILE")]
+    pub gateway_secret_file: Option<PathBuf>,
+
+    /// During a rotation: the previous secret, whose URLs keep working while it is set.
+    #[arg(
+        long,
+        env = "PROVISIONER_GATEWAY_PREVIOUS_SECRET",
+        hide_env_values = true
+    )]
+    pub gateway_previous_secret: Option<String>,
+
+    /// A separate address for the gateway (e.g. 0.0.0.0:8003); unset: it shares the API's port.
+    #[arg(long, env = "PROVISIONER_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<String>,
+
+    /// How the gateway reaches sandboxes: pod-ip (it shares the pod network) or apiserver (the
+    /// apiserver's service proxy). Each SANDBOX_CLUSTERS entry may set its own `reach`.
+    #[arg(long, env = "SANDBOX_GATEWAY_REACH", default_value = "pod-ip")]
+    pub gateway_reach: String,
+
+    /// Longest wait for a sandbox's answer to start, in seconds (504 after it). DeerFlow holds
+    /// commands for up to 600 s.
+    #[arg(
+        long,
+        env = "PROVISIONER_GATEWAY_TIMEOUT_SECONDS",
+        default_value_t = 610.0
+    )]
+    pub gateway_timeout_seconds: f64,
+
+    /// Longest time a proxied body or WebSocket may move no bytes, in seconds (then it is cut).
+    #[arg(
+        long,
+        env = "PROVISIONER_GATEWAY_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 610.0
+    )]
+    pub gateway_idle_timeout_seconds: f64,
+
+    /// Largest request body the gateway forwards, in bytes (413 above it).
+    #[arg(
+        long,
+        env = "PROVISIONER_GATEWAY_MAX_BODY_BYTES",
+        default_value_t = 104_857_600
+    )]
+    pub gateway_max_body_bytes: usize,
+
+    /// How long a request for a sandbox that is not ready yet waits for it, in seconds (then
+    /// 503 with Retry-After).
+    #[arg(
+        long,
+        env = "PROVISIONER_GATEWAY_READY_WAIT_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub gateway_ready_wait_seconds: f64,
+
+    /// `per-sandbox`: each sandbox demands its own API key (SANDBOX_API_KEY, derived from the
+    /// gateway secret), which only the gateway sends; `none`: the sandbox's API is open to
+    /// whoever reaches its port.
+    #[arg(long, env = "SANDBOX_UPSTREAM_KEY", default_value = "none")]
+    pub sandbox_upstream_key: String,
 }
 
 /// Tenants and deployment-wide quotas.
@@ -143,7 +226,8 @@ pub struct SandboxArgs {
     pub sandbox_container_port: u16,
 
     /// How the backend reaches sandboxes: NodePort (URL http://NODE_HOST:nodePort) or ClusterIP
-    /// (URL http://sandbox-{id}-svc.{namespace}.svc.cluster.local:PORT, for in-cluster backends).
+    /// (URL http://sandbox-{id}-svc.{namespace}.svc.cluster.local:PORT, for in-cluster backends);
+    /// None (no Service) only with SANDBOX_URL_MODE=gateway and pod-ip reach.
     #[arg(long, env = "SANDBOX_SERVICE_TYPE", default_value = "NodePort")]
     pub sandbox_service_type: String,
 

@@ -54,6 +54,9 @@ struct Entry {
     node_host: Option<String>,
     #[serde(default)]
     service_type: Option<String>,
+    /// How the gateway reaches this cluster's sandboxes: pod-ip or apiserver.
+    #[serde(default)]
+    reach: Option<String>,
     #[serde(default = "default_weight")]
     weight: u32,
     #[serde(default)]
@@ -204,7 +207,7 @@ fn parse(
         let node_host = match (&entry.node_host, &spec.exposure) {
             (Some(host), _) => Some(host.trim().to_string()),
             (None, Exposure::NodePort { node_host }) => Some(node_host.clone()),
-            (None, Exposure::ClusterIp) => None,
+            (None, Exposure::ClusterIp | Exposure::None) => None,
         };
         let service_type = entry
             .service_type
@@ -222,12 +225,18 @@ fn parse(
                 Exposure::NodePort { node_host: host }
             }
             "ClusterIP" => Exposure::ClusterIp,
+            "None" => Exposure::None,
             other => {
                 return Err(at(format!(
-                    "service_type {other:?} must be NodePort or ClusterIP"
+                    "service_type {other:?} must be NodePort, ClusterIP or None (gateway mode \
+                        only)"
                 )))
             }
         };
+        if let Some(reach) = entry.reach.as_deref() {
+            spec.reach = crate::spec::Reach::parse(reach.trim())
+                .ok_or_else(|| at(format!("reach {reach:?} must be pod-ip or apiserver")))?;
+        }
         if let Some(placement) = entry.placement {
             spec.placement = placement;
         }
@@ -452,7 +461,7 @@ clusters:
             ),
             (
                 "clusters:\n  - {name: a, kubeconfig: /k, service_type: LoadBalancer}",
-                "must be NodePort or ClusterIP",
+                "must be NodePort, ClusterIP or None",
             ),
             (
                 "clusters:\n  - {name: a, kubeconfig: /k, node_host: 'a b'}",

@@ -8,23 +8,25 @@
 mod args;
 mod check;
 mod clusters;
+mod gateway;
 #[cfg(test)]
 mod tests;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use clusters::ClusterConfig;
+pub use gateway::{GatewayLimits, GatewaySection};
 
 pub use args::{
-    ClusterArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs, ServeArgs,
-    SizeArgs, StorageArgs, TenancyArgs,
+    ClusterArgs, GatewayArgs, LifecycleArgs, ListenArgs, ProbeArgs, SandboxArgs, SecurityArgs,
+    ServeArgs, SizeArgs, StorageArgs, TenancyArgs,
 };
 
 use crate::{
     sandbox::{HostBase, Sizes, Timers},
     spec::{
-        Exposure, LarkImages, PodSecurity, ProbeTimings, SandboxSpec, SkillsMount, SubPathTemplate,
-        UserDataMount,
+        Exposure, LarkImages, PodSecurity, ProbeTimings, Reach, SandboxSpec, SandboxUrls,
+        SkillsMount, SubPathTemplate, UserDataMount,
     },
 };
 
@@ -110,6 +112,7 @@ pub struct Config {
     pub sizes: Sizes,
     pub tenancy: TenancySection,
     pub lifecycle: Lifecycle,
+    pub gateway: GatewaySection,
 }
 
 /// Who may call the API and the deployment-wide quota.
@@ -208,7 +211,9 @@ impl TryFrom<ServeArgs> for Config {
             security,
             probes,
             tenancy,
+            gateway,
         } = args;
+        let gateway = gateway::parse(gateway)?;
         let clusters_file = cluster
             .clusters
             .clone()
@@ -216,7 +221,7 @@ impl TryFrom<ServeArgs> for Config {
         let connection = Connection::try_from(cluster)?;
         let sizes = check::sizes(&sizes)?;
         let probes = ProbeTimings::try_from(probes)?;
-        let sandbox = sandbox_spec(
+        let mut sandbox = sandbox_spec(
             &connection.namespace,
             sandbox,
             storage,
@@ -224,10 +229,21 @@ impl TryFrom<ServeArgs> for Config {
             probes,
             &sizes,
         )?;
+        sandbox.urls = gateway.urls;
+        sandbox.reach = gateway.reach;
+        sandbox.upstream_key = gateway.upstream_key;
         let clusters = match clusters_file {
             Some(path) => clusters::from_file(&path, &connection, &sandbox)?,
             None => vec![clusters::single(&connection, &sandbox)],
         };
+        for cluster in &clusters {
+            gateway::check_cluster(
+                &cluster.name,
+                gateway.section.on,
+                &cluster.sandbox.exposure,
+                cluster.sandbox.reach,
+            )?;
+        }
         let mut config = Config {
             http: HttpSection::try_from(http)?,
             connection,
@@ -235,6 +251,7 @@ impl TryFrom<ServeArgs> for Config {
             clusters,
             sizes,
             lifecycle: Lifecycle::try_from(lifecycle)?,
+            gateway: gateway.section,
             tenancy: TenancySection {
                 file: tenancy.tenants.filter(|p| !p.as_os_str().is_empty()),
                 tenants: None,
@@ -488,11 +505,12 @@ fn sandbox_spec(
                 node_host: node_host.to_string(),
             },
             "ClusterIP" => Exposure::ClusterIp,
+            "None" => Exposure::None,
             other => return Err(ConfigError::new(
                 "SANDBOX_SERVICE_TYPE",
                 other,
-                "must be NodePort (URLs on NODE_HOST) or ClusterIP (cluster DNS URLs for backends \
-                    inside the cluster)",
+                "must be NodePort (URLs on NODE_HOST), ClusterIP (cluster DNS URLs for backends \
+                    inside the cluster) or None (no Service; gateway mode with pod-ip reach)",
             )),
         };
     if sandbox.sandbox_container_port == 0 {
@@ -543,6 +561,9 @@ fn sandbox_spec(
         host_base,
         lark,
         exposure,
+        urls: SandboxUrls::Direct,
+        reach: Reach::PodIp,
+        upstream_key: false,
         placement,
         pod_template,
         network_policy: check::network_policy(&security)?,

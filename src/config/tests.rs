@@ -661,3 +661,71 @@ fn probe_timings_default_to_a_startup_probe_and_reach_deerflows() {
         );
     }
 }
+
+#[test]
+fn gateway_mode_needs_a_public_url_and_a_secret() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let c = parse(&[]).unwrap();
+    assert!(!c.gateway.on);
+    assert!(matches!(c.sandbox.urls, crate::spec::SandboxUrls::Direct));
+    assert_eq!(c.gateway.limits.response_timeout, Duration::from_secs(610));
+    assert_eq!(c.gateway.limits.idle_timeout, Duration::from_secs(610));
+    assert_eq!(c.gateway.limits.max_body_bytes, 100 * 1024 * 1024);
+    let error = |args: &[&str]| parse(args).unwrap_err();
+    assert_eq!(
+        error(&["--sandbox-url-mode", "gateway"]).variable,
+        "PROVISIONER_PUBLIC_URL"
+    );
+    let url = [
+        "--sandbox-url-mode",
+        "gateway",
+        "--public-url",
+        "http://p:8002/",
+    ];
+    assert_eq!(error(&url).variable, "PROVISIONER_GATEWAY_SECRET");
+    let mut short = url.to_vec();
+    short.extend(["--gateway-secret", "short"]);
+    let e = error(&short);
+    assert_eq!(e.variable, "PROVISIONER_GATEWAY_SECRET");
+    assert!(
+        !e.to_string().contains("short"),
+        "secrets are not shown: {e}"
+    );
+    for bad in ["ftp://p", "http://p/?a=1", "p:8002", ""] {
+        let args = [
+            "--sandbox-url-mode",
+            "gateway",
+            "--public-url",
+            bad,
+            "--gateway-secret",
+            SECRET,
+        ];
+        assert_eq!(error(&args).variable, "PROVISIONER_PUBLIC_URL", "{bad}");
+    }
+    let mut good = url.to_vec();
+    good.extend(["--gateway-secret", SECRET, "--sandbox-service-type", "None"]);
+    let c = parse(&good).unwrap();
+    assert!(c.gateway.on);
+    let crate::spec::SandboxUrls::Gateway(urls) = &c.clusters[0].sandbox.urls else {
+        panic!("gateway URLs")
+    };
+    assert_eq!(urls.public_url, "http://p:8002");
+    assert_eq!(c.clusters[0].sandbox.exposure, Exposure::None);
+    // Without a Service, the apiserver's proxy has nothing to go through.
+    let mut apiserver = good.clone();
+    apiserver.extend(["--gateway-reach", "apiserver"]);
+    assert_eq!(error(&apiserver).variable, "SANDBOX_SERVICE_TYPE");
+    // No Service and gateway-only settings need gateway mode.
+    assert_eq!(
+        error(&["--sandbox-service-type", "None"]).variable,
+        "SANDBOX_SERVICE_TYPE"
+    );
+    assert_eq!(
+        error(&["--sandbox-upstream-key", "per-sandbox"]).variable,
+        "SANDBOX_UPSTREAM_KEY"
+    );
+    assert_eq!(
+        error(&["--sandbox-url-mode", "proxy"]).variable,
+        "SANDBOX_URL_MODE"
+    );
+}

@@ -11,7 +11,7 @@ use k8s_openapi::{
 use super::{read as objects, status::status_of};
 use crate::{
     sandbox::{Sandbox, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
-    spec::{Exposure, SandboxSpec},
+    spec::{Exposure, SandboxSpec, SandboxUrls},
 };
 
 /// A sandbox's Pod, as the service uses it.
@@ -165,8 +165,18 @@ impl ServiceRecord {
                 "http://{}.{}.svc.cluster.local:{}",
                 self.name, t.namespace, t.port
             )),
+            Exposure::None => None,
         }
     }
+}
+
+/// The creation a gateway token is bound to: the provisioner's creation time of the Pod, in
+/// nanoseconds (a re-created id gets another).
+pub fn creation_key(pod: &PodRecord) -> String {
+    pod.created
+        .or(pod.creation)
+        .map(|t| t.as_nanosecond().to_string())
+        .unwrap_or_default()
 }
 
 /// The API's view of a sandbox, from its Pod and (when present) its Service.
@@ -177,8 +187,13 @@ pub fn sandbox_view(
     t: &SandboxSpec,
 ) -> Sandbox {
     let mut status = pod.status.clone();
-    let url = service.filter(|s| s.owned_by(pod)).and_then(|s| s.url(t));
-    if url.is_none() && status.reason.is_none() {
+    let service_url = service.filter(|s| s.owned_by(pod)).and_then(|s| s.url(t));
+    let service_missing = t.exposure.has_service() && service_url.is_none();
+    let url = match &t.urls {
+        SandboxUrls::Direct => service_url,
+        SandboxUrls::Gateway(gateway) => Some(gateway.url(&pod.tenant, id, &creation_key(pod))),
+    };
+    if service_missing && status.reason.is_none() {
         status.reason = Some("ServiceMissing".into());
         status.message =
             Some("the sandbox's Service is missing; POST /api/sandboxes again to repair it".into());

@@ -3,6 +3,7 @@
 //! are made from it. Placement and policy templates are fragments of Kubernetes objects by
 //! definition, so they keep Kubernetes types; everything else is plain data.
 
+pub mod gateway;
 pub mod image;
 pub mod keys;
 pub mod network_policy;
@@ -10,6 +11,7 @@ pub mod placement;
 pub mod pod_template;
 pub mod sub_path;
 
+pub use gateway::{GatewayKeys, GatewayUrls, Reach, SandboxUrls};
 pub use network_policy::NetworkPolicyMode;
 pub use placement::Placement;
 pub use pod_template::PodTemplate;
@@ -81,6 +83,9 @@ pub enum Exposure {
     NodePort { node_host: String },
     /// URL `http://sandbox-{id}-svc.{namespace}.svc.cluster.local:{port}`.
     ClusterIp,
+    /// No Service (SANDBOX_SERVICE_TYPE=None): only in gateway mode with Pod-IP reach, where
+    /// nothing uses one.
+    None,
 }
 
 impl Exposure {
@@ -89,7 +94,13 @@ impl Exposure {
         match self {
             Exposure::NodePort { .. } => "NodePort",
             Exposure::ClusterIp => "ClusterIP",
+            Exposure::None => "None",
         }
+    }
+
+    /// Whether sandboxes get a Service.
+    pub fn has_service(&self) -> bool {
+        !matches!(self, Exposure::None)
     }
 }
 
@@ -153,6 +164,13 @@ pub struct SandboxSpec {
     pub host_base: HostBase,
     pub lark: LarkImages,
     pub exposure: Exposure,
+    /// The URLs handed out: the Service's, or the gateway's.
+    pub urls: SandboxUrls,
+    /// How the gateway reaches this cluster's sandboxes.
+    pub reach: Reach,
+    /// Each sandbox demands its own key, derived from the gateway secret
+    /// (SANDBOX_UPSTREAM_KEY=per-sandbox).
+    pub upstream_key: bool,
     pub security: PodSecurity,
     pub placement: Placement,
     /// SANDBOX_POD_TEMPLATE: merged into every pod (its placement fields and `placement`'s

@@ -6,6 +6,7 @@ mod api;
 mod cache;
 mod deerflow;
 mod fleet;
+mod gateway;
 mod hardening;
 mod lifecycle;
 mod local_cluster;

@@ -13,10 +13,10 @@ use testkit::{
 };
 
 /// Host directories of one test (threads, skills, extra mounts), removed at the end.
-struct HostDir(PathBuf);
+pub(crate) struct HostDir(pub PathBuf);
 
 impl HostDir {
-    fn new(ns: &TestNamespace) -> HostDir {
+    pub(crate) fn new(ns: &TestNamespace) -> HostDir {
         let dir = std::env::temp_dir().join(format!("sandbox-provisioner-{}", ns.name));
         std::fs::create_dir_all(&dir).unwrap();
         HostDir(dir)
@@ -64,7 +64,7 @@ async fn until_answering(http: &reqwest::Client, answer: &Value) {
 }
 
 /// A client whose every call ends (a lost route must fail a test, not hang it).
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -72,7 +72,11 @@ fn http_client() -> reqwest::Client {
 }
 
 /// Runs a command through the sandbox's own API; returns its output and exit code.
-async fn exec(http: &reqwest::Client, sandbox_url: &str, command: &str) -> (String, i64) {
+pub(crate) async fn exec(
+    http: &reqwest::Client,
+    sandbox_url: &str,
+    command: &str,
+) -> (String, i64) {
     let answer = json_answer(
         http.post(format!("{sandbox_url}/v1/shell/exec"))
             .json(&json!({"command": command})),

@@ -75,6 +75,7 @@ pub fn snapshot(
     policies: Option<&[Arc<NetworkPolicy>]>,
 ) -> Snapshot {
     Snapshot {
+        services_wanted: true,
         pods: pods.iter().filter_map(|(id, p)| pod_facts(id, p)).collect(),
         services: services.iter().map(|(_, s)| service_facts(s)).collect(),
         baseline_present: policies.is_some_and(|ps| {
@@ -100,8 +101,10 @@ impl Cluster {
         // Reads every object (about 8 ms for 10,000 sandboxes): on a blocking thread, so that
         // requests never wait behind it on the async workers.
         let (cache, grace) = (self.cache.clone(), self.lifecycle.orphan_grace);
+        let services_wanted = self.spec.exposure.has_service();
         let planned = tokio::task::spawn_blocking(move || {
-            let snapshot = snapshot(&cache.pods(), &cache.services(), policies.as_deref());
+            let mut snapshot = snapshot(&cache.pods(), &cache.services(), policies.as_deref());
+            snapshot.services_wanted = services_wanted;
             plan(&snapshot, Timestamp::now(), grace)
         });
         let actions = match planned.await {

@@ -34,6 +34,8 @@ pub struct OwnedFacts {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub pods: Vec<PodFacts>,
+    /// Sandboxes have Services (not with SANDBOX_SERVICE_TYPE=None).
+    pub services_wanted: bool,
     pub services: Vec<OwnedFacts>,
     /// None when sandboxes get no NetworkPolicies.
     pub policies: Option<Vec<OwnedFacts>>,
@@ -112,7 +114,7 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp, grace: Duration) -> Vec<Action>
         if pod.terminating || !old(pod.created, now, grace) {
             continue;
         }
-        if !with_service.contains(&pod.uid) {
+        if snapshot.services_wanted && !with_service.contains(&pod.uid) {
             actions.push(Action::RestoreService {
                 id: pod.id.clone(),
                 thread: pod.thread.clone(),
@@ -178,6 +180,7 @@ mod tests {
     #[test]
     fn a_whole_sandbox_needs_nothing() {
         let s = Snapshot {
+            services_wanted: true,
             pods: vec![pod("a")],
             services: vec![owned("a", "a")],
             policies: Some(vec![owned("a", "a")]),
@@ -200,6 +203,7 @@ mod tests {
         let mut young_orphan = owned("gone-young", "gone");
         young_orphan.created = just_now();
         let s = Snapshot {
+            services_wanted: true,
             pods: vec![
                 pod("no-svc"),
                 pod("no-policy"),
@@ -248,6 +252,7 @@ mod tests {
     #[test]
     fn without_policies_none_are_checked() {
         let s = Snapshot {
+            services_wanted: true,
             pods: vec![pod("a")],
             services: vec![owned("a", "a")],
             policies: None,
@@ -261,6 +266,7 @@ mod tests {
         let mut again = pod("a");
         again.uid = "uid-a-2".into();
         let s = Snapshot {
+            services_wanted: true,
             pods: vec![again],
             services: vec![owned("a", "a")],
             policies: None,
@@ -290,6 +296,7 @@ mod tests {
             per_sandbox: false,
         };
         let s = Snapshot {
+            services_wanted: true,
             pods: vec![],
             services: vec![],
             policies: Some(vec![baseline]),

@@ -57,6 +57,9 @@ pub(crate) mod test_support {
             exposure: Exposure::NodePort {
                 node_host: "host.docker.internal".into(),
             },
+            urls: Default::default(),
+            reach: Default::default(),
+            upstream_key: false,
             security: strict(),
             placement: Placement::default(),
             pod_template: Default::default(),

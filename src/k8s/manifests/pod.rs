@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     sandbox::SandboxRequest,
-    spec::{PodSecurity, SandboxSpec, Seccomp},
+    spec::{PodSecurity, SandboxSpec, SandboxUrls, Seccomp},
 };
 
 fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
@@ -33,11 +33,27 @@ fn quantities(values: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quan
     })
 }
 
-fn probe(port: i32, initial_delay: u32, period: u32, failure_threshold: u32) -> Probe {
+/// The path the kubelet probes: `/v1/sandbox`, or `/v1/ping` (which the image leaves open)
+/// when the sandbox demands a key the kubelet does not have.
+fn probe_path(t: &SandboxSpec) -> &'static str {
+    match upstream_key_on(t) {
+        true => "/v1/ping",
+        false => "/v1/sandbox",
+    }
+}
+
+fn upstream_key_on(t: &SandboxSpec) -> bool {
+    t.upstream_key && matches!(t.urls, SandboxUrls::Gateway(_))
+}
+
+/// The environment variable the sandbox image reads its API key from.
+pub const SANDBOX_API_KEY_ENV: &str = "SANDBOX_API_KEY";
+
+fn probe(path: &str, port: i32, initial_delay: u32, period: u32, failure_threshold: u32) -> Probe {
     let seconds = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/v1/sandbox".into()),
+            path: Some(path.into()),
             port: IntOrString::Int(port),
             ..HTTPGetAction::default()
         }),
@@ -98,6 +114,20 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
         .into_iter()
         .collect();
     env.extend(volumes.env);
+    if let (true, SandboxUrls::Gateway(gateway)) = (upstream_key_on(t), &t.urls) {
+        // Bound to this creation, as the URL is; readable by whoever may read the Pod.
+        let key = gateway.keys.upstream_key(
+            &request.tenant,
+            request.id.as_str(),
+            &created.as_nanosecond().to_string(),
+        );
+        env.push(EnvVar {
+            name: SANDBOX_API_KEY_ENV.into(),
+            value: Some(key),
+            ..EnvVar::default()
+        });
+    }
+    let probe_path = probe_path(t);
     let mut containers = vec![Container {
         name: SANDBOX_CONTAINER.into(),
         image: Some(t.image.clone()),
@@ -117,9 +147,21 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
         startup_probe: t
             .probes
             .startup
-            .map(|(period, failures)| probe(port, 0, period, failures)),
-        readiness_probe: Some(probe(port, t.probes.readiness.0, t.probes.readiness.1, 3)),
-        liveness_probe: Some(probe(port, t.probes.liveness.0, t.probes.liveness.1, 3)),
+            .map(|(period, failures)| probe(probe_path, port, 0, period, failures)),
+        readiness_probe: Some(probe(
+            probe_path,
+            port,
+            t.probes.readiness.0,
+            t.probes.readiness.1,
+            3,
+        )),
+        liveness_probe: Some(probe(
+            probe_path,
+            port,
+            t.probes.liveness.0,
+            t.probes.liveness.1,
+            3,
+        )),
         volume_mounts: Some(volumes.mounts),
         security_context: Some(container_security_context(&t.security)),
         ..Container::default()

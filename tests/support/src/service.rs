@@ -45,12 +45,15 @@ pub struct TestService {
 impl TestService {
     pub async fn start(args: ServeArgs) -> TestService {
         let config = Config::try_from(args).expect("valid test configuration");
+        let listen = config.http.listen;
         let mut server = server::Server::build(config)
             .await
             .expect("building the provisioner");
         server.start_background();
         let crash = server.crash_handle();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // serve_args listens on a free port; a test that must know it first (the gateway's
+        // public URL) sets its own.
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -1,0 +1,419 @@
+//! The sandbox gateway: one authenticated door to every sandbox, in every cluster.
+//!
+//! ```text
+//!  caller ── /sandboxes/{id}/{token}/v1/... ──► route ─► token check (no I/O)
+//!                                                 │        against the watch cache's record
+//!                                                 ▼
+//!                           wait for Ready (watch-driven, bounded) ─► forward /v1/...
+//!                                                 │        to the Pod, pooled by its UID
+//!                                                 ▼
+//!                          stream the answer back (or splice the WebSocket), noting activity
+//! ```
+//!
+//! The gateway reads the same watch cache as the API: it is not a second source of truth.
+//! The proxying itself is hyper's (the pooled client kube uses too, and its connection
+//! upgrades); this module is routing, authorisation and accounting.
+
+mod body;
+mod route;
+mod upstream;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::any,
+    Json, Router,
+};
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    cluster::Cluster,
+    config::GatewayLimits,
+    fleet::Fleet,
+    k8s::record::{creation_key, PodRecord},
+    spec::{Reach, SandboxUrls},
+};
+use body::{Heartbeat, Metered, Watched};
+pub use route::PREFIX;
+use upstream::{Forwarded, UpstreamClient};
+
+/// Every way a gateway request fails, each one JSON `{"detail": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A wrong token, another tenant's sandbox and an unknown id all look the same.
+    #[error(
+        "no such sandbox: the URL is wrong, or its sandbox was deleted (a sandbox created again \
+        under the same id has a new URL; ask the provisioner for it)"
+    )]
+    NotFound,
+    #[error(
+        "the gateway cannot tell yet whether this sandbox exists: its cluster's watch is not \
+        synced; retry shortly"
+    )]
+    Syncing,
+    #[error("the sandbox did not become ready within {0:?} (PROVISIONER_GATEWAY_READY_WAIT_SECONDS); retry shortly")]
+    NotReady(Duration),
+    #[error("the sandbox was deleted or replaced while this request was on its way")]
+    Gone,
+    #[error("the sandbox did not accept the connection: {0}")]
+    Connect(String),
+    #[error("the sandbox's connection broke: {0}")]
+    Broken(String),
+    #[error(
+        "the sandbox did not start answering within {0:?} (PROVISIONER_GATEWAY_TIMEOUT_SECONDS)"
+    )]
+    Timeout(Duration),
+    #[error("the request body is larger than {0} bytes (PROVISIONER_GATEWAY_MAX_BODY_BYTES)")]
+    TooLarge(usize),
+    #[error(
+        "cluster {0:?} is reached through its apiserver (reach: apiserver), which this gateway \
+        does not serve yet: use reach pod-ip for it"
+    )]
+    ReachUnavailable(String),
+}
+
+impl GatewayError {
+    fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::Syncing
+            | GatewayError::NotReady(_)
+            | GatewayError::ReachUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Gone | GatewayError::Connect(_) | GatewayError::Broken(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The upstream error kind the metrics count (None: not the sandbox's side).
+    fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            GatewayError::NotReady(_) => "not-ready",
+            GatewayError::Gone => "gone",
+            GatewayError::Connect(_) => "connect",
+            GatewayError::Broken(_) => "broken",
+            GatewayError::Timeout(_) => "timeout",
+            GatewayError::TooLarge(_) => "body-limit",
+            _ => return None,
+        })
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "detail": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// What every gateway request shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    fleet: Fleet,
+    limits: GatewayLimits,
+    client: UpstreamClient,
+}
+
+impl Gateway {
+    pub fn new(fleet: Fleet, limits: GatewayLimits) -> Gateway {
+        Gateway {
+            fleet,
+            limits,
+            client: upstream::client(),
+        }
+    }
+
+    /// The gateway's routes: everything below `/sandboxes/`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/sandboxes/{*rest}", any(proxy))
+            .with_state(self)
+    }
+
+    /// The cluster holding the sandbox, and its Pod's record. While a cluster's watch has not
+    /// synced (a replica that just started), a miss waits for it, up to the readiness wait.
+    async fn locate(&self, id: &str) -> Result<(&Cluster, Arc<PodRecord>), GatewayError> {
+        let clusters = self.fleet.clusters();
+        let found = || {
+            clusters
+                .iter()
+                .find_map(|c| c.cached_pod(id).map(|pod| (c, pod)))
+        };
+        if let Some(hit) = found() {
+            return Ok(hit);
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.ready_wait;
+        for cluster in clusters.iter().filter(|c| !c.cache_usable()) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            cluster
+                .wait_for_pod(id, left, |pod| pod.is_some() || cluster.cache_usable())
+                .await;
+        }
+        match found() {
+            Some(hit) => Ok(hit),
+            None if clusters.iter().all(Cluster::cache_usable) => Err(GatewayError::NotFound),
+            None => Err(GatewayError::Syncing),
+        }
+    }
+}
+
+/// One proxied request (see the module).
+async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
+    let started = Instant::now();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Some(route) = route::route(&path_and_query) else {
+        return GatewayError::NotFound.into_response();
+    };
+    let (cluster, pod) = match gateway.locate(route.id).await {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    let SandboxUrls::Gateway(urls) = &cluster.spec().urls else {
+        return GatewayError::NotFound.into_response();
+    };
+    let creation = creation_key(&pod);
+    if !urls
+        .keys
+        .check(route.token, &pod.tenant, route.id, &creation)
+    {
+        return GatewayError::NotFound.into_response();
+    }
+    let metrics = cluster.metrics();
+    let tenant = pod.tenant.to_string();
+    let redacted = format!("{PREFIX}{}/…", route.id);
+    let method = request.method().clone();
+    let answer = forward(&gateway, cluster, pod, &route, &creation, request).await;
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(kind) = e.kind() {
+                metrics.gateway_upstream_error(kind);
+            }
+            e.into_response()
+        }
+    };
+    let status = response.status().as_u16();
+    metrics.gateway_request(&tenant, status, started.elapsed());
+    // The token never reaches the log: only the id and what follows it.
+    tracing::info!(%method, path = %redacted, target_len = route.target.len(), status,
+        latency_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0), "proxied");
+    response
+}
+
+/// Waits for the sandbox to be ready, forwards the request and streams the answer back.
+async fn forward(
+    gateway: &Gateway,
+    cluster: &Cluster,
+    pod: Arc<PodRecord>,
+    route: &route::Route<'_>,
+    creation: &str,
+    mut request: Request,
+) -> Result<Response, GatewayError> {
+    let limits = gateway.limits;
+    let id = route.id;
+    cluster.note_traffic(id);
+    let heartbeat = Heartbeat::start(cluster, id);
+    let pod = ready_pod(cluster, id, pod, limits.ready_wait).await?;
+    if cluster.spec().reach == Reach::ApiServer {
+        return Err(GatewayError::ReachUnavailable(cluster.name().to_string()));
+    }
+    let ip: IpAddr = pod
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or(GatewayError::Gone)?;
+    let port = cluster.spec().port;
+    let too_large = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limits.max_body_bytes as u64);
+    if too_large {
+        return Err(GatewayError::TooLarge(limits.max_body_bytes));
+    }
+    let SandboxUrls::Gateway(urls) = &cluster.spec().urls else {
+        return Err(GatewayError::NotFound);
+    };
+    let key = cluster
+        .spec()
+        .upstream_key
+        .then(|| urls.keys.upstream_key(&pod.tenant, id, creation));
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let proto = urls.public_url.split("://").next().unwrap_or("http");
+    let host = SocketAddr::new(ip, port).to_string();
+    let upgrade = upstream::is_upgrade(request.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    upstream::rewrite_request_headers(
+        &mut parts.headers,
+        &Forwarded {
+            client,
+            proto,
+            prefix: route.prefix,
+            host: &host,
+            key: key.as_deref(),
+        },
+    );
+    parts.uri = format!(
+        "http://{}{}",
+        upstream::pod_authority(&pod.uid, ip, port),
+        route::upstream_target(route)
+    )
+    .parse()
+    .map_err(|e| GatewayError::Broken(format!("the request's path cannot be forwarded: {e}")))?;
+    parts.version = http::Version::HTTP_11;
+    let metrics = cluster.metrics();
+    let tenant = pod.tenant.to_string();
+    let body_broken = Arc::new(AtomicBool::new(false));
+    let outgoing = Watched::new(
+        incoming,
+        limits.idle_timeout,
+        metrics.gateway_bytes(&tenant, true),
+    )
+    .capped(limits.max_body_bytes, body_broken.clone());
+    let sent = gateway
+        .client
+        .request(http::Request::from_parts(parts, Body::new(outgoing)));
+    let mut answer = match tokio::time::timeout(limits.response_timeout, sent).await {
+        Err(_) => return Err(GatewayError::Timeout(limits.response_timeout)),
+        Ok(Err(e)) => {
+            return Err(upstream_failure(
+                cluster,
+                id,
+                &pod,
+                &e,
+                &body_broken,
+                limits,
+            ))
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    upstream::strip_hop_by_hop(answer.headers_mut());
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) =
+        (answer.status(), downstream_upgrade)
+    {
+        let upstream_side = hyper::upgrade::on(&mut answer);
+        let (bytes_up, bytes_down) = (
+            metrics.gateway_bytes(&tenant, true),
+            metrics.gateway_bytes(&tenant, false),
+        );
+        let open = metrics.open("websocket");
+        let idle = limits.idle_timeout;
+        tokio::spawn(async move {
+            let (Ok(client_io), Ok(sandbox_io)) = tokio::join!(downstream, upstream_side) else {
+                return;
+            };
+            open.inc();
+            let epoch = tokio::time::Instant::now();
+            let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut client_io =
+                Metered::new(TokioIo::new(client_io), bytes_up, last.clone(), epoch);
+            let mut sandbox_io =
+                Metered::new(TokioIo::new(sandbox_io), bytes_down, last.clone(), epoch);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client_io, &mut sandbox_io) => {}
+                _ = body::idle_for(last, epoch, idle) => {}
+            }
+            open.dec();
+            drop(heartbeat);
+        });
+        let (parts, _) = answer.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (parts, incoming) = answer.into_parts();
+    let back = Watched::new(
+        incoming,
+        limits.idle_timeout,
+        metrics.gateway_bytes(&tenant, false),
+    )
+    .with_heartbeat(heartbeat);
+    Ok(Response::from_parts(parts, Body::new(back)))
+}
+
+/// The sandbox's Pod once it is ready (watch-driven, up to `limit`); the same Pod, or the
+/// sandbox is gone.
+async fn ready_pod(
+    cluster: &Cluster,
+    id: &str,
+    pod: Arc<PodRecord>,
+    limit: Duration,
+) -> Result<Arc<PodRecord>, GatewayError> {
+    let usable = |p: &PodRecord| p.status.ready && p.ip.is_some() && !p.terminating;
+    if usable(&pod) {
+        return Ok(pod);
+    }
+    let uid = pod.uid.clone();
+    cluster
+        .wait_for_pod(id, limit, |p| p.is_none_or(|p| p.uid != uid || usable(p)))
+        .await;
+    match cluster.cached_pod(id) {
+        Some(now) if now.uid == uid && usable(&now) => Ok(now),
+        Some(now) if now.uid == uid => Err(GatewayError::NotReady(limit)),
+        _ => Err(GatewayError::Gone),
+    }
+}
+
+/// What a failed upstream call means for the caller.
+fn upstream_failure(
+    cluster: &Cluster,
+    id: &str,
+    pod: &PodRecord,
+    error: &hyper_util::client::legacy::Error,
+    body_broken: &AtomicBool,
+    limits: GatewayLimits,
+) -> GatewayError {
+    if body_broken.load(std::sync::atomic::Ordering::Relaxed) {
+        return GatewayError::TooLarge(limits.max_body_bytes);
+    }
+    let same_pod = cluster
+        .cached_pod(id)
+        .is_some_and(|now| now.uid == pod.uid && !now.terminating);
+    if !same_pod {
+        return GatewayError::Gone;
+    }
+    let cause = error_chain(error);
+    if error.is_connect() {
+        GatewayError::Connect(cause)
+    } else {
+        GatewayError::Broken(cause)
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,371 @@
+//! The sandbox gateway with real sandboxes (the real node): DeerFlow's calls through
+//! `sandbox_url`, tokens, streaming both ways, WebSockets, timeouts, readiness, a Pod gone
+//! mid-request, and traffic as activity.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use reqwest::Method;
+use sandbox_provisioner::spec::GatewayKeys;
+use serde_json::{json, Value};
+use testkit::{
+    eventually, json_answer, real_node_gateway_args, real_node_running, TestNamespace, TestService,
+    GATEWAY_TEST_SECRET,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::real_node::{exec, http_client, HostDir};
+
+/// Creates a sandbox without waiting for it; returns the answer.
+async fn create(service: &TestService, id: &str, thread: &str) -> Value {
+    let (status, answer) = service
+        .call(
+            Method::POST,
+            "/api/sandboxes",
+            Some(json!({"sandbox_id": id, "thread_id": thread})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// A client for long transfers (whose calls still end).
+fn long_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// Status and JSON body of a request.
+async fn status_of(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The creation a sandbox's token is bound to, as the Pod records it.
+async fn creation_of(ns: &TestNamespace, id: &str) -> String {
+    let pod = ns.pods().get(&format!("sandbox-{id}")).await.unwrap();
+    let key = sandbox_provisioner::spec::keys::CREATED_ANNOTATION;
+    let created = pod.metadata.annotations.unwrap()[key].clone();
+    let at: jiff::Timestamp = created.parse().unwrap();
+    at.as_nanosecond().to_string()
+}
+
+#[tokio::test]
+async fn deerflows_sequence_runs_through_the_gateway_and_only_the_right_token_opens_a_sandbox() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-seq").await;
+    let host = HostDir::new(&ns);
+    let service = TestService::start(real_node_gateway_args(&ns.name, &host.0)).await;
+    let answer = create(&service, "gw-1", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let prefix = format!("{}/sandboxes/gw-1/", service.base);
+    assert!(url.starts_with(&prefix) && !url.ends_with('/'), "{url}");
+    assert_eq!(url.len(), prefix.len() + 73, "{url}");
+    let http = http_client();
+
+    // Asked before the sandbox is ready, the gateway holds the request until it is.
+    let context = json_answer(long_client().get(format!("{url}/v1/sandbox"))).await;
+    assert_eq!(context["home_dir"], "/home/gem", "{context}");
+    // No Service: the gateway reaches the Pod's IP.
+    assert!(ns
+        .services()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+
+    let identity = json_answer(http.get(format!("{url}/test/identity"))).await;
+    let (status, got) = service.get("gw-1").await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        identity["data"]["pod_uid"], got["container_id"],
+        "{identity}"
+    );
+    assert_eq!(
+        got["sandbox_url"],
+        url.as_str(),
+        "GET hands out the same URL"
+    );
+    let (out, code) = exec(&http, &url, "id -u").await;
+    assert_eq!((out.trim(), code), ("1000", 0));
+    let write = json!({"file": "/home/gem/note.txt", "content": "through the gateway"});
+    json_answer(http.post(format!("{url}/v1/file/write")).json(&write)).await;
+    let read = json_answer(
+        http.post(format!("{url}/v1/file/read"))
+            .json(&json!({"file": "/home/gem/note.txt"})),
+    )
+    .await;
+    assert_eq!(read["data"]["content"], "through the gateway", "{read}");
+
+    // Wrong tokens: altered, another tenant's (same id and creation), none at all.
+    let token = url.rsplit('/').next().unwrap();
+    let mut altered = token.to_string().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+    let altered = String::from_utf8(altered).unwrap();
+    let keys = GatewayKeys::new(GATEWAY_TEST_SECRET.as_bytes(), None);
+    let creation = creation_of(&ns, "gw-1").await;
+    assert_eq!(
+        keys.mint("default", "gw-1", &creation),
+        token,
+        "the token is the tenant's"
+    );
+    let other_tenant = keys.mint("someone-else", "gw-1", &creation);
+    let unknown = keys.mint("default", "gw-nope", &creation);
+    let mut not_found = Vec::new();
+    for path in [
+        format!("/sandboxes/gw-1/{altered}/v1/sandbox"),
+        format!("/sandboxes/gw-1/{other_tenant}/v1/sandbox"),
+        format!("/sandboxes/gw-nope/{unknown}/v1/sandbox"),
+        "/sandboxes/gw-1/v1/sandbox".to_string(),
+    ] {
+        let (status, body) = status_of(http.get(service.url(&path))).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        not_found.push(body);
+    }
+    assert!(
+        not_found.windows(2).all(|w| w[0] == w[1]),
+        "one answer: {not_found:?}"
+    );
+    assert!(not_found[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no such sandbox"));
+
+    // Deleted, then created again under the same id: the old URL is dead, the new one works.
+    let (status, _) = service
+        .call(Method::DELETE, "/api/sandboxes/gw-1", None)
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(60),
+        "the old URL to answer 404",
+        || async {
+            let (status, _) = status_of(http.get(format!("{url}/v1/sandbox"))).await;
+            (status == 404).then_some(())
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(60), "the Pod to be gone", || async {
+        ns.pods()
+            .get_opt("sandbox-gw-1")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let again = create(&service, "gw-1", "t-1").await;
+    let new_url = again["sandbox_url"].as_str().unwrap();
+    assert_ne!(new_url, url, "a re-created id gets a new URL");
+    json_answer(long_client().get(format!("{new_url}/v1/sandbox"))).await;
+    let (status, _) = status_of(http.get(format!("{url}/v1/sandbox"))).await;
+    assert_eq!(status, 404, "the old URL stays dead");
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-1", None)
+        .await;
+}
+
+#[tokio::test]
+async fn the_gateway_streams_large_bodies_both_ways_and_splices_websockets() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-stream").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    args.gateway.gateway_max_body_bytes = 60 << 20;
+    // Shorter than the slowed download below: bytes moving keep a body open however long.
+    args.gateway.gateway_idle_timeout_seconds = 2.0;
+    let service = TestService::start(args).await;
+    let answer = create(&service, "gw-s", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+
+    // 100 MiB down, checked byte by byte against the image's pattern, read slowly enough to
+    // take longer than the idle timeout.
+    let mut response = http
+        .get(format!("{url}/test/stream?mib=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut offset, started) = (0usize, std::time::Instant::now());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        for (i, byte) in chunk.iter().enumerate() {
+            assert_eq!(*byte, ((offset + i) % 251) as u8, "byte {}", offset + i);
+        }
+        offset += chunk.len();
+        if offset % (4 << 20) < chunk.len() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(offset, 100 << 20);
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 50 MiB up, hashed by the sandbox.
+    let upload: Vec<u8> = (0..50usize << 20).map(|i| (i % 253) as u8).collect();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &upload {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let received = json_answer(http.post(format!("{url}/test/upload")).body(upload)).await;
+    assert_eq!(received["data"]["bytes"], 50 << 20, "{received}");
+    assert_eq!(received["data"]["fnv1a"], format!("{hash:016x}"));
+    // Past the cap: refused before anything is forwarded.
+    let (status, body) =
+        status_of(
+            http.post(format!("{url}/test/upload"))
+                .body(vec![0u8; (60 << 20) + 1]),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("PROVISIONER_GATEWAY_MAX_BODY_BYTES"));
+
+    // A WebSocket, through the same URL.
+    let ws_url = format!("{}/test/ws", url.replacen("http://", "ws://", 1));
+    let (mut socket, handshake) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect("the WebSocket handshake passes the gateway");
+    assert_eq!(handshake.status(), 101);
+    for text in ["hello", "through the gateway"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    socket.close(None).await.unwrap();
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-s", None)
+        .await;
+}
+
+#[tokio::test]
+async fn a_pod_gone_mid_request_is_502_and_slow_answers_time_out_with_504() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-fail").await;
+    let host = HostDir::new(&ns);
+    let args = real_node_gateway_args(&ns.name, &host.0);
+    let service = TestService::start(args.clone()).await;
+    let answer = create(&service, "gw-f", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+
+    // The Pod deleted while a request waits in it.
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = url.clone();
+        async move { status_of(http.get(format!("{url}/test/slow?ms=60000"))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ns.pods()
+        .delete("sandbox-gw-f", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deleted or replaced"),
+        "{body}"
+    );
+
+    // Repaired by the next create (a new Pod, so a new URL), it answers again.
+    eventually(Duration::from_secs(60), "the Pod to be gone", || async {
+        ns.pods()
+            .get_opt("sandbox-gw-f")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let again = create(&service, "gw-f", "t-1").await;
+    let url = again["sandbox_url"].as_str().unwrap().to_string();
+    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=10"))).await;
+    assert_eq!(status, 200, "{body}");
+    service.stop_gracefully().await;
+
+    // Another replica whose gateway waits at most 2 s for an answer to start.
+    let mut args = args;
+    args.http.listen = format!("127.0.0.1:{}", testkit::free_port());
+    args.gateway.public_url = Some(format!("http://{}", args.http.listen));
+    args.gateway.gateway_timeout_seconds = 2.0;
+    let service = TestService::start(args).await;
+    let url = url.replacen(&url[..url.find("/sandboxes/").unwrap()], &service.base, 1);
+    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=500"))).await;
+    assert_eq!((status, &body["data"]["ms"]), (200, &json!(500)), "{body}");
+    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=4000"))).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("PROVISIONER_GATEWAY_TIMEOUT_SECONDS"));
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-f", None)
+        .await;
+}
+
+#[tokio::test]
+async fn traffic_alone_keeps_a_sandbox_alive_and_it_is_reaped_once_traffic_stops() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-idle").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    args.lifecycle.sandbox_idle_timeout = "6s".into();
+    args.lifecycle.sandbox_reap_interval = "1s".into();
+    let service = TestService::start(args).await;
+    let answer = create(&service, "gw-i", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+    // Twice the idle timeout of requests through the gateway only (no API call).
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    while tokio::time::Instant::now() < until {
+        let (status, body) = status_of(http.get(format!("{url}/v1/ping"))).await;
+        assert_eq!(status, 200, "kept alive by traffic: {body}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let pods = ns.pods();
+    let pod: Pod = pods.get("sandbox-gw-i").await.unwrap();
+    assert!(pod.metadata.deletion_timestamp.is_none());
+    eventually(
+        Duration::from_secs(30),
+        "the idle sandbox to be reaped",
+        || async {
+            let pod = pods.get_opt("sandbox-gw-i").await.unwrap();
+            pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+}
