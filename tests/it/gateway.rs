@@ -369,3 +369,37 @@ async fn traffic_alone_keeps_a_sandbox_alive_and_it_is_reaped_once_traffic_stops
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_per_sandbox_keys_only_the_gateway_gets_in() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-key").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    args.gateway.sandbox_upstream_key = "per-sandbox".into();
+    let service = TestService::start(args).await;
+    let answer = create(&service, "gw-k", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    // Ready through probes of the open /v1/ping; answers through the gateway.
+    let context = json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+    assert_eq!(context["home_dir"], "/home/gem", "{context}");
+    let (out, code) = exec(&http, &url, "echo through").await;
+    assert_eq!((out.trim(), code), ("through", 0));
+    let pod: Pod = ns.pods().get("sandbox-gw-k").await.unwrap();
+    let ip = pod.status.unwrap().pod_ip.unwrap();
+    let direct = format!("http://{ip}:8080");
+    let (status, body) = status_of(http.get(format!("{direct}/v1/sandbox"))).await;
+    assert_eq!(status, 401, "bypassing the gateway: {body}");
+    let (status, _) = status_of(
+        http.post(format!("{direct}/v1/shell/exec"))
+            .json(&json!({"command": "id"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = status_of(http.get(format!("{direct}/v1/ping"))).await;
+    assert_eq!(status, 200, "the probes' path stays open");
+    service.call(Method::DELETE, "/api/sandboxes/gw-k", None).await;
+}
