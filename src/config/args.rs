@@ -429,6 +429,11 @@ pub struct SecurityArgs {
     #[arg(long, env = "SANDBOX_NETWORK_POLICY_INGRESS_FROM")]
     pub sandbox_network_policy_ingress_from: Option<String>,
 
+    /// With `isolated`: where sandboxes may send DNS queries (port 53), as a JSON list of
+    /// NetworkPolicy peers; unset: the cluster's DNS Pods (kube-system, k8s-app=kube-dns).
+    #[arg(long, env = "SANDBOX_NETWORK_POLICY_DNS_TO")]
+    pub sandbox_network_policy_dns_to: Option<String>,
+
     /// With `isolated`: ranges sandboxes may not reach (comma-separated CIDRs). Add the cluster's
     /// pod and service ranges when they lie outside these.
     #[arg(long, env = "SANDBOX_EGRESS_DENY_CIDRS", default_value = DEFAULT_EGRESS_DENY)]

@@ -7,10 +7,12 @@ use super::{
     args::{SecurityArgs, SizeArgs},
     ConfigError,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+
 use crate::{
     sandbox::{parse_duration, InvalidSizes, Resources, Sizes},
     spec::{
-        network_policy::{valid_cidr, NetworkPolicyMode},
+        network_policy::{valid_cidr, NetworkPolicyMode, DEFAULT_DNS_TO},
         Placement, PodTemplate, Seccomp,
     },
 };
@@ -85,24 +87,32 @@ pub(super) fn network_policy(args: &SecurityArgs) -> Result<NetworkPolicyMode, C
     match mode {
         "" | "none" => Ok(NetworkPolicyMode::None),
         "isolated" => {
-            let ingress_from = match args
-                .sandbox_network_policy_ingress_from
-                .as_deref()
-                .map(str::trim)
-            {
-                None | Some("") => Vec::new(),
-                Some(json) => serde_json::from_str(json).map_err(|e| {
-                    ConfigError::new(
-                        "SANDBOX_NETWORK_POLICY_INGRESS_FROM",
-                        json,
-                        format!(
-                            "must be a JSON list of NetworkPolicy peers, for example \
-                            [{{\"podSelector\": {{\"matchLabels\": {{\"app\": \
-                            \"deer-flow-gateway\"}}}}}}]: {e}"
-                        ),
-                    )
-                })?,
+            let peers = |variable: &'static str, value: Option<&str>, default: &str| {
+                let json = value.map(str::trim).filter(|v| !v.is_empty());
+                serde_json::from_str::<Vec<NetworkPolicyPeer>>(json.unwrap_or(default)).map_err(
+                    |e| {
+                        ConfigError::new(
+                            variable,
+                            json.unwrap_or_default(),
+                            format!(
+                                "must be a JSON list of NetworkPolicy peers, for example \
+                                [{{\"podSelector\": {{\"matchLabels\": {{\"app\": \
+                                \"deer-flow-gateway\"}}}}}}]: {e}"
+                            ),
+                        )
+                    },
+                )
             };
+            let ingress_from = peers(
+                "SANDBOX_NETWORK_POLICY_INGRESS_FROM",
+                args.sandbox_network_policy_ingress_from.as_deref(),
+                "[]",
+            )?;
+            let dns_to = peers(
+                "SANDBOX_NETWORK_POLICY_DNS_TO",
+                args.sandbox_network_policy_dns_to.as_deref(),
+                DEFAULT_DNS_TO,
+            )?;
             let egress_deny: Vec<String> = args
                 .sandbox_egress_deny_cidrs
                 .split(',')
@@ -120,6 +130,7 @@ pub(super) fn network_policy(args: &SecurityArgs) -> Result<NetworkPolicyMode, C
             Ok(NetworkPolicyMode::Isolated {
                 ingress_from,
                 egress_deny,
+                dns_to,
             })
         }
         path if path.starts_with('/') => {

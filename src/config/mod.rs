@@ -229,6 +229,9 @@ impl TryFrom<ServeArgs> for Config {
             probes,
             &sizes,
         )?;
+        if gateway.section.on {
+            admit_only_the_gateway(&mut sandbox.network_policy);
+        }
         sandbox.urls = gateway.urls;
         sandbox.reach = gateway.reach;
         sandbox.upstream_key = gateway.upstream_key;
@@ -585,6 +588,19 @@ fn sandbox_spec(
             .choose(None, None)
             .unwrap_or_else(|_| Sizes::deerflow_default()),
     })
+}
+
+/// In gateway mode, isolated sandboxes admit only the provisioner's Pods unless
+/// SANDBOX_NETWORK_POLICY_INGRESS_FROM names other peers.
+fn admit_only_the_gateway(mode: &mut crate::spec::NetworkPolicyMode) {
+    use crate::spec::network_policy::PROVISIONER_POD_LABEL;
+    if let crate::spec::NetworkPolicyMode::Isolated { ingress_from, .. } = mode {
+        if ingress_from.is_empty() {
+            let (key, value) = PROVISIONER_POD_LABEL;
+            let peer = serde_json::json!({"podSelector": {"matchLabels": {key: value}}});
+            ingress_from.push(serde_json::from_value(peer).expect("a valid peer"));
+        }
+    }
 }
 
 /// A template variable, parsed (the error names the variable).

@@ -512,12 +512,25 @@ fn network_policy_modes() {
     let NetworkPolicyMode::Isolated {
         ingress_from,
         egress_deny,
+        dns_to,
     } = c.sandbox.network_policy
     else {
         panic!()
     };
     assert!(ingress_from.is_empty());
-    assert_eq!(egress_deny.len(), 4);
+    assert_eq!(egress_deny.len(), 10);
+    assert_eq!(dns_to.len(), 1, "the cluster's DNS Pods");
+    assert_eq!(
+        parse(&[
+            "--sandbox-network-policy",
+            "isolated",
+            "--sandbox-network-policy-dns-to",
+            "nope"
+        ])
+        .unwrap_err()
+        .variable,
+        "SANDBOX_NETWORK_POLICY_DNS_TO"
+    );
     assert_eq!(
         parse(&["--sandbox-network-policy", "open"])
             .unwrap_err()

@@ -401,5 +401,7 @@ async fn with_per_sandbox_keys_only_the_gateway_gets_in() {
     assert_eq!(status, 401);
     let (status, _) = status_of(http.get(format!("{direct}/v1/ping"))).await;
     assert_eq!(status, 200, "the probes' path stays open");
-    service.call(Method::DELETE, "/api/sandboxes/gw-k", None).await;
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-k", None)
+        .await;
 }

@@ -522,6 +522,46 @@ fn networkpolicy_component_renders() {
 }
 
 #[test]
+fn gateway_component_renders_with_known_settings() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("overlay-gw-{}", testkit::random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes"));
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources:\n  - {base}\ncomponents:\n  - {base}/networkpolicy\n  - {base}/gateway\n"
+        ),
+    )
+    .unwrap();
+    let rendered = kubectl(&["kustomize", &dir.display().to_string()]);
+    std::fs::remove_dir_all(dir).unwrap();
+    let known: BTreeSet<String> = sandbox_provisioner::cli::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for name in [
+        "SANDBOX_URL_MODE",
+        "PROVISIONER_PUBLIC_URL",
+        "PROVISIONER_GATEWAY_SECRET",
+        "SANDBOX_SERVICE_TYPE",
+        "SANDBOX_NETWORK_POLICY",
+    ] {
+        assert!(known.contains(name), "{name} is a setting");
+        assert!(
+            rendered.contains(&format!("name: {name}")),
+            "{name}:\n{rendered}"
+        );
+    }
+    assert!(
+        rendered.contains("value: gateway")
+            && rendered.contains("name: sandbox-provisioner-gateway")
+    );
+    // The provisioner may reach the sandboxes' port when its own egress is restricted.
+    assert!(rendered.contains("app: deer-flow-sandbox"), "{rendered}");
+}
+
+#[test]
 fn the_configuration_table_matches_help() {
     let from_help: BTreeSet<String> = sandbox_provisioner::cli::Cli::command()
         .get_arguments()
