@@ -173,6 +173,29 @@ pub struct ListenArgs {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Longest time from accepting a connection to its first request's complete head, in
+    /// seconds (then it is closed), on the API's and the gateway's listeners.
+    #[arg(
+        long,
+        env = "PROVISIONER_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10.0
+    )]
+    pub header_read_timeout_seconds: f64,
+
+    /// Longest time an idle keep-alive connection waits for its next request (and its head),
+    /// in seconds, on both listeners.
+    #[arg(
+        long,
+        env = "PROVISIONER_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub keepalive_timeout_seconds: f64,
+
+    /// Connections open at once on each listener (API, gateway); more are closed as soon as
+    /// they are accepted (and counted).
+    #[arg(long, env = "PROVISIONER_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+
     /// After SIGTERM or Ctrl-C, how long in-flight requests may take before the process exits.
     #[arg(
         long,

@@ -40,10 +40,20 @@ pub const DEFAULT_IMAGE: &str =
 /// Limits that keep the HTTP API responsive under abuse.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
+    /// Bounds of every connection, on the API's and the gateway's listeners.
+    pub connections: ConnectionBounds,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_timeout: Duration,
+}
+
+/// Bounds of a listener's connections (see `server::connections`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionBounds {
+    pub header_read: Duration,
+    pub keep_alive: Duration,
+    pub max_connections: usize,
 }
 
 /// The HTTP API: where it listens and who may call it.
@@ -316,6 +326,22 @@ impl TryFrom<ListenArgs> for HttpSection {
             ));
         }
         let limits = HttpLimits {
+            connections: ConnectionBounds {
+                header_read: check::seconds(
+                    "PROVISIONER_HEADER_READ_TIMEOUT_SECONDS",
+                    args.header_read_timeout_seconds,
+                    3600.0,
+                )?,
+                keep_alive: check::seconds(
+                    "PROVISIONER_KEEPALIVE_TIMEOUT_SECONDS",
+                    args.keepalive_timeout_seconds,
+                    3600.0,
+                )?,
+                max_connections: check::positive(
+                    "PROVISIONER_MAX_CONNECTIONS",
+                    args.max_connections,
+                )?,
+            },
             max_body_bytes: check::positive("PROVISIONER_MAX_BODY_BYTES", args.max_body_bytes)?,
             request_timeout: check::seconds(
                 "PROVISIONER_REQUEST_TIMEOUT_SECONDS",

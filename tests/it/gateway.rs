@@ -184,8 +184,11 @@ async fn the_gateway_streams_large_bodies_both_ways_and_splices_websockets() {
     let host = HostDir::new(&ns);
     let mut args = real_node_gateway_args(&ns.name, &host.0);
     args.gateway.gateway_max_body_bytes = 60 << 20;
-    // Shorter than the slowed download below: bytes moving keep a body open however long.
+    // Shorter than the slowed download below: bytes moving keep a body open however long, and
+    // a connection in the middle of a request is not idle.
     args.gateway.gateway_idle_timeout_seconds = 2.0;
+    args.http.keepalive_timeout_seconds = 2.0;
+    args.http.header_read_timeout_seconds = 2.0;
     let service = TestService::start(args).await;
     let answer = create(&service, "gw-s", "t-1").await;
     let url = answer["sandbox_url"].as_str().unwrap().to_string();
@@ -404,4 +407,125 @@ async fn with_per_sandbox_keys_only_the_gateway_gets_in() {
     service
         .call(Method::DELETE, "/api/sandboxes/gw-k", None)
         .await;
+}
+
+/// Opens `n` connections to `addr` that each send half a request head.
+async fn half_requests(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A refused connection may already be closed: its write fails, which is fine.
+        let _ = stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Half")
+            .await;
+        streams.push(stream);
+    }
+    streams
+}
+
+/// Whether the server closed the connection within `limit` (whatever it sent first).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_at_the_header_timeout_while_everyone_else_is_served() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-slow").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    args.http.header_read_timeout_seconds = 3.0;
+    let service = TestService::start(args).await;
+    let answer = create(&service, "gw-h", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+
+    let addr = service.base.trim_start_matches("http://").to_string();
+    let started = tokio::time::Instant::now();
+    let mut slow = half_requests(&addr, 2000).await;
+    // With 2,000 slow clients holding connections: probes, the API and the gateway answer.
+    let fresh = http_client();
+    for path in ["/health".to_string(), "/api/sandboxes/gw-h".to_string()] {
+        let (status, body) = status_of(fresh.get(service.url(&path))).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = status_of(fresh.get(format!("{url}/v1/ping"))).await;
+    assert_eq!(status, 200);
+    // Each slow client is closed once the header timeout passes, not before.
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, Duration::from_secs(30)).await,
+            "closed"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+    let (status, _) = status_of(fresh.get(format!("{url}/v1/ping"))).await;
+    assert_eq!(status, 200);
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-h", None)
+        .await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_and_counted() {
+    let ns = TestNamespace::new("conn-cap").await;
+    let mut args = testkit::serve_args(&ns.name);
+    args.http.listen = format!("127.0.0.1:{}", testkit::free_port());
+    args.http.max_connections = 50;
+    args.http.header_read_timeout_seconds = 60.0;
+    let service = TestService::start(args).await;
+    let metrics_before = testkit::metric_sum(
+        &service.base,
+        r#"sandbox_provisioner_connections_refused_total{what="api"}"#,
+    )
+    .await;
+    let addr = service.base.trim_start_matches("http://").to_string();
+    let held = half_requests(&addr, 50).await;
+    // Until the held ones go, a new connection is closed at once.
+    let mut extra = half_requests(&addr, 5).await;
+    for stream in &mut extra {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "refused"
+        );
+    }
+    drop(held);
+    // Once the server has seen them go, new connections are served again; each attempt
+    // refused before that counts too.
+    let http = http_client();
+    let refused_attempts = std::sync::atomic::AtomicU32::new(0);
+    eventually(
+        Duration::from_secs(10),
+        "a new connection to be served",
+        || async {
+            match http.get(service.url("/health")).send().await {
+                Ok(r) if r.status() == 200 => Some(()),
+                _ => {
+                    refused_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+            }
+        },
+    )
+    .await;
+    let refused_attempts = f64::from(refused_attempts.into_inner());
+    let refused = testkit::metric_sum(
+        &service.base,
+        r#"sandbox_provisioner_connections_refused_total{what="api"}"#,
+    )
+    .await;
+    assert_eq!(refused - metrics_before, 5.0 + refused_attempts);
 }

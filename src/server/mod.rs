@@ -1,6 +1,10 @@
 //! Start-up and shutdown: connect, prepare the namespace, serve until SIGTERM or Ctrl-C.
 
+mod connections;
+
 use tokio::{sync::watch, task::JoinHandle};
+
+use connections::ConnectionLimits;
 
 use crate::tasks::{
     leader::{self, Leadership},
@@ -165,53 +169,59 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let (signalled, mut signal) = watch::channel(false);
+        let (signalled, signal) = watch::channel(false);
+        let bounds = self.config.http.limits.connections;
+        let limits = ConnectionLimits {
+            header_read: bounds.header_read,
+            keep_alive: bounds.keep_alive,
+            max_connections: bounds.max_connections,
+        };
+        let metrics = self.fleet.metrics().clone();
         let gateway_listen = self
             .config
             .gateway
             .listen
             .filter(|_| self.config.gateway.on);
-        if let Some(addr) = gateway_listen {
-            let listener =
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| StartError::Listen {
-                        addr: addr.to_string(),
-                        cause: e.to_string(),
-                    })?;
-            let app = self.gateway();
-            let mut stopped = signal.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(
+        let gateway = match gateway_listen {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| StartError::Listen {
+                            addr: addr.to_string(),
+                            cause: e.to_string(),
+                        })?;
+                tracing::info!(%addr, "gateway serving");
+                Some(tokio::spawn(connections::serve(
                     listener,
-                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the gateway's listener failed");
-                }
-            });
-            tracing::info!(%addr, "gateway serving");
-        }
-        let server = axum::serve(
-            listener,
-            self.app()
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+                    self.gateway(),
+                    limits,
+                    "gateway",
+                    metrics.clone(),
+                    signal.clone(),
+                )))
+            }
+            None => None,
+        };
+        let api = connections::serve(listener, self.app(), limits, "api", metrics, signal.clone());
+        let served = async move {
+            api.await;
+            if let Some(gateway) = gateway {
+                let _ = gateway.await;
+            }
+        };
+        tokio::spawn(async move {
             shutdown.await;
             let _ = signalled.send(true);
         });
         let grace = self.config.http.limits.shutdown_timeout;
+        let mut signal = signal;
         let deadline = async move {
             let _ = signal.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            served = server => served.map_err(|e| StartError::Serve(e.to_string()))?,
+            _ = served => {}
             _ = deadline => tracing::warn!(?grace, "in-flight requests did not finish within \
                 PROVISIONER_SHUTDOWN_TIMEOUT_SECONDS; exiting anyway"),
         }

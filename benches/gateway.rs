@@ -1,0 +1,262 @@
+//! What the gateway costs: the same client and the same sandbox (on the real node), through
+//! the gateway (the service's binary, its own listener) and straight to the Pod's IP.
+//!
+//! - saturated: requests per second at c = 10, 50 and 200 for a small GET (`/v1/ping`) and a
+//!   4 KiB POST (`/test/upload`), and the ratio gateway / direct. On 2 cores the client, the
+//!   gateway and the sandbox share the CPU, so this mostly measures that sharing;
+//! - fixed rate: 1,000 requests per second from 10 clients, p50 and p99 of each, and what the
+//!   gateway adds (targets: p50 +0.3 ms, p99 +1 ms);
+//! - the gateway's CPU per proxied request: the process's CPU time (utime + stime from
+//!   /proc) over the fixed-rate run, divided by its requests (target 50 µs);
+//! - the gateway's resident memory with 1,000 open WebSockets.
+//!
+//!     eval "$(scripts/local-cluster up)" && cargo bench --bench gateway
+//!
+//! It prints; a human reads.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use testkit::{
+    bench_env, free_port, json_answer, percentiles_ms, real_node_pod_template, real_node_running,
+    RunningBinary, TestNamespace, REAL_NODE_IMAGE,
+};
+
+const SECRET: &str = "bench-gateway-secret-0123456789abcdef";
+
+#[derive(Clone, Copy)]
+enum Call {
+    SmallGet,
+    Post4k,
+}
+
+impl Call {
+    fn send(self, http: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+        match self {
+            Call::SmallGet => http.get(format!("{base}/v1/ping")),
+            Call::Post4k => http
+                .post(format!("{base}/test/upload"))
+                .body(vec![b'x'; 4096]),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Call::SmallGet => "GET /v1/ping",
+            Call::Post4k => "POST 4 KiB",
+        }
+    }
+}
+
+async fn one(http: &reqwest::Client, base: &str, call: Call) {
+    let response = call.send(http, base).send().await.expect("an answer");
+    assert_eq!(response.status(), 200, "{}", base);
+    let _ = response.bytes().await.expect("a body");
+}
+
+/// Requests per second with `c` clients each sending back to back for `for_how_long`.
+async fn saturated(base: &str, call: Call, c: usize, for_how_long: Duration) -> f64 {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(c)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let clients = (0..c).map(|_| {
+        let (http, base) = (http.clone(), base.to_string());
+        async move {
+            let mut n = 0u64;
+            while started.elapsed() < for_how_long {
+                one(&http, &base, call).await;
+                n += 1;
+            }
+            n
+        }
+    });
+    let total: u64 = futures::future::join_all(clients).await.into_iter().sum();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Latencies at a fixed total `rate` from `c` clients (each on its own schedule).
+async fn fixed_rate(
+    base: &str,
+    call: Call,
+    rate: u32,
+    c: u32,
+    for_how_long: Duration,
+) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let every = Duration::from_secs_f64(f64::from(c) / f64::from(rate));
+    let clients = (0..c).map(|i| {
+        let (http, base) = (http.clone(), base.to_string());
+        async move {
+            let start = tokio::time::Instant::now() + every.mul_f64(f64::from(i) / f64::from(c));
+            let mut ticks = tokio::time::interval_at(start, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut samples = Vec::new();
+            let until = Instant::now() + for_how_long;
+            while Instant::now() < until {
+                ticks.tick().await;
+                let sent = Instant::now();
+                one(&http, &base, call).await;
+                samples.push(sent.elapsed());
+            }
+            samples
+        }
+    });
+    futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The process's CPU time so far (user + system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ, which Linux fixes at 100 for /proc.
+    let per_second = 100.0;
+    Duration::from_secs_f64(ticks as f64 / per_second)
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::main]
+async fn main() {
+    if !real_node_running().await {
+        println!("gateway bench skipped: no real node on this machine");
+        return;
+    }
+    let ns = TestNamespace::new("bench-gw").await;
+    let gateway_port = free_port();
+    let public = format!("http://127.0.0.1:{gateway_port}");
+    let mut env = bench_env(&ns.name, REAL_NODE_IMAGE);
+    env.extend([
+        (
+            "SANDBOX_POD_TEMPLATE",
+            real_node_pod_template().display().to_string(),
+        ),
+        ("SANDBOX_URL_MODE", "gateway".into()),
+        ("PROVISIONER_PUBLIC_URL", public.clone()),
+        (
+            "PROVISIONER_GATEWAY_LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        ),
+        ("PROVISIONER_GATEWAY_SECRET", SECRET.into()),
+        ("SANDBOX_SERVICE_TYPE", "None".into()),
+    ]);
+    let (service, _) = RunningBinary::start_quiet(&env).await;
+    service.wait_synced().await;
+    let http = reqwest::Client::new();
+    let answer = json_answer(
+        http.post(format!("{}/api/sandboxes", service.base))
+            .json(&json!({"sandbox_id": "bench-gw", "thread_id": "t", "wait_ready_seconds": 90})),
+    )
+    .await;
+    let through = answer["sandbox_url"].as_str().unwrap().to_string();
+    json_answer(
+        http.get(format!("{through}/v1/sandbox"))
+            .timeout(Duration::from_secs(90)),
+    )
+    .await;
+    let pod: Pod = ns.pods().get("sandbox-bench-gw").await.unwrap();
+    let direct = format!("http://{}:8080", pod.status.unwrap().pod_ip.unwrap());
+    // Warm both paths (connections, allocator).
+    saturated(&through, Call::SmallGet, 10, Duration::from_millis(500)).await;
+    saturated(&direct, Call::SmallGet, 10, Duration::from_millis(500)).await;
+
+    println!("saturated, same client, same sandbox (req/s; 3 s each):");
+    println!(
+        "{:<14} {:>5} {:>12} {:>12} {:>7}",
+        "call", "c", "direct", "gateway", "ratio"
+    );
+    for call in [Call::SmallGet, Call::Post4k] {
+        for c in [10, 50, 200] {
+            let d = saturated(&direct, call, c, Duration::from_secs(3)).await;
+            let g = saturated(&through, call, c, Duration::from_secs(3)).await;
+            println!(
+                "{:<14} {c:>5} {d:>12.0} {g:>12.0} {:>7.2}",
+                call.name(),
+                g / d
+            );
+        }
+    }
+
+    println!("\nfixed rate 1,000 req/s from 10 clients, 10 s each (ms):");
+    let pid = service.child.id();
+    for call in [Call::SmallGet, Call::Post4k] {
+        let (d50, d99) =
+            percentiles_ms(fixed_rate(&direct, call, 1000, 10, Duration::from_secs(10)).await);
+        let before = reqwest::get(format!("{}/metrics", service.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let cpu_before = cpu_time(pid);
+        let samples = fixed_rate(&through, call, 1000, 10, Duration::from_secs(10)).await;
+        let cpu = cpu_time(pid) - cpu_before;
+        let after = reqwest::get(format!("{}/metrics", service.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let proxied = metric(&after, "sandbox_provisioner_gateway_requests_total")
+            - metric(&before, "sandbox_provisioner_gateway_requests_total");
+        let n = samples.len();
+        let (g50, g99) = percentiles_ms(samples);
+        let per_request_us = cpu.as_secs_f64() * 1e6 / proxied;
+        println!(
+            "{:<14} direct p50 {d50:.3} p99 {d99:.3} | gateway p50 {g50:.3} p99 {g99:.3} | added p50 {:+.3} ({}) p99 {:+.3} ({}) | gateway CPU {per_request_us:.1} µs/request ({}; {proxied} proxied, {n} sent, {:.2} s CPU)",
+            call.name(),
+            g50 - d50,
+            if g50 - d50 <= 0.3 { "met" } else { "MISSED" },
+            g99 - d99,
+            if g99 - d99 <= 1.0 { "met" } else { "MISSED" },
+            if per_request_us <= 50.0 { "met" } else { "MISSED" },
+            cpu.as_secs_f64(),
+        );
+    }
+
+    let idle_rss = service.rss_mib();
+    let ws_url = format!("{}/test/ws", through.replacen("http://", "ws://", 1));
+    let mut sockets = Vec::new();
+    for _ in 0..1000 {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .expect("a WebSocket through the gateway");
+        sockets.push(socket);
+    }
+    // Each socket echoes once, so every one is spliced and open at the gateway.
+    for socket in &mut sockets {
+        use futures::SinkExt;
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text("x"))
+            .await
+            .unwrap();
+        socket.next().await.unwrap().unwrap();
+    }
+    let text = reqwest::get(format!("{}/metrics", service.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!(
+        "\nRSS with 1,000 open WebSockets: {:.1} MiB (before {idle_rss:.1} MiB; gauge open websocket = {})",
+        service.rss_mib(),
+        metric(&text, r#"sandbox_provisioner_open{what="websocket"}"#),
+    );
+    drop(sockets);
+    drop(service);
+    ns.delete_and_wait("the namespace").await;
+}
