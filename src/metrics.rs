@@ -119,6 +119,24 @@ struct OpenLabels {
     what: String,
 }
 
+/// What the gateway records for one tenant in one cluster (see [`Metrics::gateway_handles`]).
+#[derive(Clone, Debug)]
+pub struct GatewayHandles {
+    by_class: [Counter; 5],
+    pub upstream: Counter,
+    pub downstream: Counter,
+    duration: Histogram,
+}
+
+impl GatewayHandles {
+    /// A proxied request's answer (its head).
+    pub fn answered(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// Why a sandbox was deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeletionReason {
@@ -415,18 +433,27 @@ impl Metrics {
         }
     }
 
-    /// A proxied request's answer (its head) for one of this cluster's sandboxes.
-    pub fn gateway_request(&self, tenant: &str, status: u16, elapsed: Duration) {
-        self.gateway_requests
-            .get_or_create(&GatewayLabels {
-                cluster: self.cluster.to_string(),
-                tenant: tenant.into(),
-                class: format!("{}xx", status / 100),
-            })
-            .inc();
-        self.gateway_duration
-            .get_or_create(&self.cluster_labels())
-            .observe(elapsed.as_secs_f64());
+    /// Handles on everything the gateway records for one tenant's sandboxes in this cluster,
+    /// looked up once and kept, so that a proxied request allocates no labels.
+    pub fn gateway_handles(&self, tenant: &str) -> GatewayHandles {
+        let class = |class: &str| {
+            self.gateway_requests
+                .get_or_create(&GatewayLabels {
+                    cluster: self.cluster.to_string(),
+                    tenant: tenant.into(),
+                    class: class.into(),
+                })
+                .clone()
+        };
+        GatewayHandles {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            upstream: self.gateway_bytes(tenant, true),
+            downstream: self.gateway_bytes(tenant, false),
+            duration: self
+                .gateway_duration
+                .get_or_create(&self.cluster_labels())
+                .clone(),
+        }
     }
 
     /// The counter of bytes the gateway moves for one tenant in one direction.

@@ -21,7 +21,9 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::cluster::Cluster;
+use std::{collections::HashMap, sync::Mutex};
+
+use crate::{cluster::Cluster, fleet::Fleet};
 
 /// Why a proxied body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -34,27 +36,82 @@ pub enum BodyError {
     Inner(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Notes activity on a sandbox every heartbeat while it lives (a request waiting for its
-/// answer, a streaming body, an open WebSocket).
-pub struct Heartbeat(tokio::task::JoinHandle<()>);
+/// Open traffic by (cluster index, sandbox id).
+type OpenCounts = Arc<Mutex<HashMap<(usize, Arc<str>), usize>>>;
 
-impl Heartbeat {
-    pub fn start(cluster: &Cluster, id: &str) -> Heartbeat {
-        let (cluster, id) = (cluster.clone(), id.to_string());
-        let every = cluster.activity_heartbeat();
-        Heartbeat(tokio::spawn(async move {
+/// The sandboxes with requests, streams or WebSockets open through this gateway, by cluster
+/// (its index in the fleet) and id, and how many each has. One ticker notes activity on all of
+/// them every heartbeat, so that a request costs a counter, not a task of its own.
+#[derive(Clone, Default)]
+pub struct OpenTraffic {
+    open: OpenCounts,
+    ticker: Arc<std::sync::OnceLock<()>>,
+}
+
+impl OpenTraffic {
+    /// Counts traffic open on the sandbox until the returned heartbeat is dropped.
+    pub fn open(&self, fleet: &Fleet, cluster: usize, id: &str) -> Heartbeat {
+        let key = (cluster, Arc::<str>::from(id));
+        *self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        self.ticker.get_or_init(|| self.start_ticker(fleet.clone()));
+        Heartbeat {
+            open: self.open.clone(),
+            key,
+        }
+    }
+
+    /// Every heartbeat, notes activity on every sandbox with traffic open; ends when the
+    /// gateway is gone.
+    fn start_ticker(&self, fleet: Fleet) {
+        let open = Arc::downgrade(&self.open);
+        let every = fleet
+            .clusters()
+            .iter()
+            .map(Cluster::activity_heartbeat)
+            .min()
+            .unwrap_or(Duration::from_secs(30));
+        tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
             loop {
                 ticks.tick().await;
-                cluster.note_traffic(&id);
+                let Some(open) = open.upgrade() else { return };
+                let keys: Vec<(usize, Arc<str>)> = open
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                drop(open);
+                for (cluster, id) in keys {
+                    if let Some(cluster) = fleet.clusters().get(cluster) {
+                        cluster.note_traffic(&id);
+                    }
+                }
             }
-        }))
+        });
     }
+}
+
+/// One open request, stream or WebSocket: counted as open traffic until dropped.
+pub struct Heartbeat {
+    open: OpenCounts,
+    key: (usize, Arc<str>),
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.0.abort();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 

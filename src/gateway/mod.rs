@@ -19,8 +19,9 @@ mod route;
 mod upstream;
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::AtomicBool, Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -39,9 +40,10 @@ use crate::{
     config::GatewayLimits,
     fleet::Fleet,
     k8s::record::{creation_key, PodRecord},
+    metrics::GatewayHandles,
     spec::{Reach, SandboxUrls},
 };
-use body::{Heartbeat, Metered, Watched};
+use body::{Metered, OpenTraffic, Watched};
 pub use route::PREFIX;
 use upstream::{Forwarded, UpstreamClient};
 
@@ -126,21 +128,46 @@ impl IntoResponse for GatewayError {
     }
 }
 
+/// One cluster's metric handles, by tenant.
+type HandlesByTenant = RwLock<HashMap<Box<str>, Arc<GatewayHandles>>>;
+
 /// What every gateway request shares. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     fleet: Fleet,
     limits: GatewayLimits,
     client: UpstreamClient,
+    traffic: OpenTraffic,
+    /// Metric handles by cluster index and tenant, so that a request allocates no labels.
+    handles: Arc<[HandlesByTenant]>,
 }
 
 impl Gateway {
     pub fn new(fleet: Fleet, limits: GatewayLimits) -> Gateway {
         Gateway {
-            fleet,
+            fleet: fleet.clone(),
             limits,
             client: upstream::client(),
+            traffic: OpenTraffic::default(),
+            handles: fleet.clusters().iter().map(|_| RwLock::default()).collect(),
         }
+    }
+
+    fn handles(&self, cluster: usize, tenant: &str) -> Arc<GatewayHandles> {
+        let map = &self.handles[cluster];
+        if let Some(found) = map.read().unwrap_or_else(|e| e.into_inner()).get(tenant) {
+            return found.clone();
+        }
+        let made = Arc::new(
+            self.fleet.clusters()[cluster]
+                .metrics()
+                .gateway_handles(tenant),
+        );
+        map.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.into())
+            .or_insert(made)
+            .clone()
     }
 
     /// The gateway's routes: everything below `/sandboxes/`.
@@ -152,12 +179,13 @@ impl Gateway {
 
     /// The cluster holding the sandbox, and its Pod's record. While a cluster's watch has not
     /// synced (a replica that just started), a miss waits for it, up to the readiness wait.
-    async fn locate(&self, id: &str) -> Result<(&Cluster, Arc<PodRecord>), GatewayError> {
+    async fn locate(&self, id: &str) -> Result<(usize, Arc<PodRecord>), GatewayError> {
         let clusters = self.fleet.clusters();
         let found = || {
             clusters
                 .iter()
-                .find_map(|c| c.cached_pod(id).map(|pod| (c, pod)))
+                .enumerate()
+                .find_map(|(i, c)| c.cached_pod(id).map(|pod| (i, pod)))
         };
         if let Some(hit) = found() {
             return Ok(hit);
@@ -188,10 +216,11 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let Some(route) = route::route(&path_and_query) else {
         return GatewayError::NotFound.into_response();
     };
-    let (cluster, pod) = match gateway.locate(route.id).await {
+    let (index, pod) = match gateway.locate(route.id).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
+    let cluster = &gateway.fleet.clusters()[index];
     let SandboxUrls::Gateway(urls) = &cluster.spec().urls else {
         return GatewayError::NotFound.into_response();
     };
@@ -203,10 +232,9 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
         return GatewayError::NotFound.into_response();
     }
     let metrics = cluster.metrics();
-    let tenant = pod.tenant.to_string();
-    let redacted = format!("{PREFIX}{}/…", route.id);
+    let handles = gateway.handles(index, &pod.tenant);
     let method = request.method().clone();
-    let answer = forward(&gateway, cluster, pod, &route, &creation, request).await;
+    let answer = forward(&gateway, index, pod, &route, &creation, request, &handles).await;
     let response = match answer {
         Ok(response) => response,
         Err(e) => {
@@ -217,26 +245,32 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
         }
     };
     let status = response.status().as_u16();
-    metrics.gateway_request(&tenant, status, started.elapsed());
-    // The token never reaches the log: only the id and what follows it.
-    tracing::info!(%method, path = %redacted, target_len = route.target.len(), status,
-        latency_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0), "proxied");
+    handles.answered(status, started.elapsed());
+    // The token never reaches the log: only the id.
+    if tracing::enabled!(tracing::Level::INFO) {
+        let path = format!("{PREFIX}{}/…", route.id);
+        let latency_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
+        tracing::info!(%method, path, target_len = route.target.len(), status, latency_ms,
+            "proxied");
+    }
     response
 }
 
 /// Waits for the sandbox to be ready, forwards the request and streams the answer back.
 async fn forward(
     gateway: &Gateway,
-    cluster: &Cluster,
+    index: usize,
     pod: Arc<PodRecord>,
     route: &route::Route<'_>,
     creation: &str,
     mut request: Request,
+    handles: &GatewayHandles,
 ) -> Result<Response, GatewayError> {
     let limits = gateway.limits;
     let id = route.id;
+    let cluster = &gateway.fleet.clusters()[index];
     cluster.note_traffic(id);
-    let heartbeat = Heartbeat::start(cluster, id);
+    let heartbeat = gateway.traffic.open(&gateway.fleet, index, id);
     let pod = ready_pod(cluster, id, pod, limits.ready_wait).await?;
     if cluster.spec().reach == Reach::ApiServer {
         return Err(GatewayError::ReachUnavailable(cluster.name().to_string()));
@@ -291,14 +325,9 @@ async fn forward(
     .map_err(|e| GatewayError::Broken(format!("the request's path cannot be forwarded: {e}")))?;
     parts.version = http::Version::HTTP_11;
     let metrics = cluster.metrics();
-    let tenant = pod.tenant.to_string();
     let body_broken = Arc::new(AtomicBool::new(false));
-    let outgoing = Watched::new(
-        incoming,
-        limits.idle_timeout,
-        metrics.gateway_bytes(&tenant, true),
-    )
-    .capped(limits.max_body_bytes, body_broken.clone());
+    let outgoing = Watched::new(incoming, limits.idle_timeout, handles.upstream.clone())
+        .capped(limits.max_body_bytes, body_broken.clone());
     let sent = gateway
         .client
         .request(http::Request::from_parts(parts, Body::new(outgoing)));
@@ -321,10 +350,7 @@ async fn forward(
         (answer.status(), downstream_upgrade)
     {
         let upstream_side = hyper::upgrade::on(&mut answer);
-        let (bytes_up, bytes_down) = (
-            metrics.gateway_bytes(&tenant, true),
-            metrics.gateway_bytes(&tenant, false),
-        );
+        let (bytes_up, bytes_down) = (handles.upstream.clone(), handles.downstream.clone());
         let open = metrics.open("websocket");
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
@@ -349,12 +375,8 @@ async fn forward(
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (parts, incoming) = answer.into_parts();
-    let back = Watched::new(
-        incoming,
-        limits.idle_timeout,
-        metrics.gateway_bytes(&tenant, false),
-    )
-    .with_heartbeat(heartbeat);
+    let back = Watched::new(incoming, limits.idle_timeout, handles.downstream.clone())
+        .with_heartbeat(heartbeat);
     Ok(Response::from_parts(parts, Body::new(back)))
 }
 

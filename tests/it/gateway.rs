@@ -529,3 +529,141 @@ async fn connections_past_the_cap_are_refused_and_counted() {
     .await;
     assert_eq!(refused - metrics_before, 5.0 + refused_attempts);
 }
+
+#[tokio::test]
+async fn under_churn_every_answer_comes_from_the_sandbox_its_url_names() {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+    if !real_node_running().await {
+        return;
+    }
+    const SANDBOXES: usize = 20;
+    const REQUESTS: usize = 10_000;
+    // Twenty real sandboxes and their churn: nothing else on the node meanwhile.
+    let _alone = testkit::alone().await;
+    let ns = TestNamespace::new("gw-churn").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    // Small enough that twenty fit on the node's two cores, with room for the re-created.
+    args.sizes.sandbox_sizes = Some(
+        json!({"tiny": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                        "limits": {"cpu": "500m", "memory": "256Mi"}}})
+        .to_string(),
+    );
+    args.sizes.sandbox_default_size = "tiny".into();
+    let service = TestService::start(args).await;
+    // Which Pod each URL was handed out for, and each slot's current URL.
+    let owner_of: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
+    let current: Arc<Mutex<Vec<String>>> = Arc::default();
+    for i in 0..SANDBOXES {
+        let id = format!("churn-{i}");
+        let answer = create(&service, &id, "t-1").await;
+        let url = answer["sandbox_url"].as_str().unwrap().to_string();
+        let uid = answer["container_id"].as_str().unwrap().to_string();
+        owner_of.lock().unwrap().insert(url.clone(), (id, uid));
+        current.lock().unwrap().push(url);
+    }
+    let http = long_client();
+    let urls = current.lock().unwrap().clone();
+    for url in urls {
+        json_answer(http.get(format!("{url}/v1/sandbox"))).await;
+    }
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Deletes and re-creates sandboxes one after another while the requests run.
+    let churn = tokio::spawn({
+        let (base, owner_of, current, done) = (
+            service.base.clone(),
+            owner_of.clone(),
+            current.clone(),
+            done.clone(),
+        );
+        let pods = ns.pods();
+        async move {
+            let http = long_client();
+            let mut recreated = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let slot = recreated % SANDBOXES;
+                let id = format!("churn-{slot}");
+                let deleted = http
+                    .delete(format!("{base}/api/sandboxes/{id}"))
+                    .send()
+                    .await;
+                assert_eq!(deleted.unwrap().status(), 200);
+                let name = format!("sandbox-{id}");
+                eventually(Duration::from_secs(60), "the Pod to be gone", || async {
+                    pods.get_opt(&name).await.unwrap().is_none().then_some(())
+                })
+                .await;
+                // Ready before the next one goes: one sandbox in re-creation at a time.
+                let answer: Value = json_answer(http.post(format!("{base}/api/sandboxes")).json(
+                    &json!({"sandbox_id": id, "thread_id": "t-1", "wait_ready_seconds": 60}),
+                ))
+                .await;
+                assert_eq!(answer["ready"], true, "{answer}");
+                let url = answer["sandbox_url"].as_str().unwrap().to_string();
+                let uid = answer["container_id"].as_str().unwrap().to_string();
+                owner_of.lock().unwrap().insert(url.clone(), (id, uid));
+                current.lock().unwrap()[slot] = url;
+                recreated += 1;
+            }
+            recreated
+        }
+    });
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..8).map(|w| {
+        let (http, owner_of, current, sent) = (
+            http.clone(),
+            owner_of.clone(),
+            current.clone(),
+            sent.clone(),
+        );
+        async move {
+            let mut tally: HashMap<u16, usize> = HashMap::new();
+            let mut n = w;
+            while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < REQUESTS {
+                let url = current.lock().unwrap()[n % SANDBOXES].clone();
+                n += 1;
+                let response = http
+                    .get(format!("{url}/test/identity"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                *tally.entry(status).or_default() += 1;
+                if status == 200 {
+                    let body: Value = response.json().await.unwrap();
+                    let (id, uid) = owner_of.lock().unwrap()[&url].clone();
+                    assert_eq!(body["data"]["sandbox_id"], id.as_str(), "{url}: {body}");
+                    assert_eq!(body["data"]["pod_uid"], uid.as_str(), "{url}: {body}");
+                }
+            }
+            tally
+        }
+    });
+    let tallies = futures::future::join_all(workers).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let recreated = churn.await.unwrap();
+    let mut total: HashMap<u16, usize> = HashMap::new();
+    for tally in tallies {
+        for (status, n) in tally {
+            *total.entry(status).or_default() += n;
+        }
+    }
+    eprintln!("{REQUESTS} requests while {recreated} sandboxes were re-created: {total:?}");
+    assert!(
+        recreated >= 1,
+        "at least one sandbox was re-created meanwhile"
+    );
+    // 200 from the right Pod; 404 for a URL whose sandbox was just deleted; 502/503 while
+    // its own sandbox is being re-created. Nothing else.
+    for status in total.keys() {
+        assert!(matches!(status, 200 | 404 | 502 | 503), "{total:?}");
+    }
+    assert!(
+        total.get(&200).copied().unwrap_or(0) > REQUESTS / 2,
+        "{total:?}"
+    );
+}

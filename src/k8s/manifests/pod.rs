@@ -688,4 +688,43 @@ mod tests {
             json!([{"name": "user-data", "emptyDir": {}}])
         );
     }
+
+    #[test]
+    fn a_per_sandbox_key_goes_into_the_env_and_the_probes_move_to_ping() {
+        let mut t = spec(None, None);
+        let urls = std::sync::Arc::new(crate::spec::GatewayUrls {
+            public_url: "http://p:8002".into(),
+            keys: crate::spec::GatewayKeys::new(b"0123456789abcdef0123456789abcdef", None),
+        });
+        t.urls = SandboxUrls::Gateway(urls.clone());
+        let without = pod_json(&t);
+        let c = &without["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v1/sandbox");
+        assert!(c["env"].is_null(), "no key unless asked for");
+        t.upstream_key = true;
+        let request = a_request();
+        let created = Timestamp::from_second(1_800_000_000).unwrap();
+        let p = serde_json::to_value(pod(&t, &request, created)).unwrap();
+        let c = &p["spec"]["containers"][0];
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/v1/ping", "{probe}");
+        }
+        let key = urls.keys.upstream_key(
+            &request.tenant,
+            request.id.as_str(),
+            &created.as_nanosecond().to_string(),
+        );
+        assert_eq!(
+            c["env"],
+            json!([{"name": SANDBOX_API_KEY_ENV, "value": key}])
+        );
+        // Bound to the creation, as the URL is.
+        let later = serde_json::to_value(pod(
+            &t,
+            &request,
+            created + jiff::SignedDuration::from_secs(1),
+        ))
+        .unwrap();
+        assert_ne!(later["spec"]["containers"][0]["env"], c["env"]);
+    }
 }
