@@ -18,6 +18,8 @@ pub enum NeededWhen {
     NetworkPolicies,
     /// `SKILLS_PVC_NAME` or `USERDATA_PVC_NAME` is set.
     Claims,
+    /// A cluster's gateway reach is `apiserver` (its service proxy).
+    ApiServerReach,
     /// The namespace does not exist and the service must create it. The shipped manifests
     /// create the namespace themselves, so their Role does not grant this.
     NamespaceMissing,
@@ -103,6 +105,11 @@ pub const PERMISSIONS: &[Permission] = &[
     permission(POLICIES, "networkpolicies", "watch", NetworkPolicies, "the sweep's copy"),
     permission(POLICIES, "networkpolicies", "delete", NetworkPolicies, "remove with the sandbox"),
     permission("", "persistentvolumeclaims", "get", Claims, "check the claims exist at start"),
+    permission("", "services/proxy", "get", ApiServerReach, "gateway: GET/HEAD through the apiserver"),
+    permission("", "services/proxy", "create", ApiServerReach, "gateway: POST through the apiserver"),
+    permission("", "services/proxy", "update", ApiServerReach, "gateway: PUT through the apiserver"),
+    permission("", "services/proxy", "patch", ApiServerReach, "gateway: PATCH through the apiserver"),
+    permission("", "services/proxy", "delete", ApiServerReach, "gateway: DELETE through the apiserver"),
 ];
 
 /// Which optional features a configuration uses, to pick the permissions it needs.
@@ -112,6 +119,8 @@ pub struct Features {
     pub leader_election: bool,
     pub network_policies: bool,
     pub claims: bool,
+    /// A cluster reached by the gateway through its apiserver.
+    pub apiserver_reach: bool,
     pub namespace_missing: bool,
 }
 
@@ -121,6 +130,7 @@ impl Features {
         leader_election: true,
         network_policies: true,
         claims: true,
+        apiserver_reach: true,
         namespace_missing: false,
     };
 
@@ -130,6 +140,7 @@ impl Features {
             LeaderElection => self.leader_election,
             NetworkPolicies => self.network_policies,
             Claims => self.claims,
+            ApiServerReach => self.apiserver_reach,
             NamespaceMissing => self.namespace_missing,
         }
     }

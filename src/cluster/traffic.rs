@@ -34,6 +34,11 @@ impl Cluster {
             .await
     }
 
+    /// The cluster's Kubernetes client (the gateway's apiserver reach sends through it).
+    pub fn kube_client(&self) -> kube::Client {
+        self.calls.client()
+    }
+
     /// Notes traffic through the gateway as activity on the sandbox (as a GET does).
     pub fn note_traffic(&self, id: &str) {
         if let Some(pod) = self.cache.pod(id) {

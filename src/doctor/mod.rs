@@ -143,6 +143,7 @@ async fn cluster_checks(config: &Config, member: &ClusterConfig) -> Vec<Check> {
         leader_election: !config.lifecycle.leader_lease.is_zero() || config.tenancy.locks(),
         network_policies: sandbox.policies_on(),
         claims: !sandbox.claims().is_empty(),
+        apiserver_reach: config.gateway.on && sandbox.reach == crate::spec::Reach::ApiServer,
         namespace_missing: namespace_exists == Some(false),
     };
     rbac_checks(&client, namespace, features, &mut checks).await;

@@ -76,10 +76,12 @@ pub enum GatewayError {
     #[error("the request body is larger than {0} bytes (PROVISIONER_GATEWAY_MAX_BODY_BYTES)")]
     TooLarge(usize),
     #[error(
-        "cluster {0:?} is reached through its apiserver (reach: apiserver), which this gateway \
-        does not serve yet: use reach pod-ip for it"
+        "cluster {0:?} is reached through its apiserver (reach: apiserver), which does not carry \
+        WebSockets here: use reach pod-ip for it"
     )]
     ReachUnavailable(String),
+    #[error("cannot reach cluster {0:?} through its apiserver: {1}")]
+    ClusterUnreachable(String, String),
 }
 
 impl GatewayError {
@@ -88,7 +90,8 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Syncing
             | GatewayError::NotReady(_)
-            | GatewayError::ReachUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::ClusterUnreachable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ReachUnavailable(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::Gone | GatewayError::Connect(_) | GatewayError::Broken(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -106,6 +109,7 @@ impl GatewayError {
             GatewayError::Broken(_) => "broken",
             GatewayError::Timeout(_) => "timeout",
             GatewayError::TooLarge(_) => "body-limit",
+            GatewayError::ClusterUnreachable(..) => "cluster",
             _ => return None,
         })
     }
@@ -272,7 +276,8 @@ async fn forward(
     cluster.note_traffic(id);
     let heartbeat = gateway.traffic.open(&gateway.fleet, index, id);
     let pod = ready_pod(cluster, id, pod, limits.ready_wait).await?;
-    if cluster.spec().reach == Reach::ApiServer {
+    let via_apiserver = cluster.spec().reach == Reach::ApiServer;
+    if via_apiserver && upstream::is_upgrade(request.headers()) {
         return Err(GatewayError::ReachUnavailable(cluster.name().to_string()));
     }
     let ip: IpAddr = pod
@@ -316,6 +321,14 @@ async fn forward(
             key: key.as_deref(),
         },
     );
+    if via_apiserver {
+        let answer =
+            through_apiserver(cluster, &pod, id, route, parts, incoming, limits, handles).await?;
+        let (parts, body) = answer.into_parts();
+        let back = Watched::new(body, limits.idle_timeout, handles.downstream.clone())
+            .with_heartbeat(heartbeat);
+        return Ok(Response::from_parts(parts, Body::new(back)));
+    }
     parts.uri = format!(
         "http://{}{}",
         upstream::pod_authority(&pod.uid, ip, port),
@@ -378,6 +391,68 @@ async fn forward(
     let back = Watched::new(incoming, limits.idle_timeout, handles.downstream.clone())
         .with_heartbeat(heartbeat);
     Ok(Response::from_parts(parts, Body::new(back)))
+}
+
+/// Sends a request through the cluster's apiserver (its service proxy to the sandbox's
+/// Service). kube's client sends whole bodies, so the request body is read first (within the
+/// cap); the answer streams back.
+#[allow(clippy::too_many_arguments)]
+async fn through_apiserver(
+    cluster: &Cluster,
+    pod: &PodRecord,
+    id: &str,
+    route: &route::Route<'_>,
+    mut parts: http::request::Parts,
+    incoming: Body,
+    limits: GatewayLimits,
+    handles: &GatewayHandles,
+) -> Result<http::Response<kube::client::Body>, GatewayError> {
+    use http_body_util::BodyExt;
+    // The apiserver's own host, which the client sets.
+    parts.headers.remove(header::HOST);
+    parts.uri = format!(
+        "/api/v1/namespaces/{}/services/{}:{}/proxy{}",
+        cluster.namespace(),
+        crate::k8s::manifests::service_name(id),
+        cluster.spec().port,
+        route::upstream_target(route)
+    )
+    .parse()
+    .map_err(|e| GatewayError::Broken(format!("the request's path cannot be forwarded: {e}")))?;
+    let broken = Arc::new(AtomicBool::new(false));
+    let body = Watched::new(incoming, limits.idle_timeout, handles.upstream.clone())
+        .capped(limits.max_body_bytes, broken.clone())
+        .collect()
+        .await
+        .map_err(
+            |e| match broken.load(std::sync::atomic::Ordering::Relaxed) {
+                true => GatewayError::TooLarge(limits.max_body_bytes),
+                false => GatewayError::Broken(e.to_string()),
+            },
+        )?
+        .to_bytes();
+    let request = http::Request::from_parts(parts, kube::client::Body::from(body));
+    let client = cluster.kube_client();
+    let sent = client.send(request);
+    match tokio::time::timeout(limits.response_timeout, sent).await {
+        Err(_) => Err(GatewayError::Timeout(limits.response_timeout)),
+        Ok(Ok(answer)) => {
+            let mut answer = answer;
+            upstream::strip_hop_by_hop(answer.headers_mut());
+            Ok(answer)
+        }
+        Ok(Err(e)) => {
+            let same_pod = cluster
+                .cached_pod(id)
+                .is_some_and(|now| now.uid == pod.uid && !now.terminating);
+            Err(match same_pod {
+                false => GatewayError::Gone,
+                true => {
+                    GatewayError::ClusterUnreachable(cluster.name().to_string(), error_chain(&e))
+                }
+            })
+        }
+    }
 }
 
 /// The sandbox's Pod once it is ready (watch-driven, up to `limit`); the same Pod, or the

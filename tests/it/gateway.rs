@@ -667,3 +667,66 @@ async fn under_churn_every_answer_comes_from_the_sandbox_its_url_names() {
         "{total:?}"
     );
 }
+
+#[tokio::test]
+async fn a_cluster_reached_through_its_apiserver_serves_the_same_sandbox_calls() {
+    if !real_node_running().await {
+        return;
+    }
+    let ns = TestNamespace::new("gw-api").await;
+    let host = HostDir::new(&ns);
+    let mut args = real_node_gateway_args(&ns.name, &host.0);
+    // The apiserver's service proxy: the gateway does not dial the Pod itself.
+    args.gateway.gateway_reach = "apiserver".into();
+    args.sandbox.sandbox_service_type = "ClusterIP".into();
+    let service = TestService::start(args).await;
+    let answer = create(&service, "gw-a", "t-1").await;
+    let url = answer["sandbox_url"].as_str().unwrap().to_string();
+    let http = long_client();
+    // The Service's endpoints follow readiness a moment later: until then the apiserver says
+    // so (503), which the caller retries as DeerFlow's client does.
+    let context = eventually(
+        Duration::from_secs(60),
+        "an answer through the apiserver",
+        || async {
+            let (status, body) = status_of(http.get(format!("{url}/v1/sandbox"))).await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(context["home_dir"], "/home/gem", "{context}");
+    let identity = json_answer(http.get(format!("{url}/test/identity"))).await;
+    assert_eq!(
+        identity["data"]["pod_uid"], answer["container_id"],
+        "{identity}"
+    );
+    let (out, code) = exec(&http, &url, "echo via-apiserver").await;
+    assert_eq!((out.trim(), code), ("via-apiserver", 0));
+    let received = json_answer(
+        http.post(format!("{url}/test/upload"))
+            .body(vec![1u8; 100_000]),
+    )
+    .await;
+    assert_eq!(received["data"]["bytes"], 100_000, "{received}");
+    let mut response = http
+        .get(format!("{url}/test/stream?mib=8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut offset = 0usize;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        for (i, byte) in chunk.iter().enumerate() {
+            assert_eq!(*byte, ((offset + i) % 251) as u8, "byte {}", offset + i);
+        }
+        offset += chunk.len();
+    }
+    assert_eq!(offset, 8 << 20);
+    // WebSockets do not pass the apiserver here: said plainly.
+    let ws_url = format!("{}/test/ws", url.replacen("http://", "ws://", 1));
+    let refused = tokio_tungstenite::connect_async(ws_url.as_str()).await;
+    assert!(refused.is_err());
+    service
+        .call(Method::DELETE, "/api/sandboxes/gw-a", None)
+        .await;
+}
