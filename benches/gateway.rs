@@ -173,17 +173,29 @@ async fn main() {
     saturated(&through, Call::SmallGet, 10, Duration::from_millis(500)).await;
     saturated(&direct, Call::SmallGet, 10, Duration::from_millis(500)).await;
 
-    println!("saturated, same client, same sandbox (req/s; 3 s each):");
+    let pid = service.child.id();
+    let idle = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = (cpu_time(pid) - idle).as_secs_f64() / 5.0;
     println!(
-        "{:<14} {:>5} {:>12} {:>12} {:>7}",
-        "call", "c", "direct", "gateway", "ratio"
+        "the service idle: {:.1} ms CPU per second (watches, timers)",
+        idle * 1000.0
+    );
+
+    println!("saturated, same client, same sandbox (req/s; 3 s each; gateway CPU per request):");
+    println!(
+        "{:<14} {:>5} {:>12} {:>12} {:>7} {:>12}",
+        "call", "c", "direct", "gateway", "ratio", "CPU µs/req"
     );
     for call in [Call::SmallGet, Call::Post4k] {
         for c in [10, 50, 200] {
             let d = saturated(&direct, call, c, Duration::from_secs(3)).await;
+            let before = cpu_time(pid);
             let g = saturated(&through, call, c, Duration::from_secs(3)).await;
+            let cpu = (cpu_time(pid) - before).as_secs_f64();
+            let per_request = cpu * 1e6 / (g * 3.0);
             println!(
-                "{:<14} {c:>5} {d:>12.0} {g:>12.0} {:>7.2}",
+                "{:<14} {c:>5} {d:>12.0} {g:>12.0} {:>7.2} {per_request:>12.1}",
                 call.name(),
                 g / d
             );
@@ -191,7 +203,6 @@ async fn main() {
     }
 
     println!("\nfixed rate 1,000 req/s from 10 clients, 10 s each (ms):");
-    let pid = service.child.id();
     for call in [Call::SmallGet, Call::Post4k] {
         let (d50, d99) =
             percentiles_ms(fixed_rate(&direct, call, 1000, 10, Duration::from_secs(10)).await);
