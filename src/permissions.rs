@@ -130,7 +130,9 @@ impl Features {
         leader_election: true,
         network_policies: true,
         claims: true,
-        apiserver_reach: true,
+        // The shipped provisioner runs in its sandboxes' cluster and reaches their Pods; a
+        // cluster reached through its apiserver gets the extra rule (docs/gateway.md).
+        apiserver_reach: false,
         namespace_missing: false,
     };
 

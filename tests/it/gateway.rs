@@ -180,6 +180,8 @@ async fn the_gateway_streams_large_bodies_both_ways_and_splices_websockets() {
     if !real_node_running().await {
         return;
     }
+    // It loads the machine on purpose (hundreds of MiB, thousands of sockets): alone.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("gw-stream").await;
     let host = HostDir::new(&ns);
     let mut args = real_node_gateway_args(&ns.name, &host.0);
@@ -438,6 +440,8 @@ async fn slow_clients_are_cut_at_the_header_timeout_while_everyone_else_is_serve
     if !real_node_running().await {
         return;
     }
+    // It loads the machine on purpose (hundreds of MiB, thousands of sockets): alone.
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("gw-slow").await;
     let host = HostDir::new(&ns);
     let mut args = real_node_gateway_args(&ns.name, &host.0);
