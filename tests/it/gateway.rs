@@ -318,16 +318,18 @@ async fn a_pod_gone_mid_request_is_502_and_slow_answers_time_out_with_504() {
     assert_eq!(status, 200, "{body}");
     service.stop_gracefully().await;
 
-    // Another replica whose gateway waits at most 2 s for an answer to start.
+    // Another replica whose gateway waits at most 3 s for an answer to start.
     let mut args = args;
     args.http.listen = format!("127.0.0.1:{}", testkit::free_port());
     args.gateway.public_url = Some(format!("http://{}", args.http.listen));
-    args.gateway.gateway_timeout_seconds = 2.0;
+    args.gateway.gateway_timeout_seconds = 3.0;
     let service = TestService::start(args).await;
     let url = url.replacen(&url[..url.find("/sandboxes/").unwrap()], &service.base, 1);
-    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=500"))).await;
-    assert_eq!((status, &body["data"]["ms"]), (200, &json!(500)), "{body}");
-    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=4000"))).await;
+    // Its cache synced and its connection to the Pod made before anything is timed.
+    json_answer(http.get(format!("{url}/v1/ping"))).await;
+    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=100"))).await;
+    assert_eq!((status, &body["data"]["ms"]), (200, &json!(100)), "{body}");
+    let (status, body) = status_of(http.get(format!("{url}/test/slow?ms=8000"))).await;
     assert_eq!(status, 504, "{body}");
     assert!(body["detail"]
         .as_str()
