@@ -132,6 +132,10 @@ impl IntoResponse for GatewayError {
     }
 }
 
+/// How long a request for a sandbox the cache does not hold waits for the watch to deliver
+/// it (a create's answer can reach the caller before the watch reaches this replica).
+const JUST_CREATED_WAIT: Duration = Duration::from_secs(2);
+
 /// One cluster's metric handles, by tenant.
 type HandlesByTenant = RwLock<HashMap<Box<str>, Arc<GatewayHandles>>>;
 
@@ -200,6 +204,14 @@ impl Gateway {
             cluster
                 .wait_for_pod(id, left, |pod| pod.is_some() || cluster.cache_usable())
                 .await;
+        }
+        if found().is_none() {
+            // A sandbox created a moment ago (its URL handed out with the create's answer) may
+            // not have reached the watch yet: give it a moment before saying it does not exist.
+            let waits = clusters
+                .iter()
+                .map(|c| Box::pin(c.wait_for_pod(id, JUST_CREATED_WAIT, |pod| pod.is_some())));
+            futures::future::select_all(waits).await;
         }
         match found() {
             Some(hit) => Ok(hit),
