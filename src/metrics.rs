@@ -457,7 +457,7 @@ impl Metrics {
     }
 
     /// The counter of bytes the gateway moves for one tenant in one direction.
-    pub fn gateway_bytes(&self, tenant: &str, upstream: bool) -> Counter {
+    fn gateway_bytes(&self, tenant: &str, upstream: bool) -> Counter {
         self.gateway_bytes
             .get_or_create(&BytesLabels {
                 cluster: self.cluster.to_string(),

@@ -41,7 +41,7 @@ use crate::{
     fleet::Fleet,
     k8s::record::{creation_key, PodRecord},
     metrics::GatewayHandles,
-    spec::{Reach, SandboxUrls},
+    spec::{GatewayUrls, Reach, SandboxUrls},
 };
 use body::{Metered, OpenTraffic, Watched};
 pub use route::PREFIX;
@@ -250,7 +250,10 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let metrics = cluster.metrics();
     let handles = gateway.handles(index, &pod.tenant);
     let method = request.method().clone();
-    let answer = forward(&gateway, index, pod, &route, &creation, request, &handles).await;
+    let answer = forward(
+        &gateway, index, urls, pod, &route, &creation, request, &handles,
+    )
+    .await;
     let response = match answer {
         Ok(response) => response,
         Err(e) => {
@@ -273,9 +276,11 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
 }
 
 /// Waits for the sandbox to be ready, forwards the request and streams the answer back.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     gateway: &Gateway,
     index: usize,
+    urls: &GatewayUrls,
     pod: Arc<PodRecord>,
     route: &route::Route<'_>,
     creation: &str,
@@ -289,7 +294,8 @@ async fn forward(
     let heartbeat = gateway.traffic.open(&gateway.fleet, index, id);
     let pod = ready_pod(cluster, id, pod, limits.ready_wait).await?;
     let via_apiserver = cluster.spec().reach == Reach::ApiServer;
-    if via_apiserver && upstream::is_upgrade(request.headers()) {
+    let upgrade = upstream::is_upgrade(request.headers());
+    if via_apiserver && upgrade {
         return Err(GatewayError::ReachUnavailable(cluster.name().to_string()));
     }
     let ip: IpAddr = pod
@@ -307,9 +313,6 @@ async fn forward(
     if too_large {
         return Err(GatewayError::TooLarge(limits.max_body_bytes));
     }
-    let SandboxUrls::Gateway(urls) = &cluster.spec().urls else {
-        return Err(GatewayError::NotFound);
-    };
     let key = cluster
         .spec()
         .upstream_key
@@ -320,7 +323,6 @@ async fn forward(
         .map(|c| c.0.ip());
     let proto = urls.public_url.split("://").next().unwrap_or("http");
     let host = SocketAddr::new(ip, port).to_string();
-    let upgrade = upstream::is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     upstream::rewrite_request_headers(

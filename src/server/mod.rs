@@ -35,8 +35,6 @@ pub enum StartError {
         --listen)"
     )]
     Listen { addr: String, cause: String },
-    #[error("the HTTP server failed: {0}")]
-    Serve(String),
     #[error(
         "{0}. The sandbox pod this configuration describes is invalid: check \
         SANDBOX_POD_TEMPLATE, SANDBOX_PLACEMENT, SANDBOX_SIZES, SANDBOX_SECCOMP_PROFILE and the \
