@@ -499,11 +499,31 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     ]))
     .await;
     proxy.swallow();
-    let arrived = proxy.request_arrived();
     let url = format!("{}/api/sandboxes/inflight-1", running.base);
     let in_flight =
         tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
-    arrived.await;
+    // The proxy also swallows background calls (Lease renewals, watches), so its report alone
+    // does not show that this request is in flight: the provisioner's own count of Pod reads
+    // does (an unknown id is confirmed with one read, which the black hole holds).
+    let pod_reads = format!("{}/metrics", running.base);
+    let sample = r#"sandbox_provisioner_kubernetes_requests_total{cluster="default",verb="get",resource="pods"} "#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = reqwest::get(&pod_reads)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.lines().any(|l| l.starts_with(sample)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provisioner never read the Pod:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     running.sigterm();
     let status = in_flight
         .await

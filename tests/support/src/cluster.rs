@@ -131,12 +131,10 @@ impl Drop for ExtraApiserver {
 }
 
 /// A TCP proxy to the local apiserver that a test can switch into a black hole: from then on
-/// it forwards nothing (connections stay open, bytes go nowhere) and reports that a request
-/// arrived, so the test knows the provisioner has a call in flight.
+/// it forwards nothing (connections stay open, bytes go nowhere), so calls made then hang.
 pub struct BlackholeProxy {
     pub port: u16,
     forwarding: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    arrived: std::sync::Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,8 +145,7 @@ impl BlackholeProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let forwarding = Arc::new(AtomicBool::new(true));
-        let arrived = Arc::new(tokio::sync::Notify::new());
-        let (fwd, arr) = (forwarding.clone(), arrived.clone());
+        let fwd = forwarding.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) =
@@ -158,19 +155,15 @@ impl BlackholeProxy {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut ur, mut uw) = upstream.into_split();
-                let (fwd_up, arr_up, fwd_down) = (fwd.clone(), arr.clone(), fwd.clone());
+                let (fwd_up, fwd_down) = (fwd.clone(), fwd.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16384];
                     while let Ok(n) = cr.read(&mut buf).await {
                         if n == 0 {
                             break;
                         }
-                        if fwd_up.load(Ordering::SeqCst) {
-                            if uw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        } else {
-                            arr_up.notify_one();
+                        if fwd_up.load(Ordering::SeqCst) && uw.write_all(&buf[..n]).await.is_err() {
+                            break;
                         }
                     }
                 });
@@ -191,7 +184,6 @@ impl BlackholeProxy {
         BlackholeProxy {
             port,
             forwarding,
-            arrived,
             task,
         }
     }
@@ -199,11 +191,6 @@ impl BlackholeProxy {
     /// From now on nothing is forwarded.
     pub fn swallow(&self) {
         self.forwarding.store(false, Ordering::SeqCst);
-    }
-
-    /// Resolves once a request has arrived while swallowing.
-    pub async fn request_arrived(&self) {
-        self.arrived.notified().await
     }
 }
 
