@@ -49,6 +49,11 @@ impl Permission {
                 "create namespace {namespace} beforehand, or grant create on namespaces \
                  (a ClusterRole)"
             ),
+            NeededWhen::ApiServerReach => format!(
+                "add verb {} on {} to the Role of the credential used for this cluster in \
+                 namespace {namespace} (see deploy/kubernetes/apiserver-reach)",
+                self.verb, self.resource
+            ),
             _ => format!(
                 "add verb {} on {} (apiGroup \"{}\") to the provisioner's Role in namespace \
                  {namespace} (see deploy/kubernetes/role.yaml)",
@@ -131,7 +136,7 @@ impl Features {
         network_policies: true,
         claims: true,
         // The shipped provisioner runs in its sandboxes' cluster and reaches their Pods; a
-        // cluster reached through its apiserver gets the extra rule (docs/gateway.md).
+        // cluster reached through its apiserver gets the apiserver-reach component's Role.
         apiserver_reach: false,
         namespace_missing: false,
     };
@@ -228,6 +233,22 @@ mod tests {
             "deploy/kubernetes/role.yaml and src/permissions.rs disagree:\n\
              missing from the Role: {missing:?}\nin the Role but not used: {surplus:?}"
         );
+    }
+
+    #[test]
+    fn the_apiserver_reach_component_grants_exactly_its_rows() {
+        let yaml = include_str!("../deploy/kubernetes/apiserver-reach/role.yaml");
+        let role: Role = serde_saphyr::from_str(yaml).expect("a Role");
+        let with = table(Features {
+            apiserver_reach: true,
+            ..Features::default()
+        });
+        let wanted: BTreeSet<_> = with
+            .difference(&table(Features::default()))
+            .cloned()
+            .collect();
+        assert!(!wanted.is_empty());
+        assert_eq!(granted(&role), wanted);
     }
 
     #[test]

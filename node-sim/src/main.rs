@@ -35,6 +35,11 @@ pub struct Args {
     /// Address the stubs listen on and the pods report as their IP.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: std::net::Ipv4Addr,
+    /// The address pods report as their IP (default: the node's). The apiserver's service
+    /// proxy refuses loopback addresses, so a cluster whose Pods are reached through it sets a
+    /// local, non-loopback address here.
+    #[arg(long)]
+    pod_ip: Option<std::net::Ipv4Addr>,
     /// How long a container takes to boot (until it answers probes) when its pod's annotation
     /// and image tag set none, in milliseconds.
     #[arg(long, default_value_t = 0)]
@@ -49,6 +54,16 @@ pub struct Args {
     /// Time limit of each apiserver call, in seconds.
     #[arg(long, default_value_t = 10)]
     api_timeout_secs: u64,
+}
+
+impl Args {
+    /// The addresses the pods' status reports.
+    fn addresses(&self) -> status::Addresses {
+        status::Addresses {
+            host: self.node_ip.to_string(),
+            pod: self.pod_ip.unwrap_or(self.node_ip).to_string(),
+        }
+    }
 }
 
 #[tokio::main]

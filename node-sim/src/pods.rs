@@ -21,7 +21,7 @@ use crate::{
     behaviour::{self, Mode},
     images::{Images, Plan, Policy, Wanted},
     kubelet::{self, Event, Probe, Probes},
-    status::{self, Container, View},
+    status::{self, Addresses, Container, View},
     stubs::{self, Stub},
     Args,
 };
@@ -241,7 +241,7 @@ impl Sim {
         let delay = behaviour::start_delay(&pod, Duration::from_millis(self.args.start_delay_ms));
         let container = first_container_name(&pod);
         let image = behaviour::first_image(&pod).unwrap_or_default().to_string();
-        let ip = self.args.node_ip.to_string();
+        let ip = self.args.addresses();
         let pods = self.pods(&key.namespace);
         let crash_interval = Duration::from_millis(self.args.crash_interval_ms);
         let task = tokio::spawn(async move {
@@ -300,7 +300,7 @@ impl Sim {
         let init_containers = names(spec.init_containers.as_deref().unwrap_or_default());
         let now = millis(self.clock.elapsed());
         let admitted = k8s_openapi::jiff::Timestamp::now();
-        let ip = self.args.node_ip.to_string();
+        let ip = self.args.addresses();
         let pods = self.pods(&key.namespace);
         let plan = self.images.plan(now, &wanted);
         let start = match plan {
@@ -403,7 +403,7 @@ impl Sim {
                 };
                 let doc = status::status_at(&View {
                     phase: "Running",
-                    node_ip: &ip,
+                    addresses: &ip,
                     containers: &containers,
                     init_containers: &init_containers,
                     container,
@@ -696,7 +696,7 @@ fn first_container_name(pod: &Pod) -> String {
 
 /// The status of an admitted pod whose containers have not started.
 fn status_at_admission(
-    ip: &str,
+    ip: &Addresses,
     containers: &[(String, String)],
     init_containers: &[(String, String)],
     admitted: k8s_openapi::jiff::Timestamp,
@@ -705,7 +705,7 @@ fn status_at_admission(
 ) -> Value {
     status::status_at(&View {
         phase: "Pending",
-        node_ip: ip,
+        addresses: ip,
         containers,
         init_containers,
         container: Container::Waiting { reason, message },

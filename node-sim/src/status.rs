@@ -9,10 +9,28 @@ pub enum Container<'a> {
     Waiting { reason: &'a str, message: &'a str },
 }
 
+/// The node's address (`hostIP`) and the one its pods report (`podIP`).
+#[derive(Clone, Debug)]
+pub struct Addresses {
+    pub host: String,
+    pub pod: String,
+}
+
+#[cfg(test)]
+impl Addresses {
+    /// Pods that report the node's own address.
+    pub fn same(ip: &str) -> Addresses {
+        Addresses {
+            host: ip.into(),
+            pod: ip.into(),
+        }
+    }
+}
+
 /// A full `status` merge patch for a pod bound to our node, everything at this moment.
 pub fn pod_status(
     phase: &str,
-    node_ip: &str,
+    addresses: &Addresses,
     container_name: &str,
     image: &str,
     container: Container<'_>,
@@ -23,7 +41,7 @@ pub fn pod_status(
     let names = [(container_name.to_string(), image.to_string())];
     status_at(&View {
         phase,
-        node_ip,
+        addresses,
         containers: &names,
         init_containers: &[],
         container,
@@ -39,7 +57,7 @@ pub fn pod_status(
 /// A pod's state as a kubelet reports it, with the moment of each transition.
 pub struct View<'a> {
     pub phase: &'a str,
-    pub node_ip: &'a str,
+    pub addresses: &'a Addresses,
     /// Name and image of each container; they share one state (the first one's probes decide).
     pub containers: &'a [(String, String)],
     /// Name and image of each init container (each has run to completion once the containers
@@ -106,9 +124,9 @@ pub fn status_at(v: &View<'_>) -> Value {
         .collect();
     let mut status = json!({
         "phase": v.phase,
-        "hostIP": v.node_ip,
-        "podIP": v.node_ip,
-        "podIPs": [{"ip": v.node_ip}],
+        "hostIP": v.addresses.host,
+        "podIP": v.addresses.pod,
+        "podIPs": [{"ip": v.addresses.pod}],
         "startTime": Time(v.admitted),
         "conditions": [
             condition("Initialized", running || v.init_containers.is_empty(), v.admitted, false),
@@ -171,7 +189,7 @@ mod tests {
     fn ready_pod_is_running_and_ready() {
         let s = pod_status(
             "Running",
-            "127.0.0.1",
+            &Addresses::same("127.0.0.1"),
             "sandbox",
             "img",
             Container::Running { ready: true },
@@ -187,7 +205,7 @@ mod tests {
     fn waiting_pod_carries_reason_and_is_not_ready() {
         let s = pod_status(
             "Pending",
-            "127.0.0.1",
+            &Addresses::same("127.0.0.1"),
             "sandbox",
             "img",
             Container::Waiting {
@@ -208,7 +226,7 @@ mod tests {
     fn restarts_record_last_termination() {
         let s = pod_status(
             "Running",
-            "127.0.0.1",
+            &Addresses::same("127.0.0.1"),
             "sandbox",
             "img",
             Container::Waiting {
@@ -234,7 +252,7 @@ mod tests {
         let init = [("init".to_string(), "i".to_string())];
         let s = status_at(&View {
             phase: "Running",
-            node_ip: "127.0.0.1",
+            addresses: &Addresses::same("127.0.0.1"),
             containers: &containers,
             init_containers: &init,
             container: Container::Running { ready: true },

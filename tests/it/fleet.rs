@@ -663,9 +663,10 @@ async fn doctor_checks_every_cluster_in_its_own_section() {
     drop(ns.b);
 }
 
-/// Applies the shipped ServiceAccount, Role and RoleBinding to `ns` and returns a kubeconfig
-/// with exactly that account's token.
-async fn shipped_role(ns: &TestNamespace) -> PathBuf {
+/// Applies the shipped ServiceAccount, Role and RoleBinding to `ns`, and the Role and
+/// RoleBinding of each of `components` (directories of deploy/kubernetes), and returns a
+/// kubeconfig with exactly that account's token.
+async fn shipped_role(ns: &TestNamespace, components: &[&str]) -> PathBuf {
     use k8s_openapi::api::{
         core::v1::ServiceAccount,
         rbac::v1::{Role, RoleBinding},
@@ -681,19 +682,23 @@ async fn shipped_role(ns: &TestNamespace) -> PathBuf {
         .create(&pp, &account)
         .await
         .unwrap();
-    let role: Role = serde_saphyr::from_str(&read("role.yaml")).unwrap();
-    Api::<Role>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &role)
-        .await
-        .unwrap();
-    let mut binding: RoleBinding = serde_saphyr::from_str(&read("rolebinding.yaml")).unwrap();
-    for subject in binding.subjects.iter_mut().flatten() {
-        subject.namespace = Some(ns.name.clone());
+    let dirs = std::iter::once(String::new()).chain(components.iter().map(|c| format!("{c}/")));
+    for dir in dirs {
+        let role: Role = serde_saphyr::from_str(&read(&format!("{dir}role.yaml"))).unwrap();
+        Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+            .create(&pp, &role)
+            .await
+            .unwrap();
+        let mut binding: RoleBinding =
+            serde_saphyr::from_str(&read(&format!("{dir}rolebinding.yaml"))).unwrap();
+        for subject in binding.subjects.iter_mut().flatten() {
+            subject.namespace = Some(ns.name.clone());
+        }
+        Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+            .create(&pp, &binding)
+            .await
+            .unwrap();
     }
-    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &binding)
-        .await
-        .unwrap();
     ns.kubeconfig_for_service_account("sandbox-provisioner")
         .await
 }
@@ -703,8 +708,12 @@ async fn the_shipped_role_in_each_cluster_serves_every_fleet_feature() {
     let _shared = SECOND_CLUSTER.read().await;
     let ns = Both::new("fleet-role").await;
     let clusters = json!([
-        entry("a", shipped_role(&ns.a).await, json!({})),
-        entry("b", shipped_role(&ns.b).await, json!({"max_sandboxes": 5})),
+        entry("a", shipped_role(&ns.a, &[]).await, json!({})),
+        entry(
+            "b",
+            shipped_role(&ns.b, &[]).await,
+            json!({"max_sandboxes": 5})
+        ),
     ]);
     let mut args = fleet_args(&ns.a.name, &clusters);
     args.lifecycle.sandbox_leader_lease = "3s".into();
@@ -871,4 +880,138 @@ async fn an_outage_is_logged_once_not_on_every_list() {
         !log.contains("cannot list a cluster's sandboxes"),
         "LIST repeats the outage:\n{log}"
     );
+}
+
+/// Requests cluster `ns` answered through its service proxy, from its apiserver's metrics.
+async fn proxied_requests(ns: &TestNamespace) -> u64 {
+    let page = ns
+        .client
+        .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    page.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(r#"resource="services""#)
+                && l.contains(r#"subresource="proxy""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn the_gateway_reaches_a_sandbox_in_the_second_cluster_through_its_apiserver() {
+    let _shared = SECOND_CLUSTER.read().await;
+    let ns = Both::new("fleet-reach").await;
+    // Exactly the shipped Roles: in the second cluster with the apiserver-reach component.
+    let clusters = json!([
+        entry("a", shipped_role(&ns.a, &[]).await, json!({})),
+        entry(
+            "b",
+            shipped_role(&ns.b, &["apiserver-reach"]).await,
+            json!({"reach": "apiserver"})
+        ),
+    ]);
+    let mut args = fleet_args(&ns.a.name, &clusters);
+    let port = testkit::free_port();
+    args.http.listen = format!("127.0.0.1:{port}");
+    args.gateway.sandbox_url_mode = "gateway".into();
+    args.gateway.public_url = Some(format!("http://127.0.0.1:{port}"));
+    args.gateway.gateway_secret = Some(testkit::GATEWAY_TEST_SECRET.into());
+    args.sandbox.sandbox_service_type = "ClusterIP".into();
+    let svc = TestService::start(args).await;
+    let (code, created) = create(
+        &svc,
+        json!({"sandbox_id": "reach-b", "cluster": "b", "wait_ready_seconds": 20}),
+    )
+    .await;
+    assert_eq!(code, 200, "{created}");
+    assert_eq!(created["cluster"], "b", "{created}");
+    let url = created["sandbox_url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/sandboxes/reach-b/")));
+
+    // The simulated Pod's address and port, where the sandbox's server listens.
+    let pod = ns.b.pods().get("sandbox-reach-b").await.unwrap();
+    let ip: std::net::IpAddr = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .expect("a pod IP")
+        .parse()
+        .unwrap();
+    assert!(
+        !ip.is_loopback(),
+        "the second cluster's pods report {ip}, which the apiserver's proxy refuses: start it \
+         with scripts/second-cluster, which gives them a non-loopback address (as root)"
+    );
+    let container_port = pod.spec.as_ref().unwrap().containers[0]
+        .ports
+        .as_ref()
+        .unwrap()[0]
+        .container_port as u16;
+    let listener = tokio::net::TcpListener::bind((ip, container_port))
+        .await
+        .unwrap_or_else(|e| panic!("serving the sandbox at {ip}:{container_port}: {e}"));
+    let home = std::env::temp_dir().join(format!("reach-home-{}", random_suffix()));
+    std::fs::create_dir_all(&home).unwrap();
+    let settings = sandbox_image::Settings {
+        api_key: None,
+        max_shell_sessions: 4,
+        home_dir: home.clone(),
+        run_as: None,
+        identity: sandbox_image::Identity {
+            sandbox_id: Some("reach-b".into()),
+            ..Default::default()
+        },
+    };
+    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener,
+        sandbox_image::router(settings),
+    )));
+
+    let before = proxied_requests(&ns.b).await;
+    let http = crate::real_node::http_client();
+    // The Service's endpoints follow readiness a moment later: until then the apiserver
+    // answers 503, which the caller retries as DeerFlow's client does.
+    let context = eventually(
+        Duration::from_secs(30),
+        "an answer through the second cluster's apiserver",
+        || async {
+            let response = http.get(format!("{url}/v1/sandbox")).send().await.ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            response.json::<Value>().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(context["home_dir"], home.display().to_string(), "{context}");
+    let identity = testkit::json_answer(http.get(format!("{url}/test/identity"))).await;
+    assert_eq!(identity["data"]["sandbox_id"], "reach-b", "{identity}");
+    let (out, code) = crate::real_node::exec(&http, &url, "echo across-clusters").await;
+    assert_eq!((out.trim(), code), ("across-clusters", 0));
+    let file = home.join("note.txt").display().to_string();
+    testkit::json_answer(
+        http.post(format!("{url}/v1/file/write"))
+            .json(&json!({"file": file, "content": "via the apiserver"})),
+    )
+    .await;
+    let read = testkit::json_answer(
+        http.post(format!("{url}/v1/file/read"))
+            .json(&json!({"file": file})),
+    )
+    .await;
+    assert_eq!(read["data"]["content"], "via the apiserver", "{read}");
+    // Each of those went through the second cluster's service proxy, not to the address.
+    let proxied = proxied_requests(&ns.b).await - before;
+    assert!(proxied >= 5, "{proxied} requests through the service proxy");
+
+    let (code, _) = svc
+        .call(Method::DELETE, "/api/sandboxes/reach-b", None)
+        .await;
+    assert_eq!(code, 200);
+    let gone = http.get(format!("{url}/v1/sandbox")).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    server.abort();
+    std::fs::remove_dir_all(home).ok();
 }

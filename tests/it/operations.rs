@@ -530,7 +530,7 @@ fn gateway_component_renders_with_known_settings() {
     std::fs::write(
         dir.join("kustomization.yaml"),
         format!(
-            "resources:\n  - {base}\ncomponents:\n  - {base}/networkpolicy\n  - {base}/gateway\n"
+            "resources:\n  - {base}\ncomponents:\n  - {base}/networkpolicy\n  - {base}/gateway\n  - {base}/apiserver-reach\n"
         ),
     )
     .unwrap();
@@ -556,6 +556,12 @@ fn gateway_component_renders_with_known_settings() {
     assert!(
         rendered.contains("value: gateway")
             && rendered.contains("name: sandbox-provisioner-gateway")
+    );
+    // The apiserver-reach Role is bound to the provisioner's account in its namespace.
+    assert!(
+        rendered.contains("name: sandbox-provisioner-apiserver-reach")
+            && rendered.contains("services/proxy"),
+        "{rendered}"
     );
     // The provisioner may reach the sandboxes' port when its own egress is restricted.
     assert!(rendered.contains("app: deer-flow-sandbox"), "{rendered}");
