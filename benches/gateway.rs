@@ -11,6 +11,10 @@
 //! - the gateway's resident memory with 1,000 open WebSockets.
 //!
 //!     eval "$(scripts/local-cluster up)" && cargo bench --bench gateway
+//!     cargo bench --bench gateway -- fixed    # only the fixed-rate runs
+//!
+//! `GATEWAY_BENCH_SERVICE_ENV="NAME=value ..."` adds settings to the service under test. For
+//! scale, the fixed-rate runs also measure the sandbox's own server and a bare TCP relay.
 //!
 //! It prints; a human reads.
 
@@ -114,12 +118,79 @@ async fn fixed_rate(
 
 /// The process's CPU time so far (user + system).
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system time from a /proc `stat` file (of a process or of one thread).
+fn stat_cpu_time(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // USER_HZ, which Linux fixes at 100 for /proc.
     let per_second = 100.0;
     Duration::from_secs_f64(ticks as f64 / per_second)
+}
+
+/// The bench sandbox's server process (its container runs on this machine's kernel).
+fn sandbox_server_pid() -> u32 {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let has =
+            |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+        if has(&cmdline, b"sandbox-server") && has(&environ, b"bench-gw") {
+            found.push(pid);
+        }
+    }
+    assert_eq!(found.len(), 1, "the bench sandbox's server: {found:?}");
+    found[0]
+}
+
+/// The floor of any proxy here: a byte-for-byte TCP relay (no HTTP) on one thread of its own,
+/// whose CPU time is read from that thread's /proc entry.
+struct Relay {
+    port: u16,
+    stat: String,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            tx.send(format!("/proc/{}/stat", me.display())).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((mut client, _)) = listener.accept().await {
+                    client.set_nodelay(true).ok();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        server.set_nodelay(true).ok();
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    });
+                }
+            });
+        });
+        let stat = rx.recv().unwrap();
+        Relay { port, stat }
+    }
+
+    fn cpu_time(&self) -> Duration {
+        stat_cpu_time(&self.stat)
+    }
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -153,6 +224,18 @@ async fn main() {
         ("PROVISIONER_GATEWAY_SECRET", SECRET.into()),
         ("SANDBOX_SERVICE_TYPE", "None".into()),
     ]);
+    // Extra settings of the service under test, `NAME=value` separated by spaces.
+    let extra = std::env::var("GATEWAY_BENCH_SERVICE_ENV").unwrap_or_default();
+    let extra: Vec<(String, String)> = extra
+        .split_whitespace()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    for (k, v) in &extra {
+        env.push((k.as_str(), v.clone()));
+    }
     let (service, _) = RunningBinary::start_quiet(&env).await;
     service.wait_synced().await;
     let http = reqwest::Client::new();
@@ -182,6 +265,19 @@ async fn main() {
         idle * 1000.0
     );
 
+    let only_fixed = std::env::args().any(|a| a == "fixed");
+    if !only_fixed {
+        saturated_runs(&direct, &through, pid).await;
+    }
+    fixed_rate_runs(&direct, &through, &service.base, pid).await;
+    if !only_fixed {
+        websockets(&through, &service).await;
+    }
+    drop(service);
+    ns.delete_and_wait("the namespace").await;
+}
+
+async fn saturated_runs(direct: &str, through: &str, pid: u32) {
     println!("saturated, same client, same sandbox (req/s; 3 s each; gateway CPU per request):");
     println!(
         "{:<14} {:>5} {:>12} {:>12} {:>7} {:>12}",
@@ -189,9 +285,9 @@ async fn main() {
     );
     for call in [Call::SmallGet, Call::Post4k] {
         for c in [10, 50, 200] {
-            let d = saturated(&direct, call, c, Duration::from_secs(3)).await;
+            let d = saturated(direct, call, c, Duration::from_secs(3)).await;
             let before = cpu_time(pid);
-            let g = saturated(&through, call, c, Duration::from_secs(3)).await;
+            let g = saturated(through, call, c, Duration::from_secs(3)).await;
             let cpu = (cpu_time(pid) - before).as_secs_f64();
             let per_request = cpu * 1e6 / (g * 3.0);
             println!(
@@ -201,21 +297,38 @@ async fn main() {
             );
         }
     }
+}
 
+async fn fixed_rate_runs(direct: &str, through: &str, api: &str, pid: u32) {
     println!("\nfixed rate 1,000 req/s from 10 clients, 10 s each (ms):");
+    let sandbox = sandbox_server_pid();
+    let upstream: std::net::SocketAddr = direct.trim_start_matches("http://").parse().unwrap();
+    let relay = Relay::start(upstream);
+    let relayed = format!("http://127.0.0.1:{}", relay.port);
     for call in [Call::SmallGet, Call::Post4k] {
-        let (d50, d99) =
-            percentiles_ms(fixed_rate(&direct, call, 1000, 10, Duration::from_secs(10)).await);
-        let before = reqwest::get(format!("{}/metrics", service.base))
+        let sandbox_before = cpu_time(sandbox);
+        let samples = fixed_rate(direct, call, 1000, 10, Duration::from_secs(10)).await;
+        let sandbox_cpu = cpu_time(sandbox) - sandbox_before;
+        let sandbox_us = sandbox_cpu.as_secs_f64() * 1e6 / samples.len() as f64;
+        let (d50, d99) = percentiles_ms(samples);
+        let relay_before = relay.cpu_time();
+        let relay_samples = fixed_rate(&relayed, call, 1000, 10, Duration::from_secs(10)).await;
+        let relay_us =
+            (relay.cpu_time() - relay_before).as_secs_f64() * 1e6 / relay_samples.len() as f64;
+        println!(
+            "{:<14} for scale, CPU per request at this rate: the sandbox's own server {sandbox_us:.1} µs; a bare TCP relay in front of it (no HTTP, one thread) {relay_us:.1} µs",
+            call.name()
+        );
+        let before = reqwest::get(format!("{api}/metrics"))
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
         let cpu_before = cpu_time(pid);
-        let samples = fixed_rate(&through, call, 1000, 10, Duration::from_secs(10)).await;
+        let samples = fixed_rate(through, call, 1000, 10, Duration::from_secs(10)).await;
         let cpu = cpu_time(pid) - cpu_before;
-        let after = reqwest::get(format!("{}/metrics", service.base))
+        let after = reqwest::get(format!("{api}/metrics"))
             .await
             .unwrap()
             .text()
@@ -237,7 +350,9 @@ async fn main() {
             cpu.as_secs_f64(),
         );
     }
+}
 
+async fn websockets(through: &str, service: &RunningBinary) {
     let idle_rss = service.rss_mib();
     let ws_url = format!("{}/test/ws", through.replacen("http://", "ws://", 1));
     let mut sockets = Vec::new();
@@ -268,6 +383,4 @@ async fn main() {
         metric(&text, r#"sandbox_provisioner_open{what="websocket"}"#),
     );
     drop(sockets);
-    drop(service);
-    ns.delete_and_wait("the namespace").await;
 }

@@ -139,8 +139,7 @@ const JUST_CREATED_WAIT: Duration = Duration::from_secs(2);
 /// One cluster's metric handles, by tenant.
 type HandlesByTenant = RwLock<HashMap<Box<str>, Arc<GatewayHandles>>>;
 
-/// What every gateway request shares. Cheap to clone.
-#[derive(Clone)]
+/// What every gateway request shares (behind one Arc, as the router's state).
 pub struct Gateway {
     fleet: Fleet,
     limits: GatewayLimits,
@@ -180,9 +179,10 @@ impl Gateway {
 
     /// The gateway's routes: everything below `/sandboxes/`.
     pub fn router(self) -> Router {
+        // Shared, not cloned per request (the fleet and the client hold dozens of handles).
         Router::new()
             .route("/sandboxes/{*rest}", any(proxy))
-            .with_state(self)
+            .with_state(Arc::new(self))
     }
 
     /// The cluster holding the sandbox, and its Pod's record. While a cluster's watch has not
@@ -222,7 +222,7 @@ impl Gateway {
 }
 
 /// One proxied request (see the module).
-async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
+async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
     let path_and_query = request
         .uri()
