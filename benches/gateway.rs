@@ -10,8 +10,10 @@
 //!   /proc) over the fixed-rate run, divided by its requests (target 50 µs);
 //! - the gateway's resident memory with 1,000 open WebSockets.
 //!
-//!     eval "$(scripts/local-cluster up)" && cargo bench --bench gateway
-//!     cargo bench --bench gateway -- fixed    # only the fixed-rate runs
+//! ```sh
+//! eval "$(scripts/local-cluster up)" && cargo bench --bench gateway
+//! cargo bench --bench gateway -- fixed    # only the fixed-rate runs
+//! ```
 //!
 //! `GATEWAY_BENCH_SERVICE_ENV="NAME=value ..."` adds settings to the service under test. For
 //! scale, the fixed-rate runs also measure the sandbox's own server and a bare TCP relay.
