@@ -913,12 +913,9 @@ async fn the_gateway_reaches_a_sandbox_in_the_second_cluster_through_its_apiserv
         ),
     ]);
     let mut args = fleet_args(&ns.a.name, &clusters);
-    let port = testkit::free_port();
-    args.http.listen = format!("127.0.0.1:{port}");
-    args.gateway.sandbox_url_mode = "gateway".into();
-    args.gateway.public_url = Some(format!("http://127.0.0.1:{port}"));
-    args.gateway.gateway_secret = Some(testkit::GATEWAY_TEST_SECRET.into());
+    testkit::gateway_mode(&mut args);
     args.sandbox.sandbox_service_type = "ClusterIP".into();
+    let public = args.gateway.public_url.clone().unwrap();
     let svc = TestService::start(args).await;
     let (code, created) = create(
         &svc,
@@ -928,7 +925,7 @@ async fn the_gateway_reaches_a_sandbox_in_the_second_cluster_through_its_apiserv
     assert_eq!(code, 200, "{created}");
     assert_eq!(created["cluster"], "b", "{created}");
     let url = created["sandbox_url"].as_str().unwrap().to_string();
-    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/sandboxes/reach-b/")));
+    assert!(url.starts_with(&format!("{public}/sandboxes/reach-b/")));
 
     // The simulated Pod's address and port, where the sandbox's server listens.
     let pod = ns.b.pods().get("sandbox-reach-b").await.unwrap();

@@ -21,7 +21,7 @@ pub use cluster::{
 pub use gate::{alone, Alone};
 pub use namespace::{provisioner_rules, TestNamespace};
 pub use real_node::{
-    real_node_containers, real_node_gateway_args, real_node_pod_template,
+    gateway_mode, real_node_containers, real_node_gateway_args, real_node_pod_template,
     real_node_pod_template_with, real_node_running, real_node_serve_args, GATEWAY_TEST_SECRET,
     REAL_NODE, REAL_NODE_ADDRESS, REAL_NODE_IMAGE,
 };

@@ -93,14 +93,20 @@ pub const GATEWAY_TEST_SECRET: &str = "test-gateway-secret-0123456789abcdef";
 /// public URL: no Service per sandbox, activity persisted every second.
 pub fn real_node_gateway_args(namespace: &str, host_dir: &std::path::Path) -> ServeArgs {
     let mut args = real_node_serve_args(namespace, host_dir);
+    gateway_mode(&mut args);
+    args.sandbox.sandbox_service_type = "None".into();
+    args.lifecycle.sandbox_activity_persist_interval = "1s".into();
+    args
+}
+
+/// Turns `args` to gateway mode on a free port of 127.0.0.1, which is also the public URL,
+/// with [`GATEWAY_TEST_SECRET`].
+pub fn gateway_mode(args: &mut ServeArgs) {
     let port = crate::free_port();
     args.http.listen = format!("127.0.0.1:{port}");
     args.gateway.sandbox_url_mode = "gateway".into();
     args.gateway.public_url = Some(format!("http://127.0.0.1:{port}"));
     args.gateway.gateway_secret = Some(GATEWAY_TEST_SECRET.into());
-    args.sandbox.sandbox_service_type = "None".into();
-    args.lifecycle.sandbox_activity_persist_interval = "1s".into();
-    args
 }
 
 /// The containers the real node's containerd holds (`ctr containers ls`), by ID.
