@@ -114,6 +114,23 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    cluster: String,
+    pool: String,
+    /// `ready` or `starting`.
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    cluster: String,
+    /// `warm`, or `cold` with the reason (size, shell_sessions, lark, skills_path, mount,
+    /// empty), or `failed` (taken, but its data could not be bound).
+    result: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpenLabels {
     /// `api` or `gateway` (the listener), or `websocket`.
     what: String,
@@ -194,6 +211,9 @@ pub struct Metrics {
     gateway_upstream_errors: Family<UpstreamErrorLabels, Counter>,
     open: Family<OpenLabels, Gauge>,
     connections_refused: Family<OpenLabels, Counter>,
+    pool_pods: Family<PoolLabels, Gauge>,
+    claims: Family<ClaimLabels, Counter>,
+    claim_duration: Family<ClusterLabels, Histogram>,
     /// The cluster whose events this handle records (`default` with a single cluster).
     cluster: Arc<str>,
 }
@@ -376,8 +396,33 @@ impl Metrics {
             "Connections closed at once because the listener held its maximum",
             connections_refused.clone(),
         );
+        let pool_pods = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "warm_pool_pods",
+            "Unclaimed warm pool Pods by cluster, pool and state (ready, starting), as the \
+                leader's pool keeper last counted them",
+            pool_pods.clone(),
+        );
+        let claims = Family::<ClaimLabels, Counter>::default();
+        registry.register(
+            "warm_pool_claims",
+            "Creates of new sandboxes in clusters with warm pools, by result: warm (a pool Pod \
+                was taken), cold (with the reason), failed (taken, data not bound)",
+            claims.clone(),
+        );
+        let claim_duration = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "warm_pool_claim_duration_seconds",
+            "Time from a create's start to its warm Pod answering ready (claim and bind)",
+            claim_duration.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            pool_pods,
+            claims,
+            claim_duration,
             gateway_requests,
             gateway_bytes,
             gateway_duration,
@@ -554,6 +599,38 @@ impl Metrics {
         self.http_duration
             .get_or_create(&RouteLabels { method, route })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A create served warm, with the time to its Pod answering ready.
+    pub fn warm_claim(&self, elapsed: Duration) {
+        self.claim_result("warm", "");
+        self.claim_duration
+            .get_or_create(&self.cluster_labels())
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A create that a pool could not serve (`result` cold or failed) and why.
+    pub fn claim_result(&self, result: &str, reason: &str) {
+        self.claims
+            .get_or_create(&ClaimLabels {
+                cluster: self.cluster.to_string(),
+                result: result.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The unclaimed Pods of a pool, as the keeper counted them.
+    pub fn pool_pods(&self, pool: &str, ready: usize, starting: usize) {
+        for (state, count) in [("ready", ready), ("starting", starting)] {
+            self.pool_pods
+                .get_or_create(&PoolLabels {
+                    cluster: self.cluster.to_string(),
+                    pool: pool.into(),
+                    state: state.into(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn sandbox_created(&self, elapsed: Duration) {

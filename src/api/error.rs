@@ -109,7 +109,9 @@ impl ApiError {
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Provision(P::LarkBrokerUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Provision(P::LarkBrokerUnavailable | P::DataNotBound { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Provision(P::Kubernetes(_)) => StatusCode::BAD_GATEWAY,
             ApiError::InvalidMount(_) => StatusCode::BAD_REQUEST,
             ApiError::Fleet(

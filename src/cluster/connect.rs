@@ -63,6 +63,7 @@ impl Cluster {
                 namespace,
                 selector: &manifests::managed_selector(),
                 network_policies: config.sandbox.policies_on(),
+                pools: config.sandbox.warm_pool.on(),
                 call_timeout: connection.api_timeout,
             },
             refusals,

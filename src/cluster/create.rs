@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 
 use super::{read::Read, Cluster, Error, Provisioned, Result};
 use crate::k8s::read as objects;
+use crate::k8s::record::ServiceRecord;
 use crate::{
     k8s::{
         calls::{self, Kind},
@@ -36,44 +37,100 @@ impl Cluster {
         // Before the first pod: whatever happens between the pod and its own policy, the
         // sandbox is then shut off rather than open.
         self.settle_baseline(None).await?;
-        let wanted = manifests::pod(&self.spec, request, Timestamp::now());
-        let (pod, created) = match self.create_pod(&wanted).await {
-            Ok(pod) => (pod, true),
-            Err(e) if e.is_already_exists() => (self.existing_pod(request).await?, false),
-            Err(e) => return Err(e.into()),
+        // A sandbox that took a pool Pod is found by its label: its Pod has the pool's name.
+        let taken_from_pool = self
+            .cache
+            .pod(id.as_str())
+            .and_then(|record| record.pool_name.clone());
+        let (mut pod, mut created, mut warm) = match taken_from_pool {
+            Some(name) => (self.existing_pod(request, &name).await?, false, false),
+            None => match self.claim(request).await? {
+                Some(pod) => (pod, true, true),
+                None => {
+                    let wanted = manifests::pod(&self.spec, request, Timestamp::now());
+                    match self.create_pod(&wanted).await {
+                        Ok(pod) => (pod, true, false),
+                        Err(e) if e.is_already_exists() => (
+                            self.existing_pod(request, &manifests::pod_name(id)).await?,
+                            false,
+                            false,
+                        ),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            },
         };
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        if created && self.spec.warm_pool.on() {
+            // Two replicas may have made one Pod each for this id; the one that sees the
+            // other's gives its own up and answers with the other's.
+            let other = match self.other_holder(id, &pod).await {
+                Ok(other) => other,
+                Err(e) => {
+                    self.roll_back(id, &pod_name).await;
+                    return Err(e);
+                }
+            };
+            if let Some(other) = other {
+                self.roll_back(id, &pod_name).await;
+                let name = other.metadata.name.clone().unwrap_or_default();
+                pod = self.existing_pod(request, &name).await?;
+                (created, warm) = (false, false);
+            }
+        }
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let completed = async {
             let service = match self.spec.exposure.has_service() {
                 true => Some(self.ensure_service(id, thread, &pod).await?),
                 false => None,
             };
             self.ensure_network_policy(id, thread, &pod).await?;
+            if warm {
+                self.wait_bound(id).await?;
+            }
             Ok::<_, Error>(service)
         };
         let service = match completed.await {
             Ok(service) => service,
             Err(e) => {
                 if created {
-                    self.roll_back(id).await;
+                    self.roll_back(id, &pod_name).await;
+                }
+                if matches!(e, Error::DataNotBound { .. }) {
+                    self.metrics.claim_result("failed", "");
                 }
                 return Err(e);
             }
         };
-        let sandbox = self.view_of(&pod, service.as_ref(), Read::Touch);
+        let sandbox = match (warm, self.cache.pod(id.as_str())) {
+            // Bound: the watch has the Pod as it is now, ready.
+            (true, Some(record)) => {
+                let service = service.as_ref().map(ServiceRecord::from_service);
+                self.view(id.as_str(), &record, service.as_ref(), Read::Touch)
+            }
+            _ => self.view_of(&pod, service.as_ref(), Read::Touch),
+        };
+        if warm {
+            self.served_warm(started);
+        }
         if created {
             // Until the watch delivers it, LIST shows it from memory (GET confirms a cache
             // miss with the apiserver), so a read right after this write sees it.
             self.memory.created(sandbox.clone(), Instant::now());
             self.metrics.sandbox_created(started.elapsed());
             tracing::info!(sandbox_id = %id, thread_id = %thread, url = %sandbox.sandbox_url,
-                "sandbox created");
+                warm, "sandbox created");
         }
-        Ok(Provisioned { sandbox, created })
+        Ok(Provisioned {
+            sandbox,
+            created,
+            pod_name,
+        })
     }
 
     /// Creates the pod, creating a missing namespace first and waiting out the moment after a
     /// namespace is created when its default ServiceAccount does not exist yet.
-    async fn create_pod(&self, pod: &Pod) -> Result<Pod, calls::Error> {
+    pub(super) async fn create_pod(&self, pod: &Pod) -> Result<Pod, calls::Error> {
         const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(10);
         let started = Instant::now();
         loop {
@@ -98,11 +155,11 @@ impl Cluster {
 
     /// The pod that a create collided with, if it is this thread's and user's, has the shell
     /// capacity asked for, and is not on its way out.
-    async fn existing_pod(&self, request: &SandboxRequest) -> Result<Pod> {
+    async fn existing_pod(&self, request: &SandboxRequest, name: &str) -> Result<Pod> {
         let (id, thread) = (&request.id, &request.thread);
         let pod = self
             .calls
-            .get::<Pod>(&manifests::pod_name(id))
+            .get::<Pod>(name)
             .await?
             // Deleted between our create and this read: it is on its way out.
             .ok_or_else(|| Error::Terminating(id.to_string()))?;
@@ -218,12 +275,12 @@ impl Cluster {
     }
 
     /// Removes what this call created when the sandbox could not be completed.
-    async fn roll_back(&self, id: &SandboxId) {
+    async fn roll_back(&self, id: &SandboxId, pod_name: &str) {
         let _ = self
             .calls
             .delete::<Service>(&manifests::service_name(id))
             .await;
-        match self.calls.delete::<Pod>(&manifests::pod_name(id)).await {
+        match self.calls.delete::<Pod>(pod_name).await {
             Ok(_) => {
                 tracing::warn!(sandbox_id = %id, "the sandbox could not be completed; its pod was \
                     removed again")

@@ -24,7 +24,10 @@ impl Cluster {
 
     /// Deletes the sandbox's objects, counting the deletion under `reason`.
     pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
-        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        let (pod_name, service_name) = (
+            self.pod_name_of(id.as_str()).await?,
+            manifests::service_name(id),
+        );
         let (service, pod) = tokio::join!(
             self.calls.delete::<Service>(&service_name),
             self.calls.delete::<Pod>(&pod_name),

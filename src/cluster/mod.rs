@@ -18,6 +18,7 @@ pub mod expiry;
 mod health;
 mod lock;
 mod memory;
+mod pool;
 mod quota;
 mod read;
 mod startup;
@@ -125,6 +126,16 @@ pub enum Error {
         a moment"
     )]
     KeptReappearing { kind: String, name: String },
+    #[error(
+        "sandbox {id:?} took a warm pool Pod, but its data was not bound into it ({reason}: \
+        {message}); the Pod was removed again. Retry; when this repeats, check the node agent \
+        on that node (docs/operations.md, \"Warm pools\")"
+    )]
+    DataNotBound {
+        id: String,
+        reason: String,
+        message: String,
+    },
     #[error(transparent)]
     Kubernetes(#[from] calls::Error),
 }
@@ -182,6 +193,8 @@ const ACTIVITY_WRITES_AT_ONCE: usize = 2;
 pub struct Provisioned {
     pub sandbox: Sandbox,
     pub created: bool,
+    /// The name of its Pod (a claimed pool Pod keeps its own).
+    pub pod_name: String,
 }
 
 impl Cluster {
@@ -222,6 +235,11 @@ impl Cluster {
     }
 
     /// Whether reads are served from the watch cache.
+    /// The watch cache (for tasks that wake on its changes).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
     pub fn cache_summary(&self) -> CacheSummary {
         self.cache.state().summary()
     }
@@ -317,6 +335,27 @@ impl Cluster {
 
     /// Notes activity on a sandbox: kept in memory, and written to the pod at most once per
     /// SANDBOX_ACTIVITY_PERSIST_INTERVAL (in the background, so a GET costs no write).
+    /// The name of the sandbox's Pod: `sandbox-{id}`, or a claimed pool Pod's own name. The
+    /// cache knows; without it (or before it has the Pod) the apiserver is asked by label when
+    /// the cluster keeps pools.
+    pub(crate) async fn pod_name_of(&self, id: &str) -> Result<String> {
+        if let Some(pod) = self.cache.pod(id) {
+            return Ok(pod.pod_name(id));
+        }
+        if !self.spec.warm_pool.on() {
+            return Ok(manifests::pod_name(id));
+        }
+        let selector = format!("{}={id}", manifests::SANDBOX_ID_LABEL);
+        let found = self
+            .calls
+            .list::<k8s_openapi::api::core::v1::Pod>(&selector)
+            .await?;
+        Ok(found
+            .into_iter()
+            .find_map(|p| p.metadata.name)
+            .unwrap_or_else(|| manifests::pod_name(id)))
+    }
+
     fn touch(&self, id: &str, pod: &PodRecord) {
         let now = Timestamp::now();
         // Creation counts as written activity: a create costs no extra write.
@@ -331,7 +370,7 @@ impl Cluster {
             return;
         }
         let cluster = self.calls.clone();
-        let name = manifests::pod_name(id);
+        let name = pod.pod_name(id);
         let writes = Arc::clone(&self.activity_writes);
         tokio::spawn(async move {
             // Waits its turn; the activity is in memory meanwhile.

@@ -113,7 +113,7 @@ impl Cluster {
     /// One sandbox: from the cache when it is synced and has the pod (no apiserver call),
     /// otherwise from the apiserver (so a miss is confirmed before answering 404).
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
-        let (pod_name, service_name) = (manifests::pod_name(id), manifests::service_name(id));
+        let service_name = manifests::service_name(id);
         if self.cache.state().usable() {
             if let Some(pod) = self.cache.pod(id.as_str()) {
                 let service = match self.cache.service(id.as_str()) {
@@ -127,6 +127,7 @@ impl Cluster {
                 return Ok(self.view(id.as_str(), &pod, service.as_deref(), Read::Touch));
             }
         }
+        let pod_name = self.pod_name_of(id.as_str()).await?;
         let (pod, service) = tokio::join!(
             self.calls.get::<Pod>(&pod_name),
             self.calls.get::<Service>(&service_name),
@@ -144,7 +145,10 @@ impl Cluster {
                 return Ok(Some(PodPresence::of(&pod)));
             }
         }
-        let pod = self.calls.get::<Pod>(&manifests::pod_name(id)).await?;
+        let pod = self
+            .calls
+            .get::<Pod>(&self.pod_name_of(id.as_str()).await?)
+            .await?;
         Ok(pod
             .as_ref()
             .map(|pod| PodPresence::of(&PodRecord::from_pod(pod))))
@@ -152,10 +156,10 @@ impl Cluster {
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).
     pub async fn exists(&self, id: &SandboxId) -> bool {
-        matches!(
-            self.calls.get::<Pod>(&manifests::pod_name(id)).await,
-            Ok(Some(_))
-        )
+        let Ok(name) = self.pod_name_of(id.as_str()).await else {
+            return false;
+        };
+        matches!(self.calls.get::<Pod>(&name).await, Ok(Some(_)))
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.

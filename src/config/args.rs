@@ -36,6 +36,34 @@ pub struct ServeArgs {
     pub tenancy: TenancyArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub warm_pool: WarmPoolArgs,
+}
+
+/// Warm pools: started Pods kept ready per size, claimed by creates (see docs/configuration.md).
+#[derive(Args, Debug, Clone)]
+pub struct WarmPoolArgs {
+    /// How many started, unclaimed Pods to keep ready per size, as JSON {"SIZE": COUNT, ...}
+    /// (e.g. {"default": 5}); unset: no pools. Needs host-path or emptyDir storage and the node
+    /// agent on every node (docs/operations.md).
+    #[arg(long, env = "SANDBOX_WARM_POOL")]
+    pub sandbox_warm_pool: Option<String>,
+
+    /// An unclaimed pool Pod older than this is replaced.
+    #[arg(long, env = "SANDBOX_WARM_POOL_MAX_AGE", default_value = "1h")]
+    pub sandbox_warm_pool_max_age: String,
+
+    /// How long a claim waits for the node agent to bind the thread's data into the Pod.
+    #[arg(long, env = "SANDBOX_WARM_POOL_BIND_TIMEOUT", default_value = "10s")]
+    pub sandbox_warm_pool_bind_timeout: String,
+
+    /// The directory on each node that holds pool Pods' slots (the node agent's --slot-root).
+    #[arg(
+        long,
+        env = "SANDBOX_WARM_POOL_SLOT_ROOT",
+        default_value = crate::spec::warm_pool::DEFAULT_SLOT_ROOT
+    )]
+    pub sandbox_warm_pool_slot_root: String,
 }
 
 /// The sandbox gateway: one authenticated door to every sandbox (see docs/gateway.md).

@@ -69,6 +69,9 @@ struct Entry {
     placement: Option<Placement>,
     #[serde(default)]
     pod_template: Option<PathBuf>,
+    /// This cluster's pools (SANDBOX_WARM_POOL's form); `{}` turns them off here.
+    #[serde(default)]
+    warm_pool: Option<super::pool::Targets>,
 }
 
 fn default_weight() -> u32 {
@@ -123,7 +126,7 @@ fn parse(
         fail(format!(
             "is not a valid cluster list ({e}); each entry of `clusters` has name and kubeconfig, \
                 and optionally context, api_server, namespace, node_host, service_type, weight, \
-                max_sandboxes, labels, image, placement, pod_template"
+                max_sandboxes, labels, image, placement, pod_template, warm_pool"
         ))
     })?;
     if file.clusters.is_empty() {
@@ -239,6 +242,9 @@ fn parse(
         }
         if let Some(placement) = entry.placement {
             spec.placement = placement;
+        }
+        if let Some(targets) = entry.warm_pool {
+            spec.warm_pool.classes = super::pool::unresolved(targets);
         }
         if let Some(path) = &entry.pod_template {
             spec.pod_template = check::pod_template(Some(path))

@@ -9,6 +9,7 @@ mod args;
 mod check;
 mod clusters;
 mod gateway;
+mod pool;
 #[cfg(test)]
 mod tests;
 
@@ -222,6 +223,7 @@ impl TryFrom<ServeArgs> for Config {
             probes,
             tenancy,
             gateway,
+            warm_pool,
         } = args;
         let gateway = gateway::parse(gateway)?;
         let clusters_file = cluster
@@ -245,10 +247,15 @@ impl TryFrom<ServeArgs> for Config {
         sandbox.urls = gateway.urls;
         sandbox.reach = gateway.reach;
         sandbox.upstream_key = gateway.upstream_key;
+        sandbox.warm_pool = pool::parse(&warm_pool)?;
         let clusters = match clusters_file {
             Some(path) => clusters::from_file(&path, &connection, &sandbox)?,
             None => vec![clusters::single(&connection, &sandbox)],
         };
+        let mut clusters = clusters;
+        for cluster in &mut clusters {
+            pool::settle(&cluster.name, &mut cluster.sandbox, &sizes)?;
+        }
         for cluster in &clusters {
             gateway::check_cluster(
                 &cluster.name,
@@ -613,6 +620,7 @@ fn sandbox_spec(
         default_resources: sizes
             .choose(None, None)
             .unwrap_or_else(|_| Sizes::deerflow_default()),
+        warm_pool: Default::default(),
     })
 }
 

@@ -392,12 +392,11 @@ impl Fleet {
         };
         let created = result.as_ref().is_ok_and(|p| p.created);
         if let (Some(arbiter), Some(held)) = (&self.arbiter, lock) {
-            let pod = cluster::pod_name(&request.id);
             let made = result
                 .as_ref()
                 .ok()
                 .filter(|p| p.created)
-                .map(|p| (p.sandbox.cluster.as_str(), pod.as_str()));
+                .map(|p| (p.sandbox.cluster.as_str(), p.pod_name.as_str()));
             arbiter.release(held, made).await;
         }
         self.admission

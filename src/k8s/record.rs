@@ -9,6 +9,7 @@ use k8s_openapi::{
 };
 
 use super::{read as objects, status::status_of};
+use crate::spec::keys::{POOL_LABEL, POOL_POD_PREFIX};
 use crate::{
     sandbox::{Sandbox, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
     spec::{Exposure, SandboxSpec, SandboxUrls},
@@ -45,6 +46,8 @@ pub struct PodRecord {
     pub start_steps: Option<StartSteps>,
     /// The Pod's IP on the pod network, once it has one.
     pub ip: Option<Box<str>>,
+    /// The Pod's name when it is not `sandbox-{id}`: a claimed warm pool Pod keeps its own.
+    pub pool_name: Option<Box<str>>,
 }
 
 impl PodRecord {
@@ -84,6 +87,19 @@ impl PodRecord {
                 .as_ref()
                 .and_then(|s| s.pod_ip.as_deref())
                 .map(Into::into),
+            pool_name: meta
+                .name
+                .as_deref()
+                .filter(|name| name.starts_with(POOL_POD_PREFIX))
+                .map(Into::into),
+        }
+    }
+
+    /// The name of the sandbox's Pod.
+    pub fn pod_name(&self, id: &str) -> String {
+        match &self.pool_name {
+            Some(name) => name.to_string(),
+            None => crate::k8s::manifests::pod_name(id),
         }
     }
 
@@ -111,6 +127,48 @@ pub fn cpu_and_memory(limits: &std::collections::BTreeMap<String, String>) -> (f
             .unwrap_or(0.0)
     };
     (value("cpu"), value("memory"))
+}
+
+/// A warm pool's Pod, claimed or not, as the pool keeper and claims use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPodRecord {
+    pub pool: Box<str>,
+    pub resource_version: Box<str>,
+    pub creation: Option<Timestamp>,
+    /// Its containers are running and ready: a claim answers at once.
+    pub ready: bool,
+    /// It ended, and will not serve (the keeper replaces it).
+    pub failed: bool,
+    pub terminating: bool,
+    /// It belongs to a sandbox now.
+    pub claimed: bool,
+}
+
+impl PoolPodRecord {
+    /// The name and record of a pool Pod (None without the pool label).
+    pub fn of(pod: &Pod) -> Option<(String, PoolPodRecord)> {
+        let meta = &pod.metadata;
+        let pool = meta.labels.as_ref()?.get(POOL_LABEL)?;
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let containers_ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "ContainersReady" && c.status == "True");
+        Some((
+            meta.name.clone()?,
+            PoolPodRecord {
+                pool: pool.as_str().into(),
+                resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+                creation: meta.creation_timestamp.as_ref().map(|t| t.0),
+                ready: phase == Some("Running") && containers_ready,
+                failed: matches!(phase, Some("Failed" | "Succeeded")),
+                terminating: meta.deletion_timestamp.is_some(),
+                claimed: objects::sandbox_id_of(meta).is_some(),
+            },
+        ))
+    }
 }
 
 /// A sandbox's Service, as the service uses it.

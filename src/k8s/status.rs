@@ -3,7 +3,24 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition};
 
-use crate::sandbox::{Phase, SandboxStatus};
+use crate::{
+    sandbox::{Phase, SandboxStatus},
+    spec::keys::{BINDS_ANNOTATION, DATA_BOUND_CONDITION},
+};
+
+/// A claimed pool Pod's readiness: its containers, and its data bound by the node agent. The
+/// kubelet folds the agent's condition into Ready too (a readiness gate), one round trip later.
+fn bound_pod_ready(conditions: &[PodCondition]) -> bool {
+    let is_true = |type_| condition(conditions, type_).is_some_and(|c| c.status == "True");
+    is_true("ContainersReady") && is_true(DATA_BOUND_CONDITION)
+}
+
+fn is_claimed_from_pool(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(BINDS_ANNOTATION))
+}
 
 /// Reads the status a kubelet and scheduler wrote on the pod.
 pub fn status_of(pod: &Pod) -> SandboxStatus {
@@ -16,7 +33,10 @@ pub fn status_of(pod: &Pod) -> SandboxStatus {
         Some(_) => Phase::Unknown,
     };
     let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
-    let ready = condition(conditions, "Ready").is_some_and(|c| c.status == "True");
+    let ready = match is_claimed_from_pool(pod) {
+        true => bound_pod_ready(conditions),
+        false => condition(conditions, "Ready").is_some_and(|c| c.status == "True"),
+    };
     let (reason, message) = if pod.metadata.deletion_timestamp.is_some() {
         (
             Some("Terminating".to_string()),
@@ -77,6 +97,24 @@ fn cause(pod: &Pod, phase: Phase, conditions: &[PodCondition]) -> (Option<String
                 ))
             });
             return (Some(reason), message);
+        }
+    }
+    // A claimed pool Pod whose data the node agent could not bind, or has not yet.
+    if is_claimed_from_pool(pod) {
+        match condition(conditions, DATA_BOUND_CONDITION) {
+            Some(c) if c.status == "False" => {
+                return (
+                    Some(c.reason.clone().unwrap_or_else(|| "DataNotBound".into())),
+                    c.message.clone(),
+                )
+            }
+            None => {
+                return (
+                    Some("BindingData".into()),
+                    Some("the node agent has not bound the thread's data yet".into()),
+                )
+            }
+            Some(_) => {}
         }
     }
     // Not placed on a node (Unschedulable).
@@ -220,5 +258,32 @@ mod tests {
             k8s_openapi::jiff::Timestamp::now(),
         ));
         assert_eq!(status_of(&p).reason.as_deref(), Some("Terminating"));
+    }
+
+    #[test]
+    fn a_claimed_pool_pod_is_ready_once_its_data_is_bound() {
+        let claimed = |conditions: serde_json::Value| {
+            let mut p = pod(json!({"phase": "Running", "conditions": conditions}));
+            p.metadata.annotations = Some([(BINDS_ANNOTATION.to_string(), "[]".into())].into());
+            status_of(&p)
+        };
+        let containers = json!({"type": "ContainersReady", "status": "True"});
+        let waiting = claimed(json!([containers]));
+        assert!(!waiting.ready);
+        assert_eq!(waiting.reason.as_deref(), Some("BindingData"));
+        let bound = json!({"type": DATA_BOUND_CONDITION, "status": "True"});
+        assert!(
+            claimed(json!([containers, bound])).ready,
+            "Ready itself may lag"
+        );
+        let failed = json!({"type": DATA_BOUND_CONDITION, "status": "False",
+            "reason": "SourceMissing", "message": "/x does not exist"});
+        let s = claimed(json!([containers, failed]));
+        assert!(!s.ready);
+        assert_eq!(s.reason.as_deref(), Some("SourceMissing"));
+        assert!(
+            !claimed(json!([bound])).ready,
+            "the containers must be ready too"
+        );
     }
 }

@@ -8,7 +8,7 @@ use connections::ConnectionLimits;
 
 use crate::tasks::{
     leader::{self, Leadership},
-    reaper,
+    pool_keeper, reaper,
 };
 
 use crate::{
@@ -283,6 +283,7 @@ impl Background {
                 elections.push(task);
                 leadership
             };
+            pool_keeper::spawn(cluster.clone(), leadership.clone(), stop.subscribe());
             reaper::spawn(
                 cluster.clone(),
                 config.lifecycle.reap_interval,

@@ -41,6 +41,16 @@ pub const IDLE_ANNOTATION: &str = own_key!("idle-timeout-seconds");
 /// The last activity a provisioner wrote down (RFC 3339), at a bounded rate.
 pub const ACTIVITY_ANNOTATION: &str = own_key!("last-activity");
 
+/// Label of a warm pool's Pod: the pool (size) it belongs to. A claimed Pod keeps it.
+pub const POOL_LABEL: &str = own_key!("pool");
+/// Annotation of a claimed pool Pod: the thread's data the node agent binds into it (JSON).
+pub const BINDS_ANNOTATION: &str = own_key!("binds");
+/// The Pod condition (and readiness gate) the node agent sets once the claimed sandbox's data
+/// is bound in, or could not be (False, with the reason).
+pub const DATA_BOUND_CONDITION: &str = own_key!("data-bound");
+/// The prefix of a warm pool Pod's name; the pool and a random suffix follow.
+pub const POOL_POD_PREFIX: &str = "sandbox-pool-";
+
 /// DeerFlow's `app.kubernetes.io/name` label (value `deer-flow`).
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// DeerFlow's `app.kubernetes.io/component` label (value `sandbox`).
@@ -79,7 +89,7 @@ pub const OWNED_VOLUMES: [&str; 5] = [
     "skills-legacy",
     "user-data",
 ];
-pub const OWNED_VOLUME_PREFIXES: [&str; 2] = ["extra-", "lark-cli-"];
+pub const OWNED_VOLUME_PREFIXES: [&str; 3] = ["extra-", "lark-cli-", "slot-"];
 
 /// Whether a volume name is one the provisioner gives.
 pub fn is_owned_volume(name: &str) -> bool {

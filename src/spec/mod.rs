@@ -10,6 +10,7 @@ pub mod network_policy;
 pub mod placement;
 pub mod pod_template;
 pub mod sub_path;
+pub mod warm_pool;
 
 pub use gateway::{GatewayKeys, GatewayUrls, Reach, SandboxUrls};
 pub use network_policy::NetworkPolicyMode;
@@ -179,6 +180,8 @@ pub struct SandboxSpec {
     pub network_policy: NetworkPolicyMode,
     /// Resources of the default size (for the start-up dry run).
     pub default_resources: Resources,
+    /// Started Pods kept ready per size (SANDBOX_WARM_POOL).
+    pub warm_pool: warm_pool::WarmPool,
 }
 
 impl SandboxSpec {

@@ -203,12 +203,8 @@ impl Cluster {
     /// The sandbox's Pod as the apiserver has it, to repair what it owns (the cache keeps
     /// records, and a repair is rare); None when it is gone or cannot be read now.
     async fn live_pod(&self, id: &SandboxId) -> Option<Pod> {
-        self.cache.pod(id.as_str())?;
-        self.calls
-            .get::<Pod>(&manifests::pod_name(id))
-            .await
-            .ok()
-            .flatten()
+        let name = self.cache.pod(id.as_str())?.pod_name(id.as_str());
+        self.calls.get::<Pod>(&name).await.ok().flatten()
     }
 
     /// Deletes an object whose pod is gone; a Service counts as an orphaned sandbox.

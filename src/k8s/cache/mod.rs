@@ -19,7 +19,7 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::record::{PodRecord, ServiceRecord};
+use super::record::{PodRecord, PoolPodRecord, ServiceRecord};
 use crate::k8s::refusals::Refusals;
 use reflect::{Keep, Watch};
 
@@ -52,6 +52,8 @@ pub struct CacheState {
     pub services: WatchState,
     /// Only watched when sandboxes get NetworkPolicies.
     pub policies: Option<WatchState>,
+    /// Only watched when the cluster keeps warm pools.
+    pub pools: Option<WatchState>,
     /// Bumped on every applied event, so that waiters can wake up on any change.
     pub generation: u64,
 }
@@ -109,6 +111,8 @@ pub struct Cache {
     pods: Records<PodRecord>,
     services: Records<ServiceRecord>,
     policies: Option<Store<NetworkPolicy>>,
+    /// Warm pool Pods by name, when the cluster keeps pools.
+    pool_pods: Option<Records<PoolPodRecord>>,
     namespace: Arc<str>,
     state: watch::Receiver<CacheState>,
 }
@@ -120,6 +124,8 @@ pub struct CacheScope<'a> {
     pub selector: &'a str,
     /// Whether sandboxes get NetworkPolicies (they are then watched too).
     pub network_policies: bool,
+    /// Whether the cluster keeps warm pools (their Pods are then watched too).
+    pub pools: bool,
     /// Bound of the probe that confirms a watch has recovered (K8S_API_TIMEOUT_SECONDS).
     pub call_timeout: Duration,
 }
@@ -135,6 +141,7 @@ impl Cache {
     ) -> Cache {
         let initial = CacheState {
             policies: scope.network_policies.then(WatchState::default),
+            pools: scope.pools.then(WatchState::default),
             ..CacheState::default()
         };
         let (state_tx, state) = watch::channel(initial);
@@ -162,10 +169,21 @@ impl Cache {
             });
             reader
         });
+        let pool_pods = scope.pools.then(|| {
+            let records: Records<PoolPodRecord> = Arc::default();
+            let selector = crate::spec::keys::POOL_LABEL;
+            let pools = Watch { selector, ..watch };
+            let record: fn(&CachedPod) -> _ = |p| PoolPodRecord::of(p);
+            pools.run(Keep::Records(records.clone(), record), |s| {
+                s.pools.get_or_insert_with(WatchState::default)
+            });
+            records
+        });
         Cache {
             pods,
             services,
             policies,
+            pool_pods,
             namespace: scope.namespace.into(),
             state,
         }
@@ -179,6 +197,7 @@ impl Cache {
             pods: Arc::default(),
             services: Arc::default(),
             policies: None,
+            pool_pods: None,
             namespace: namespace.into(),
             state,
         }
@@ -200,6 +219,7 @@ impl Cache {
             pods: Arc::default(),
             services: Arc::default(),
             policies: None,
+            pool_pods: None,
             namespace: namespace.into(),
             state,
         };
@@ -250,6 +270,17 @@ impl Cache {
     /// How many Pods the cache holds.
     pub fn pod_count(&self) -> usize {
         self.pods.len()
+    }
+
+    /// Every warm pool Pod (claimed or not) by name, once their watch has listed them; None
+    /// without pools or before.
+    pub fn pool_pods(&self) -> Option<Vec<(Arc<str>, Arc<PoolPodRecord>)>> {
+        let records = self.pool_pods.as_ref()?;
+        if !self.state().pools.is_some_and(|w| w.synced) {
+            return None;
+        }
+        let pods = records.pin();
+        Some(pods.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
     }
 
     /// The managed NetworkPolicies, when they are watched.
@@ -307,6 +338,7 @@ mod tests {
             pods: healthy,
             services: healthy,
             policies: Some(WatchState::default()),
+            pools: None,
             generation: 0,
         };
         assert_eq!(s.summary(), CacheSummary::Syncing);

@@ -269,6 +269,19 @@ impl Calls {
         .map(drop)
     }
 
+    /// Applies a merge patch to a pod and returns the pod. A patch that names a
+    /// resourceVersion is conditional: a write in between makes it a 409 (`is_conflict`).
+    pub async fn patch_pod(&self, name: &str, patch: &serde_json::Value) -> Result<Pod> {
+        let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+        let pods = self.api::<Pod>();
+        self.call(
+            ("patch", "pods"),
+            || format!("patch pod {name} in namespace {}", self.namespace),
+            || pods.patch(name, &params, &patch),
+        )
+        .await
+    }
+
     /// Asks the apiserver to validate (and admit) a pod without creating it.
     pub async fn dry_run_pod(&self, pod: &Pod) -> Result<Pod> {
         let params = PostParams {

@@ -10,6 +10,7 @@ mod labels;
 mod namespace;
 mod network_policy;
 mod pod;
+mod pool;
 mod service;
 mod volumes;
 
@@ -19,6 +20,7 @@ pub use network_policy::{
     baseline_network_policy, isolated_spec, network_policy, BASELINE_POLICY_NAME,
 };
 pub use pod::pod;
+pub use pool::{claim_patch, pool_pod, pool_pod_name, slot_dir};
 pub use service::service;
 pub use volumes::{LARK_BROKER_CONTAINER, LARK_BROKER_URL, LARK_RUNTIME_VOLUME};
 
@@ -65,6 +67,7 @@ pub(crate) mod test_support {
             pod_template: Default::default(),
             network_policy: NetworkPolicyMode::None,
             default_resources: crate::sandbox::Sizes::deerflow_default(),
+            warm_pool: Default::default(),
             host_base: HostBase {
                 dir: "/.deer-flow".into(),
                 origin: "DeerFlow's default",
