@@ -226,3 +226,156 @@ mod tests {
         assert_eq!(bound, binds);
     }
 }
+
+#[cfg(test)]
+mod binds_tests {
+    use crate::{
+        k8s::manifests::test_support::{a_request, spec},
+        sandbox::{
+            mounts::{
+                ACP_WORKSPACE_PATH, CUSTOM_SKILLS_PATH, INTEGRATION_SKILLS_PATH, USER_DATA_PATH,
+            },
+            ExtraMount, LarkRequest, Sizes,
+        },
+        spec::{warm_pool::*, LarkImages, SkillsMount},
+    };
+
+    fn pool() -> WarmPool {
+        WarmPool {
+            classes: vec![PoolClass {
+                name: "default".into(),
+                target: 3,
+                resources: Sizes::deerflow_default(),
+            }],
+            ..WarmPool::default()
+        }
+    }
+
+    fn acp(read_only: bool) -> ExtraMount {
+        ExtraMount {
+            host_path: "/base/users/u/threads/t/acp-workspace".into(),
+            below_base: "users/u/threads/t/acp-workspace".into(),
+            container_path: ACP_WORKSPACE_PATH.into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn a_plain_request_binds_the_same_directories_a_cold_create_mounts() {
+        let mut t = spec(Some("/data/threads"), None);
+        t.skills = SkillsMount::PerUser {
+            base: "/base".into(),
+        };
+        let mut request = a_request();
+        request.extra_mounts = vec![acp(true)];
+        let pool = pool();
+        let (class, binds) = pool.serving(&t, &request).unwrap();
+        assert_eq!(class.name, "default");
+        let user = request.user.as_str();
+        assert_eq!(
+            binds,
+            [
+                Bind {
+                    path: USER_DATA_PATH.into(),
+                    source: format!("/data/threads/{}/user-data", request.thread),
+                    read_only: false
+                },
+                Bind {
+                    path: CUSTOM_SKILLS_PATH.into(),
+                    source: format!("/base/users/{user}/skills_view/custom"),
+                    read_only: true
+                },
+                Bind {
+                    path: LEGACY_SKILLS_PATH.into(),
+                    source: format!("/base/users/{user}/skills_view/legacy"),
+                    read_only: true
+                },
+                Bind {
+                    path: ACP_WORKSPACE_PATH.into(),
+                    source: "/base/users/u/threads/t/acp-workspace".into(),
+                    read_only: true
+                },
+            ]
+        );
+        assert_eq!(
+            slot_paths(&t),
+            [
+                USER_DATA_PATH,
+                CUSTOM_SKILLS_PATH,
+                LEGACY_SKILLS_PATH,
+                ACP_WORKSPACE_PATH,
+                INTEGRATION_SKILLS_PATH
+            ]
+        );
+    }
+
+    #[test]
+    fn the_backends_custom_skills_replace_the_users_own() {
+        let mut t = spec(None, None);
+        t.skills = SkillsMount::PerUser {
+            base: "/base".into(),
+        };
+        let mut request = a_request();
+        let mut custom = acp(false);
+        custom.container_path = CUSTOM_SKILLS_PATH.into();
+        request.extra_mounts = vec![custom];
+        let binds = binds(&t, &request).unwrap();
+        let custom: Vec<_> = binds
+            .iter()
+            .filter(|b| b.path == CUSTOM_SKILLS_PATH)
+            .collect();
+        assert_eq!(custom.len(), 1);
+        assert!(!custom[0].read_only, "the backend's own flag is kept");
+        assert!(custom[0].source.ends_with("acp-workspace"));
+    }
+
+    #[test]
+    fn whatever_is_fixed_at_pod_start_goes_cold_and_says_why() {
+        let mut t = spec(Some("/data/threads"), None);
+        t.lark = LarkImages {
+            init_image: Some("init".into()),
+            ..LarkImages::default()
+        };
+        let pool = pool();
+        let mut bigger = a_request();
+        bigger.resources.limits.insert("cpu".into(), "2".into());
+        assert_eq!(pool.serving(&t, &bigger).unwrap_err(), ColdReason::Size);
+        let mut shells = a_request();
+        shells.max_shell_sessions = Some(8);
+        assert_eq!(
+            pool.serving(&t, &shells).unwrap_err(),
+            ColdReason::ShellSessions
+        );
+        let mut lark = a_request();
+        lark.lark = LarkRequest {
+            runtime: true,
+            broker: false,
+        };
+        assert_eq!(pool.serving(&t, &lark).unwrap_err(), ColdReason::Lark);
+        let mut skills = a_request();
+        skills.skills_path = Some("/mnt/thread-skills".into());
+        assert_eq!(
+            pool.serving(&t, &skills).unwrap_err(),
+            ColdReason::SkillsPath
+        );
+        let mut lark_data = a_request();
+        let mut data = acp(false);
+        data.container_path = crate::sandbox::mounts::LARK_DATA_PATH.into();
+        lark_data.extra_mounts = vec![data];
+        assert_eq!(
+            pool.serving(&t, &lark_data).unwrap_err(),
+            ColdReason::Mount(crate::sandbox::mounts::LARK_DATA_PATH.into())
+        );
+        // The Lark request is fine where the images are not configured: it asks for nothing.
+        assert!(pool.serving(&spec(None, None), &lark).is_ok());
+    }
+
+    #[test]
+    fn slot_names_are_volume_names() {
+        for path in slot_paths(&spec(Some("/t"), None)) {
+            let name = slot_name(path);
+            assert!(crate::sandbox::is_dns_label(&name), "{name}");
+        }
+        assert_eq!(slot_name("/mnt/user-data"), "slot-mnt-user-data");
+    }
+}
