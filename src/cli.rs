@@ -36,6 +36,9 @@ pub enum Command {
         /// The key; read from standard input when absent.
         key: Option<String>,
     },
+    /// Run the node agent: binds claimed warm pool Pods' thread data into their containers on
+    /// this node (one per node; see docs/operations.md, "Warm pools").
+    NodeAgent(Box<crate::agent::AgentArgs>),
     /// Exit 0 when the local service answers /health (for container HEALTHCHECKs).
     Healthcheck {
         /// The service's listen address.
@@ -54,6 +57,7 @@ impl Cli {
                 Command::Openapi
                 | Command::Doctor(_)
                 | Command::HashKey { .. }
+                | Command::NodeAgent(_)
                 | Command::Healthcheck { .. },
             ) => None,
         }

@@ -7,13 +7,14 @@
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("sandbox", &[]),
     ("spec", &["sandbox"]),
+    ("agent", &["spec"]),
     ("permissions", &[]),
     ("metrics", &["sandbox"]),
     ("telemetry", &[]),
     ("healthcheck", &[]),
     ("admission", &["metrics", "sandbox", "spec"]),
     ("config", &["admission", "metrics", "sandbox", "spec"]),
-    ("cli", &["config"]),
+    ("cli", &["agent", "config"]),
     ("k8s", &["metrics", "permissions", "sandbox", "spec"]),
     (
         "cluster",

@@ -7,7 +7,8 @@
 //! ```text
 //!   main ─► server ─► api ─► fleet ─► cluster ─► k8s ─► spec ─► sandbox
 //!                 ├─► gateway ─┘
-//!                 └─► tasks (election, reaper)     admission, config, metrics, permissions
+//!                 └─► tasks (election, reaper, pools) admission, config, metrics, permissions
+//!   main ─► agent (node-agent: binds thread data into warm Pods) ─► spec
 //! ```
 //!
 //! | module | may use |
@@ -20,17 +21,19 @@
 //! | `tasks` | cluster, k8s, spec |
 //! | `cluster` | admission, config, k8s, metrics, sandbox, spec |
 //! | `k8s` | metrics, permissions, sandbox, spec |
-//! | `cli` | config |
+//! | `cli` | agent, config |
 //! | `config` | admission, metrics, sandbox, spec |
 //! | `admission` | metrics, sandbox, spec |
 //! | `healthcheck` |  |
 //! | `telemetry` |  |
 //! | `metrics` | sandbox |
 //! | `permissions` |  |
+//! | `agent` | spec |
 //! | `spec` | sandbox |
 //! | `sandbox` |  |
 
 pub mod admission;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cluster;

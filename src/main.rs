@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sandbox_provisioner::{
-    admission, api,
+    admission, agent, api,
     cli::{Cli, Command},
     config::Config,
     doctor, healthcheck, server, telemetry,
@@ -64,6 +64,13 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::NodeAgent(args)) => {
+            telemetry::init();
+            return match agent::run(*args, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
+            };
+        }
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
@@ -75,6 +82,22 @@ async fn main() -> ExitCode {
     match server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e, 1),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
