@@ -49,7 +49,8 @@ pub struct AgentArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
 
-    /// The namespace of the sandboxes (the provisioner's K8S_NAMESPACE).
+    /// The namespace of the sandboxes (the provisioner's K8S_NAMESPACE); empty: every
+    /// namespace (the permissions must then be cluster-wide).
     #[arg(long, env = "K8S_NAMESPACE", default_value = "deer-flow")]
     pub namespace: String,
 
@@ -99,7 +100,8 @@ pub enum AgentError {
 /// The agent's settings, checked.
 struct Agent {
     pods: Api<Pod>,
-    namespace: String,
+    /// None: every namespace.
+    namespace: Option<String>,
     slot_root: PathBuf,
     bases: Vec<PathBuf>,
     staging: PathBuf,
@@ -133,9 +135,13 @@ pub async fn run(
     prepare(&args.slot_root, mounts::share(&args.slot_root))?;
     prepare(&args.staging, mounts::make_private(&args.staging))?;
     let client = Client::try_default().await?;
+    let namespace = Some(args.namespace.trim().to_string()).filter(|n| !n.is_empty());
     let agent = Arc::new(Agent {
-        pods: Api::namespaced(client, &args.namespace),
-        namespace: args.namespace.clone(),
+        pods: match &namespace {
+            Some(namespace) => Api::namespaced(client, namespace),
+            None => Api::all(client),
+        },
+        namespace,
         slot_root: args.slot_root.clone(),
         bases: args.allowed_bases.clone(),
         staging: args.staging.clone(),
@@ -207,8 +213,21 @@ fn bound_status(pod: &Pod) -> Option<&str> {
 }
 
 impl Agent {
-    fn pod_dir(&self, name: &str) -> PathBuf {
-        self.slot_root.join(&self.namespace).join(name)
+    fn pod_dir(&self, pod: &Pod) -> PathBuf {
+        self.slot_root
+            .join(pod.namespace().unwrap_or_default())
+            .join(pod.name_any())
+    }
+
+    /// The Api of the Pod's namespace (status patches name one Pod).
+    fn pods_of(&self, pod: &Pod) -> Api<Pod> {
+        match &self.namespace {
+            Some(_) => self.pods.clone(),
+            None => Api::namespaced(
+                self.pods.clone().into_client(),
+                &pod.namespace().unwrap_or_default(),
+            ),
+        }
     }
 
     /// Makes the node match the Pods: binds for claimed Pods, no slots for Pods that are gone.
@@ -217,30 +236,29 @@ impl Agent {
             let Some(binds) = claimed_binds(pod) else {
                 continue;
             };
-            let name = pod.name_any();
             let status = bound_status(pod);
             let outcome = match (status, binds) {
                 // It failed once; the provisioner removes it.
                 (Some("False"), _) => continue,
-                (Some("True"), Ok(binds)) if self.all_mounted(&name, &binds) => continue,
+                (Some("True"), Ok(binds)) if self.all_mounted(pod, &binds) => continue,
                 (_, Err(problem)) => Err(problem),
-                (_, Ok(binds)) => self.bind_all(&name, &binds),
+                (_, Ok(binds)) => self.bind_all(pod, &binds),
             };
-            self.report(&name, outcome).await;
+            self.report(pod, outcome).await;
         }
         self.remove_orphans(pods);
     }
 
-    fn all_mounted(&self, name: &str, binds: &[Bind]) -> bool {
-        let dir = self.pod_dir(name);
+    fn all_mounted(&self, pod: &Pod, binds: &[Bind]) -> bool {
+        let dir = self.pod_dir(pod);
         binds
             .iter()
             .all(|b| mounts::is_mounted(&dir.join(slot_name(&b.path))).unwrap_or(false))
     }
 
     /// Binds every directory, or none: a failure undoes what was mounted.
-    fn bind_all(&self, name: &str, binds: &[Bind]) -> Result<(), String> {
-        let dir = self.pod_dir(name);
+    fn bind_all(&self, pod: &Pod, binds: &[Bind]) -> Result<(), String> {
+        let (dir, name) = (self.pod_dir(pod), pod.name_any());
         let bound = binds.iter().try_for_each(|bind| {
             let base = mounts::check_source(bind, &self.bases)?;
             let slot = dir.join(slot_name(&bind.path));
@@ -248,14 +266,15 @@ impl Agent {
         });
         bound.map_err(|e| {
             if let Err(undo) = mounts::unmount_all(&dir) {
-                tracing::error!(pod = name, error = %undo, "undoing a failed bind failed");
+                tracing::error!(pod = %name, error = %undo, "undoing a failed bind failed");
             }
             e.to_string()
         })
     }
 
     /// Sets the data-bound condition on the Pod.
-    async fn report(&self, name: &str, outcome: Result<(), String>) {
+    async fn report(&self, pod: &Pod, outcome: Result<(), String>) {
+        let name = &pod.name_any();
         let (status, reason, message) = match &outcome {
             Ok(()) => (
                 "True",
@@ -281,7 +300,8 @@ impl Agent {
             "lastTransitionTime": Timestamp::now().to_string(),
         }]}});
         let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
-        let call = self.pods.patch_status(name, &params, &patch);
+        let pods = self.pods_of(pod);
+        let call = pods.patch_status(name, &params, &patch);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(pod = name, error = %e, "reporting the binding failed; \
@@ -296,13 +316,24 @@ impl Agent {
 
     /// Unmounts and removes the slots of Pods that no longer exist.
     fn remove_orphans(&self, pods: &[Arc<Pod>]) {
-        let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-        let Ok(entries) = std::fs::read_dir(self.slot_root.join(&self.namespace)) else {
-            return;
+        let existing: BTreeSet<PathBuf> = pods.iter().map(|p| self.pod_dir(p)).collect();
+        let namespaces: Vec<PathBuf> = match &self.namespace {
+            Some(namespace) => vec![self.slot_root.join(namespace)],
+            None => std::fs::read_dir(&self.slot_root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect(),
         };
-        for entry in entries.flatten() {
+        let entries = namespaces
+            .iter()
+            .flat_map(std::fs::read_dir)
+            .flatten()
+            .flatten();
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if names.contains(&name) {
+            if existing.contains(&entry.path()) {
                 continue;
             }
             let young = entry

@@ -163,6 +163,7 @@ pub fn bind_onto(bind: &Bind, base: &Path, slot: &Path, staging: &Path) -> Resul
     }
     unmount_all(slot).map_err(failed)?;
     if !bind.read_only {
+        hand_over(slot, &real).map_err(failed)?;
         return mount_bind(&real, slot).map_err(|e| failed(e.into()));
     }
     let staged = staging.join(slot.file_name().unwrap_or_default());
@@ -177,6 +178,19 @@ pub fn bind_onto(bind: &Bind, base: &Path, slot: &Path, staging: &Path) -> Resul
     }
     let _ = std::fs::remove_dir(&staged);
     made.map_err(|e| failed(e.into()))
+}
+
+/// Gives a root-owned writable directory the owner the sandbox gave its slot. Images that run
+/// their commands as a user hand the directories a kubelet made (root's) to that user when
+/// they start; a warm Pod started long before its data was bound, so the agent repeats that
+/// step for the directory that now appears there.
+fn hand_over(slot: &Path, source: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (slot_owner, source_owner) = (std::fs::metadata(slot)?, std::fs::metadata(source)?);
+    if source_owner.uid() == 0 && slot_owner.uid() != 0 {
+        std::os::unix::fs::chown(source, Some(slot_owner.uid()), Some(slot_owner.gid()))?;
+    }
+    Ok(())
 }
 
 /// Unmounts everything mounted at or below `dir`, deepest first. The unmounts propagate to the

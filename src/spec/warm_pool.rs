@@ -124,8 +124,9 @@ impl WarmPool {
 }
 
 /// The container paths a pool Pod holds a slot for, in mount order: the user data (from the
-/// threads directory), the per-user skills, and the extra mounts that are plain directories.
-/// The Lark paths have none: their helpers are part of the Pod, so Lark requests go cold.
+/// threads directory), the per-user skills, and the extra mounts that are plain directories
+/// (the skills ones only where /mnt/skills is not itself one read-only mount). The Lark paths
+/// have none: their helpers are part of the Pod, so Lark requests go cold.
 pub fn slot_paths(spec: &SandboxSpec) -> Vec<&'static str> {
     let mut paths = Vec::new();
     if matches!(spec.user_data, UserDataMount::HostPath(_)) {
@@ -134,13 +135,16 @@ pub fn slot_paths(spec: &SandboxSpec) -> Vec<&'static str> {
     if matches!(spec.skills, SkillsMount::PerUser { .. }) {
         paths.extend([CUSTOM_SKILLS_PATH, LEGACY_SKILLS_PATH]);
     }
-    for path in [
-        ACP_WORKSPACE_PATH,
-        CUSTOM_SKILLS_PATH,
-        INTEGRATION_SKILLS_PATH,
-    ] {
-        if !paths.contains(&path) {
-            paths.push(path);
+    paths.push(ACP_WORKSPACE_PATH);
+    // Below a read-only /mnt/skills (one skills directory) no mount point can be made.
+    if !matches!(
+        spec.skills,
+        SkillsMount::HostPath(_) | SkillsMount::Claim { .. }
+    ) {
+        for path in [CUSTOM_SKILLS_PATH, INTEGRATION_SKILLS_PATH] {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
         }
     }
     paths

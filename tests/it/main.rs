@@ -17,3 +17,4 @@ mod real_node;
 mod startup;
 mod stress;
 mod tenants;
+mod warm_pool;

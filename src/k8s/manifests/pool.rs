@@ -371,6 +371,21 @@ mod binds_tests {
     }
 
     #[test]
+    fn nothing_is_mounted_below_a_single_skills_directory() {
+        let t = spec(Some("/t"), Some("/skills"));
+        assert_eq!(slot_paths(&t), [USER_DATA_PATH, ACP_WORKSPACE_PATH]);
+        let mut request = a_request();
+        request.extra_mounts = vec![ExtraMount {
+            container_path: CUSTOM_SKILLS_PATH.into(),
+            ..acp(true)
+        }];
+        assert_eq!(
+            binds(&t, &request).unwrap_err(),
+            ColdReason::Mount(CUSTOM_SKILLS_PATH.into())
+        );
+    }
+
+    #[test]
     fn slot_names_are_volume_names() {
         for path in slot_paths(&spec(Some("/t"), None)) {
             let name = slot_name(path);

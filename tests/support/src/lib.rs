@@ -22,7 +22,8 @@ pub use gate::{alone, Alone};
 pub use namespace::{provisioner_rules, TestNamespace};
 pub use real_node::{
     gateway_mode, real_node_containers, real_node_gateway_args, real_node_pod_template,
-    real_node_pod_template_with, real_node_running, real_node_serve_args, GATEWAY_TEST_SECRET,
+    real_node_pod_template_with, real_node_running, real_node_serve_args, real_node_slot_root,
+    real_node_state, start_node_agent, stop_node_agent, warm_pool_mode, GATEWAY_TEST_SECRET,
     REAL_NODE, REAL_NODE_ADDRESS, REAL_NODE_IMAGE,
 };
 pub use rounds::{counted, metric_sum, reaper_rounds, LEADER, REAPER_ROUNDS, TENANT_FILE_CHECKS};

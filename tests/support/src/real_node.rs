@@ -111,10 +111,7 @@ pub fn gateway_mode(args: &mut ServeArgs) {
 
 /// The containers the real node's containerd holds (`ctr containers ls`), by ID.
 pub fn real_node_containers() -> Vec<String> {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/state"));
-    let socket = state.join("sandbox-provisioner/real-node/containerd/sock");
+    let socket = real_node_state().join("containerd/sock");
     let out = std::process::Command::new("ctr")
         .arg("--address")
         .arg(&socket)
@@ -130,4 +127,56 @@ pub fn real_node_containers() -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The real node's state directory (`scripts/real-node`).
+pub fn real_node_state() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/state"))
+        .join("sandbox-provisioner/real-node")
+}
+
+/// Where the real node's agent keeps the pool Pods' slots.
+pub fn real_node_slot_root() -> PathBuf {
+    real_node_state().join("slots")
+}
+
+/// Turns on warm pools (`pools` as SANDBOX_WARM_POOL) with the real node's slot root.
+pub fn warm_pool_mode(args: &mut ServeArgs, pools: &str) {
+    args.warm_pool.sandbox_warm_pool = Some(pools.into());
+    args.warm_pool.sandbox_warm_pool_slot_root = real_node_slot_root().display().to_string();
+}
+
+/// Stops the real node's agent (`scripts/real-node` starts it) and waits until it is gone.
+pub fn stop_node_agent() {
+    let pid = std::fs::read_to_string(real_node_state().join("node-agent.pid"))
+        .expect("the node agent's pid file");
+    let status = std::process::Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {pid}");
+    // Gone, or a zombie waiting for whoever started it.
+    let status = PathBuf::from(format!("/proc/{}/status", pid.trim()));
+    let alive = || {
+        std::fs::read_to_string(&status).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Starts the real node's agent again (`scripts/real-node agent`).
+pub fn start_node_agent() {
+    let status = std::process::Command::new(repo_root().join("scripts/real-node"))
+        .arg("agent")
+        .current_dir(repo_root())
+        .status()
+        .expect("running scripts/real-node agent");
+    assert!(status.success(), "scripts/real-node agent failed");
 }
