@@ -213,7 +213,7 @@ async fn pool_pods_age_out_and_count_for_no_quota_or_reaper() {
     let host = HostDir::new(&ns);
     let mut args = real_node_gateway_args(&ns.name, &host.0);
     warm_pool_mode(&mut args, r#"{"default": 2}"#);
-    args.warm_pool.sandbox_warm_pool_max_age = "15s".into();
+    args.warm_pool.sandbox_warm_pool_max_age = "25s".into();
     args.lifecycle.sandbox_idle_timeout = "3s".into();
     args.lifecycle.sandbox_reap_interval = "1s".into();
     args.tenancy.sandbox_max_total = Some(1);
@@ -223,15 +223,23 @@ async fn pool_pods_age_out_and_count_for_no_quota_or_reaper() {
     // A quota of one sandbox: the pool's two Pods do not count against it.
     let (status, answer) = create(&service, json!({"sandbox_id": "a-1", "thread_id": "t"})).await;
     assert_eq!(status, 200, "{answer}");
+    let claimed = pods_of(&ns, "a-1").await[0].metadata.name.clone().unwrap();
+    let unclaimed: Vec<&String> = first.iter().filter(|n| **n != claimed).collect();
     let (status, refused) = create(&service, json!({"sandbox_id": "a-2", "thread_id": "t"})).await;
     assert_eq!(status, 429, "the one sandbox counts: {refused}");
 
     // The reaper takes the idle sandbox, never a pool Pod (they have no activity at all).
+    // Watched through the apiserver: a GET would count as activity.
     eventually(Duration::from_secs(30), "a-1 reaped", || async {
-        (service.get("a-1").await.0 == 404).then_some(())
+        pods_of(&ns, "a-1").await.is_empty().then_some(())
     })
     .await;
-    // Older than 15 s: the keeper replaces each Pod of the first generation (the claimed one
+    let ready = ready_pool_pods(&ns).await;
+    assert!(
+        unclaimed.iter().all(|n| ready.contains(n)),
+        "idle for longer than the idle timeout, yet not reaped: {unclaimed:?} in {ready:?}"
+    );
+    // Older than 25 s: the keeper replaces each Pod of the first generation (the claimed one
     // went with a-1).
     eventually(
         Duration::from_secs(90),
