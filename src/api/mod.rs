@@ -201,7 +201,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     components(schemas(ErrorBody, CreateRequest, SandboxList, Deleted, model::Presence, Health,
         crate::sandbox::Sandbox, crate::sandbox::Phase, crate::k8s::cache::CacheSummary,
             crate::k8s::refusals::MissingPermission, Capabilities, crate::sandbox::Resources,
-                crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::ClusterListing,
+                crate::sandbox::Sizes, crate::fleet::ClusterInfo, crate::fleet::WarmPoolInfo, crate::fleet::ClusterListing,
                     model::ClusterHealth, model::QuotaAnswer, model::TenantQuota,
                         model::LimitsView, crate::admission::Usage)),
     modifiers(&SecuritySchemes),

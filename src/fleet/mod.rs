@@ -140,6 +140,16 @@ pub fn info(cluster: &Cluster) -> ClusterInfo {
         sandboxes: cluster.count(),
         max_sandboxes: cluster.max_sandboxes(),
         reachable: cluster.unreachable().is_none(),
+        warm_pools: cluster
+            .warm_pools()
+            .into_iter()
+            .map(|(name, target, (ready, starting))| WarmPoolInfo {
+                size: name,
+                target,
+                ready,
+                starting,
+            })
+            .collect(),
     }
 }
 
@@ -168,6 +178,22 @@ pub struct ClusterInfo {
     pub max_sandboxes: Option<usize>,
     /// Whether its apiserver answered the last probe.
     pub reachable: bool,
+    /// Its warm pools (SANDBOX_WARM_POOL); absent without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_pools: Vec<WarmPoolInfo>,
+}
+
+/// One warm pool of a cluster: started Pods of one size, kept ready for creates to take.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WarmPoolInfo {
+    /// The size its Pods have.
+    pub size: String,
+    /// How many unclaimed Pods it keeps.
+    pub target: u32,
+    /// Unclaimed Pods ready to be taken now.
+    pub ready: usize,
+    /// Unclaimed Pods still starting.
+    pub starting: usize,
 }
 
 /// One cluster's part of a listing.

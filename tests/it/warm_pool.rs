@@ -168,6 +168,15 @@ async fn a_claim_answers_ready_with_the_threads_data_bound_in() {
     assert!(refused.contains("Read-only file system"), "{refused}");
     assert!(!acp.join("new").exists());
 
+    // The pool as /api/capabilities shows it (its Pods are not sandboxes).
+    let (_, capabilities) = service.call(Method::GET, "/api/capabilities", None).await;
+    let pools = &capabilities["clusters"][0]["warm_pools"];
+    assert_eq!(pools[0]["size"], "default", "{capabilities}");
+    assert_eq!(pools[0]["target"], 2, "{capabilities}");
+    assert_eq!(
+        capabilities["clusters"][0]["sandboxes"], 1,
+        "{capabilities}"
+    );
     // Pool Pods are no one's sandboxes: only the claimed one is listed.
     let (_, list) = service.call(Method::GET, "/api/sandboxes", None).await;
     let ids: Vec<&str> = list["sandboxes"]

@@ -107,6 +107,24 @@ impl Cluster {
         round
     }
 
+    /// Each pool: its size, its target, and its unclaimed Pods (ready, starting).
+    pub fn warm_pools(&self) -> Vec<(String, u32, (usize, usize))> {
+        let pods = self.cache.pool_pods().unwrap_or_default();
+        let view: Vec<(&str, &PoolPodRecord)> =
+            pods.iter().map(|(name, pod)| (&**name, &**pod)).collect();
+        let counts = plan::counts(&view);
+        self.spec
+            .warm_pool
+            .classes
+            .iter()
+            .filter(|c| c.target > 0)
+            .map(|c| {
+                let count = counts.get(&c.name).copied().unwrap_or_default();
+                (c.name.clone(), c.target, count)
+            })
+            .collect()
+    }
+
     /// Takes a ready Pod of the pool that serves `request`: one patch, conditional on the
     /// Pod's resourceVersion, gives it the sandbox's labels and annotations and what the node
     /// agent is to bind. None: the create goes cold (counted with the reason).
