@@ -117,6 +117,15 @@ pub const PERMISSIONS: &[Permission] = &[
     permission("", "services/proxy", "delete", ApiServerReach, "gateway: DELETE through the apiserver"),
 ];
 
+/// The node agent's permissions (`sandbox-provisioner node-agent`,
+/// `deploy/kubernetes/node-agent`), in the sandbox namespace.
+#[rustfmt::skip]
+pub const NODE_AGENT_PERMISSIONS: &[Permission] = &[
+    permission("", "pods", "list", Always, "list its node's pool Pods"),
+    permission("", "pods", "watch", Always, "learn of claims as they happen"),
+    permission("", "pods/status", "patch", Always, "set the data-bound condition"),
+];
+
 /// Which optional features a configuration uses, to pick the permissions it needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Features {
@@ -248,6 +257,23 @@ mod tests {
             .cloned()
             .collect();
         assert!(!wanted.is_empty());
+        assert_eq!(granted(&role), wanted);
+    }
+
+    #[test]
+    fn the_node_agent_component_grants_exactly_its_rows() {
+        let yaml = include_str!("../deploy/kubernetes/node-agent/role.yaml");
+        let role: Role = serde_saphyr::from_str(yaml).expect("a Role");
+        let wanted: BTreeSet<_> = NODE_AGENT_PERMISSIONS
+            .iter()
+            .map(|p| {
+                (
+                    p.group.to_string(),
+                    p.resource.to_string(),
+                    p.verb.to_string(),
+                )
+            })
+            .collect();
         assert_eq!(granted(&role), wanted);
     }
 

@@ -113,6 +113,13 @@ pub async fn run(
     args: AgentArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    check(&args)?;
+    let client = Client::try_default().await?;
+    run_with(args, client, shutdown).await
+}
+
+/// Refuses settings the agent cannot work with.
+fn check(args: &AgentArgs) -> Result<(), AgentError> {
     if args.node.trim().is_empty() {
         return Err(AgentError::Settings("the node name is empty".into()));
     }
@@ -126,6 +133,17 @@ pub async fn run(
             bad.display()
         )));
     }
+    Ok(())
+}
+
+/// Runs the agent with this client (its credential decides what it may do) until `shutdown`
+/// completes.
+pub async fn run_with(
+    args: AgentArgs,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    check(&args)?;
     let prepare = |dir: &Path, result: std::io::Result<()>| {
         result.map_err(|cause| AgentError::Mounts {
             dir: dir.display().to_string(),
@@ -134,7 +152,6 @@ pub async fn run(
     };
     prepare(&args.slot_root, mounts::share(&args.slot_root))?;
     prepare(&args.staging, mounts::make_private(&args.staging))?;
-    let client = Client::try_default().await?;
     let namespace = Some(args.namespace.trim().to_string()).filter(|n| !n.is_empty());
     let agent = Arc::new(Agent {
         pods: match &namespace {
@@ -232,7 +249,7 @@ impl Agent {
 
     /// Makes the node match the Pods: binds for claimed Pods, no slots for Pods that are gone.
     async fn reconcile(&self, pods: &[Arc<Pod>]) {
-        for pod in pods {
+        for pod in pods.iter().filter(|p| self.has_slots_here(p)) {
             let Some(binds) = claimed_binds(pod) else {
                 continue;
             };
@@ -247,6 +264,18 @@ impl Agent {
             self.report(pod, outcome).await;
         }
         self.remove_orphans(pods);
+    }
+
+    /// Whether the Pod's slots are below this agent's slot root (another agent, with another
+    /// root, may serve the same node).
+    fn has_slots_here(&self, pod: &Pod) -> bool {
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        volumes.into_iter().flatten().any(|v| {
+            v.name.starts_with("slot-")
+                && v.host_path
+                    .as_ref()
+                    .is_some_and(|h| Path::new(&h.path).starts_with(&self.slot_root))
+        })
     }
 
     fn all_mounted(&self, pod: &Pod, binds: &[Bind]) -> bool {

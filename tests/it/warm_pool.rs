@@ -384,3 +384,100 @@ fn scopeguard(f: fn()) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+#[tokio::test]
+async fn the_node_agent_binds_with_exactly_its_shipped_role() {
+    use k8s_openapi::api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{Role, RoleBinding},
+    };
+    use kube::api::{Api, PostParams};
+    use sandbox_provisioner::agent::{self, mounts, AgentArgs};
+    if !real_node_running().await {
+        return;
+    }
+    let _agent = AGENT.read().await;
+    let ns = TestNamespace::new("warm-rbac").await;
+    let host = HostDir::new(&ns);
+    let read = |file: &str| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/node-agent/")
+            .to_string()
+            + file;
+        std::fs::read_to_string(path).unwrap()
+    };
+    let pp = PostParams::default();
+    let account: ServiceAccount = serde_saphyr::from_str(&read("serviceaccount.yaml")).unwrap();
+    Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &account)
+        .await
+        .unwrap();
+    let role: Role = serde_saphyr::from_str(&read("role.yaml")).unwrap();
+    Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let mut binding: RoleBinding = serde_saphyr::from_str(&read("rolebinding.yaml")).unwrap();
+    for subject in binding.subjects.iter_mut().flatten() {
+        subject.namespace = Some(ns.name.clone());
+    }
+    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let kubeconfig = ns
+        .kubeconfig_for_service_account("sandbox-provisioner-node-agent")
+        .await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+
+    // An agent of this test's own, in this namespace only, with a slot root of its own (the
+    // node's agent leaves Pods whose slots lie elsewhere alone).
+    let slot_root = host.0.join("slots");
+    let staging = host.0.join("staging");
+    let args = AgentArgs {
+        node: testkit::REAL_NODE.into(),
+        namespace: ns.name.clone(),
+        slot_root: slot_root.clone(),
+        allowed_bases: vec![host.0.clone()],
+        staging: staging.clone(),
+        api_timeout: 10.0,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(agent::run_with(args, client, async {
+        let _ = stopped.await;
+    }));
+    let mut serve = real_node_gateway_args(&ns.name, &host.0);
+    warm_pool_mode(&mut serve, r#"{"default": 1}"#);
+    serve.warm_pool.sandbox_warm_pool_slot_root = slot_root.display().to_string();
+    let service = TestService::start(serve).await;
+    pool_ready(&ns, 1).await;
+    let data = host.0.join("threads/t-r/user-data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f.txt"), "bound by the shipped role").unwrap();
+    let (status, answer) = create(&service, json!({"sandbox_id": "b-1", "thread_id": "t-r"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ready"], true, "{answer}");
+    let (out, code) = exec(
+        &http_client(),
+        answer["sandbox_url"].as_str().unwrap(),
+        "cat /mnt/user-data/f.txt",
+    )
+    .await;
+    assert_eq!((out.trim(), code), ("bound by the shipped role", 0));
+    let pod_name = pods_of(&ns, "b-1").await[0].metadata.name.clone().unwrap();
+    service.delete("b-1").await;
+    let dir = slot_root.join(&ns.name).join(&pod_name);
+    eventually(Duration::from_secs(60), "the slots removed", || async {
+        (!dir.exists() && mounts_below(&dir).is_empty()).then_some(())
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    mounts::unmount_all(&slot_root).unwrap();
+    mounts::unmount_all(&staging).unwrap();
+}
