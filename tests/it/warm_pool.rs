@@ -439,6 +439,16 @@ async fn the_node_agent_binds_with_exactly_its_shipped_role() {
     // node's agent leaves Pods whose slots lie elsewhere alone).
     let slot_root = host.0.join("slots");
     let staging = host.0.join("staging");
+    // Dropped before the host directory, also when an assertion fails.
+    struct Unmount(Vec<std::path::PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = mounts::unmount_all(dir);
+            }
+        }
+    }
+    let _unmount = Unmount(vec![slot_root.clone(), staging.clone()]);
     let args = AgentArgs {
         node: testkit::REAL_NODE.into(),
         namespace: ns.name.clone(),
@@ -478,6 +488,4 @@ async fn the_node_agent_binds_with_exactly_its_shipped_role() {
     .await;
     let _ = stop.send(());
     running.await.unwrap().unwrap();
-    mounts::unmount_all(&slot_root).unwrap();
-    mounts::unmount_all(&staging).unwrap();
 }
