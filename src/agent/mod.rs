@@ -249,6 +249,11 @@ impl Agent {
 
     /// Makes the node match the Pods: binds for claimed Pods, no slots for Pods that are gone.
     async fn reconcile(&self, pods: &[Arc<Pod>]) {
+        // Read once per round: a node may hold many bound Pods.
+        let mounted: BTreeSet<PathBuf> = mounts::mount_points()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         for pod in pods.iter().filter(|p| self.has_slots_here(p)) {
             let Some(binds) = claimed_binds(pod) else {
                 continue;
@@ -257,7 +262,7 @@ impl Agent {
             let outcome = match (status, binds) {
                 // It failed once; the provisioner removes it.
                 (Some("False"), _) => continue,
-                (Some("True"), Ok(binds)) if self.all_mounted(pod, &binds) => continue,
+                (Some("True"), Ok(binds)) if self.all_mounted(pod, &binds, &mounted) => continue,
                 (_, Err(problem)) => Err(problem),
                 (_, Ok(binds)) => self.bind_all(pod, &binds),
             };
@@ -278,11 +283,11 @@ impl Agent {
         })
     }
 
-    fn all_mounted(&self, pod: &Pod, binds: &[Bind]) -> bool {
+    fn all_mounted(&self, pod: &Pod, binds: &[Bind], mounted: &BTreeSet<PathBuf>) -> bool {
         let dir = self.pod_dir(pod);
         binds
             .iter()
-            .all(|b| mounts::is_mounted(&dir.join(slot_name(&b.path))).unwrap_or(false))
+            .all(|b| mounted.contains(&dir.join(slot_name(&b.path))))
     }
 
     /// Binds every directory, or none: a failure undoes what was mounted.

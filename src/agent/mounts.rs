@@ -211,11 +211,6 @@ pub fn unmount_all(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether something is mounted exactly at `dir`.
-pub fn is_mounted(dir: &Path) -> io::Result<bool> {
-    Ok(mount_points()?.iter().any(|m| m == dir))
-}
-
 /// Removes a Pod's slot directory after unmounting everything in it. Nothing is removed
 /// through a mount: if a mount remains, the directory stays and the error says so.
 pub fn remove_slots(pod_dir: &Path) -> io::Result<()> {

@@ -341,6 +341,7 @@ clusters:
     labels: {region: eu, tier: gpu}
     image: python:3.12
     placement: {nodeSelector: {pool: sandboxes}}
+    warm_pool: {default: 3}
   - name: us-1
     kubeconfig: /k/us
     service_type: ClusterIP
@@ -359,6 +360,8 @@ clusters:
         assert_eq!(eu.max_sandboxes, Some(500));
         assert_eq!(eu.labels["region"], "eu");
         assert_eq!(eu.sandbox.image, "python:3.12");
+        assert_eq!(eu.sandbox.warm_pool.classes[0].name, "default");
+        assert_eq!(eu.sandbox.warm_pool.classes[0].target, 3);
         assert_eq!(
             eu.sandbox.exposure,
             Exposure::NodePort {

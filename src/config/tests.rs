@@ -742,3 +742,62 @@ fn gateway_mode_needs_a_public_url_and_a_secret() {
         "SANDBOX_URL_MODE"
     );
 }
+
+#[test]
+fn warm_pools_name_sizes_and_refuse_what_is_fixed_at_pod_start() {
+    let c = parse(&[]).unwrap();
+    assert!(!c.sandbox.warm_pool.on(), "no pools by default");
+    assert_eq!(c.sandbox.warm_pool.max_age, Duration::from_secs(3600));
+    assert_eq!(c.sandbox.warm_pool.bind_timeout, Duration::from_secs(10));
+    let sizes = r#"{"large": {"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "2Gi"}}}"#;
+    let c = parse(&[
+        "--sandbox-sizes",
+        sizes,
+        "--sandbox-warm-pool",
+        r#"{"default": 5, "large": 2}"#,
+        "--threads-host-path",
+        "/srv/threads",
+    ])
+    .unwrap();
+    let pools = &c.clusters[0].sandbox.warm_pool;
+    assert!(pools.on());
+    let large = pools.class("large").unwrap();
+    assert_eq!(
+        (large.target, large.resources.limits["cpu"].as_str()),
+        (2, "2")
+    );
+    assert_eq!(
+        pools.class("default").unwrap().resources,
+        crate::sandbox::Sizes::deerflow_default()
+    );
+    let error = |args: &[&str]| parse(args).unwrap_err();
+    let e = error(&["--sandbox-warm-pool", r#"{"huge": 1}"#]);
+    assert_eq!(e.variable, "SANDBOX_WARM_POOL");
+    assert!(e.problem.contains("known sizes: default"), "{e}");
+    let e = error(&["--sandbox-warm-pool", "5"]);
+    assert!(e.problem.contains(r#"{"default": 5}"#), "{e}");
+    let e = error(&["--sandbox-warm-pool", r#"{"default": 5000}"#]);
+    assert!(e.problem.contains("at most 1000"), "{e}");
+    let e = error(&[
+        "--sandbox-warm-pool",
+        r#"{"default": 1}"#,
+        "--userdata-pvc-name",
+        "data",
+    ]);
+    assert!(e.problem.contains("USERDATA_PVC_NAME"), "{e}");
+    let e = error(&[
+        "--sandbox-warm-pool-slot-root",
+        "slots",
+        "--sandbox-warm-pool",
+        r#"{"default": 1}"#,
+    ]);
+    assert_eq!(e.variable, "SANDBOX_WARM_POOL_SLOT_ROOT");
+    let e = error(&["--sandbox-warm-pool-bind-timeout", "soon"]);
+    assert_eq!(e.variable, "SANDBOX_WARM_POOL_BIND_TIMEOUT");
+    // A pool of nothing is no pool.
+    assert!(!parse(&["--sandbox-warm-pool", r#"{"default": 0}"#])
+        .unwrap()
+        .sandbox
+        .warm_pool
+        .on());
+}

@@ -50,7 +50,7 @@ async fn create_until_ready(service: &TestService, body: Value) -> Value {
 
 /// Waits until the sandbox's URL answers: kube-proxy programs the route a moment after the pod
 /// turns ready (which is why DeerFlow's gateway polls the URL as well).
-async fn until_answering(http: &reqwest::Client, answer: &Value) {
+pub(crate) async fn until_answering(http: &reqwest::Client, answer: &Value) {
     let url = answer["sandbox_url"].as_str().unwrap().to_string();
     eventually(
         Duration::from_secs(30),

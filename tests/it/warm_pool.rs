@@ -13,7 +13,7 @@ use testkit::{
     stop_node_agent, warm_pool_mode, TestNamespace, TestService,
 };
 
-use crate::real_node::{exec, http_client, HostDir};
+use crate::real_node::{exec, http_client, until_answering, HostDir};
 
 /// Tests that need the node agent running hold this for reading; the one that stops the agent
 /// holds it for writing, so that no other claim is under way meanwhile.
@@ -210,6 +210,40 @@ async fn a_claim_answers_ready_with_the_threads_data_bound_in() {
     );
     let (status, _) = service.get("w-1").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_claimed_sandbox_is_served_by_its_own_service_in_direct_mode() {
+    if !real_node_running().await {
+        return;
+    }
+    let _agent = AGENT.read().await;
+    let ns = TestNamespace::new("warm-direct").await;
+    let host = HostDir::new(&ns);
+    let mut args = testkit::real_node_serve_args(&ns.name, &host.0);
+    warm_pool_mode(&mut args, r#"{"default": 1}"#);
+    let service = TestService::start(args).await;
+    let pool = pool_ready(&ns, 1).await;
+    let data = host.0.join("threads/t-d/user-data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("d.txt"), "through the node port").unwrap();
+    let (status, answer) = create(&service, json!({"sandbox_id": "d-1", "thread_id": "t-d"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ready"], true, "{answer}");
+    assert_eq!(
+        pods_of(&ns, "d-1").await[0].metadata.name.as_ref(),
+        Some(&pool[0])
+    );
+    let url = answer["sandbox_url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://198.19.0.1:"),
+        "the Service's node port: {url}"
+    );
+    // The Service routes once the kubelet has folded the agent's condition into Ready.
+    let http = http_client();
+    until_answering(&http, &answer).await;
+    let (out, code) = exec(&http, url, "cat /mnt/user-data/d.txt").await;
+    assert_eq!((out.trim(), code), ("through the node port", 0));
 }
 
 #[tokio::test]
