@@ -358,7 +358,13 @@ async fn forward(
     let sent = gateway
         .client
         .request(http::Request::from_parts(parts, Body::new(outgoing)));
-    let mut answer = match tokio::time::timeout(limits.response_timeout, sent).await {
+    let answered = tokio::select! {
+        answered = tokio::time::timeout(limits.response_timeout, sent) => answered,
+        true = gone(cluster, id, &pod.uid, limits.response_timeout) => {
+            return Err(GatewayError::Gone)
+        }
+    };
+    let mut answer = match answered {
         Err(_) => return Err(GatewayError::Timeout(limits.response_timeout)),
         Ok(Err(e)) => {
             return Err(upstream_failure(
@@ -448,7 +454,13 @@ async fn through_apiserver(
     let request = http::Request::from_parts(parts, kube::client::Body::from(body));
     let client = cluster.kube_client();
     let sent = client.send(request);
-    match tokio::time::timeout(limits.response_timeout, sent).await {
+    let answered = tokio::select! {
+        answered = tokio::time::timeout(limits.response_timeout, sent) => answered,
+        true = gone(cluster, id, &pod.uid, limits.response_timeout) => {
+            return Err(GatewayError::Gone)
+        }
+    };
+    match answered {
         Err(_) => Err(GatewayError::Timeout(limits.response_timeout)),
         Ok(Ok(answer)) => {
             let mut answer = answer;
@@ -467,6 +479,17 @@ async fn through_apiserver(
             })
         }
     }
+}
+
+/// Completes with true once the watch shows the Pod gone, replaced or terminating (false after
+/// `limit`): a request waiting in a deleted sandbox is answered at once, not when the node
+/// gets round to killing the container.
+async fn gone(cluster: &Cluster, id: &str, uid: &str, limit: Duration) -> bool {
+    cluster
+        .wait_for_pod(id, limit, |p| {
+            p.is_none_or(|p| &*p.uid != uid || p.terminating)
+        })
+        .await
 }
 
 /// The sandbox's Pod once it is ready (watch-driven, up to `limit`); the same Pod, or the

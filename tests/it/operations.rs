@@ -568,6 +568,50 @@ fn gateway_component_renders_with_known_settings() {
 }
 
 #[test]
+fn node_agent_component_renders_with_the_agents_own_settings() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("overlay-agent-{}", testkit::random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = relative_to(&dir, &Path::new(ROOT).join("deploy/kubernetes"));
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!("resources:\n  - {base}\ncomponents:\n  - {base}/node-agent\n"),
+    )
+    .unwrap();
+    let rendered = kubectl(&["kustomize", &dir.display().to_string()]);
+    std::fs::remove_dir_all(dir).unwrap();
+    let command = sandbox_provisioner::cli::Cli::command();
+    let agent = command
+        .find_subcommand("node-agent")
+        .expect("the node-agent command");
+    let known: BTreeSet<String> = agent
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for name in [
+        "NODE_NAME",
+        "K8S_NAMESPACE",
+        "SANDBOX_WARM_POOL_SLOT_ROOT",
+        "NODE_AGENT_ALLOWED_BASES",
+    ] {
+        assert!(known.contains(name), "{name} is a setting of the agent");
+        assert!(
+            rendered.contains(&format!("name: {name}")),
+            "{name}:\n{rendered}"
+        );
+    }
+    // In the sandboxes' namespace, bound to its own account, with the agent's command.
+    assert!(
+        rendered.contains("kind: DaemonSet")
+            && rendered.contains("- node-agent")
+            && rendered.contains("mountPropagation: Bidirectional")
+            && rendered.contains("namespace: deer-flow")
+            && rendered.contains("pods/status"),
+        "{rendered}"
+    );
+}
+
+#[test]
 fn the_configuration_table_matches_help() {
     let from_help: BTreeSet<String> = sandbox_provisioner::cli::Cli::command()
         .get_arguments()

@@ -300,7 +300,8 @@ async fn two_replicas_racing_claim_each_pool_pod_at_most_once() {
     if !real_node_running().await {
         return;
     }
-    let _agent = AGENT.read().await;
+    // Twenty-five real Pods: nothing else on the node meanwhile (and so no agent restart).
+    let _alone = testkit::alone().await;
     let ns = TestNamespace::new("warm-race").await;
     let host = HostDir::new(&ns);
     let mut args = real_node_gateway_args(&ns.name, &host.0);

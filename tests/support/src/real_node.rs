@@ -142,8 +142,15 @@ pub fn real_node_slot_root() -> PathBuf {
     real_node_state().join("slots")
 }
 
-/// Turns on warm pools (`pools` as SANDBOX_WARM_POOL) with the real node's slot root.
+/// Turns on warm pools (`pools` as SANDBOX_WARM_POOL) with the real node's slot root. The
+/// default size asks for a hundredth of a core: the real node has two cores of requests for
+/// every test running at once, and pools keep Pods that would otherwise not exist.
 pub fn warm_pool_mode(args: &mut ServeArgs, pools: &str) {
+    args.sizes.sandbox_sizes = Some(
+        r#"{"default": {"requests": {"cpu": "10m", "memory": "64Mi"},
+                        "limits": {"cpu": "1", "memory": "512Mi"}}}"#
+            .into(),
+    );
     args.warm_pool.sandbox_warm_pool = Some(pools.into());
     args.warm_pool.sandbox_warm_pool_slot_root = real_node_slot_root().display().to_string();
 }
