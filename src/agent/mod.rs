@@ -26,15 +26,14 @@ use kube::{
 };
 
 use crate::spec::{
-    keys::{BINDS_ANNOTATION, DATA_BOUND_CONDITION, POOL_LABEL, SANDBOX_ID_LABEL},
+    keys::{
+        BINDS_ANNOTATION, DATA_BOUND_CONDITION, DATA_BOUND_REASON, DATA_NOT_BOUND_REASON,
+        POOL_LABEL, SANDBOX_ID_LABEL,
+    },
     warm_pool::{slot_name, Bind, DEFAULT_SLOT_ROOT},
 };
 
 pub mod mounts;
-
-/// The reason on the condition when the data is bound, and when it could not be.
-pub const BOUND_REASON: &str = "DataBound";
-pub const NOT_BOUND_REASON: &str = "DataNotBound";
 
 /// A slot directory without a Pod is left alone this long: the kubelet makes a new Pod's
 /// slots before the agent's watch may have shown the Pod.
@@ -312,10 +311,10 @@ impl Agent {
         let (status, reason, message) = match &outcome {
             Ok(()) => (
                 "True",
-                BOUND_REASON,
+                DATA_BOUND_REASON,
                 "the thread's data is bound".to_string(),
             ),
-            Err(problem) => ("False", NOT_BOUND_REASON, problem.clone()),
+            Err(problem) => ("False", DATA_NOT_BOUND_REASON, problem.clone()),
         };
         match &outcome {
             Ok(()) => tracing::info!(pod = name, "bound a claimed Pod's data"),

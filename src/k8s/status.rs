@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition};
 
 use crate::{
     sandbox::{Phase, SandboxStatus},
-    spec::keys::{BINDS_ANNOTATION, DATA_BOUND_CONDITION},
+    spec::keys::{BINDS_ANNOTATION, DATA_BOUND_CONDITION, DATA_NOT_BOUND_REASON},
 };
 
 /// A claimed pool Pod's readiness: its containers, and its data bound by the node agent. The
@@ -104,7 +104,11 @@ fn cause(pod: &Pod, phase: Phase, conditions: &[PodCondition]) -> (Option<String
         match condition(conditions, DATA_BOUND_CONDITION) {
             Some(c) if c.status == "False" => {
                 return (
-                    Some(c.reason.clone().unwrap_or_else(|| "DataNotBound".into())),
+                    Some(
+                        c.reason
+                            .clone()
+                            .unwrap_or_else(|| DATA_NOT_BOUND_REASON.into()),
+                    ),
                     c.message.clone(),
                 )
             }

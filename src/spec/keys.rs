@@ -48,6 +48,9 @@ pub const BINDS_ANNOTATION: &str = own_key!("binds");
 /// The Pod condition (and readiness gate) the node agent sets once the claimed sandbox's data
 /// is bound in, or could not be (False, with the reason).
 pub const DATA_BOUND_CONDITION: &str = own_key!("data-bound");
+/// The reasons on the data-bound condition: bound, and could not be bound.
+pub const DATA_BOUND_REASON: &str = "DataBound";
+pub const DATA_NOT_BOUND_REASON: &str = "DataNotBound";
 /// The prefix of a warm pool Pod's name; the pool and a random suffix follow.
 pub const POOL_POD_PREFIX: &str = "sandbox-pool-";
 

@@ -17,7 +17,7 @@ use super::{Cluster, Error, Result};
 use crate::{
     k8s::{manifests, record::PoolPodRecord},
     sandbox::{SandboxId, SandboxRequest},
-    spec::warm_pool::ColdReason,
+    spec::{keys::DATA_NOT_BOUND_REASON, warm_pool::ColdReason},
 };
 
 mod plan;
@@ -26,9 +26,6 @@ pub use plan::{plan, Action};
 
 /// Pool Pods a create tries before it goes cold (each failed try lost a race for that Pod).
 const CLAIM_ATTEMPTS: usize = 4;
-
-/// The reason the node agent writes on the data-bound condition when it cannot bind.
-pub const NOT_BOUND_REASON: &str = "DataNotBound";
 
 /// What one keeper round did.
 #[derive(Debug, Default)]
@@ -186,7 +183,7 @@ impl Cluster {
             .cache
             .wait_for(limit, |cache| match cache.pod(id.as_str()) {
                 Some(pod) if pod.status.ready => true,
-                Some(pod) if pod.status.reason.as_deref() == Some(NOT_BOUND_REASON) => {
+                Some(pod) if pod.status.reason.as_deref() == Some(DATA_NOT_BOUND_REASON) => {
                     failed = pod.status.message.clone();
                     true
                 }
@@ -197,7 +194,7 @@ impl Cluster {
             (true, None) => Ok(()),
             (_, Some(message)) => Err(Error::DataNotBound {
                 id: id.to_string(),
-                reason: NOT_BOUND_REASON.into(),
+                reason: DATA_NOT_BOUND_REASON.into(),
                 message,
             }),
             (false, None) => Err(Error::DataNotBound {
