@@ -667,39 +667,9 @@ async fn doctor_checks_every_cluster_in_its_own_section() {
 /// RoleBinding of each of `components` (directories of deploy/kubernetes), and returns a
 /// kubeconfig with exactly that account's token.
 async fn shipped_role(ns: &TestNamespace, components: &[&str]) -> PathBuf {
-    use k8s_openapi::api::{
-        core::v1::ServiceAccount,
-        rbac::v1::{Role, RoleBinding},
-    };
-    use kube::api::PostParams;
-    let read = |file: &str| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/").to_string() + file;
-        std::fs::read_to_string(path).unwrap()
-    };
-    let pp = PostParams::default();
-    let account: ServiceAccount = serde_saphyr::from_str(&read("serviceaccount.yaml")).unwrap();
-    Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &account)
-        .await
-        .unwrap();
-    let dirs = std::iter::once(String::new()).chain(components.iter().map(|c| format!("{c}/")));
-    for dir in dirs {
-        let role: Role = serde_saphyr::from_str(&read(&format!("{dir}role.yaml"))).unwrap();
-        Api::<Role>::namespaced(ns.client.clone(), &ns.name)
-            .create(&pp, &role)
-            .await
-            .unwrap();
-        let mut binding: RoleBinding =
-            serde_saphyr::from_str(&read(&format!("{dir}rolebinding.yaml"))).unwrap();
-        for subject in binding.subjects.iter_mut().flatten() {
-            subject.namespace = Some(ns.name.clone());
-        }
-        Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
-            .create(&pp, &binding)
-            .await
-            .unwrap();
-    }
-    ns.kubeconfig_for_service_account("sandbox-provisioner")
+    let mut dirs = vec![""];
+    dirs.extend_from_slice(components);
+    ns.apply_shipped_rbac("", &dirs, "sandbox-provisioner")
         .await
 }
 

@@ -422,11 +422,6 @@ fn scopeguard(f: fn()) -> impl Drop {
 
 #[tokio::test]
 async fn the_node_agent_binds_with_exactly_its_shipped_role() {
-    use k8s_openapi::api::{
-        core::v1::ServiceAccount,
-        rbac::v1::{Role, RoleBinding},
-    };
-    use kube::api::{Api, PostParams};
     use sandbox_provisioner::agent::{self, mounts, AgentArgs};
     if !real_node_running().await {
         return;
@@ -434,33 +429,12 @@ async fn the_node_agent_binds_with_exactly_its_shipped_role() {
     let _agent = AGENT.read().await;
     let ns = TestNamespace::new("warm-rbac").await;
     let host = HostDir::new(&ns);
-    let read = |file: &str| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/node-agent/")
-            .to_string()
-            + file;
-        std::fs::read_to_string(path).unwrap()
-    };
-    let pp = PostParams::default();
-    let account: ServiceAccount = serde_saphyr::from_str(&read("serviceaccount.yaml")).unwrap();
-    Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &account)
-        .await
-        .unwrap();
-    let role: Role = serde_saphyr::from_str(&read("role.yaml")).unwrap();
-    Api::<Role>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &role)
-        .await
-        .unwrap();
-    let mut binding: RoleBinding = serde_saphyr::from_str(&read("rolebinding.yaml")).unwrap();
-    for subject in binding.subjects.iter_mut().flatten() {
-        subject.namespace = Some(ns.name.clone());
-    }
-    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
-        .create(&pp, &binding)
-        .await
-        .unwrap();
     let kubeconfig = ns
-        .kubeconfig_for_service_account("sandbox-provisioner-node-agent")
+        .apply_shipped_rbac(
+            "node-agent",
+            &["node-agent"],
+            "sandbox-provisioner-node-agent",
+        )
         .await;
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),

@@ -233,6 +233,52 @@ impl TestNamespace {
         self.kubeconfig_for_service_account(name).await
     }
 
+    /// Applies shipped manifests of `deploy/kubernetes` to this namespace: the ServiceAccount of
+    /// `account_dir`, and the Role and RoleBinding of each of `role_dirs` ("" is the base).
+    /// Returns a kubeconfig with exactly the token of the account, `account`.
+    pub async fn apply_shipped_rbac(
+        &self,
+        account_dir: &str,
+        role_dirs: &[&str],
+        account: &str,
+    ) -> PathBuf {
+        use k8s_openapi::api::{
+            core::v1::ServiceAccount,
+            rbac::v1::{Role, RoleBinding},
+        };
+        let read = |dir: &str, file: &str| {
+            let path = crate::real_node::repo_root()
+                .join("deploy/kubernetes")
+                .join(dir)
+                .join(file);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let pp = PostParams::default();
+        let sa: ServiceAccount =
+            serde_saphyr::from_str(&read(account_dir, "serviceaccount.yaml")).unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.name)
+            .create(&pp, &sa)
+            .await
+            .unwrap();
+        for dir in role_dirs {
+            let role: Role = serde_saphyr::from_str(&read(dir, "role.yaml")).unwrap();
+            Api::<Role>::namespaced(self.client.clone(), &self.name)
+                .create(&pp, &role)
+                .await
+                .unwrap();
+            let mut binding: RoleBinding =
+                serde_saphyr::from_str(&read(dir, "rolebinding.yaml")).unwrap();
+            for subject in binding.subjects.iter_mut().flatten() {
+                subject.namespace = Some(self.name.clone());
+            }
+            Api::<RoleBinding>::namespaced(self.client.clone(), &self.name)
+                .create(&pp, &binding)
+                .await
+                .unwrap();
+        }
+        self.kubeconfig_for_service_account(account).await
+    }
+
     /// A kubeconfig that authenticates as an existing ServiceAccount of this namespace.
     pub async fn kubeconfig_for_service_account(&self, name: &str) -> PathBuf {
         use k8s_openapi::api::core::v1::{Secret, ServiceAccount};

@@ -16,7 +16,7 @@ pub const REAL_NODE_IMAGE: &str = "sandbox-provisioner.local/sandbox-image:dev";
 /// The host's address on the node's bridge, where kube-proxy serves node ports.
 pub const REAL_NODE_ADDRESS: &str = "198.19.0.1";
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
