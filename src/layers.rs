@@ -27,7 +27,9 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "gateway",
-        &["cluster", "config", "fleet", "k8s", "metrics", "spec"],
+        &[
+            "cluster", "config", "fleet", "k8s", "metrics", "sandbox", "spec",
+        ],
     ),
     (
         "api",

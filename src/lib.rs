@@ -16,7 +16,7 @@
 //! | `server` | admission, api, cluster, config, fleet, gateway, k8s, metrics, spec, tasks |
 //! | `doctor` | cli, cluster, config, k8s, permissions, spec |
 //! | `api` | admission, cluster, config, fleet, k8s, metrics, sandbox |
-//! | `gateway` | cluster, config, fleet, k8s, metrics, spec |
+//! | `gateway` | cluster, config, fleet, k8s, metrics, sandbox, spec |
 //! | `fleet` | admission, cluster, config, metrics, sandbox |
 //! | `tasks` | cluster, k8s, spec |
 //! | `cluster` | admission, config, k8s, metrics, sandbox, spec |

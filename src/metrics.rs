@@ -122,6 +122,13 @@ struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    cluster: String,
+    /// Suspends: `api`, `idle`. Resumes: `api`, `traffic` (the gateway), `create`.
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClaimLabels {
     cluster: String,
     /// `warm`, or `cold` with the reason (size, shell_sessions, lark, skills_path, mount,
@@ -163,15 +170,18 @@ pub enum DeletionReason {
     Idle,
     NeverReady,
     Orphan,
+    /// It stayed suspended longer than SANDBOX_SUSPENDED_MAX_AGE.
+    SuspendedTooLong,
 }
 
 impl DeletionReason {
-    const ALL: [DeletionReason; 5] = [
+    const ALL: [DeletionReason; 6] = [
         DeletionReason::Api,
         DeletionReason::Lifetime,
         DeletionReason::Idle,
         DeletionReason::NeverReady,
         DeletionReason::Orphan,
+        DeletionReason::SuspendedTooLong,
     ];
 
     fn label(self) -> &'static str {
@@ -181,6 +191,7 @@ impl DeletionReason {
             DeletionReason::Idle => "idle",
             DeletionReason::NeverReady => "never-ready",
             DeletionReason::Orphan => "orphan",
+            DeletionReason::SuspendedTooLong => "suspended-max-age",
         }
     }
 }
@@ -214,6 +225,9 @@ pub struct Metrics {
     pool_pods: Family<PoolLabels, Gauge>,
     claims: Family<ClaimLabels, Counter>,
     claim_duration: Family<ClusterLabels, Histogram>,
+    suspends: Family<TriggerLabels, Counter>,
+    resumes: Family<TriggerLabels, Counter>,
+    resume_duration: Family<ClusterLabels, Histogram>,
     /// The cluster whose events this handle records (`default` with a single cluster).
     cluster: Arc<str>,
 }
@@ -418,8 +432,32 @@ impl Metrics {
             "Time from a create's start to its warm Pod answering ready (claim and bind)",
             claim_duration.clone(),
         );
+        let suspends = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "suspends",
+            "Sandboxes suspended (Pod removed, record kept), by trigger: api, idle",
+            suspends.clone(),
+        );
+        let resumes = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "resumes",
+            "Suspended sandboxes given a Pod again, by trigger: api, traffic (a gateway \
+                request), create (a POST for the suspended id)",
+            resumes.clone(),
+        );
+        let resume_duration = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "resume_duration_seconds",
+            "Time from a resume's start to its sandbox answering ready",
+            resume_duration.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            suspends,
+            resumes,
+            resume_duration,
             pool_pods,
             claims,
             claim_duration,
@@ -609,6 +647,31 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A sandbox suspended.
+    pub fn suspended(&self, trigger: &str) {
+        self.suspends
+            .get_or_create(&TriggerLabels {
+                cluster: self.cluster.to_string(),
+                trigger: trigger.into(),
+            })
+            .inc();
+    }
+
+    /// A sandbox resumed, with the time until it answered ready (None: not waited for).
+    pub fn resumed(&self, trigger: &str, ready_after: Option<Duration>) {
+        self.resumes
+            .get_or_create(&TriggerLabels {
+                cluster: self.cluster.to_string(),
+                trigger: trigger.into(),
+            })
+            .inc();
+        if let Some(elapsed) = ready_after {
+            self.resume_duration
+                .get_or_create(&self.cluster_labels())
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
     /// A create that a pool could not serve (`result` cold or failed) and why.
     pub fn claim_result(&self, result: &str, reason: &str) {
         self.claims
@@ -676,8 +739,9 @@ impl Metrics {
             Phase::Succeeded,
             Phase::Failed,
             Phase::Unknown,
+            Phase::Suspended,
         ];
-        let mut counts = [0i64; 5];
+        let mut counts = [0i64; 6];
         for phase in phases {
             if let Some(i) = all.iter().position(|p| *p == phase) {
                 counts[i] += 1;

@@ -104,6 +104,7 @@ impl ApiError {
                 | P::SkillsPathConflict { .. }
                 | P::LarkConflict { .. }
                 | P::Terminating(_)
+                | P::NotSuspendable(_)
                 | P::KeptReappearing { .. },
             ) => StatusCode::CONFLICT,
             ApiError::Provision(P::Kubernetes(e)) if e.is_unavailable() => {

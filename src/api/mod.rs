@@ -131,6 +131,14 @@ pub fn app(fleet: Fleet, settings: ApiSettings) -> Router {
             axum::routing::post(routes::sandboxes::keepalive),
         )
         .route(
+            "/api/sandboxes/{sandbox_id}/suspend",
+            axum::routing::post(routes::sandboxes::suspend),
+        )
+        .route(
+            "/api/sandboxes/{sandbox_id}/resume",
+            axum::routing::post(routes::sandboxes::resume),
+        )
+        .route(
             "/api/sandboxes/{sandbox_id}/presence",
             get(routes::sandboxes::presence),
         )
@@ -194,6 +202,8 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         routes::sandboxes::get,
         routes::sandboxes::delete,
         routes::sandboxes::keepalive,
+        routes::sandboxes::suspend,
+        routes::sandboxes::resume,
         routes::sandboxes::presence,
         routes::info::capabilities,
         routes::info::quota,

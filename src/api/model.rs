@@ -163,6 +163,10 @@ pub struct Presence {
     pub exists: bool,
     /// The Pod's UID, as `container_id` in the sandbox's answers; null when it does not exist.
     pub container_id: Option<String>,
+    /// The sandbox is suspended: no Pod exists (`exists` is false), but its record does, and
+    /// its next use wakes it.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// Answer of `GET /health` and `GET /readyz`.

@@ -28,6 +28,16 @@ impl Cluster {
     /// Callers should not cancel this future half-way (run it in its own task): a cancelled
     /// create could leave a Pod without its Service until the next POST repairs it.
     pub async fn create(&self, request: &SandboxRequest) -> Result<Provisioned> {
+        self.create_at(request, Timestamp::now()).await
+    }
+
+    /// [`Cluster::create`], with the sandbox's creation time given: a resumed sandbox keeps
+    /// its own (its lifetime counts from it, and its gateway URL is bound to it).
+    pub(super) async fn create_at(
+        &self,
+        request: &SandboxRequest,
+        created_at: Timestamp,
+    ) -> Result<Provisioned> {
         let started = Instant::now();
         let (id, thread) = (&request.id, &request.thread);
         // Asked for, but impossible here: said before anything is written.
@@ -44,10 +54,10 @@ impl Cluster {
             .and_then(|record| record.pool_name.clone());
         let (mut pod, mut created, mut warm) = match taken_from_pool {
             Some(name) => (self.existing_pod(request, &name).await?, false, false),
-            None => match self.claim(request).await? {
+            None => match self.claim(request, created_at).await? {
                 Some(pod) => (pod, true, true),
                 None => {
-                    let wanted = manifests::pod(&self.spec, request, Timestamp::now());
+                    let wanted = manifests::pod(&self.spec, request, created_at);
                     match self.create_pod(&wanted).await {
                         Ok(pod) => (pod, true, false),
                         Err(e) if e.is_already_exists() => (

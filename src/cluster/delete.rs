@@ -1,10 +1,10 @@
-//! Deleting a sandbox: its Service, Pod and NetworkPolicy, at once, and everything this
-//! process remembers about it.
+//! Deleting a sandbox: its Service, Pod, NetworkPolicy and (when suspended) its record, at
+//! once, and everything this process remembers about it.
 
 use std::time::Duration;
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Service},
+    core::v1::{ConfigMap, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 
@@ -24,15 +24,17 @@ impl Cluster {
 
     /// Deletes the sandbox's objects, counting the deletion under `reason`.
     pub(super) async fn remove(&self, id: &SandboxId, reason: Reason) -> Result<bool> {
-        let (pod_name, service_name) = (
+        let (pod_name, service_name, record_name) = (
             self.pod_name_of(id.as_str()).await?,
             manifests::service_name(id),
+            manifests::suspended_record_name(id),
         );
-        let (service, pod) = tokio::join!(
+        let (service, pod, suspended) = tokio::join!(
             self.calls.delete::<Service>(&service_name),
             self.calls.delete::<Pod>(&pod_name),
+            self.calls.delete::<ConfigMap>(&record_name),
         );
-        let existed = service? | pod?;
+        let existed = service? | pod? | suspended?;
         if self.policies_on() {
             // The garbage collector would remove it with the pod; this makes it immediate.
             self.calls
@@ -45,7 +47,9 @@ impl Cluster {
             if self.cache.state().usable() {
                 self.cache
                     .wait_for(CACHE_CATCH_UP, |c| {
-                        c.pod(id.as_str()).is_none() && c.service(id.as_str()).is_none()
+                        c.pod(id.as_str()).is_none()
+                            && c.service(id.as_str()).is_none()
+                            && c.suspended(id.as_str()).is_none()
                     })
                     .await;
             }

@@ -1,11 +1,15 @@
 //! Expiry: which sandboxes are due (a pure plan over a snapshot of the cache and the clock),
 //! and the reaper's thin step that removes them, several at a time.
 
+use std::{sync::Arc, time::Duration};
+
 use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::Cluster;
 use crate::{
+    config::IdleAction,
+    k8s::{manifests::SuspendTrigger, record::SuspendedRecord},
     metrics::DeletionReason as Reason,
     sandbox::{Expiry, SandboxId, SandboxStatus, Timers},
 };
@@ -60,7 +64,73 @@ pub fn plan(candidates: &[Candidate], now: Timestamp) -> Vec<Removal> {
         .collect()
 }
 
+/// When a suspended sandbox is deleted: at the end of its lifetime (counted from its creation,
+/// as while it ran) or `max_age` after it was suspended, whichever comes first; None when
+/// neither applies. Also the reason.
+fn suspended_due(record: &SuspendedRecord, max_age: Duration) -> Option<(Timestamp, Reason)> {
+    let after = |t: Timestamp, d: Duration| {
+        (!d.is_zero())
+            .then(|| t.checked_add(jiff::SignedDuration::try_from(d).ok()?).ok())
+            .flatten()
+    };
+    let lifetime = record
+        .pod
+        .created
+        .and_then(|c| after(c, Duration::from_secs(record.pod.lifetime.into())))
+        .map(|t| (t, Reason::Lifetime));
+    let aged = after(record.suspended_at, max_age).map(|t| (t, Reason::SuspendedTooLong));
+    [lifetime, aged]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(t, _)| *t)
+}
+
+/// The deadline a suspended sandbox's answers publish.
+pub fn suspended_deadline(
+    record: &SuspendedRecord,
+    max_age: Duration,
+    _now: Timestamp,
+) -> Option<Timestamp> {
+    suspended_due(record, max_age).map(|(t, _)| t)
+}
+
+/// The suspended sandboxes due for deletion at `now`.
+pub fn plan_suspended(
+    records: &[(SandboxId, Arc<SuspendedRecord>)],
+    max_age: Duration,
+    now: Timestamp,
+) -> Vec<Removal> {
+    records
+        .iter()
+        .filter_map(|(id, record)| {
+            let (at, reason) = suspended_due(record, max_age)?;
+            (at <= now).then(|| Removal {
+                id: id.clone(),
+                reason,
+                why: match reason {
+                    Reason::Lifetime => "its lifetime ended while it was suspended".into(),
+                    _ => format!(
+                        "it stayed suspended since {} (SANDBOX_SUSPENDED_MAX_AGE)",
+                        record.suspended_at
+                    ),
+                },
+            })
+        })
+        .collect()
+}
+
 impl Cluster {
+    /// The suspended sandboxes in the cache whose Pod is gone (a record beside a live Pod is
+    /// a resume's leftover, not a suspended sandbox).
+    pub(super) fn suspended_candidates(&self) -> Vec<(SandboxId, Arc<SuspendedRecord>)> {
+        self.cache
+            .all_suspended()
+            .into_iter()
+            .filter(|(id, _)| self.cache.pod(id).is_none())
+            .filter_map(|(id, record)| Some((SandboxId::parse(&id).ok()?, record)))
+            .collect()
+    }
+
     /// The managed sandboxes in the cache, as expiry sees them.
     pub(super) fn expiry_candidates(&self, now: Timestamp) -> Vec<Candidate> {
         self.cache
@@ -94,7 +164,13 @@ impl Cluster {
             let candidates = me.expiry_candidates(now);
             let cache = &me.cache;
             me.memory.keep_only(|id| cache.pod(id).is_some());
-            plan(&candidates, now)
+            let mut due = plan(&candidates, now);
+            due.extend(plan_suspended(
+                &me.suspended_candidates(),
+                me.lifecycle.suspended_max_age,
+                now,
+            ));
+            due
         });
         let due = match planned.await {
             Ok(due) => due,
@@ -110,6 +186,25 @@ impl Cluster {
             async move {
                 if !leading() {
                     return false;
+                }
+                // With SANDBOX_IDLE_ACTION=suspend, an idle sandbox is suspended instead.
+                if removal.reason == Reason::Idle
+                    && self.lifecycle.idle_action == IdleAction::Suspend
+                {
+                    match self.suspend(&removal.id, SuspendTrigger::Idle).await {
+                        Ok(_) => return true,
+                        Err(super::Error::NotSuspendable(_)) => {
+                            tracing::info!(sandbox_id = %removal.id, "an idle sandbox made \
+                                before requests were recorded cannot be suspended; it is \
+                                deleted instead");
+                        }
+                        Err(e) if e.is_permission_denied() => return false,
+                        Err(e) => {
+                            tracing::warn!(sandbox_id = %removal.id, error = %e, "suspending an \
+                                idle sandbox failed; retrying next round");
+                            return false;
+                        }
+                    }
                 }
                 match self.remove(&removal.id, removal.reason).await {
                     Ok(true) => {
@@ -137,8 +232,6 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::sandbox::Phase;
 

@@ -40,6 +40,8 @@ pub struct Memory {
     sandboxes: Arc<Mutex<HashMap<String, Remembered>>>,
     /// Bumped whenever an activity is noted: listings made before are out of date.
     activity_version: Arc<AtomicU64>,
+    /// One turn per sandbox being resumed, so that concurrent wakes here make one resume.
+    resuming: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Memory {
@@ -67,6 +69,14 @@ impl Memory {
             *last_written = now;
         }
         due
+    }
+
+    /// The turn to resume `id`: whoever holds it resumes, the others wait and then find the
+    /// sandbox awake. Turns nobody holds are dropped on the way.
+    pub fn resume_turn(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.resuming.lock().unwrap_or_else(|e| e.into_inner());
+        turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        turns.entry(id.to_string()).or_default().clone()
     }
 
     /// Changes whenever an activity is noted.

@@ -22,6 +22,7 @@ mod pool;
 mod quota;
 mod read;
 mod startup;
+mod suspend;
 pub mod sweep;
 mod traffic;
 mod views;
@@ -31,12 +32,14 @@ use std::sync::{atomic::AtomicBool, Arc};
 use k8s_openapi::jiff::Timestamp;
 
 pub use crate::k8s::manifests::pod_name;
+pub use crate::k8s::manifests::SuspendTrigger;
 pub use connect::{connection, PROBE_INTERVAL};
 pub use health::Health;
 pub use lock::{Arbiter, LockError, QuotaLock};
 pub use memory::Memory;
 pub use quota::cpu_and_memory;
 pub use read::PodPresence;
+pub use suspend::ResumeTrigger;
 
 use std::collections::BTreeMap;
 
@@ -121,6 +124,12 @@ pub enum Error {
     Taken(String),
     #[error("sandbox {0:?} is being deleted; retry in a moment")]
     Terminating(String),
+    #[error(
+        "sandbox {0:?} was created before this provisioner recorded what a sandbox was created \
+        with, so it could not be made again after a suspend; it was left as it is. Delete it \
+        and create it again to be able to suspend it"
+    )]
+    NotSuspendable(String),
     #[error(
         "cannot create {kind} {name}: another {kind} of that name kept reappearing; retry in \
         a moment"
@@ -311,7 +320,16 @@ impl Cluster {
     /// Whether the cache holds the sandbox's pod, even from before the watch broke: where a
     /// sandbox lives does not change while its cluster is out of reach.
     pub fn holds(&self, id: &SandboxId) -> bool {
-        self.cache.pod(id.as_str()).is_some()
+        self.cache.pod(id.as_str()).is_some() || self.cache.suspended(id.as_str()).is_some()
+    }
+
+    /// Whether the cache holds the sandbox suspended (no live Pod, its record kept).
+    pub fn holds_suspended(&self, id: &SandboxId) -> bool {
+        self.cache.suspended(id.as_str()).is_some()
+            && self
+                .cache
+                .pod(id.as_str())
+                .is_none_or(|pod| pod.terminating)
     }
 
     /// Sandboxes in the cluster as the synced cache counts them (None while it is not usable).
@@ -323,12 +341,17 @@ impl Cluster {
     pub fn refresh_status_gauge(&self) {
         self.metrics.cache_synced(self.cache.state().usable());
         if self.cache.state().usable() {
-            let phases = self
+            let mut phases = self
                 .cache
                 .pods()
                 .iter()
                 .map(|(_, p)| p.status.phase)
                 .collect::<Vec<_>>();
+            phases.extend(
+                self.suspended_candidates()
+                    .iter()
+                    .map(|_| crate::sandbox::Phase::Suspended),
+            );
             self.metrics.sandboxes_by_status(phases);
         }
     }

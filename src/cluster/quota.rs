@@ -1,4 +1,5 @@
-//! What a cluster holds as quotas count it: each live sandbox's tenant, user and limits, from
+//! What a cluster holds as quotas count it: each live sandbox's tenant, user and limits (a
+//! suspended one counts as a sandbox holding no CPU or memory), from
 //! the watch cache (or, for a pod the cache has not delivered yet, one read of it).
 
 use k8s_openapi::api::core::v1::Pod;
@@ -6,7 +7,10 @@ use k8s_openapi::api::core::v1::Pod;
 use super::{Cluster, Result};
 use crate::{
     admission::{Held, Snapshot},
-    k8s::{manifests, record::PodRecord},
+    k8s::{
+        manifests,
+        record::{PodRecord, SuspendedRecord},
+    },
     sandbox::SandboxId,
 };
 
@@ -33,13 +37,31 @@ impl Cluster {
         ))
     }
 
-    /// Every live sandbox the cache holds, as quotas count it.
+    /// A suspended sandbox as quotas count it: a sandbox of its tenant and user, holding no
+    /// CPU or memory.
+    fn held_suspended(record: &SuspendedRecord) -> Held {
+        Held {
+            tenant: record.pod.tenant.to_string(),
+            user: record.pod.user().to_string(),
+            cpu: 0.0,
+            memory: 0.0,
+        }
+    }
+
+    /// Every live or suspended sandbox the cache holds, as quotas count it.
     pub fn held(&self) -> Vec<(String, Held)> {
-        self.cache
+        let mut held: Vec<_> = self
+            .cache
             .pods()
             .iter()
             .filter_map(|(id, pod)| self.held_of(id, pod))
-            .collect()
+            .collect();
+        held.extend(
+            self.suspended_candidates()
+                .iter()
+                .map(|(id, record)| (id.to_string(), Self::held_suspended(record))),
+        );
+        held
     }
 
     /// Adds this cluster's live sandboxes to `seen`: all to the total, `tenant`'s in full.
@@ -51,6 +73,13 @@ impl Cluster {
             seen.total += 1;
             if &*pod.tenant == tenant {
                 seen.tenant.extend(self.held_of(&id, &pod));
+            }
+        }
+        for (id, record) in self.suspended_candidates() {
+            seen.total += 1;
+            if &*record.pod.tenant == tenant {
+                seen.tenant
+                    .push((id.to_string(), Self::held_suspended(&record)));
             }
         }
     }

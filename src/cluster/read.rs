@@ -4,13 +4,13 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 
 use super::{Cluster, Error, Result};
 use crate::{
     k8s::{
         manifests, read as objects,
-        record::{self, PodRecord, ServiceRecord},
+        record::{self, PodRecord, ServiceRecord, SuspendedRecord},
     },
     sandbox::{Listed, Phase, Sandbox, SandboxId, SandboxStatus},
 };
@@ -43,6 +43,8 @@ pub struct PodPresence {
     /// The Pod's UID (a new one for every Pod the sandbox gets).
     pub uid: Option<String>,
     pub tenant: String,
+    /// No Pod: the sandbox is suspended (its record exists).
+    pub suspended: bool,
 }
 
 impl PodPresence {
@@ -50,6 +52,15 @@ impl PodPresence {
         PodPresence {
             uid: (!pod.uid.is_empty()).then(|| pod.uid.to_string()),
             tenant: pod.tenant.to_string(),
+            suspended: false,
+        }
+    }
+
+    fn suspended(record: &SuspendedRecord) -> PodPresence {
+        PodPresence {
+            uid: None,
+            tenant: record.pod.tenant.to_string(),
+            suspended: true,
         }
     }
 }
@@ -115,6 +126,12 @@ impl Cluster {
     pub async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
         let service_name = manifests::service_name(id);
         if self.cache.state().usable() {
+            // Suspended: no Pod, or only the one it is leaving.
+            if let Some(record) = self.cache.suspended(id.as_str()) {
+                if self.holds_suspended(id) {
+                    return Ok(self.suspended_view(id.as_str(), &record));
+                }
+            }
             if let Some(pod) = self.cache.pod(id.as_str()) {
                 let service = match self.cache.service(id.as_str()) {
                     Some(s) => Some(s),
@@ -132,8 +149,18 @@ impl Cluster {
             self.calls.get::<Pod>(&pod_name),
             self.calls.get::<Service>(&service_name),
         );
-        let pod = pod?.ok_or_else(|| Error::NotFound(id.to_string()))?;
-        Ok(self.view_of(&pod, service?.as_ref(), Read::Touch))
+        match pod? {
+            Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
+                Ok(self.view_of(&pod, service?.as_ref(), Read::Touch))
+            }
+            pod => match self.suspended_record(id).await? {
+                Some(record) => Ok(self.suspended_view(id.as_str(), &record)),
+                None => {
+                    let pod = pod.ok_or_else(|| Error::NotFound(id.to_string()))?;
+                    Ok(self.view_of(&pod, service?.as_ref(), Read::Touch))
+                }
+            },
+        }
     }
 
     /// Whether the sandbox's Pod exists (also one that is being deleted), looking at the Pod
@@ -144,14 +171,21 @@ impl Cluster {
             if let Some(pod) = self.cache.pod(id.as_str()) {
                 return Ok(Some(PodPresence::of(&pod)));
             }
+            if let Some(record) = self.cache.suspended(id.as_str()) {
+                return Ok(Some(PodPresence::suspended(&record)));
+            }
         }
         let pod = self
             .calls
             .get::<Pod>(&self.pod_name_of(id.as_str()).await?)
             .await?;
-        Ok(pod
-            .as_ref()
-            .map(|pod| PodPresence::of(&PodRecord::from_pod(pod))))
+        if let Some(pod) = pod {
+            return Ok(Some(PodPresence::of(&PodRecord::from_pod(&pod))));
+        }
+        Ok(self
+            .suspended_record(id)
+            .await?
+            .map(|record| PodPresence::suspended(&record)))
     }
 
     /// Whether the apiserver has the sandbox's pod (false when it cannot say).
@@ -207,9 +241,11 @@ impl Cluster {
             return unchanged;
         }
         let mut pods = self.cache.pods();
+        pods.retain(|(id, pod)| !(pod.terminating && self.cache.suspended(id).is_some()));
+        let suspended = self.suspended_candidates();
         pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut listing = self.views.listing(pods.len());
-        let listed: Vec<Arc<Listed>> = pods
+        let mut listed: Vec<Arc<Listed>> = pods
             .into_iter()
             .map(|(id, pod)| {
                 let service = self.cache.service(&id);
@@ -222,6 +258,12 @@ impl Cluster {
                 listing.view(id.clone(), versions.0, versions.1, activity, build)
             })
             .collect();
+        if !suspended.is_empty() {
+            listed.extend(suspended.iter().map(|(id, record)| {
+                Arc::new(Listed::new(self.suspended_view(id.as_str(), record)))
+            }));
+            listed.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        }
         listing.finish(stamp, &listed);
         listed
     }
@@ -235,18 +277,33 @@ impl Cluster {
             self.list_cached()
         } else {
             let selector = manifests::managed_selector();
-            let (pods, services) = tokio::join!(
+            let suspended_selector = manifests::suspended_selector();
+            let (pods, services, suspended) = tokio::join!(
                 self.calls.list::<Pod>(&selector),
                 self.calls.list::<Service>(&selector),
+                self.calls.list::<ConfigMap>(&suspended_selector),
             );
-            let (pods, services) = (pods?, services?);
+            let (pods, services, suspended) = (pods?, services?, suspended?);
             let services: HashMap<String, ServiceRecord> =
                 services.iter().filter_map(ServiceRecord::of).collect();
-            pods.iter()
+            let live: HashMap<String, PodRecord> = pods
+                .iter()
                 .filter_map(PodRecord::of)
-                .map(|(id, pod)| self.view(&id, &pod, services.get(&id), Read::Look))
+                .filter(|(_, pod)| !pod.terminating)
+                .collect();
+            let mut views: Vec<Arc<Listed>> = live
+                .iter()
+                .map(|(id, pod)| self.view(id, pod, services.get(id), Read::Look))
                 .map(|view| Arc::new(Listed::new(view)))
-                .collect()
+                .collect();
+            views.extend(
+                suspended
+                    .iter()
+                    .filter_map(SuspendedRecord::of)
+                    .filter(|(id, _)| !live.contains_key(id))
+                    .map(|(id, record)| Arc::new(Listed::new(self.suspended_view(&id, &record)))),
+            );
+            views
         };
         let sorted = if from_cache {
             let unwatched = self.memory.unwatched(&sandboxes, std::time::Instant::now());

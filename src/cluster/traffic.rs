@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::Cluster;
-use crate::k8s::record::PodRecord;
+use crate::k8s::record::{PodRecord, SuspendedRecord};
 
 /// Longest time between two activity notes of a request, stream or WebSocket that stays open.
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -14,6 +14,16 @@ impl Cluster {
     /// lives does not change meanwhile, and the token check needs only its identity).
     pub fn cached_pod(&self, id: &str) -> Option<Arc<PodRecord>> {
         self.cache.pod(id)
+    }
+
+    /// The cached record of the sandbox when it is suspended (no Pod, or only the one it is
+    /// leaving): the gateway wakes it.
+    pub fn cached_suspended(&self, id: &str) -> Option<Arc<SuspendedRecord>> {
+        let record = self.cache.suspended(id)?;
+        self.cache
+            .pod(id)
+            .is_none_or(|pod| pod.terminating)
+            .then_some(record)
     }
 
     /// Whether the cache is synced and watching, so that a miss means the sandbox is not here.

@@ -402,6 +402,15 @@ pub struct LifecycleArgs {
     #[arg(long, env = "SANDBOX_READY_TIMEOUT", default_value = "15m")]
     pub sandbox_ready_timeout: String,
 
+    /// What the idle timeout does: `delete` the sandbox, or `suspend` it (its Pod goes; its
+    /// identity, URL and files stay, and its next request wakes it).
+    #[arg(long, env = "SANDBOX_IDLE_ACTION", default_value = "delete")]
+    pub sandbox_idle_action: String,
+
+    /// Delete a sandbox that stays suspended this long (e.g. 7d); 0 = keep it until deleted.
+    #[arg(long, env = "SANDBOX_SUSPENDED_MAX_AGE", default_value = "7d")]
+    pub sandbox_suspended_max_age: String,
+
     /// How often expired sandboxes are looked for.
     #[arg(long, env = "SANDBOX_REAP_INTERVAL", default_value = "10s")]
     pub sandbox_reap_interval: String,

@@ -94,6 +94,19 @@ pub struct Lifecycle {
     pub orphan_grace: Duration,
     /// How often, at most, activity is written to a pod.
     pub activity_persist_interval: Duration,
+    /// What the idle timeout does.
+    pub idle_action: IdleAction,
+    /// How long a sandbox may stay suspended; zero: until deleted.
+    pub suspended_max_age: Duration,
+}
+
+/// What the idle timeout does to a sandbox (SANDBOX_IDLE_ACTION).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleAction {
+    #[default]
+    Delete,
+    /// Its Pod goes; its record keeps it, and its next request wakes it.
+    Suspend,
 }
 
 impl Lifecycle {
@@ -431,6 +444,22 @@ impl TryFrom<LifecycleArgs> for Lifecycle {
             activity_persist_interval: check::duration(
                 "SANDBOX_ACTIVITY_PERSIST_INTERVAL",
                 &args.sandbox_activity_persist_interval,
+            )?,
+            idle_action: match args.sandbox_idle_action.trim() {
+                "delete" => IdleAction::Delete,
+                "suspend" => IdleAction::Suspend,
+                _ => {
+                    return Err(ConfigError::new(
+                        "SANDBOX_IDLE_ACTION",
+                        &args.sandbox_idle_action,
+                        "must be delete (remove idle sandboxes) or suspend (keep them, without \
+                         a Pod, until their next request)",
+                    ))
+                }
+            },
+            suspended_max_age: check::duration(
+                "SANDBOX_SUSPENDED_MAX_AGE",
+                &args.sandbox_suspended_max_age,
             )?,
         })
     }

@@ -24,7 +24,7 @@ pub use placement::{place, preference, ClusterState, Skipped};
 
 use crate::{
     admission::{Admission, Ask, Held, Refusal, Snapshot, Tenant},
-    cluster::{self, Cluster, PodPresence, Provisioned},
+    cluster::{self, Cluster, PodPresence, Provisioned, ResumeTrigger},
     metrics::Metrics,
     sandbox::{Listed, Sandbox, SandboxId, SandboxRequest},
 };
@@ -346,6 +346,7 @@ impl Fleet {
                 placement: state(c),
                 labels: c.labels(),
                 holds,
+                suspended: c.holds_suspended(id),
             })
             .collect()
     }
@@ -359,6 +360,19 @@ impl Fleet {
         size: &str,
         target: &Target,
         tenant: &Tenant,
+    ) -> Result<Provisioned> {
+        self.create_or_resume(request, size, target, tenant, ResumeTrigger::Create)
+            .await
+    }
+
+    /// [`Fleet::create`]; a suspended sandbox is resumed, counted under `trigger`.
+    async fn create_or_resume(
+        &self,
+        request: &SandboxRequest,
+        size: &str,
+        target: &Target,
+        tenant: &Tenant,
+        trigger: ResumeTrigger,
     ) -> Result<Provisioned> {
         let (cpu, memory) = cluster::cpu_and_memory(&request.resources.limits);
         let ask = Ask {
@@ -377,7 +391,8 @@ impl Fleet {
         // The caller's mistakes are answered before any Kubernetes call.
         let cached = self.views(&request.id, false).await;
         plan::candidates(&facts, tenant, &cached)?;
-        let exists = cached.iter().any(|v| v.holds);
+        // A suspended sandbox is made again: the quota's lock applies as to a new one.
+        let exists = cached.iter().any(|v| v.holds && !v.suspended);
         let lock = match (
             &self.arbiter,
             crate::admission::lock_name(tenant, self.admission.max_total()),
@@ -395,6 +410,10 @@ impl Fleet {
             (request.id.as_str(), &ask),
             |name| {
                 let mut seen = self.snapshot(name);
+                // A suspended sandbox being resumed is counted as the one it asks for.
+                let before = seen.tenant.len();
+                seen.tenant.retain(|(id, _)| id != request.id.as_str());
+                seen.total -= before - seen.tenant.len();
                 seen.total += unseen.len();
                 seen.tenant
                     .extend(unseen.into_iter().filter(|(_, h)| h.tenant == name));
@@ -402,7 +421,7 @@ impl Fleet {
             },
             |id| self.holds_id(id),
             |quota| plan::plan(&facts, tenant, &views, Some(quota)),
-            |decided| matches!(decided, plan::Plan::Place(_)),
+            plan::Plan::is_new,
         );
         if let Err(FleetError::Quota(refusal)) = &decided {
             self.admission.refused(&tenant.name, refusal.limit);
@@ -413,6 +432,15 @@ impl Fleet {
                     .cluster(&name)
                     .expect("planned among the fleet's own clusters");
                 chosen.create(request).await.map_err(FleetError::from)
+            }
+            Ok(plan::Plan::Resume(name)) => {
+                let chosen = self
+                    .cluster(&name)
+                    .expect("planned among the fleet's own clusters");
+                chosen
+                    .resume_for(request, trigger)
+                    .await
+                    .map_err(FleetError::from)
             }
             Err(e) => Err(e),
         };
@@ -513,6 +541,64 @@ impl Fleet {
                 .map(|(_, found)| found),
         };
         Ok(found.filter(|pod| scope.allows(&pod.tenant)))
+    }
+
+    /// The cluster that holds the sandbox (its cache, or else asked of every cluster), and
+    /// whether it is visible in `scope`.
+    async fn holder(&self, id: &SandboxId, scope: &Scope) -> Result<&Cluster> {
+        let seat = match self.cached_holder(id) {
+            Some(seat) => {
+                reachable(seat, "the sandbox is there")?;
+                visible(seat.get(id).await?, scope)?;
+                seat
+            }
+            None => {
+                let (seat, sandbox) = self.find(id).await?;
+                visible(sandbox, scope)?;
+                seat
+            }
+        };
+        Ok(seat)
+    }
+
+    /// Suspends the sandbox of the scope (see `Cluster::suspend`).
+    pub async fn suspend(&self, id: &SandboxId, scope: &Scope) -> Result<Sandbox> {
+        let seat = self.holder(id, scope).await?;
+        Ok(seat.suspend(id, cluster::SuspendTrigger::Api).await?)
+    }
+
+    /// Resumes the suspended sandbox of the scope in its cluster, within its tenant's quota
+    /// (an awake one is returned as it is).
+    pub async fn resume(
+        &self,
+        id: &SandboxId,
+        scope: &Scope,
+        trigger: ResumeTrigger,
+    ) -> Result<Provisioned> {
+        let seat = self.holder(id, scope).await?;
+        let Some(record) = seat.suspended_record(id).await? else {
+            return Ok(Provisioned {
+                sandbox: seat.get(id).await?,
+                created: false,
+                pod_name: String::new(),
+            });
+        };
+        let request = record
+            .request
+            .as_deref()
+            .ok_or_else(|| cluster::Error::NotSuspendable(id.to_string()))?;
+        let tenants = self.admission.tenants();
+        let tenant = match tenants.get(&request.tenant) {
+            Some(tenant) => tenant.clone(),
+            // A tenant removed from the file since: its sandbox resumes without limits, as
+            // its live sandboxes keep running.
+            None => Arc::new(Tenant::unlimited(&request.tenant, None)),
+        };
+        // Creates record the size they were admitted under.
+        let size = request.size.clone().unwrap_or_else(|| "default".into());
+        let target = Target::Named(seat.name().to_string());
+        self.create_or_resume(request, &size, &target, &tenant, trigger)
+            .await
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.

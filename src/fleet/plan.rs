@@ -20,6 +20,8 @@ pub struct ClusterView<'a> {
     /// Whether the sandbox exists there (from its cache, or asked of its apiserver when its
     /// cache is not synced).
     pub holds: bool,
+    /// Whether it holds the sandbox suspended (no Pod; its record kept).
+    pub suspended: bool,
 }
 
 /// What the request asks for.
@@ -42,6 +44,16 @@ pub enum Plan {
     Existing(String),
     /// A new sandbox, in this cluster.
     Place(String),
+    /// The sandbox is suspended in this cluster: it gets its Pod again there, within the
+    /// quota (it counts as a sandbox already; its CPU and memory count again).
+    Resume(String),
+}
+
+impl Plan {
+    /// Whether it makes a Pod that the quota counts from now on.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Plan::Place(_) | Plan::Resume(_))
+    }
 }
 
 /// The clusters a create may use: the target's, narrowed to the tenant's, or why none (422s).
@@ -145,7 +157,9 @@ pub fn plan(
                 what: "the sandbox exists there and cannot be checked now",
             });
         }
-        return Ok(Plan::Existing(name.to_string()));
+        if !holder.suspended {
+            return Ok(Plan::Existing(name.to_string()));
+        }
     }
     if let Some(q) = quota {
         quota::admit(
@@ -156,6 +170,9 @@ pub fn plan(
             &request.ask,
             q.oldest_create,
         )?;
+    }
+    if let Some(holder) = clusters.iter().find(|c| c.holds) {
+        return Ok(Plan::Resume(holder.placement.name.to_string()));
     }
     let states: Vec<placement::ClusterState> =
         candidates.iter().map(|c| c.placement.clone()).collect();
@@ -186,6 +203,7 @@ mod tests {
             },
             labels,
             holds: false,
+            suspended: false,
         }
     }
 
@@ -308,6 +326,45 @@ mod tests {
             Plan::Place("b".into()),
             "only its clusters"
         );
+    }
+
+    #[test]
+    fn a_suspended_sandbox_resumes_in_its_cluster_within_the_quota() {
+        let none = BTreeMap::new();
+        let mut clusters = [view("a", &none), view("b", &none)];
+        clusters[1].holds = true;
+        clusters[1].suspended = true;
+        // Drained: a resume still goes where the sandbox's files are.
+        clusters[1].placement.weight = 0;
+        let mut limited = tenant();
+        limited.limits.max_cpu = Some(crate::admission::tenants::Quantity {
+            value: 1.0,
+            text: "1".into(),
+        });
+        let room = QuotaView::default();
+        let resumed = plan(&request(&Target::Any), &limited, &clusters, Some(&room));
+        assert_eq!(resumed.unwrap(), Plan::Resume("b".into()));
+        assert!(Plan::Resume("b".into()).is_new() && !Plan::Existing("b".into()).is_new());
+        let busy = QuotaView {
+            usage: Usage {
+                cpu: 1.0,
+                ..Usage::default()
+            },
+            ..QuotaView::default()
+        };
+        let refused = plan(&request(&Target::Any), &limited, &clusters, Some(&busy));
+        assert!(
+            matches!(refused, Err(FleetError::Quota(ref r)) if r.limit == "max_cpu"),
+            "{refused:?}"
+        );
+        // A request that does not select its cluster cannot resume it elsewhere.
+        let elsewhere = plan(
+            &request(&Target::Named("a".into())),
+            &limited,
+            &clusters,
+            None,
+        );
+        assert!(matches!(elsewhere, Err(FleetError::HeldElsewhere { .. })));
     }
 
     #[test]

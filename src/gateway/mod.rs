@@ -36,9 +36,9 @@ use axum::{
 use hyper_util::rt::TokioIo;
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, ResumeTrigger},
     config::GatewayLimits,
-    fleet::Fleet,
+    fleet::{Fleet, FleetError, Scope},
     k8s::record::{creation_key, PodRecord},
     metrics::GatewayHandles,
     spec::{GatewayUrls, Reach, SandboxUrls},
@@ -82,6 +82,11 @@ pub enum GatewayError {
     ReachUnavailable(String),
     #[error("cannot reach cluster {0:?} through its apiserver: {1}")]
     ClusterUnreachable(String, String),
+    /// Waking the suspended sandbox is refused by its tenant's quota.
+    #[error("the sandbox is suspended, and waking it was refused: {0}")]
+    Quota(String, u64),
+    #[error("the sandbox is suspended and could not be woken: {0}")]
+    Wake(String),
 }
 
 impl GatewayError {
@@ -90,7 +95,9 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Syncing
             | GatewayError::NotReady(_)
+            | GatewayError::Wake(_)
             | GatewayError::ClusterUnreachable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Quota(..) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::ReachUnavailable(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::Gone | GatewayError::Connect(_) | GatewayError::Broken(_) => {
                 StatusCode::BAD_GATEWAY
@@ -110,6 +117,7 @@ impl GatewayError {
             GatewayError::Timeout(_) => "timeout",
             GatewayError::TooLarge(_) => "body-limit",
             GatewayError::ClusterUnreachable(..) => "cluster",
+            GatewayError::Wake(_) => "wake",
             _ => return None,
         })
     }
@@ -118,15 +126,18 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            GatewayError::Quota(_, seconds) => Some(HeaderValue::from(*seconds)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("1")),
+            _ => None,
+        };
         let mut response = (
             status,
             Json(serde_json::json!({ "detail": self.to_string() })),
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }
@@ -185,15 +196,18 @@ impl Gateway {
             .with_state(Arc::new(self))
     }
 
-    /// The cluster holding the sandbox, and its Pod's record. While a cluster's watch has not
-    /// synced (a replica that just started), a miss waits for it, up to the readiness wait.
-    async fn locate(&self, id: &str) -> Result<(usize, Arc<PodRecord>), GatewayError> {
+    /// The cluster holding the sandbox, its Pod's record (a suspended sandbox's: as its Pod
+    /// was), and whether it is suspended. While a cluster's watch has not synced (a replica
+    /// that just started), a miss waits for it, up to the readiness wait.
+    async fn locate(&self, id: &str) -> Result<(usize, Arc<PodRecord>, bool), GatewayError> {
         let clusters = self.fleet.clusters();
         let found = || {
-            clusters
-                .iter()
-                .enumerate()
-                .find_map(|(i, c)| c.cached_pod(id).map(|pod| (i, pod)))
+            clusters.iter().enumerate().find_map(|(i, c)| {
+                if let Some(record) = c.cached_suspended(id) {
+                    return Some((i, Arc::new(record.pod.clone()), true));
+                }
+                c.cached_pod(id).map(|pod| (i, pod, false))
+            })
         };
         if let Some(hit) = found() {
             return Ok(hit);
@@ -232,7 +246,7 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
     let Some(route) = route::route(&path_and_query) else {
         return GatewayError::NotFound.into_response();
     };
-    let (index, pod) = match gateway.locate(route.id).await {
+    let (index, pod, suspended) = match gateway.locate(route.id).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
@@ -250,10 +264,19 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
     let metrics = cluster.metrics();
     let handles = gateway.handles(index, &pod.tenant);
     let method = request.method().clone();
-    let answer = forward(
-        &gateway, index, urls, pod, &route, &creation, request, &handles,
-    )
-    .await;
+    let answer = match suspended {
+        true => wake(&gateway, index, route.id).await,
+        false => Ok(pod),
+    };
+    let answer = match answer {
+        Ok(pod) => {
+            forward(
+                &gateway, index, urls, pod, &route, &creation, request, &handles,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let response = match answer {
         Ok(response) => response,
         Err(e) => {
@@ -273,6 +296,39 @@ async fn proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Respons
             "proxied");
     }
     response
+}
+
+/// Resumes a suspended sandbox for a request (one resume for concurrent requests: see
+/// `Cluster::resume`) and returns its new Pod's record. The resume runs to completion even
+/// when the request gives up; the request waits for it at most the readiness wait.
+async fn wake(gateway: &Gateway, index: usize, id: &str) -> Result<Arc<PodRecord>, GatewayError> {
+    let limit = gateway.limits.ready_wait;
+    let sandbox_id = crate::sandbox::SandboxId::parse(id).map_err(|_| GatewayError::NotFound)?;
+    let fleet = gateway.fleet.clone();
+    let resuming = tokio::spawn(async move {
+        fleet
+            .resume(&sandbox_id, &Scope::All, ResumeTrigger::Traffic)
+            .await
+    });
+    match tokio::time::timeout(limit, resuming).await {
+        Err(_) => return Err(GatewayError::NotReady(limit)),
+        Ok(Err(e)) => return Err(GatewayError::Wake(e.to_string())),
+        Ok(Ok(Err(FleetError::Quota(refusal)))) => {
+            return Err(GatewayError::Quota(
+                refusal.to_string(),
+                refusal.retry_after,
+            ))
+        }
+        Ok(Ok(Err(e))) => return Err(GatewayError::Wake(e.to_string())),
+        Ok(Ok(Ok(_))) => {}
+    }
+    let cluster = &gateway.fleet.clusters()[index];
+    let awake = |p: Option<&PodRecord>| p.is_some_and(|p| !p.terminating);
+    cluster.wait_for_pod(id, JUST_CREATED_WAIT, awake).await;
+    cluster
+        .cached_pod(id)
+        .filter(|p| !p.terminating)
+        .ok_or(GatewayError::Gone)
 }
 
 /// Waits for the sandbox to be ready, forwards the request and streams the answer back.

@@ -169,6 +169,33 @@ pub fn tenant_of(meta: &ObjectMeta) -> &str {
         .map_or("default", String::as_str)
 }
 
+/// The request a sandbox was created with, from its Pod's (or its suspended record's)
+/// labels and annotations: what a resume makes again. None for objects made before requests
+/// were recorded, or whose ids no longer parse.
+pub fn request_of(object: &Pod) -> Option<crate::sandbox::SandboxRequest> {
+    use crate::sandbox::{SandboxId, SandboxRequest, ThreadId, UserId};
+    let meta = &object.metadata;
+    let (size, resources, extra_mounts, lark) = super::manifests::stored_part(meta)?;
+    let id = SandboxId::parse(&sandbox_id_of(meta)?).ok()?;
+    let thread = ThreadId::parse(thread_of(meta)?).ok()?;
+    let user = match user_of(object) {
+        Some(user) => UserId::parse(user).ok()?,
+        None => UserId::default(),
+    };
+    Some(SandboxRequest {
+        size,
+        tenant: tenant_of(meta).to_string(),
+        user,
+        resources,
+        timers: timers_of(object, std::time::Duration::ZERO),
+        extra_mounts,
+        lark,
+        max_shell_sessions: shell_sessions_of(object),
+        skills_path: skills_path_of(object).map(str::to_string),
+        ..SandboxRequest::new(id, thread)
+    })
+}
+
 /// The sandbox container's limits as the pod records them (None for pods made before they
 /// were recorded).
 pub fn limits_of(pod: &Pod) -> Option<std::collections::BTreeMap<String, String>> {

@@ -4,14 +4,14 @@
 //! cache keeps nothing else.
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::core::v1::{ConfigMap, Pod, Service},
     jiff::Timestamp,
 };
 
 use super::{read as objects, status::status_of};
-use crate::spec::keys::{POOL_LABEL, POOL_POD_PREFIX};
+use crate::spec::keys::{POOL_LABEL, POOL_POD_PREFIX, SUSPENDED_AT_ANNOTATION, SUSPENDED_LABEL};
 use crate::{
-    sandbox::{Sandbox, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
+    sandbox::{Phase, Sandbox, SandboxRequest, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
     spec::{Exposure, SandboxSpec, SandboxUrls},
 };
 
@@ -166,6 +166,67 @@ impl PoolPodRecord {
                 failed: matches!(phase, Some("Failed" | "Succeeded")),
                 terminating: meta.deletion_timestamp.is_some(),
                 claimed: objects::sandbox_id_of(meta).is_some(),
+            },
+        ))
+    }
+}
+
+/// A suspended sandbox's record (its ConfigMap), as reads, resumes and expiry use it.
+#[derive(Debug, Clone)]
+pub struct SuspendedRecord {
+    /// The sandbox as its Pod was: identity, timers, creation, activity, limits. Its uid is
+    /// empty (no container), its status `Suspended`.
+    pub pod: PodRecord,
+    /// The record's own uid and resourceVersion (a delete is made conditional on the uid).
+    pub uid: Box<str>,
+    pub suspended_at: Timestamp,
+    /// What suspended it (`api`, `idle`).
+    pub trigger: Box<str>,
+    /// The request a resume makes the sandbox from (None when the record cannot be read back:
+    /// a resume then says so).
+    pub request: Option<Box<SandboxRequest>>,
+}
+
+impl SuspendedRecord {
+    /// The sandbox id and record of a suspended sandbox's ConfigMap (None without the labels).
+    pub fn of(record: &ConfigMap) -> Option<(String, SuspendedRecord)> {
+        let meta = &record.metadata;
+        let trigger = meta.labels.as_ref()?.get(SUSPENDED_LABEL)?.as_str().into();
+        let id = objects::sandbox_id_of(meta)?;
+        // The record carries the Pod's metadata: read back through the same functions.
+        let as_pod = Pod {
+            metadata: meta.clone(),
+            ..Pod::default()
+        };
+        let suspended_at = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SUSPENDED_AT_ANNOTATION))
+            .and_then(|t| t.parse().ok())
+            .or_else(|| meta.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut pod = PodRecord::from_pod(&as_pod);
+        pod.uid = Box::default();
+        pod.pool_name = None;
+        pod.ip = None;
+        pod.start_steps = None;
+        pod.status = SandboxStatus {
+            phase: Phase::Suspended,
+            ready: false,
+            reason: Some("Suspended".into()),
+            message: Some(format!(
+                "suspended at {suspended_at}; its next request through the gateway, a POST \
+                 /api/sandboxes for it, or POST /api/sandboxes/{id}/resume wakes it"
+            )),
+        };
+        Some((
+            id,
+            SuspendedRecord {
+                pod,
+                uid: meta.uid.as_deref().unwrap_or_default().into(),
+                suspended_at,
+                trigger,
+                request: objects::request_of(&as_pod).map(Box::new),
             },
         ))
     }

@@ -119,7 +119,7 @@ pub struct StartSteps {
 }
 
 /// The Lark CLI helpers a request asks for (each takes effect only when its image is set).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LarkRequest {
     /// Pattern A: an init container stages the Lark CLI runtime into a shared emptyDir.
     pub runtime: bool,
@@ -131,6 +131,8 @@ pub struct LarkRequest {
 #[derive(Debug, Clone)]
 pub struct SandboxRequest {
     pub id: SandboxId,
+    /// The size the request was admitted under (None: not recorded).
+    pub size: Option<String>,
     /// The tenant whose key asks (`default` without PROVISIONER_TENANTS).
     pub tenant: String,
     pub thread: ThreadId,
@@ -151,6 +153,7 @@ impl SandboxRequest {
     pub fn new(id: SandboxId, thread: ThreadId) -> Self {
         SandboxRequest {
             id,
+            size: None,
             tenant: "default".into(),
             thread,
             user: UserId::default(),

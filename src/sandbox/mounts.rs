@@ -3,7 +3,7 @@
 //!
 //! Pure: the host base directory comes from the configuration, nothing touches a file system.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Most extra mounts one sandbox may ask for (DeerFlow's `MAX_EXTRA_MOUNTS`).
 pub const MAX_EXTRA_MOUNTS: usize = 10;
@@ -65,8 +65,8 @@ pub struct HostBase {
     pub origin: &'static str,
 }
 
-/// A checked extra mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A checked extra mount (kept on the sandbox's Pod, so that a resume makes it again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtraMount {
     /// Normalised absolute host path.
     pub host_path: String,

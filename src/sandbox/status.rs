@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// DeerFlow's status values: the pod phase, plus NotFound.
+/// DeerFlow's status values: the pod phase, plus NotFound, plus Suspended (no Pod; the
+/// sandbox's identity and files are kept, and its next use wakes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Phase {
     Pending,
@@ -12,6 +13,7 @@ pub enum Phase {
     Failed,
     Unknown,
     NotFound,
+    Suspended,
 }
 
 /// Status of one sandbox as reported to callers.

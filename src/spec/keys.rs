@@ -41,6 +41,15 @@ pub const IDLE_ANNOTATION: &str = own_key!("idle-timeout-seconds");
 /// The last activity a provisioner wrote down (RFC 3339), at a bounded rate.
 pub const ACTIVITY_ANNOTATION: &str = own_key!("last-activity");
 
+/// What a create asked for beyond the annotations above (size, resources, extra mounts,
+/// Lark), as JSON, so that a suspended sandbox can be made again exactly.
+pub const REQUEST_ANNOTATION: &str = own_key!("request");
+/// Label of a suspended sandbox's record (a ConfigMap named like its Pod): the trigger
+/// (`api`, `idle`).
+pub const SUSPENDED_LABEL: &str = own_key!("suspended");
+/// When the sandbox was suspended (RFC 3339), on its record.
+pub const SUSPENDED_AT_ANNOTATION: &str = own_key!("suspended-at");
+
 /// Label of a warm pool's Pod: the pool (size) it belongs to. A claimed Pod keeps it.
 pub const POOL_LABEL: &str = own_key!("pool");
 /// Annotation of a claimed pool Pod: the thread's data the node agent binds into it (JSON).

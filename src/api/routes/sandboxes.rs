@@ -24,6 +24,7 @@ use crate::{
         },
         AppState,
     },
+    cluster::ResumeTrigger,
     fleet::{Scope, Target},
     sandbox::{
         mounts::{check_extra_mounts, check_skills_path},
@@ -159,7 +160,12 @@ pub async fn create(
         &state.host_base,
         skills_path.as_deref(),
     )?;
+    let size = request
+        .size
+        .clone()
+        .unwrap_or_else(|| state.capabilities.sizes.default_size.clone());
     let wanted = SandboxRequest {
+        size: Some(size.clone()),
         user,
         timers: state
             .timers
@@ -178,9 +184,6 @@ pub async fn create(
     let fleet = state.fleet.clone();
     let waiting_id = id;
     let creator = tenant.clone();
-    let size = request
-        .size
-        .unwrap_or_else(|| state.capabilities.sizes.default_size.clone());
     let provisioned =
         run_to_completion(async move { fleet.create(&wanted, &size, &target, &creator).await })
             .await?;
@@ -307,6 +310,78 @@ pub async fn keepalive(
     Ok(Json(state.fleet.keepalive(&id, &scope(&caller)).await?))
 }
 
+/// Suspends the sandbox: its Pod (and Service) go, its identity, URL (in gateway mode) and
+/// files stay. Its next request through the gateway, a create for it, or `resume` wakes it.
+/// Suspending a suspended sandbox answers the same again.
+#[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/suspend", tag = "sandboxes",
+    params(SandboxPath),
+    responses(
+        (status = 200, description = "Suspended: status Suspended, ready false, container_id \
+            null", body = Sandbox),
+        Unauthorized,
+        NotFound,
+        InvalidId,
+        (status = 409, description = "The sandbox is being deleted, or was created before this \
+            provisioner recorded requests and cannot be made again", body = ErrorBody),
+        KubernetesFailed,
+    ))]
+pub async fn suspend(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let id = sandbox_id(path)?;
+    let fleet = state.fleet.clone();
+    let scope = scope(&caller);
+    let suspended = run_to_completion(async move { fleet.suspend(&id, &scope).await }).await?;
+    Ok(Json(suspended))
+}
+
+/// Gives a suspended sandbox a Pod again (from the warm pool when its size has a ready one),
+/// with its own id, thread, user, timers and URL; within its tenant's quota. An awake sandbox
+/// is returned as it is. Like a create, it answers before a cold Pod is ready unless
+/// `wait_ready` asks to wait.
+#[utoipa::path(post, path = "/api/sandboxes/{sandbox_id}/resume", tag = "sandboxes",
+    params(SandboxPath, GetQuery),
+    responses(
+        (status = 200, description = "Awake (or waking: see ready)", body = Sandbox),
+        Unauthorized,
+        NotFound,
+        InvalidId,
+        (status = 409, description = "The sandbox's record cannot be made into a sandbox \
+            again", body = ErrorBody),
+        (status = 429, description = "A quota of the tenant (or SANDBOX_MAX_TOTAL) has no room \
+            for its CPU and memory; it stays suspended; Retry-After says when to retry",
+            body = ErrorBody),
+        KubernetesFailed,
+    ))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<GetQuery>, QueryRejection>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let id = sandbox_id(path)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
+    let wait = wait_duration("wait_ready", query.wait_ready)?;
+    let fleet = state.fleet.clone();
+    let resuming = scope(&caller);
+    let waiting = id.clone();
+    let resumed =
+        run_to_completion(async move { fleet.resume(&id, &resuming, ResumeTrigger::Api).await })
+            .await?;
+    match wait {
+        Some(limit) if !resumed.sandbox.ready => Ok(Json(
+            state
+                .fleet
+                .wait_ready(&waiting, limit.min(state.max_wait), &scope(&caller))
+                .await?,
+        )),
+        _ => Ok(Json(resumed.sandbox)),
+    }
+}
+
 /// Whether the sandbox's Pod exists, and its UID: the Pod only (not the Service), so that a
 /// caller can prove a sandbox is gone. Only a confirmed absence is `exists: false`; not
 /// activity.
@@ -326,10 +401,12 @@ pub async fn presence(
 ) -> Result<Json<Presence>, ApiError> {
     let id = sandbox_id(path)?;
     let found = state.fleet.presence(&id, &scope(&caller)).await?;
+    let suspended = found.as_ref().is_some_and(|pod| pod.suspended);
     Ok(Json(Presence {
         sandbox_id: id.to_string(),
-        exists: found.is_some(),
+        exists: found.is_some() && !suspended,
         container_id: found.and_then(|pod| pod.uid),
+        suspended,
     }))
 }
 

@@ -125,7 +125,11 @@ impl Cluster {
     /// Takes a ready Pod of the pool that serves `request`: one patch, conditional on the
     /// Pod's resourceVersion, gives it the sandbox's labels and annotations and what the node
     /// agent is to bind. None: the create goes cold (counted with the reason).
-    pub(super) async fn claim(&self, request: &SandboxRequest) -> Result<Option<Pod>> {
+    pub(super) async fn claim(
+        &self,
+        request: &SandboxRequest,
+        created: Timestamp,
+    ) -> Result<Option<Pod>> {
         let pool = &self.spec.warm_pool;
         if !pool.on() {
             return Ok(None);
@@ -152,13 +156,8 @@ impl Cluster {
             ready.rotate_left(start);
         }
         for (name, pod) in ready.iter().take(CLAIM_ATTEMPTS) {
-            let patch = manifests::claim_patch(
-                &self.spec,
-                request,
-                &binds,
-                &pod.resource_version,
-                Timestamp::now(),
-            );
+            let patch =
+                manifests::claim_patch(&self.spec, request, &binds, &pod.resource_version, created);
             match self.calls.patch_pod(name, &patch).await {
                 Ok(claimed) => return Ok(Some(claimed)),
                 // Another create took it first, or it went.

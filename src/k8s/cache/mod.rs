@@ -9,7 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Service},
+    core::v1::{ConfigMap, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -19,7 +19,7 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::record::{PodRecord, PoolPodRecord, ServiceRecord};
+use super::record::{PodRecord, PoolPodRecord, ServiceRecord, SuspendedRecord};
 use crate::k8s::refusals::Refusals;
 use reflect::{Keep, Watch};
 
@@ -54,15 +54,22 @@ pub struct CacheState {
     pub policies: Option<WatchState>,
     /// Only watched when the cluster keeps warm pools.
     pub pools: Option<WatchState>,
+    /// The records of suspended sandboxes (ConfigMaps).
+    pub suspended: WatchState,
     /// Bumped on every applied event, so that waiters can wake up on any change.
     pub generation: u64,
 }
 
 impl CacheState {
     fn watches(&self) -> impl Iterator<Item = WatchState> {
-        [Some(self.pods), Some(self.services), self.policies]
-            .into_iter()
-            .flatten()
+        [
+            Some(self.pods),
+            Some(self.services),
+            Some(self.suspended),
+            self.policies,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Synced and watching: reads from the cache are as fresh as the watch. Policies only
@@ -70,7 +77,10 @@ impl CacheState {
     /// them are checked by the apiserver, and a quiet watch that failed once would otherwise
     /// count as broken until the next policy changes (kube's watcher reports no restart).
     pub fn usable(&self) -> bool {
-        self.pods.usable() && self.services.usable() && self.policies.is_none_or(|p| p.synced)
+        self.pods.usable()
+            && self.services.usable()
+            && self.suspended.usable()
+            && self.policies.is_none_or(|p| p.synced)
     }
 
     pub fn summary(&self) -> CacheSummary {
@@ -110,6 +120,8 @@ pub(super) type Records<R> = Arc<papaya::HashMap<Arc<str>, Arc<R>>>;
 pub struct Cache {
     pods: Records<PodRecord>,
     services: Records<ServiceRecord>,
+    /// Suspended sandboxes' records, by sandbox id.
+    suspended: Records<SuspendedRecord>,
     policies: Option<Store<NetworkPolicy>>,
     /// Warm pool Pods by name, when the cluster keeps pools.
     pool_pods: Option<Records<PoolPodRecord>>,
@@ -162,6 +174,21 @@ impl Cache {
         watch.run(Keep::Records(services.clone(), service_record), |s| {
             &mut s.services
         });
+        let suspended: Records<SuspendedRecord> = Arc::default();
+        let suspended_record: fn(&ConfigMap) -> _ = SuspendedRecord::of;
+        let selector = crate::k8s::manifests::suspended_selector();
+        Watch {
+            client: watch.client.clone(),
+            namespace: watch.namespace,
+            selector: &selector,
+            call_timeout: watch.call_timeout,
+            state: Arc::clone(&watch.state),
+            refusals: watch.refusals.clone(),
+            shutdown: watch.shutdown.clone(),
+        }
+        .run(Keep::Records(suspended.clone(), suspended_record), |s| {
+            &mut s.suspended
+        });
         let policies = scope.network_policies.then(|| {
             let (reader, writer) = reflector::store();
             watch.run::<NetworkPolicy, ()>(Keep::Objects(writer), |s| {
@@ -182,6 +209,7 @@ impl Cache {
         Cache {
             pods,
             services,
+            suspended,
             policies,
             pool_pods,
             namespace: scope.namespace.into(),
@@ -196,6 +224,7 @@ impl Cache {
         Cache {
             pods: Arc::default(),
             services: Arc::default(),
+            suspended: Arc::default(),
             policies: None,
             pool_pods: None,
             namespace: namespace.into(),
@@ -213,11 +242,13 @@ impl Cache {
         let (_, state) = watch::channel(CacheState {
             pods: synced,
             services: synced,
+            suspended: synced,
             ..CacheState::default()
         });
         let cache = Cache {
             pods: Arc::default(),
             services: Arc::default(),
+            suspended: Arc::default(),
             policies: None,
             pool_pods: None,
             namespace: namespace.into(),
@@ -250,6 +281,20 @@ impl Cache {
     /// The record of the sandbox's Service.
     pub fn service(&self, id: &str) -> Option<Arc<ServiceRecord>> {
         self.services.pin().get(id).cloned()
+    }
+
+    /// The record of the sandbox when it is suspended.
+    pub fn suspended(&self, id: &str) -> Option<Arc<SuspendedRecord>> {
+        self.suspended.pin().get(id).cloned()
+    }
+
+    /// Every suspended sandbox's record, by sandbox id (in no order).
+    pub fn all_suspended(&self) -> Vec<(Arc<str>, Arc<SuspendedRecord>)> {
+        let records = self.suspended.pin();
+        records
+            .iter()
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect()
     }
 
     /// Every Pod record, by sandbox id (in no order).
@@ -316,9 +361,11 @@ mod tests {
         assert_eq!(s.summary(), CacheSummary::Syncing);
         s.pods.synced = true;
         s.services.synced = true;
+        s.suspended.synced = true;
         assert_eq!(s.summary(), CacheSummary::Broken);
         s.pods.healthy = true;
         s.services.healthy = true;
+        s.suspended.healthy = true;
         assert!(s.usable());
         assert_eq!(s.summary(), CacheSummary::Synced);
         s.services.healthy = false;
@@ -337,6 +384,7 @@ mod tests {
         let mut s = CacheState {
             pods: healthy,
             services: healthy,
+            suspended: healthy,
             policies: Some(WatchState::default()),
             pools: None,
             generation: 0,

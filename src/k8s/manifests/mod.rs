@@ -12,6 +12,7 @@ mod network_policy;
 mod pod;
 mod pool;
 mod service;
+mod suspended;
 mod volumes;
 
 pub use labels::*;
@@ -22,6 +23,8 @@ pub use network_policy::{
 pub use pod::pod;
 pub use pool::{claim_patch, pool_pod, pool_pod_name, slot_dir};
 pub use service::service;
+pub(crate) use suspended::stored_part;
+pub use suspended::{suspended_record, suspended_record_name, suspended_selector, SuspendTrigger};
 pub use volumes::{LARK_BROKER_CONTAINER, LARK_BROKER_URL, LARK_RUNTIME_VOLUME};
 
 #[cfg(test)]

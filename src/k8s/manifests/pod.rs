@@ -13,9 +13,9 @@ use k8s_openapi::{
 
 use super::{
     labels::{
-        metadata, pod_name, IDLE_ANNOTATION, LIMITS_ANNOTATION, SANDBOX_CONTAINER,
-        SHELL_SESSIONS_ANNOTATION, SHELL_SESSIONS_ENV, SKILLS_PATH_ANNOTATION, TENANT_LABEL,
-        TTL_ANNOTATION, USER_ANNOTATION,
+        metadata, pod_name, IDLE_ANNOTATION, LIMITS_ANNOTATION, REQUEST_ANNOTATION,
+        SANDBOX_CONTAINER, SHELL_SESSIONS_ANNOTATION, SHELL_SESSIONS_ENV, SKILLS_PATH_ANNOTATION,
+        TENANT_LABEL, TTL_ANNOTATION, USER_ANNOTATION,
     },
     volumes::pod_volumes,
 };
@@ -202,6 +202,10 @@ pub fn pod(t: &SandboxSpec, request: &SandboxRequest, created: Timestamp) -> Pod
     annotations.insert(
         LIMITS_ANNOTATION.to_string(),
         serde_json::to_string(&request.resources.limits).expect("a map of strings serializes"),
+    );
+    annotations.insert(
+        REQUEST_ANNOTATION.to_string(),
+        super::suspended::stored_request(request),
     );
     if let Some(n) = request.max_shell_sessions {
         annotations.insert(SHELL_SESSIONS_ANNOTATION.to_string(), n.to_string());
