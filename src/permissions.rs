@@ -104,6 +104,7 @@ pub const PERMISSIONS: &[Permission] = &[
     permission("", "configmaps", "list", Always, "fill the watch cache of suspended sandboxes"),
     permission("", "configmaps", "watch", Always, "keep the suspended sandboxes current"),
     permission("", "configmaps", "delete", Always, "resume or delete a suspended sandbox"),
+    permission("", "configmaps", "patch", Always, "take a suspended sandbox's resume (one replica)"),
     permission("", "namespaces", "get", Always, "readiness: the namespace is usable"),
     permission("", "namespaces", "create", NamespaceMissing, "create a missing namespace"),
     permission(LEASES, "leases", "get", LeaderElection, "read the leader Lease and quota locks"),

@@ -57,6 +57,10 @@ const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
 /// delivers that within moments).
 const POD_LEAVING_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the replica that took a resume has before another one takes it over (it may have
+/// stopped half-way); a cold resume creates its Pod within seconds.
+const RESUME_TAKEN_FOR: Duration = Duration::from_secs(30);
+
 /// How long after a resume its sandbox is watched for readiness, for the resume histogram.
 const RESUME_OBSERVED_FOR: Duration = Duration::from_secs(300);
 
@@ -172,8 +176,9 @@ impl Cluster {
 
     /// Gives a suspended sandbox a Pod again, from its record: warm when its size has a ready
     /// pool Pod, cold otherwise, with its own creation time (so its URL and lifetime stay),
-    /// and then removes the record. Concurrent resumes here make one; across replicas the
-    /// create's own rules leave one Pod. A sandbox that is awake is returned as it is.
+    /// and then removes the record. Concurrent resumes here wait for one; across replicas, the
+    /// one that takes the record (a conditional patch) resumes and the others wait for its
+    /// Pod. A sandbox that is awake is returned as it is.
     pub(crate) async fn resume(
         &self,
         id: &SandboxId,
@@ -182,16 +187,37 @@ impl Cluster {
         let started = Instant::now();
         let turn = self.memory.resume_turn(id.as_str());
         let _turn = turn.lock().await;
-        if self.awake(id).await? {
-            return Ok(Provisioned {
-                sandbox: self.get(id).await?,
-                created: false,
-                pod_name: self.pod_name_of(id.as_str()).await?,
-            });
+        let mut taken = false;
+        // Twice: a replica that took the resume and then vanished is waited for once.
+        for _ in 0..2 {
+            if self.awake(id).await? {
+                return self.as_it_is(id).await;
+            }
+            let record = self
+                .suspended_record(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            if self.take_resume(id, &record).await? {
+                taken = true;
+                break;
+            }
+            // Another replica resumes it: its Pod is the answer.
+            if self.wait_awake(id, RESUME_TAKEN_FOR).await {
+                return self.as_it_is(id).await;
+            }
         }
+        if !taken {
+            return Err(Error::Terminating(id.to_string()));
+        }
+        // Read again: the record as taken (the cache may be a moment behind).
+        let name = manifests::suspended_record_name(id);
         let record = self
-            .suspended_record(id)
+            .calls
+            .get::<ConfigMap>(&name)
             .await?
+            .as_ref()
+            .and_then(SuspendedRecord::of)
+            .map(|(_, r)| r)
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let request = record
             .request
@@ -209,21 +235,94 @@ impl Cluster {
         }
         let created_at = record.pod.created.unwrap_or(record.suspended_at);
         let provisioned = self.create_at(request, created_at).await?;
-        let name = manifests::suspended_record_name(id);
         if let Err(e) = self.calls.delete::<ConfigMap>(&name).await {
-            // Reads prefer the Pod; the next suspend or the sweep removes the record.
+            // Reads prefer the Pod; the next suspend replaces the record.
             tracing::warn!(sandbox_id = %id, error = %e, "the resumed sandbox's record could not \
-                be removed; it is removed later");
+                be removed; reads show its Pod");
         } else if self.cache.state().usable() {
             self.cache
                 .wait_for(CACHE_CATCH_UP, |c| c.suspended(id.as_str()).is_none())
                 .await;
         }
-        if provisioned.created {
-            tracing::info!(sandbox_id = %id, trigger = trigger.label(), "sandbox resumed");
-            self.observe_resume(id, trigger, started);
-        }
+        tracing::info!(sandbox_id = %id, trigger = trigger.label(), warm = provisioned.sandbox.ready,
+            "sandbox resumed");
+        self.observe_resume(id, trigger, started);
         Ok(provisioned)
+    }
+
+    /// The sandbox as it is, for a resume that found it awake.
+    async fn as_it_is(&self, id: &SandboxId) -> Result<Provisioned> {
+        Ok(Provisioned {
+            sandbox: self.get(id).await?,
+            created: false,
+            pod_name: self.pod_name_of(id.as_str()).await?,
+        })
+    }
+
+    /// Takes the suspended sandbox's resume for this replica: one patch of its record,
+    /// conditional on the version read, marks it. False when another replica has it (taken
+    /// less than [`RESUME_TAKEN_FOR`] ago) or the record is gone (resumed meanwhile).
+    async fn take_resume(&self, id: &SandboxId, record: &SuspendedRecord) -> Result<bool> {
+        let name = manifests::suspended_record_name(id);
+        let mut version = record.resource_version.to_string();
+        let mut since = record.resuming_since;
+        for _ in 0..3 {
+            let now = Timestamp::now();
+            let fresh = |t: Timestamp| {
+                Duration::try_from(now.duration_since(t)).is_ok_and(|age| age < RESUME_TAKEN_FOR)
+            };
+            if since.is_some_and(fresh) {
+                return Ok(false);
+            }
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": version,
+                "annotations": {manifests::RESUMING_SINCE_ANNOTATION: now.to_string()},
+            }});
+            match self.calls.patch::<ConfigMap>(&name, &patch).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_not_found() => return Ok(false),
+                // Changed since it was read: read it again and look.
+                Err(e) if e.is_conflict() => {
+                    let Some((_, now)) = self
+                        .calls
+                        .get::<ConfigMap>(&name)
+                        .await?
+                        .as_ref()
+                        .and_then(SuspendedRecord::of)
+                    else {
+                        return Ok(false);
+                    };
+                    version = now.resource_version.to_string();
+                    since = now.resuming_since;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Waits until the sandbox has a live Pod (watch-driven; polled while the cache is not
+    /// usable). Returns whether it does within `limit`.
+    async fn wait_awake(&self, id: &SandboxId, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.awake(id).await.unwrap_or(false) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if self.cache.state().usable() {
+                self.cache
+                    .wait_for(left, |c| {
+                        !c.state().usable() || c.pod(id.as_str()).is_some_and(|p| !p.terminating)
+                    })
+                    .await;
+            } else {
+                tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+            }
+        }
     }
 
     /// Counts a resume, and records its time to ready once the watch shows it (in the

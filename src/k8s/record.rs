@@ -9,7 +9,10 @@ use k8s_openapi::{
 };
 
 use super::{read as objects, status::status_of};
-use crate::spec::keys::{POOL_LABEL, POOL_POD_PREFIX, SUSPENDED_AT_ANNOTATION, SUSPENDED_LABEL};
+use crate::spec::keys::{
+    POOL_LABEL, POOL_POD_PREFIX, RESUMING_SINCE_ANNOTATION, SUSPENDED_AT_ANNOTATION,
+    SUSPENDED_LABEL,
+};
 use crate::{
     sandbox::{Phase, Sandbox, SandboxRequest, SandboxStatus, StartSteps, Timers, DEFAULT_USER_ID},
     spec::{Exposure, SandboxSpec, SandboxUrls},
@@ -177,8 +180,11 @@ pub struct SuspendedRecord {
     /// The sandbox as its Pod was: identity, timers, creation, activity, limits. Its uid is
     /// empty (no container), its status `Suspended`.
     pub pod: PodRecord,
-    /// The record's own uid and resourceVersion (a delete is made conditional on the uid).
+    /// The record's own uid and resourceVersion (taking its resume is conditional on it).
     pub uid: Box<str>,
+    pub resource_version: Box<str>,
+    /// When a replica took its resume, if one did.
+    pub resuming_since: Option<Timestamp>,
     pub suspended_at: Timestamp,
     /// What suspended it (`api`, `idle`).
     pub trigger: Box<str>,
@@ -224,6 +230,12 @@ impl SuspendedRecord {
             SuspendedRecord {
                 pod,
                 uid: meta.uid.as_deref().unwrap_or_default().into(),
+                resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+                resuming_since: meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(RESUMING_SINCE_ANNOTATION))
+                    .and_then(|t| t.parse().ok()),
                 suspended_at,
                 trigger,
                 request: objects::request_of(&as_pod).map(Box::new),

@@ -49,6 +49,9 @@ pub const REQUEST_ANNOTATION: &str = own_key!("request");
 pub const SUSPENDED_LABEL: &str = own_key!("suspended");
 /// When the sandbox was suspended (RFC 3339), on its record.
 pub const SUSPENDED_AT_ANNOTATION: &str = own_key!("suspended-at");
+/// When a replica took the suspended sandbox's resume (RFC 3339), on its record: the others
+/// wait for that resume instead of making their own.
+pub const RESUMING_SINCE_ANNOTATION: &str = own_key!("resuming-since");
 
 /// Label of a warm pool's Pod: the pool (size) it belongs to. A claimed Pod keeps it.
 pub const POOL_LABEL: &str = own_key!("pool");

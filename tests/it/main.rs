@@ -16,5 +16,6 @@ mod options;
 mod real_node;
 mod startup;
 mod stress;
+mod suspend;
 mod tenants;
 mod warm_pool;

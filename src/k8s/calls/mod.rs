@@ -272,12 +272,17 @@ impl Calls {
     /// Applies a merge patch to a pod and returns the pod. A patch that names a
     /// resourceVersion is conditional: a write in between makes it a 409 (`is_conflict`).
     pub async fn patch_pod(&self, name: &str, patch: &serde_json::Value) -> Result<Pod> {
+        self.patch::<Pod>(name, patch).await
+    }
+
+    /// Applies a merge patch to one object and returns it (conditional as [`Calls::patch_pod`]).
+    pub async fn patch<K: Kind>(&self, name: &str, patch: &serde_json::Value) -> Result<K> {
         let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
-        let pods = self.api::<Pod>();
+        let api = self.api::<K>();
         self.call(
-            ("patch", "pods"),
-            || format!("patch pod {name} in namespace {}", self.namespace),
-            || pods.patch(name, &params, &patch),
+            ("patch", &K::plural(&())),
+            || self.describe::<K>("patch", name),
+            || api.patch(name, &params, &patch),
         )
         .await
     }
