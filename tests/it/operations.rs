@@ -199,6 +199,7 @@ async fn doctor_names_exactly_the_missing_permissions() {
     let partial = json!([
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "patch"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     ]);
     let kubeconfig = ns.service_account_kubeconfig("partial", partial).await;
@@ -464,6 +465,46 @@ async fn the_shipped_role_runs_every_feature() {
     })
     .await;
 
+    // Suspend and resume: the record is written, watched, taken and removed.
+    let (code, suspended) = svc
+        .call(Method::POST, "/api/sandboxes/dep-1/suspend", None)
+        .await;
+    assert_eq!(
+        (code, &suspended["status"]),
+        (200, &json!("Suspended")),
+        "{suspended}"
+    );
+    let records: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(records.get_opt("sandbox-dep-1").await.unwrap().is_some());
+    assert!(ns.pods().get_opt("sandbox-dep-1").await.unwrap().is_none());
+    let before = reads(svc.kube_calls().await);
+    let (_, got) = svc.get("dep-1").await;
+    assert_eq!(got["status"], "Suspended", "{got}");
+    assert_eq!(
+        reads(svc.kube_calls().await),
+        before,
+        "served from the watched records"
+    );
+    let (code, resumed) = svc
+        .call(
+            Method::POST,
+            "/api/sandboxes/dep-1/resume?wait_ready=30",
+            None,
+        )
+        .await;
+    assert_eq!((code, &resumed["ready"]), (200, &json!(true)), "{resumed}");
+    assert_ne!(resumed["container_id"], created["container_id"]);
+    assert!(records.get_opt("sandbox-dep-1").await.unwrap().is_none());
+    assert_eq!(
+        svc.call(Method::POST, "/api/sandboxes/dep-1/suspend", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(svc.delete("dep-1").await.0, 200);
+    assert!(records.get_opt("sandbox-dep-1").await.unwrap().is_none());
+
     // Nothing was refused along the way.
     let (code, readyz) = svc.call(Method::GET, "/readyz", None).await;
     assert_eq!(
@@ -679,6 +720,16 @@ async fn use_every_permission(base: &str) {
     call(Method::GET, "/api/sandboxes/not-there", None).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     call(Method::GET, "/api/sandboxes/every-1", None).await;
+    // Suspend (create the record), resume (patch, read and delete it), suspend again and
+    // delete the suspended sandbox (delete the record).
+    for action in ["suspend", "resume", "suspend"] {
+        call(
+            Method::POST,
+            &format!("/api/sandboxes/every-1/{action}"),
+            None,
+        )
+        .await;
+    }
     call(Method::DELETE, "/api/sandboxes/every-1", None).await;
 }
 
