@@ -657,19 +657,21 @@ impl Metrics {
             .inc();
     }
 
-    /// A sandbox resumed, with the time until it answered ready (None: not waited for).
-    pub fn resumed(&self, trigger: &str, ready_after: Option<Duration>) {
+    /// A sandbox resumed.
+    pub fn resumed(&self, trigger: &str) {
         self.resumes
             .get_or_create(&TriggerLabels {
                 cluster: self.cluster.to_string(),
                 trigger: trigger.into(),
             })
             .inc();
-        if let Some(elapsed) = ready_after {
-            self.resume_duration
-                .get_or_create(&self.cluster_labels())
-                .observe(elapsed.as_secs_f64());
-        }
+    }
+
+    /// A resumed sandbox answered ready this long after its resume started.
+    pub fn resume_ready(&self, elapsed: Duration) {
+        self.resume_duration
+            .get_or_create(&self.cluster_labels())
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A create that a pool could not serve (`result` cold or failed) and why.

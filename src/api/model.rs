@@ -164,8 +164,8 @@ pub struct Presence {
     /// The Pod's UID, as `container_id` in the sandbox's answers; null when it does not exist.
     pub container_id: Option<String>,
     /// The sandbox is suspended: no Pod exists (`exists` is false), but its record does, and
-    /// its next use wakes it.
-    #[serde(default)]
+    /// its next use wakes it. Absent when false (the answer DeerFlow knows).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
 }
 

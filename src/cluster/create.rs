@@ -28,6 +28,11 @@ impl Cluster {
     /// Callers should not cancel this future half-way (run it in its own task): a cancelled
     /// create could leave a Pod without its Service until the next POST repairs it.
     pub async fn create(&self, request: &SandboxRequest) -> Result<Provisioned> {
+        // A suspended sandbox the fleet did not see as such (its cache was not synced) is
+        // resumed, not made anew beside its record.
+        if self.suspended_record(&request.id).await?.is_some() && !self.awake(&request.id).await? {
+            return self.resume_for(request, super::ResumeTrigger::Create).await;
+        }
         self.create_at(request, Timestamp::now()).await
     }
 

@@ -86,11 +86,7 @@ fn suspended_due(record: &SuspendedRecord, max_age: Duration) -> Option<(Timesta
 }
 
 /// The deadline a suspended sandbox's answers publish.
-pub fn suspended_deadline(
-    record: &SuspendedRecord,
-    max_age: Duration,
-    _now: Timestamp,
-) -> Option<Timestamp> {
+pub fn suspended_deadline(record: &SuspendedRecord, max_age: Duration) -> Option<Timestamp> {
     suspended_due(record, max_age).map(|(t, _)| t)
 }
 
@@ -370,5 +366,58 @@ mod tests {
             removed[0].why,
             "it never became ready (no reason reported: -)"
         );
+    }
+
+    fn suspended(created: &str, lifetime_secs: u32, suspended_at: &str) -> Arc<SuspendedRecord> {
+        use crate::k8s::manifests::{self, test_support::*, SuspendTrigger};
+        let t = spec(None, None);
+        let mut request = a_request();
+        request.timers.lifetime = Duration::from_secs(lifetime_secs.into());
+        let pod = manifests::pod(&t, &request, at(created));
+        let record =
+            manifests::suspended_record(&request.id, &pod, at(suspended_at), SuspendTrigger::Idle);
+        Arc::new(SuspendedRecord::of(&record).unwrap().1)
+    }
+
+    #[test]
+    fn suspended_sandboxes_go_at_their_lifetime_or_the_maximum_age_whichever_is_first() {
+        let id = |s: &str| SandboxId::parse(s).unwrap();
+        let records = [
+            (
+                id("aged"),
+                suspended("2026-01-01T00:00:00Z", 0, "2026-01-01T00:10:00Z"),
+            ),
+            (
+                id("lived"),
+                suspended("2026-01-01T00:00:00Z", 1800, "2026-01-01T00:10:00Z"),
+            ),
+            (
+                id("young"),
+                suspended("2026-01-01T00:00:00Z", 0, "2026-01-01T00:50:00Z"),
+            ),
+        ];
+        let max_age = 30 * MIN;
+        let now = at("2026-01-01T00:45:00Z");
+        let due = plan_suspended(&records, max_age, now);
+        let due: Vec<_> = due.iter().map(|r| (r.id.as_str(), r.reason)).collect();
+        assert_eq!(
+            due,
+            [
+                ("aged", Reason::SuspendedTooLong),
+                ("lived", Reason::Lifetime)
+            ]
+        );
+        // The deadline an answer publishes is the one planned with.
+        assert_eq!(
+            suspended_deadline(&records[1].1, max_age),
+            Some(at("2026-01-01T00:30:00Z"))
+        );
+        assert_eq!(
+            suspended_deadline(&records[0].1, max_age),
+            Some(at("2026-01-01T00:40:00Z"))
+        );
+        // A maximum age of 0 keeps them until their lifetime, or forever.
+        assert_eq!(suspended_deadline(&records[0].1, Duration::ZERO), None);
+        assert!(plan_suspended(&records[..1], Duration::ZERO, now).is_empty());
     }
 }

@@ -188,12 +188,14 @@ impl Cluster {
             .map(|record| PodPresence::suspended(&record)))
     }
 
-    /// Whether the apiserver has the sandbox's pod (false when it cannot say).
+    /// Whether the apiserver has the sandbox's pod or its suspended record (false when it
+    /// cannot say).
     pub async fn exists(&self, id: &SandboxId) -> bool {
         let Ok(name) = self.pod_name_of(id.as_str()).await else {
             return false;
         };
         matches!(self.calls.get::<Pod>(&name).await, Ok(Some(_)))
+            || matches!(self.suspended_record(id).await, Ok(Some(_)))
     }
 
     /// Counts as activity and returns the sandbox with its new deadline.

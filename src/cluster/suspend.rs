@@ -84,9 +84,8 @@ impl Cluster {
     pub(super) fn suspended_view(&self, id: &str, record: &SuspendedRecord) -> Sandbox {
         let mut sandbox = record::sandbox_view(id, &record.pod, None, &self.spec);
         sandbox.cluster = self.name().to_string();
-        sandbox.expires_at =
-            expiry::suspended_deadline(record, self.lifecycle.suspended_max_age, Timestamp::now())
-                .map(|t| t.to_string());
+        sandbox.expires_at = expiry::suspended_deadline(record, self.lifecycle.suspended_max_age)
+            .map(|t| t.to_string());
         sandbox
     }
 
@@ -162,8 +161,8 @@ impl Cluster {
         Ok(self.suspended_view(id.as_str(), &record))
     }
 
-    /// The sandbox's live Pod, when it has one (from the cache when usable).
-    async fn awake(&self, id: &SandboxId) -> Result<bool> {
+    /// Whether the sandbox has a live Pod (from the cache when usable).
+    pub(super) async fn awake(&self, id: &SandboxId) -> Result<bool> {
         if self.cache.state().usable() {
             return Ok(self.cache.pod(id.as_str()).is_some_and(|p| !p.terminating));
         }
@@ -328,6 +327,7 @@ impl Cluster {
     /// Counts a resume, and records its time to ready once the watch shows it (in the
     /// background: a resume answers before a cold Pod is ready).
     fn observe_resume(&self, id: &SandboxId, trigger: ResumeTrigger, started: Instant) {
+        self.metrics.resumed(trigger.label());
         let cache = self.cache.clone();
         let metrics = self.metrics.clone();
         let id = id.to_string();
@@ -337,7 +337,9 @@ impl Cluster {
                     c.pod(&id).is_some_and(|p| p.status.ready)
                 })
                 .await;
-            metrics.resumed(trigger.label(), ready.then(|| started.elapsed()));
+            if ready {
+                metrics.resume_ready(started.elapsed());
+            }
         });
     }
 }
