@@ -12,6 +12,9 @@
 //! eval "$(scripts/local-cluster up)" && cargo bench --bench suspend
 //! ```
 //!
+//! DeerFlow's storage layout (thread data below THREADS_HOST_PATH, per-user skills below
+//! DEER_FLOW_HOST_BASE_DIR), so that a warm wake binds three directories.
+//!
 //! BENCH_WARM_WAKES (default 20) and BENCH_COLD_WAKES (default 6) set the counts. It prints;
 //! a human reads.
 
@@ -55,6 +58,7 @@ async fn service(ns: &str, host: &Path, pool: usize) -> RunningBinary {
             "THREADS_HOST_PATH",
             host.join("threads").display().to_string(),
         ),
+        ("DEER_FLOW_HOST_BASE_DIR", host.display().to_string()),
         (
             "SANDBOX_WARM_POOL_SLOT_ROOT",
             real_node_slot_root().display().to_string(),
@@ -169,7 +173,15 @@ async fn main() {
     }
     let (warm_n, cold_n) = (count("BENCH_WARM_WAKES", 20), count("BENCH_COLD_WAKES", 6));
     let host = std::env::temp_dir().join(format!("bench-suspend-{}", testkit::random_suffix()));
-    std::fs::create_dir_all(host.join("threads")).unwrap();
+    // DeerFlow's layout, as in the warm pool bench: a claim binds three directories.
+    for dir in [
+        "threads",
+        "skills_view/public",
+        "users/default/skills_view/custom",
+        "users/default/skills_view/legacy",
+    ] {
+        std::fs::create_dir_all(host.join(dir)).unwrap();
+    }
 
     let ns = TestNamespace::new("bench-wake-cold").await;
     let cold_service = service(&ns.name, &host, 0).await;

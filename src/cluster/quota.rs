@@ -102,6 +102,9 @@ impl Cluster {
 
     /// The tenant of the sandbox as the cache shows it.
     pub fn cached_tenant(&self, id: &SandboxId) -> Option<String> {
-        Some(self.cache.pod(id.as_str())?.tenant.to_string())
+        if let Some(pod) = self.cache.pod(id.as_str()) {
+            return Some(pod.tenant.to_string());
+        }
+        Some(self.cache.suspended(id.as_str())?.pod.tenant.to_string())
     }
 }

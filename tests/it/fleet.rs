@@ -733,6 +733,47 @@ async fn the_shipped_role_in_each_cluster_serves_every_fleet_feature() {
     }
     let (_, caps) = svc.call(Method::GET, "/api/capabilities", None).await;
     assert_eq!(caps["clusters"][1]["sandboxes"], 1, "{caps}");
+    // Suspend and resume in the second cluster: its record is kept there, and the sandbox
+    // comes back there.
+    let (code, suspended) = svc
+        .call(Method::POST, "/api/sandboxes/r-b/suspend", None)
+        .await;
+    assert_eq!(
+        (code, &suspended["cluster"]),
+        (200, &json!("b")),
+        "{suspended}"
+    );
+    let records = |ns: &TestNamespace| {
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+    };
+    assert!(records(&ns.b)
+        .get_opt("sandbox-r-b")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(records(&ns.a)
+        .get_opt("sandbox-r-b")
+        .await
+        .unwrap()
+        .is_none());
+    let (_, got) = svc.get("r-b").await;
+    assert_eq!(
+        (&got["status"], &got["cluster"]),
+        (&json!("Suspended"), &json!("b"))
+    );
+    let (code, resumed) = svc
+        .call(
+            Method::POST,
+            "/api/sandboxes/r-b/resume?wait_ready=20",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{resumed}");
+    assert_eq!(
+        (&resumed["cluster"], &resumed["ready"]),
+        (&json!("b"), &json!(true))
+    );
+    assert_eq!(ns.pods().await.1, vec!["r-b".to_string()]);
     for id in ["r-a", "r-b"] {
         assert_eq!(svc.delete(id).await.0, 200);
         assert_eq!(svc.get(id).await.0, 404);

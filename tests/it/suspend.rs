@@ -350,7 +350,8 @@ async fn a_resume_the_quota_refuses_is_429_through_the_api_and_the_gateway() {
     let host = HostDir::new(&ns);
     let tenants = std::env::temp_dir().join(format!("tenants-{}.json", ns.name));
     let file = json!({"tenants": [{"name": "team", "api_key_sha256": hex_digest(KEY),
-                                   "max_cpu": "1", "max_sandboxes": 2}]});
+                                   "max_cpu": "1", "max_sandboxes": 2},
+                                  {"name": "other", "api_key_sha256": hex_digest(OTHER_KEY)}]});
     std::fs::write(&tenants, file.to_string()).unwrap();
     let mut args = real_node_gateway_args(&ns.name, &host.0);
     small_sizes(&mut args);
