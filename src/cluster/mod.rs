@@ -3,10 +3,10 @@
 //! watch cache, and the background decisions (expiry, sweep, baseline policy).
 //!
 //! ```text
-//!   api ──► Cluster ──► create / read / delete        (one file each)
+//!   api ──► Cluster ──► create / read / delete / suspend   (one file each)
 //!               │      └──► expiry / sweep / baseline       (plan: pure; apply: thin)
 //!               ├── Cluster  (timed, retried, counted Kubernetes calls)
-//!               ├── Cache    (watched Pods, Services, NetworkPolicies)
+//!               ├── Cache    (watched Pods, Services, NetworkPolicies, suspended records)
 //!               └── Memory   (what this process remembers per sandbox)
 //! ```
 

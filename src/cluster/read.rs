@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Reasons that mean a sandbox will not become ready by waiting.
-const HOPELESS_REASONS: [&str; 8] = [
+const HOPELESS_REASONS: [&str; 9] = [
     "ImagePullBackOff",
     "ErrImagePull",
     "InvalidImageName",
@@ -25,6 +25,8 @@ const HOPELESS_REASONS: [&str; 8] = [
     "CreateContainerConfigError",
     "CreateContainerError",
     "Terminating",
+    // Only a resume wakes it, and reading it is not one.
+    "Suspended",
 ];
 
 /// Ready, or never going to be without someone changing something.

@@ -613,18 +613,7 @@ impl Fleet {
         limit: Duration,
         scope: &Scope,
     ) -> Result<Sandbox> {
-        let seat = match self.cached_holder(id) {
-            Some(seat) => {
-                reachable(seat, "the sandbox is there")?;
-                visible(seat.get(id).await?, scope)?;
-                seat
-            }
-            None => {
-                let (seat, sandbox) = self.find(id).await?;
-                visible(sandbox, scope)?;
-                seat
-            }
-        };
+        let seat = self.holder(id, scope).await?;
         visible(seat.wait_ready(id, limit).await?, scope)
     }
 

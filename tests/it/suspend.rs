@@ -323,6 +323,7 @@ async fn a_restarted_provisioner_keeps_suspended_sandboxes_and_their_urls() {
 }
 
 const KEY: &str = "key-of-the-quota-tenant-0123";
+const OTHER_KEY: &str = "key-of-another-tenant-01234";
 
 /// A call with the tenant's key.
 async fn keyed(
@@ -331,10 +332,21 @@ async fn keyed(
     path: &str,
     body: Option<Value>,
 ) -> reqwest::Response {
+    keyed_as(KEY, service, method, path, body).await
+}
+
+/// A call with `key`.
+async fn keyed_as(
+    key: &str,
+    service: &TestService,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
     let mut req = service
         .http
         .request(method, service.url(path))
-        .header("x-api-key", KEY);
+        .header("x-api-key", key);
     if let Some(body) = body {
         req = req.json(&body);
     }
@@ -402,6 +414,17 @@ async fn a_resume_the_quota_refuses_is_429_through_the_api_and_the_gateway() {
         (200, &json!("Suspended")),
         "it stays suspended"
     );
+    // Another tenant neither sees nor touches it.
+    for (method, path) in [
+        (Method::GET, "/api/sandboxes/q-1"),
+        (Method::POST, "/api/sandboxes/q-1/resume"),
+        (Method::POST, "/api/sandboxes/q-1/suspend"),
+        (Method::DELETE, "/api/sandboxes/q-1"),
+    ] {
+        let answer = keyed_as(OTHER_KEY, &service, method.clone(), path, None).await;
+        assert_eq!(answer.status(), 404, "{method} {path}");
+    }
+    assert!(record(&ns, "q-1").await.is_some());
 
     // Room again: the resume goes through.
     assert_eq!(
