@@ -287,7 +287,12 @@ impl Cluster {
                 self.calls.list::<Service>(&selector),
                 self.calls.list::<ConfigMap>(&suspended_selector),
             );
-            let (pods, services, suspended) = (pods?, services?, suspended?);
+            // Without the configmaps permission (a Role from before suspend) there are none.
+            let suspended = match suspended {
+                Err(e) if e.is_permission_denied() => Vec::new(),
+                other => other?,
+            };
+            let (pods, services) = (pods?, services?);
             let services: HashMap<String, ServiceRecord> =
                 services.iter().filter_map(ServiceRecord::of).collect();
             let live: HashMap<String, PodRecord> = pods

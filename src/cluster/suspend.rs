@@ -66,13 +66,19 @@ const RESUME_OBSERVED_FOR: Duration = Duration::from_secs(300);
 
 impl Cluster {
     /// The suspended sandbox's record: from the cache when it is usable, otherwise from the
-    /// apiserver (so that None is a confirmed absence).
+    /// apiserver (so that None is a confirmed absence, or a record this service may not read).
     pub async fn suspended_record(&self, id: &SandboxId) -> Result<Option<Arc<SuspendedRecord>>> {
         if self.cache.state().usable() {
             return Ok(self.cache.suspended(id.as_str()));
         }
         let name = manifests::suspended_record_name(id);
-        let found = self.calls.get::<ConfigMap>(&name).await?;
+        let found = match self.calls.get::<ConfigMap>(&name).await {
+            Ok(found) => found,
+            // A Role from before suspend (no configmaps): there can be no records to read,
+            // and creates and reads must go on. The refusal is logged and on /readyz.
+            Err(e) if e.is_permission_denied() => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(found
             .as_ref()
             .and_then(SuspendedRecord::of)
