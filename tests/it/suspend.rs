@@ -171,6 +171,21 @@ async fn a_suspended_sandbox_keeps_its_url_and_files_and_wakes_on_its_next_reque
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["ready"], true, "{resumed}");
     assert_eq!(resumed["sandbox_url"], url);
+    // So does a create of the same thread; another thread's is refused and wakes nothing.
+    assert_eq!(suspend(&service, "s-1").await.0, 200);
+    let (status, conflict) = service.create("s-1", "t-other").await;
+    assert_eq!(status, 409, "{conflict}");
+    assert!(record(&ns, "s-1").await.is_some(), "still suspended");
+    let (status, recreated) = service.create("s-1", "t-1").await;
+    assert_eq!(status, 200, "{recreated}");
+    assert_eq!(recreated["sandbox_url"], url);
+    assert_eq!(
+        recreated["created_at"], created["created_at"],
+        "the same sandbox"
+    );
+    assert_eq!(live_pods(&ns, "s-1").await.len(), 1);
+    let by_create = r#"sandbox_provisioner_resumes_total{cluster="default",trigger="create"}"#;
+    assert_eq!(service.metric(by_create).await, 1.0);
     assert_eq!(suspend(&service, "s-1").await.0, 200);
     let (status, _) = service.delete("s-1").await;
     assert_eq!(status, 200);
@@ -267,7 +282,10 @@ async fn idle_sandboxes_are_suspended_and_deleted_after_the_maximum_age() {
     args.lifecycle.sandbox_suspended_max_age = "8s".into();
     args.lifecycle.sandbox_reap_interval = "1s".into();
     let service = TestService::start(args).await;
-    let created = create_ready(&service, "i-1", "t-i").await;
+    // Not waited for: with a 3 s idle timeout, a busy node may still be starting it when the
+    // reaper finds it idle (which suspends a starting sandbox just the same).
+    let (status, created) = service.create("i-1", "t-i").await;
+    assert_eq!(status, 200, "{created}");
     let url = created["sandbox_url"].as_str().unwrap().to_string();
     eventually(Duration::from_secs(30), "suspended when idle", || async {
         (listed_status(&service, "i-1").await.as_deref() == Some("Suspended")).then_some(())
